@@ -323,3 +323,33 @@ def test_importing_the_core_does_not_import_lightning():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------ work done once
+def _record_attention_calls(model, layer):
+    seen = []
+    module = model.bert.encoder.layer[layer].attention.self
+    handle = module.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape[:2])))
+    return seen, handle
+
+
+def test_layers_below_the_target_run_once_per_example(bert):
+    seen0, h0 = _record_attention_calls(bert, 0)
+    seen2, h2 = _record_attention_calls(bert, 2)
+    try:
+        attribute(bert, text_batch(lengths=(6, 6)), layers=[2], n_steps=8, internal_batch_size=2)
+    finally:
+        h0.remove()
+        h2.remove()
+    assert seen0 == [(2, 6)]  # layer 0: only the clean pass, not once per step or pass
+    assert seen2 == [(2, 6)] + [(2, 6)] * 8  # clean pass + 8 passes of 2 rows (2 examples x 1 step)
+
+
+def test_padding_of_short_examples_is_not_computed(bert):
+    seen, handle = _record_attention_calls(bert, 2)
+    try:
+        attribute(bert, text_batch(lengths=(3, 16, 3, 3), seq_len=16), layers=[2], n_steps=4)
+    finally:
+        handle.remove()
+    # the three short examples run together at length 3; only the long one runs at length 16
+    assert sorted(seen) == sorted([(3, 3), (3 * 4, 3), (1, 16), (1 * 4, 16)])
