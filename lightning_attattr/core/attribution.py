@@ -262,7 +262,6 @@ class AttentionIntegratedGradients:
     def __init__(self, model: nn.Module) -> None:
         self._n_layers = len(layer_modules(model))  # validates the architecture
         self.model = model
-        self._n_heads = int(model.config.num_attention_heads)
         self._num_labels = int(model.config.num_labels)
         if self._num_labels < 2:
             raise ValueError(
@@ -541,18 +540,7 @@ class AttentionIntegratedGradients:
             steps = len(a)
             # [batch * step, head, query_pos, key_pos], example-major rows
             x = (a.view(1, steps, 1, 1, 1) * probs.unsqueeze(1)).flatten(0, 1).requires_grad_(True)
-            with (
-                ctrl._state(
-                    _replace_layer=layer,
-                    _replacement=x,
-                    _expand=steps,
-                    _skip_below=layer,
-                    _skip_output=below,
-                    use_sdpa=True,
-                ),
-                autocast(),
-            ):
-                logits = self._logits(sub)  # [batch * step, classes]
+            logits = self._replaced_logits(ctrl, sub, layer, x, steps, below, autocast)  # [batch * step, classes]
             p = _target_prob(logits, target.repeat_interleave(steps))  # [batch * step]
             (grad,) = torch.autograd.grad((p * w.repeat(batch)).sum(), x)
             grad_sum += grad.view(batch, steps, *grad.shape[1:]).sum(1)
@@ -573,19 +561,38 @@ class AttentionIntegratedGradients:
         autocast: Any,
     ) -> Tensor:
         """``F_c(A^l := 0)`` per example: ``[batch]``."""
+        with torch.no_grad():
+            logits = self._replaced_logits(ctrl, sub, layer, torch.zeros_like(probs), 1, below, autocast)
+            return _target_prob(logits, target)
+
+    def _replaced_logits(
+        self,
+        ctrl: AttentionController,
+        sub: dict[str, Tensor],
+        layer: int,
+        replacement: Tensor,
+        steps: int,
+        below: Any,
+        autocast: Any,
+    ) -> Tensor:
+        """Logits with layer ``layer``'s probabilities replaced by ``replacement``.
+
+        ``replacement`` is ``[batch * steps, head, query_pos, key_pos]`` (example-major); the
+        hidden state entering ``layer`` is repeated ``steps`` times, and the layers below return
+        their recorded clean outputs (``below`` = output of layer ``layer - 1``) instead of running.
+        """
         with (
-            torch.no_grad(),
             ctrl._state(
                 _replace_layer=layer,
-                _replacement=torch.zeros_like(probs),
-                _expand=1,
+                _replacement=replacement,
+                _expand=steps,
                 _skip_below=layer,
                 _skip_output=below,
                 use_sdpa=True,
             ),
             autocast(),
         ):
-            return _target_prob(self._logits(sub), target)
+            return self._logits(sub)
 
     @staticmethod
     def _crop(batch: _Batch, example: int, attr: Tensor) -> Tensor:
