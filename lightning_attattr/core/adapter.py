@@ -424,8 +424,11 @@ def attention_scope(model: nn.Module) -> Iterator[AttentionController]:
         _SCOPES.pop(id(model), None)
         for fn in reversed(undo):
             fn()
-        if model.config._attn_implementation != previous_impl and previous_impl is not None:
-            model.set_attn_implementation(previous_impl)
+        if model.config._attn_implementation != previous_impl:
+            if previous_impl is None:
+                model.config._attn_implementation = None
+            else:
+                model.set_attn_implementation(previous_impl)
 
 
 register_attention()
