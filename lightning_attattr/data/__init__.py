@@ -1,0 +1,1 @@
+"""Data: GLUE task definitions and readers, and the synthetic planted-interaction task."""
