@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 KEY_A: tuple[str, str] = ("a0", "a1")
@@ -82,3 +86,31 @@ def make_synthetic(
         words[pos_a], words[pos_b] = KEY_A[a], KEY_B[b]
         out.append(SyntheticExample(tuple(words), int(a != b), (pos_a, pos_b)))
     return out
+
+
+def synthetic_tokenizer(n_filler: int = 20) -> PreTrainedTokenizerFast:
+    """A word-level BERT-style tokenizer for the synthetic vocabulary (``[CLS] words [SEP]``).
+
+    It is an ordinary ``PreTrainedTokenizerFast``: it pads, truncates, converts ids back to tokens
+    and round-trips through ``save_pretrained`` / ``AutoTokenizer.from_pretrained``.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(synthetic_vocab(n_filler))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )

@@ -43,3 +43,23 @@ def test_no_single_word_predicts_the_label():
 def test_bad_sizes(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_synthetic(seed=0, **kwargs)
+
+
+def test_tokenizer_maps_words_and_keeps_positions(tmp_path):
+    from transformers import AutoTokenizer
+
+    from lightning_attattr.data.synthetic import synthetic_tokenizer
+
+    tok = synthetic_tokenizer()
+    data = make_synthetic(3, seed=2)
+    enc = tok([ex.text for ex in data], padding=True, return_tensors="pt")
+    for row, ex in enumerate(data):
+        tokens = tok.convert_ids_to_tokens(enc["input_ids"][row])
+        assert tokens[0] == "[CLS]" and tokens[len(ex.words) + 1] == "[SEP]"
+        assert tokens[1 : len(ex.words) + 1] == list(ex.words)
+        i, j = ex.positions
+        assert tokens[i + 1] in KEY_A and tokens[j + 1] in KEY_B  # [CLS] shifts positions by one
+        assert int(enc["attention_mask"][row].sum()) == len(ex.words) + 2
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(data[0].text)["input_ids"] == tok(data[0].text)["input_ids"]

@@ -1,0 +1,1 @@
+"""Lightning layer: LightningModules and data modules that orchestrate the core."""

