@@ -146,6 +146,24 @@ def register_attention() -> None:
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
 
 
+def check_head_mask(mask: object, n_layers: int, n_heads: int, name: str = "head_mask") -> Tensor | None:
+    """Return ``mask`` if it is ``None`` or a ``[n_layers, n_heads]`` tensor, else raise.
+
+    Raises:
+        TypeError: not a tensor (nor ``None``).
+        ValueError: wrong shape (the message shows the expected and the given shape).
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"Expected `{name}` to be a tensor or None, but got {type(mask).__name__}.")
+    if tuple(mask.shape) != (n_layers, n_heads):
+        raise ValueError(
+            f"Expected `{name}` of shape [layer, head] = {[n_layers, n_heads]}, but got {list(mask.shape)}."
+        )
+    return mask
+
+
 class AttentionController:
     """Per-forward switches read by the ``"attattr"`` attention function.
 
@@ -182,15 +200,7 @@ class AttentionController:
     # ----------------------------------------------------------------- public helpers
     def set_head_mask(self, head_mask: Tensor | None) -> None:
         """Set (or clear with ``None``) the ``[layer, head]`` multiplicative head mask."""
-        if head_mask is not None:
-            if not isinstance(head_mask, Tensor):
-                raise TypeError(f"Expected `head_mask` to be a tensor or None, but got {type(head_mask).__name__}.")
-            expected = (self.n_layers, self.n_heads)
-            if tuple(head_mask.shape) != expected:
-                raise ValueError(
-                    f"Expected `head_mask` of shape [layer, head] = {list(expected)}, but got {list(head_mask.shape)}."
-                )
-        self.head_mask = head_mask
+        self.head_mask = check_head_mask(head_mask, self.n_layers, self.n_heads)
 
     @contextlib.contextmanager
     def masked(self, head_mask: Tensor | None) -> Iterator[None]:

@@ -19,7 +19,7 @@ from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MulticlassMatthewsCorrCoef
 
-from lightning_attattr.core.adapter import attention_scope, layer_modules
+from lightning_attattr.core.adapter import attention_scope, check_head_mask, layer_modules
 from lightning_attattr.data.glue import GLUE_TASKS, get_task
 
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight")
@@ -132,14 +132,8 @@ class AttAttrClassifier(pl.LightningModule):
         Raises:
             TypeError, ValueError: not a tensor, or not of shape ``[n_layers, n_heads]``.
         """
+        mask = check_head_mask(mask, self.n_layers, self.n_heads, name="mask")
         if mask is not None:
-            if not isinstance(mask, Tensor):
-                raise TypeError(f"Expected `mask` to be a tensor or None, but got {type(mask).__name__}.")
-            if tuple(mask.shape) != (self.n_layers, self.n_heads):
-                raise ValueError(
-                    f"Expected `mask` of shape [layer, head] = {[self.n_layers, self.n_heads]}, "
-                    f"but got {list(mask.shape)}."
-                )
             mask = mask.detach().float()
         self._head_mask = mask
 

@@ -17,6 +17,18 @@ TINY = {
 }
 
 
+def make_trainer(tmp_path, **kwargs):
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        **kwargs,
+    )
+
+
 def loader(n=16, seed=0, batch_size=8):
     tok = synthetic_tokenizer()
     data = make_synthetic(n, seed=seed)
@@ -32,15 +44,7 @@ def test_fits_and_logs_task_metrics(tmp_path):
     torch.manual_seed(0)
     module = AttAttrClassifier(model_config=TINY, num_labels=2, task="mrpc", learning_rate=1e-3)
     assert module.model.training  # ready to train (from_pretrained would return eval mode)
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
+    trainer = make_trainer(tmp_path, max_epochs=1)
     before = [p.detach().clone() for p in module.parameters()]
     trainer.fit(module, loader(), loader(seed=1))
     assert {"train/loss", "val/loss", "val/acc", "val/f1"} <= set(trainer.logged_metrics)
@@ -55,15 +59,7 @@ def test_cola_gets_matthews_correlation():
 
 def test_optimizer_groups_and_warmup(tmp_path):
     module = AttAttrClassifier(model_config=TINY, num_labels=2, weight_decay=0.1, warmup_ratio=0.5)
-    trainer = pl.Trainer(
-        default_root_dir=tmp_path,
-        max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
+    trainer = make_trainer(tmp_path, max_steps=4)
     trainer.fit(module, loader(n=32))
     optimizer = trainer.optimizers[0]
     decay, no_decay = optimizer.param_groups
