@@ -26,7 +26,6 @@ Run: ``python benchmarks/attribution_speed.py`` (``--help`` for options; ``--qui
 from __future__ import annotations
 
 import contextlib
-import csv
 import ctypes
 import functools
 import json
@@ -42,6 +41,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, AttentionIntegratedGradients
 from lightning_attattr.core.reference import reference_attattr
+from lightning_attattr.data.glue import read_glue_split
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = ROOT.parent / "shared" / "data" / "glue"
@@ -57,11 +57,6 @@ def minilm_dir() -> Path | None:
     return path if (path / "config.json").exists() else None
 
 
-def _read_sst2(split: str, n: int) -> list[dict]:
-    with (GLUE / "SST-2" / f"{split}.tsv").open(encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:n]
-
-
 def fit_probe_head(model, path: Path, n_train: int = 4000, epochs: int = 200) -> str:
     """Train only the classifier (a linear probe on the frozen pooled output) on SST-2 train.
 
@@ -71,11 +66,12 @@ def fit_probe_head(model, path: Path, n_train: int = 4000, epochs: int = 200) ->
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    rows = _read_sst2("train", n_train)
-    pooled, labels = [], torch.tensor([int(r["label"]) for r in rows])
+    train = read_glue_split(GLUE, "sst2", "train")
+    sentences, labels = train.text_a[:n_train], torch.tensor(train.labels[:n_train])
+    pooled = []
     with torch.no_grad():
-        for k in range(0, len(rows), 256):
-            enc = tok([r["sentence"] for r in rows[k : k + 256]], padding=True, return_tensors="pt")
+        for k in range(0, len(sentences), 256):
+            enc = tok(sentences[k : k + 256], padding=True, return_tensors="pt")
             pooled.append(model.bert(**enc).pooler_output)
     x = torch.cat(pooled)
     torch.manual_seed(0)
@@ -86,10 +82,10 @@ def fit_probe_head(model, path: Path, n_train: int = 4000, epochs: int = 200) ->
         loss = torch.nn.functional.cross_entropy(head(x), labels)
         loss.backward()
         opt.step()
-    dev = _read_sst2("dev", 10_000)
+    dev = read_glue_split(GLUE, "sst2", "validation")
     with torch.no_grad():
-        enc = tok([r["sentence"] for r in dev], padding=True, return_tensors="pt")
-        acc = (model(**enc).logits.argmax(-1) == torch.tensor([int(r["label"]) for r in dev])).float().mean()
+        enc = tok(dev.text_a, padding=True, return_tensors="pt")
+        acc = (model(**enc).logits.argmax(-1) == torch.tensor(dev.labels)).float().mean()
     return f"linear-probe head trained on {n_train} SST-2 train sentences, dev accuracy {float(acc):.3f}"
 
 
@@ -129,9 +125,8 @@ def sst2_examples(n: int) -> tuple[list[list[int]], str]:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(mdir)
-        with path.open(encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:n]
-        ids = [tok(r["sentence"], truncation=True, max_length=128)["input_ids"] for r in rows]
+        sentences = read_glue_split(GLUE, "sst2", "validation").text_a[:n]
+        ids = [tok(text, truncation=True, max_length=128)["input_ids"] for text in sentences]
         return ids, f"SST-2 dev, first {n} sentences ({path})"
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(16, 129, (n,), generator=g).tolist()
