@@ -38,6 +38,9 @@ import torch
 from torch import Tensor, nn
 
 ATTN_IMPLEMENTATION = "attattr"
+#: Config attribute where :mod:`lightning_attattr.core.pruning` records removed heads,
+#: ``{str(layer): [original head indices]}``.
+PRUNED_HEADS_KEY = "attattr_pruned_heads"
 
 #: Model types whose attention we have verified to run through ``AttentionInterface``.
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
@@ -196,6 +199,7 @@ class AttentionController:
         self._expand = 1
         self._skip_below = 0
         self._skip_output: Any = None
+        self._kept: dict[int, Tensor] = {}  # layer -> original indices of the heads left after pruning
 
     # ----------------------------------------------------------------- public helpers
     def set_head_mask(self, head_mask: Tensor | None) -> None:
@@ -270,8 +274,11 @@ class AttentionController:
         dropout: float,
     ) -> tuple[Tensor, Tensor | None]:
         self.layers_seen.append(layer)
+        kept = self._kept.get(layer)
         if layer == self._replace_layer and self._replacement is not None:
-            probs = self._replacement  # [rows, head, query_pos, key_pos]
+            probs = self._replacement  # [rows, head, query_pos, key_pos], all original heads
+            if kept is not None:
+                probs = probs.index_select(1, kept.to(probs.device))
             if probs.shape[0] != query.shape[0] or probs.shape[1:] != (*query.shape[1:3], key.shape[-2]):
                 raise RuntimeError(
                     f"Replacement attention for layer {layer} has shape {list(probs.shape)}, but the layer "
@@ -280,6 +287,8 @@ class AttentionController:
             out = torch.matmul(probs.to(value.dtype), value)
             return out.transpose(1, 2).contiguous(), probs
         mask_row = None if self.head_mask is None else self.head_mask[layer]
+        if mask_row is not None and kept is not None:
+            mask_row = mask_row.index_select(0, kept.to(mask_row.device))
         if self.use_sdpa and layer not in self._capture and mask_row is None:
             attn_mask = _expand_rows(attention_mask, query.shape[0])
             if attn_mask is not None and attn_mask.dtype != torch.bool:
@@ -297,7 +306,11 @@ class AttentionController:
         if mask_row is not None:
             probs = probs * mask_row.to(device=probs.device, dtype=probs.dtype).view(1, -1, 1, 1)
         if layer in self._capture:
-            self._captured[layer] = probs.detach()
+            captured = probs.detach()
+            if kept is not None:  # removed heads attend nowhere: zeros at their original index
+                full = captured.new_zeros(captured.shape[0], self.n_heads, *captured.shape[2:])
+                captured = full.index_copy_(1, kept.to(captured.device), captured)
+            self._captured[layer] = captured
         probs = nn.functional.dropout(probs.to(query.dtype), p=dropout, training=module.training)
         return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
 
@@ -413,6 +426,11 @@ def attention_scope(model: nn.Module) -> Iterator[AttentionController]:
     modules = layer_modules(model)
     register_attention()
     controller = AttentionController(n_layers=len(modules), n_heads=model.config.num_attention_heads)
+    n_heads = controller.n_heads
+    for layer, gone in (getattr(model.config, PRUNED_HEADS_KEY, None) or {}).items():
+        if gone:
+            kept = [h for h in range(n_heads) if h not in {int(g) for g in gone}]
+            controller._kept[int(layer)] = torch.tensor(kept, dtype=torch.long)
     previous_impl = model.config._attn_implementation
     undo: list[Callable[[], None]] = []
     try:

@@ -20,6 +20,13 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MulticlassMatthewsCorrCoef
 
 from lightning_attattr.core.adapter import attention_scope, check_head_mask, layer_modules
+from lightning_attattr.core.pruning import (
+    PruningReport,
+    count_parameters,
+    from_pretrained_pruned,
+    prune_heads,
+    pruned_heads,
+)
 from lightning_attattr.data.glue import GLUE_TASKS, get_task
 
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight")
@@ -93,8 +100,8 @@ class AttAttrClassifier(pl.LightningModule):
     ) -> torch.nn.Module:
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
-        if model_name_or_path is not None:
-            model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path, num_labels=num_labels)
+        if model_name_or_path is not None:  # a saved, structurally pruned model keeps its smaller shape
+            model = from_pretrained_pruned(model_name_or_path, num_labels=num_labels)
         else:
             assert model_config is not None
             config_kwargs = dict(model_config)
@@ -150,6 +157,41 @@ class AttAttrClassifier(pl.LightningModule):
             yield
         finally:
             self._head_mask = previous
+
+    # ----------------------------------------------------------------- structural pruning
+    def prune_heads(self, heads: Mapping[int, Any] | Tensor) -> PruningReport:
+        """Physically remove heads (``{layer: [head, ...]}`` or a ``[layer, head]`` mask whose zeros go).
+
+        Heads keep their original indices everywhere (head masks, attributions). The removed heads
+        are recorded in the model config (``save_pretrained`` -> ``from_pretrained_pruned``) and in
+        Lightning checkpoints (``load_from_checkpoint`` and resuming rebuild the smaller model).
+        Optimizers built before the call still hold the old parameters: prune before ``fit``, or
+        let the pruning callback rebuild the optimizer.
+
+        Returns:
+            The :class:`~lightning_attattr.core.pruning.PruningReport` (parameter counts before/after).
+        """
+        return prune_heads(self.model, heads)
+
+    @property
+    def pruned_heads(self) -> dict[int, list[int]]:
+        """Removed heads, ``{layer: [original head indices]}``."""
+        return pruned_heads(self.model)
+
+    @property
+    def n_parameters(self) -> int:
+        """Current parameter count of the wrapped model."""
+        return count_parameters(self.model)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the removed heads so that loading rebuilds the pruned structure first."""
+        checkpoint["attattr_pruned_heads"] = self.pruned_heads
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Prune the freshly built model like the saved one, before Lightning loads the weights."""
+        record = checkpoint.get("attattr_pruned_heads") or {}
+        if record:
+            prune_heads(self.model, {int(layer): heads for layer, heads in record.items()})
 
     # ----------------------------------------------------------------- forward and steps
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

@@ -127,3 +127,45 @@ def test_loads_a_local_model_directory_in_train_mode(tmp_path):
     with torch.no_grad():
         expected = saved(**{k: v for k, v in batch.items() if k != "labels"}).logits
         torch.testing.assert_close(module(batch), expected)
+
+
+def test_structural_pruning_matches_mask_and_survives_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    module = AttAttrClassifier(model_config=TINY, num_labels=2, learning_rate=1e-3)
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.fit(module, loader())  # trained weights, not the initialisation
+    module.eval()
+    batch = next(iter(loader(seed=3)))
+    mask = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0]])
+    with torch.no_grad(), module.masked_heads(mask):
+        masked = module(batch)
+    n_before = module.n_parameters
+    report = module.prune_heads(mask)
+    assert module.pruned_heads == {0: [1, 3], 1: [0]}
+    assert report.n_parameters_before == n_before and module.n_parameters == report.n_parameters_after < n_before
+    with torch.no_grad():
+        torch.testing.assert_close(module(batch), masked, rtol=1e-5, atol=1e-6)
+
+    # save_pretrained -> a new module from the directory keeps the pruned model
+    module.model.save_pretrained(tmp_path / "hf")
+    reloaded = AttAttrClassifier(model_name_or_path=str(tmp_path / "hf"), num_labels=2).eval()
+    assert reloaded.pruned_heads == {0: [1, 3], 1: [0]}
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(batch), masked, rtol=1e-5, atol=1e-6)
+
+    # the pruned model trains (optimizer built after pruning) and its Lightning checkpoint
+    # rebuilds the pruned structure before the weights are loaded
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.fit(module, loader())
+    trainer.save_checkpoint(tmp_path / "pruned.ckpt")
+    module.eval()
+    restored = AttAttrClassifier.load_from_checkpoint(tmp_path / "pruned.ckpt").eval()
+    assert restored.pruned_heads == {0: [1, 3], 1: [0]} and restored.n_parameters == module.n_parameters
+    with torch.no_grad():
+        torch.testing.assert_close(restored(batch), module(batch))
+
+    # resuming (weights, optimizer and schedule) from the pruned checkpoint
+    fresh = AttAttrClassifier(model_config=TINY, num_labels=2, learning_rate=1e-3)
+    resumed = make_trainer(tmp_path, max_steps=3)
+    resumed.fit(fresh, loader(), ckpt_path=tmp_path / "pruned.ckpt")
+    assert fresh.pruned_heads == {0: [1, 3], 1: [0]} and resumed.global_step == 3
