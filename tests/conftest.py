@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import transformers
@@ -87,3 +89,77 @@ def bert() -> torch.nn.Module:
 @pytest.fixture
 def bert64() -> torch.nn.Module:
     return make_model("bert", dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- a tiny local GLUE directory
+WORDS = (
+    'the a is fun ride . " na null nan he said yes agreed floods hit ice melts sailors rode breeze '
+    "persians was written cat dog sat on mat hello world good bad movie very long sentence that goes"
+).split()
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+LONG = " ".join(["very"] * 40) + " long sentence"
+
+SST_TRAIN = [
+    ('" the ride " is fun .', 1),
+    ("NA", 0),
+    ("null", 1),
+    ('"unbalanced quote', 0),
+    ("a good movie", 1),
+    ("a bad movie", 0),
+    ("the cat sat on the mat", 1),
+    ("the dog sat", 0),
+    ("hello world", 1),
+    ("very bad", 0),
+    ("very good", 1),
+    ("nan", 0),
+]
+SST_DEV = [("the ride is fun", 1), ("hello", 0), (LONG, 1)]
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding=encoding)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    # transformers v5: BertTokenizer(Fast) takes `vocab=` (a dict or a vocab.txt path); the old
+    # `vocab_file=` keyword is swallowed by **kwargs and silently gives a 5-token vocabulary.
+    from transformers import BertTokenizer
+
+    root = tmp_path_factory.mktemp("tok")
+    (root / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    BertTokenizer(vocab=str(root / "vocab.txt")).save_pretrained(str(root / "bert"))
+    return str(root / "bert")
+
+
+@pytest.fixture(scope="session")
+def glue(tmp_path_factory):
+    root = tmp_path_factory.mktemp("glue")
+    write(root / "SST-2" / "train.tsv", "sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in SST_TRAIN))
+    write(root / "SST-2" / "dev.tsv", "sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in SST_DEV))
+    rte = "index\tsentence1\tsentence2\tlabel\n"
+    rte += '0\t"The Persians" was written.\tnan\tentailment\n1\tNA\tnull\tnot_entailment\n'
+    write(root / "RTE" / "train.tsv", rte)
+    write(root / "RTE" / "dev.tsv", rte + f"2\t{LONG}\t{LONG}\tentailment\n")
+    mrpc = '\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tHe said "yes".\tHe agreed.\n0\t3\t4\tNA\tnull\n'
+    write(root / "MRPC" / "train.tsv", mrpc)
+    write(root / "MRPC" / "dev.tsv", mrpc)
+    cola = "gj04\t1\t\tThe sailors rode the breeze.\ngj04\t0\t*\tNA rode.\n"
+    write(root / "CoLA" / "train.tsv", cola)
+    write(root / "CoLA" / "dev.tsv", cola)
+    head = "index\tpromptID\tpairID\tgenre\ts1b\ts2b\ts1p\ts2p\tsentence1\tsentence2\tlabel1\tlabel2\tgold_label\n"
+
+    def mnli(rows):
+        return head + "".join(
+            f"{i}\t1\t1e\tfiction\tx\tx\tx\tx\t{a}\t{b}\tz\tz\t{y}\n" for i, (a, b, y) in enumerate(rows)
+        )
+
+    write(root / "MNLI" / "train.tsv", mnli([("Floods hit.", "Ice melts.", "neutral"), ("a", "b", "entailment")]))
+    write(
+        root / "MNLI" / "dev_matched.tsv",
+        mnli([("Floods hit.", "Ice melts.", "contradiction"), ('"NA"', "null", "entailment"), ("a", "b", "neutral")]),
+    )
+    write(root / "MNLI" / "dev_mismatched.tsv", mnli([("the cat", "the dog", "neutral")]))
+    write(root / "QNLI" / "train.tsv", "index\tquestion\tsentence\tlabel\n0\ta\tb\tentailment\n")  # no dev.tsv
+    return str(root)

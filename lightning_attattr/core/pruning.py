@@ -268,7 +268,9 @@ def from_pretrained_pruned(path: str, model_class: Any = None, **kwargs: Any) ->
     Args:
         path: local directory or hub name.
         model_class: an ``AutoModel*`` or model class (default ``AutoModelForSequenceClassification``).
-        **kwargs: forwarded to ``AutoConfig.from_pretrained`` / ``from_pretrained`` (e.g. ``num_labels``).
+        **kwargs: forwarded to ``AutoConfig.from_pretrained`` / ``from_pretrained`` (e.g. ``num_labels``;
+            ``ignore_mismatched_sizes=True`` re-initialises tensors whose saved shape differs, such as
+            a classification head saved for another number of labels).
 
     Returns:
         The model in eval mode, as ``from_pretrained`` returns it.
@@ -276,7 +278,8 @@ def from_pretrained_pruned(path: str, model_class: Any = None, **kwargs: Any) ->
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     model_class = model_class or AutoModelForSequenceClassification
-    config = AutoConfig.from_pretrained(path, **kwargs)
+    ignore_mismatched = bool(kwargs.get("ignore_mismatched_sizes", False))
+    config = AutoConfig.from_pretrained(path, **{k: v for k, v in kwargs.items() if k != "ignore_mismatched_sizes"})
     record = {int(k): v for k, v in (getattr(config, PRUNED_HEADS_KEY, None) or {}).items() if v}
     if not record:
         return model_class.from_pretrained(path, **kwargs)
@@ -284,8 +287,13 @@ def from_pretrained_pruned(path: str, model_class: Any = None, **kwargs: Any) ->
     model = model_class.from_config(config)
     prune_heads(model, record)
     state = _state_dict_files(path)
+    reinitialised: set[str] = set()
+    if ignore_mismatched:  # e.g. a classification head saved for another number of labels: keep it re-initialised
+        own = model.state_dict()
+        reinitialised = {k for k, v in state.items() if k in own and own[k].shape != v.shape}
+        state = {k: v for k, v in state.items() if k not in reinitialised}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
+    missing = [k for k in missing if not k.endswith("position_ids") and k not in reinitialised]
     if missing or unexpected:
         raise RuntimeError(
             f"Weights in {path!r} do not match the pruned structure: missing {missing[:5]}, "

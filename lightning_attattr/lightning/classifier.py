@@ -93,6 +93,7 @@ class AttAttrClassifier(pl.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self.extra_eval_metrics = torch.nn.ModuleDict()  # further eval loaders, created on first use
 
     @staticmethod
     def _build_model(
@@ -101,7 +102,8 @@ class AttAttrClassifier(pl.LightningModule):
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         if model_name_or_path is not None:  # a saved, structurally pruned model keeps its smaller shape
-            model = from_pretrained_pruned(model_name_or_path, num_labels=num_labels)
+            # a head saved for another label count (a checkpoint of another task) is re-initialised
+            model = from_pretrained_pruned(model_name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True)
         else:
             assert model_config is not None
             config_kwargs = dict(model_config)
@@ -218,23 +220,55 @@ class AttAttrClassifier(pl.LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        """Logs ``val/loss`` and ``val/acc`` (and ``val/f1`` / ``val/mcc`` where the task has them)."""
-        loss, preds, labels = self.model_step(batch)
-        self.val_metrics.update(preds, labels)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(labels))
-        self.log_dict(self.val_metrics, prog_bar=True, batch_size=len(labels))
+    def _eval_metrics(self, stage: str, dataloader_idx: int) -> MetricCollection:
+        """Metrics of one eval loader: ``val/`` for the first, ``val_<split>/`` for further ones (MNLI)."""
+        if dataloader_idx == 0:
+            return self.val_metrics if stage == "val" else self.test_metrics
+        key = f"{stage}_{dataloader_idx}"
+        if key not in self.extra_eval_metrics:
+            names = getattr(getattr(self._trainer, "datamodule", None), "val_split_names", None) or ()
+            suffix = str(names[dataloader_idx]) if dataloader_idx < len(names) else str(dataloader_idx)
+            suffix = suffix.removeprefix("validation_").removeprefix("validation")
+            prefix = f"{stage}_{suffix or dataloader_idx}/"
+            metrics = self.val_metrics.clone(prefix=prefix)
+            metrics.reset()  # the clone copies the first loader's running state
+            self.extra_eval_metrics[key] = metrics.to(self.device)
+        return self.extra_eval_metrics[key]
 
-    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        """Logs ``test/loss`` and the test metrics."""
+    def _eval_step(self, stage: str, batch: Mapping[str, Tensor], dataloader_idx: int) -> None:
         loss, preds, labels = self.model_step(batch)
-        self.test_metrics.update(preds, labels)
-        self.log("test/loss", loss, sync_dist=True, batch_size=len(labels))
-        self.log_dict(self.test_metrics, batch_size=len(labels))
+        metrics = self._eval_metrics(stage, dataloader_idx)
+        metrics.update(preds, labels)
+        prefix = metrics.prefix or f"{stage}/"
+        show = stage == "val"
+        kwargs = {"batch_size": len(labels), "add_dataloader_idx": False}
+        self.log(f"{prefix}loss", loss, prog_bar=show, sync_dist=True, **kwargs)
+        if dataloader_idx == 0:
+            self.log_dict(metrics, prog_bar=show, **kwargs)
+            return
+        # collections created after Lightning indexed the module's metrics: name their attributes
+        attributes = {id(module): name for name, module in self.extra_eval_metrics.named_modules()}
+        for name, metric in metrics.items(keep_base=False):
+            self.log(name, metric, metric_attribute=f"extra_eval_metrics.{attributes[id(metric)]}", **kwargs)
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Logs ``val/loss`` and ``val/acc`` (and ``val/f1`` / ``val/mcc`` where the task has them).
+
+        A second validation loader (MNLI mismatched) logs under ``val_mismatched/``: the data
+        module's ``val_split_names`` name the loaders.
+        """
+        self._eval_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Logs ``test/loss`` and the test metrics (``test_<split>/`` for further loaders)."""
+        self._eval_step("test", batch, dataloader_idx)
 
     def on_train_start(self) -> None:
         """Forget validation results of the sanity check."""
         self.val_metrics.reset()
+        for key, metrics in self.extra_eval_metrics.items():
+            if key.startswith("val"):
+                metrics.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW without decay on biases/LayerNorm; linear warm-up then linear decay, stepped per batch."""

@@ -153,3 +153,17 @@ def test_refuses_albert_and_inside_scope():
     model = make_model("bert")
     with attention_scope(model), pytest.raises(RuntimeError, match="inside an `attention_scope`"):
         prune_heads(model, HEADS)
+
+
+def test_pruned_model_loads_with_another_head_size(tmp_path):
+    model = make_model("bert", num_labels=2)
+    prune_heads(model, HEADS)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="size mismatch for classifier.weight"):
+        from_pretrained_pruned(str(tmp_path), num_labels=3)
+    loaded = from_pretrained_pruned(str(tmp_path), num_labels=3, ignore_mismatched_sizes=True)
+    assert loaded.classifier.out_features == 3 and pruned_heads(loaded) == HEADS
+    torch.testing.assert_close(
+        loaded.bert.encoder.layer[0].attention.self.query.weight,
+        model.bert.encoder.layer[0].attention.self.query.weight,
+    )

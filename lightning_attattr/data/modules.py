@@ -1,0 +1,640 @@
+"""LightningDataModules for GLUE and for the synthetic planted-interaction task.
+
+Both modules tokenize once in ``setup`` without padding, keep the token ids as plain Python lists
+(:class:`TokenizedDataset`) and pad each batch to its own longest sequence with
+:class:`PaddingCollator`. A batch is a dict with ``input_ids``, ``attention_mask`` (and
+``token_type_ids`` when the tokenizer produces them) and ``labels`` (int64), which is what
+:class:`~lightning_attattr.lightning.classifier.AttAttrClassifier` consumes. The raw texts stay
+available through ``examples(split)`` for reports and attribution trees.
+
+``num_labels`` and ``label_names`` are known right after ``__init__`` without any I/O, so
+LightningCLI can link them into the model::
+
+    parser.link_arguments("data.num_labels", "model.num_labels", apply_on="instantiate")
+
+GLUE test labels are hidden, so ``test_dataloader`` (and ``predict_dataloader``) serve the
+validation split(s), as the AttAttr paper evaluates on the dev sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_attattr.data.glue import GlueTask, get_task, read_glue_split
+from lightning_attattr.data.synthetic import SyntheticExample, make_synthetic, synthetic_vocab
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+HUB_DATASET = "nyu-mll/glue"
+"""Hugging Face hub dataset used when ``GlueDataModule(data_dir=None)``."""
+
+# Our task name -> hub config name.
+_HUB_CONFIGS: dict[str, str] = {
+    "sst2": "sst2",
+    "rte": "rte",
+    "mrpc": "mrpc",
+    "qqp": "qqp",
+    "cola": "cola",
+    "qnli": "qnli",
+    "mnli": "mnli",
+}
+# Text columns of the hub configs, in (text_a, text_b) order.
+_HUB_COLUMNS: dict[str, tuple[str, ...]] = {
+    "sst2": ("sentence",),
+    "cola": ("sentence",),
+    "mrpc": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"),
+    "rte": ("sentence1", "sentence2"),
+    "qnli": ("question", "sentence"),
+    "mnli": ("premise", "hypothesis"),
+}
+# Our label strings (``GlueTask.labels``) in the order of the hub's integer labels. Only MNLI
+# differs from our order: the hub has entailment/neutral/contradiction = 0/1/2, the AttAttr code
+# (and so ``GlueTask``) contradiction/entailment/neutral.
+_HUB_LABELS: dict[str, tuple[str, ...]] = {
+    "sst2": ("0", "1"),  # negative, positive
+    "cola": ("0", "1"),  # unacceptable, acceptable
+    "mrpc": ("0", "1"),  # not_equivalent, equivalent
+    "qqp": ("0", "1"),  # not_duplicate, duplicate
+    "rte": ("entailment", "not_entailment"),
+    "qnli": ("entailment", "not_entailment"),
+    "mnli": ("entailment", "neutral", "contradiction"),
+}
+# Padding value of each tokenizer output; ids not listed here pad with 0.
+_PAD_VALUES: dict[str, int] = {"attention_mask": 0, "special_tokens_mask": 1}
+_MIN_SEQ_LENGTH = 8
+_SYNTHETIC_VAL_SEED_OFFSET = 1_000_003
+
+
+# ----------------------------------------------------------------------------- validation helpers
+def _check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int >= ``low`` (or ``None`` when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        allowed = f"an integer >= {low}" + (" or None" if optional else "")
+        raise ValueError(f"Expected `{name}` to be {allowed}, but got {value!r}.")
+
+
+def _check_seed(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"Expected `seed` to be an integer, but got {value!r}.")
+
+
+# ----------------------------------------------------------------------------- data containers
+@dataclass(frozen=True)
+class TextExamples:
+    """Raw texts and labels of one split, in file (or hub) order.
+
+    Attributes:
+        split: split name (``train``, ``validation``, ``validation_matched``, ...).
+        text_a: first (or only) text of each example, verbatim.
+        text_b: second text of pair tasks, ``None`` for single-sentence tasks.
+        labels: class indices into the task's ``label_names``.
+    """
+
+    split: str
+    text_a: list[str]
+    text_b: list[str] | None
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class TokenizedDataset(Dataset):
+    """Unpadded token ids and labels, one dict of lists per example.
+
+    Args:
+        encodings: tokenizer output, ``{"input_ids": [[...], ...], "attention_mask": ..., ...}``,
+            one inner list per example.
+        labels: one class index per example.
+
+    Raises:
+        ValueError: the encodings and labels have different numbers of examples.
+    """
+
+    def __init__(self, encodings: Mapping[str, Sequence[Sequence[int]]], labels: Sequence[int]) -> None:
+        self.encodings = {key: [list(row) for row in rows] for key, rows in encodings.items()}
+        self.labels = [int(label) for label in labels]
+        for key, rows in self.encodings.items():
+            if len(rows) != len(self.labels):
+                raise ValueError(
+                    f"Expected `encodings[{key!r}]` to have one row per label ({len(self.labels)}), "
+                    f"but got {len(rows)}."
+                )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {key: rows[index] for key, rows in self.encodings.items()}
+        item["labels"] = self.labels[index]
+        return item
+
+
+class PaddingCollator:
+    """Pad a list of :class:`TokenizedDataset` items to the longest sequence of the batch.
+
+    ``input_ids`` pad with ``pad_token_id``, ``token_type_ids`` with ``pad_token_type_id``,
+    ``attention_mask`` with 0, ``special_tokens_mask`` with 1, anything else with 0. ``labels``
+    become an int64 tensor ``[batch]``. Picklable, so it works with ``num_workers > 0``.
+
+    Args:
+        pad_token_id: id of the padding token.
+        pad_token_type_id: token type id of padding positions.
+        padding_side: ``"right"`` (BERT) or ``"left"``.
+
+    Raises:
+        ValueError: ``padding_side`` is not ``"right"`` or ``"left"``.
+    """
+
+    def __init__(self, pad_token_id: int, pad_token_type_id: int = 0, padding_side: str = "right") -> None:
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"Expected `padding_side` to be one of ['left', 'right'], but got {padding_side!r}.")
+        self.pad_values = {**_PAD_VALUES, "input_ids": int(pad_token_id), "token_type_ids": int(pad_token_type_id)}
+        self.padding_side = padding_side
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
+        """Collate ``features`` into ``[batch, seq]`` int64 tensors plus ``labels`` ``[batch]``."""
+        if not features:
+            raise ValueError("Expected a non-empty list of examples to collate, but got an empty one.")
+        longest = max(len(f["input_ids"]) for f in features)
+        batch: dict[str, Tensor] = {}
+        for key in features[0]:
+            if key == "labels":
+                continue
+            out = torch.full((len(features), longest), self.pad_values.get(key, 0), dtype=torch.long)
+            for row, feature in enumerate(features):
+                values = torch.as_tensor(feature[key], dtype=torch.long)
+                if self.padding_side == "right":
+                    out[row, : len(values)] = values
+                else:
+                    out[row, longest - len(values) :] = values
+            batch[key] = out  # [batch, seq]
+        if "labels" in features[0]:
+            batch["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)  # [batch]
+        return batch
+
+
+# ----------------------------------------------------------------------------- shared base
+class _PaddedTextDataModule(pl.LightningDataModule):
+    """Loaders, caching and collation shared by the GLUE and synthetic data modules."""
+
+    def __init__(self, train_batch_size: int, eval_batch_size: int, num_workers: int, seed: int) -> None:
+        super().__init__()
+        _check_int("train_batch_size", train_batch_size, 1)
+        _check_int("eval_batch_size", eval_batch_size, 1)
+        _check_int("num_workers", num_workers, 0)
+        _check_seed(seed)
+        self.train_batch_size = train_batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self._datasets: dict[str, TokenizedDataset] = {}
+
+    # subclasses provide these
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """All split names: ``("train", *val_split_names)``."""
+        return ("train", *self.val_split_names)
+
+    @property
+    def val_split_names(self) -> tuple[str, ...]:
+        """Names of the validation splits, in the order of ``val_dataloader()``."""
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer (loaded on first use)."""
+        raise NotImplementedError
+
+    def _tokenize(self, split: str) -> TokenizedDataset:
+        raise NotImplementedError
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise ValueError(f"Expected `split` to be one of {list(self.splits)}, but got {split!r}.")
+
+    # common machinery
+    def setup(self, stage: str | None = None) -> None:
+        """Tokenize the splits ``stage`` needs (train and validation for ``fit``, else validation)."""
+        needed = self.splits if stage in (None, "fit") else self.val_split_names
+        for split in needed:
+            self.dataset(split)
+
+    def dataset(self, split: str) -> TokenizedDataset:
+        """The tokenized ``split`` (tokenized on first use, then cached).
+
+        Raises:
+            ValueError: unknown split (the message lists the known ones).
+        """
+        self._check_split(split)
+        if split not in self._datasets:
+            self._datasets[split] = self._tokenize(split)
+        return self._datasets[split]
+
+    @property
+    def collator(self) -> PaddingCollator:
+        """Dynamic-padding collate function built from the tokenizer's pad token and padding side.
+
+        Raises:
+            ValueError: the tokenizer has no padding token.
+        """
+        tok = self.tokenizer
+        if tok.pad_token_id is None:
+            raise ValueError(
+                f"Expected the tokenizer ({type(tok).__name__}) to have a padding token, but `pad_token_id` is None."
+            )
+        return PaddingCollator(tok.pad_token_id, getattr(tok, "pad_token_type_id", 0), tok.padding_side)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.dataset(split),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            collate_fn=self.collator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches; the order depends only on ``seed`` (and the epoch).
+
+        Under DDP, Lightning swaps in a ``DistributedSampler`` that shuffles with its own seed
+        (set it with ``seed_everything``).
+        """
+        return self._loader("train", self.train_batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Validation batches in file order; a list of loaders (``val_split_names``) for MNLI."""
+        loaders = [self._loader(split, self.eval_batch_size, shuffle=False) for split in self.val_split_names]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation loader(s): GLUE test labels are hidden, so ``test`` evaluates the dev sets."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation loader(s), unshuffled, for attribution passes through ``trainer.predict``."""
+        return self.val_dataloader()
+
+
+# ----------------------------------------------------------------------------- GLUE
+class GlueDataModule(_PaddedTextDataModule):
+    """A GLUE task from a local copy in the standard layout or from the Hugging Face hub.
+
+    Local files are read with :func:`~lightning_attattr.data.glue.read_glue_split` (texts verbatim:
+    no quote or NA processing). Without ``data_dir`` the task comes from the hub dataset
+    ``nyu-mll/glue``; its labels are mapped to this package's label order (they differ for MNLI).
+    Texts are tokenized once, truncated to ``max_seq_length`` and padded per batch.
+
+    Args:
+        task_name: GLUE task: ``sst2``, ``rte``, ``mrpc``, ``qqp``, ``cola``, ``qnli`` or ``mnli``
+            (case-insensitive; ``SST-2`` works too).
+        model_name_or_path: tokenizer source for ``AutoTokenizer.from_pretrained``: a hub name
+            (needs internet) or a local directory. Loaded on first use, never at import or in
+            ``__init__``; required for anything that tokenizes.
+        data_dir: local GLUE root holding ``SST-2/``, ``RTE/``, ... (or the task's own folder).
+            ``None`` loads the task from the hub.
+        max_seq_length: truncate every example (both texts of a pair together) to this many tokens.
+        train_batch_size: training batch size.
+        eval_batch_size: validation/test batch size.
+        num_workers: ``DataLoader`` worker processes.
+        max_train_samples: keep only the first N training examples (``None``: all).
+        max_eval_samples: keep only the first N examples of each validation split (``None``: all).
+        seed: seed of the training shuffle.
+
+    Raises:
+        ValueError: an argument out of range or an unknown task (the message names the argument,
+            the allowed values and what was given).
+        FileNotFoundError: ``data_dir`` is not an existing directory.
+    """
+
+    def __init__(
+        self,
+        task_name: str = "sst2",
+        model_name_or_path: str | None = None,
+        data_dir: str | None = None,
+        max_seq_length: int = 128,
+        train_batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        seed: int = 42,
+    ) -> None:
+        super().__init__(train_batch_size, eval_batch_size, num_workers, seed)
+        self.task: GlueTask = get_task(task_name)
+        if model_name_or_path is not None and (not isinstance(model_name_or_path, str) or not model_name_or_path):
+            raise ValueError(
+                "Expected `model_name_or_path` to be a hub name or a local tokenizer directory (a non-empty "
+                f"string) or None, but got {model_name_or_path!r}."
+            )
+        if data_dir is not None:
+            path = Path(data_dir).expanduser()
+            if not path.is_dir():
+                raise FileNotFoundError(
+                    f"Expected `data_dir` to be an existing directory with the standard GLUE layout "
+                    f"({self.task.directory}/{self.task.splits['train']}.tsv, ...), but {str(path)!r} "
+                    f"{'is not a directory' if path.exists() else 'does not exist'}."
+                )
+        _check_int("max_seq_length", max_seq_length, _MIN_SEQ_LENGTH)
+        _check_int("max_train_samples", max_train_samples, 1, optional=True)
+        _check_int("max_eval_samples", max_eval_samples, 1, optional=True)
+        self.save_hyperparameters()
+        self.task_name = self.task.name
+        self.model_name_or_path = model_name_or_path
+        self.data_dir = data_dir
+        self.max_seq_length = max_seq_length
+        self.max_train_samples = max_train_samples
+        self.max_eval_samples = max_eval_samples
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._examples: dict[str, TextExamples] = {}
+        self._hub: Any = None
+
+    # ------------------------------------------------------------- metadata (no I/O)
+    @property
+    def num_labels(self) -> int:
+        """Number of classes of the task (link it to ``model.num_labels``)."""
+        return self.task.num_labels
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The task's label strings in class-index order, as in the GLUE files (``("0", "1")`` for SST-2)."""
+        return self.task.labels
+
+    @property
+    def val_split_names(self) -> tuple[str, ...]:
+        """``("validation",)``, or ``("validation_matched", "validation_mismatched")`` for MNLI."""
+        return tuple(split for split in self.task.splits if split != "train")
+
+    # ------------------------------------------------------------- loading
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer of ``model_name_or_path`` (loaded on first use).
+
+        Raises:
+            ValueError: ``model_name_or_path`` is ``None``.
+            OSError: the tokenizer cannot be loaded (the message names the source).
+        """
+        if self._tokenizer is None:
+            if self.model_name_or_path is None:
+                raise ValueError(
+                    "Expected `model_name_or_path` to name a tokenizer (hub name or local directory) to "
+                    "tokenize GLUE, but got None."
+                )
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.model_name_or_path)
+            except OSError as err:
+                raise OSError(
+                    f"Could not load a tokenizer from `model_name_or_path`={self.model_name_or_path!r}: {err}. "
+                    "A hub name needs internet access; otherwise pass a local model or tokenizer directory."
+                ) from err
+        return self._tokenizer
+
+    def prepare_data(self) -> None:
+        """Download the hub dataset and the tokenizer into the caches (rank 0 only; no state is kept)."""
+        if self.data_dir is None:
+            self._download_hub()
+        if self.model_name_or_path is not None:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(self.model_name_or_path)
+
+    def _download_hub(self) -> Any:
+        """Load the task's ``DatasetDict`` from the hub (or the ``datasets`` cache).
+
+        Raises:
+            RuntimeError: the hub is unreachable or the dataset fails to load (the message says to
+                pass ``data_dir``).
+        """
+        import datasets
+
+        config = _HUB_CONFIGS[self.task.name]
+        try:
+            return datasets.load_dataset(HUB_DATASET, config)
+        except Exception as err:  # network, auth, cache or schema errors all end up here
+            raise RuntimeError(
+                f"Could not load GLUE task {self.task.name!r} from the Hugging Face hub "
+                f"({HUB_DATASET!r}, config {config!r}): {type(err).__name__}: {err}. Without internet "
+                "access, pass `data_dir` pointing to a local GLUE copy in the standard layout "
+                "(e.g. data_dir='../shared/data/glue')."
+            ) from err
+
+    def _load_hub(self) -> Any:
+        """The hub ``DatasetDict`` of the task, loaded once per process."""
+        if self._hub is None:
+            self._hub = self._download_hub()
+        return self._hub
+
+    def _read_hub(self, split: str) -> TextExamples:
+        hub = self._load_hub()
+        if split not in hub:
+            raise ValueError(f"The hub dataset {HUB_DATASET!r} has no split {split!r}; it has {sorted(hub)}.")
+        data = hub[split]
+        columns = _HUB_COLUMNS[self.task.name]
+        missing = [c for c in (*columns, "label") if c not in data.column_names]
+        if missing:
+            raise ValueError(
+                f"The hub split {split!r} of {self.task.name!r} has no column {missing[0]!r}; "
+                f"its columns are {data.column_names}."
+            )
+        limit = self.max_train_samples if split == "train" else self.max_eval_samples
+        if limit is not None and limit < len(data):
+            data = data.select(range(limit))
+        order = _HUB_LABELS[self.task.name]
+        names = getattr(data.features["label"], "names", None)
+        if names is not None and set(names) <= set(self.task.labels):
+            order = tuple(names)  # ClassLabel names are our label strings (NLI tasks): map by name
+        to_ours = [self.task.labels.index(label) for label in order]
+        labels = []
+        for row, value in enumerate(data["label"]):
+            if not 0 <= int(value) < len(to_ours):
+                raise ValueError(
+                    f"Hub split {split!r} of {self.task.name!r}, row {row}: label {value!r} is not in "
+                    f"[0, {len(to_ours) - 1}] (-1 marks the hidden labels of GLUE test sets)."
+                )
+            labels.append(to_ours[int(value)])
+        text_a = [str(t) for t in data[columns[0]]]
+        text_b = [str(t) for t in data[columns[1]]] if len(columns) > 1 else None
+        return TextExamples(split, text_a, text_b, labels)
+
+    def _read_local(self, split: str) -> TextExamples:
+        assert self.data_dir is not None
+        raw = read_glue_split(self.data_dir, self.task, split)
+        limit = self.max_train_samples if split == "train" else self.max_eval_samples
+        cut = slice(None) if limit is None else slice(limit)
+        text_b = None if raw.text_b is None else raw.text_b[cut]
+        return TextExamples(split, raw.text_a[cut], text_b, raw.labels[cut])
+
+    def examples(self, split: str) -> TextExamples:
+        """Raw texts and labels of ``split`` after ``max_*_samples`` (read on first use; no tokenizer needed).
+
+        Args:
+            split: ``train`` or one of ``val_split_names``.
+
+        Returns:
+            The split's :class:`TextExamples`, in the same order as the tokenized dataset.
+
+        Raises:
+            ValueError: unknown split, or malformed data.
+            FileNotFoundError: the split's file is missing under ``data_dir``.
+            RuntimeError: the hub dataset cannot be loaded.
+        """
+        self._check_split(split)
+        if split not in self._examples:
+            self._examples[split] = self._read_hub(split) if self.data_dir is None else self._read_local(split)
+        return self._examples[split]
+
+    def _tokenize(self, split: str) -> TokenizedDataset:
+        ex = self.examples(split)
+        texts = (ex.text_a,) if ex.text_b is None else (ex.text_a, ex.text_b)
+        encodings = self.tokenizer(*texts, truncation=True, max_length=self.max_seq_length)
+        return TokenizedDataset(dict(encodings), ex.labels)
+
+
+# ----------------------------------------------------------------------------- synthetic
+class SyntheticDataModule(_PaddedTextDataModule):
+    """The synthetic XOR task of :mod:`lightning_attattr.data.synthetic`, with its word-level tokenizer.
+
+    The training set is ``make_synthetic(n_train, seed)``; the validation set uses the derived
+    seed ``seed + 1_000_003`` so that it is a different sample. Each :class:`SyntheticExample`
+    records the word positions of its two interacting words; in the tokenized sequences (``[CLS]
+    words [SEP]``) they sit at ``positions[0] + 1`` and ``positions[1] + 1``.
+
+    Args:
+        n_train: number of training examples.
+        n_val: number of validation examples.
+        seed: seed of the training data and of the training shuffle.
+        min_len: shortest sequence in words (>= 2).
+        max_len: longest sequence in words (>= ``min_len``).
+        n_filler: size of the filler vocabulary.
+        train_batch_size: training batch size.
+        eval_batch_size: validation batch size.
+        num_workers: ``DataLoader`` worker processes.
+
+    Raises:
+        ValueError: an argument out of range (the message names it).
+
+    Example:
+        >>> dm = SyntheticDataModule(n_train=8, n_val=4, train_batch_size=4)
+        >>> dm.num_labels, dm.label_names, dm.vocab_size
+        (2, ('even', 'odd'), 29)
+        >>> batch = next(iter(dm.train_dataloader()))
+        >>> sorted(batch), batch["labels"].dtype
+        (['attention_mask', 'input_ids', 'labels', 'token_type_ids'], torch.int64)
+    """
+
+    def __init__(
+        self,
+        n_train: int = 2000,
+        n_val: int = 500,
+        seed: int = 0,
+        min_len: int = 8,
+        max_len: int = 16,
+        n_filler: int = 20,
+        train_batch_size: int = 32,
+        eval_batch_size: int = 128,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(train_batch_size, eval_batch_size, num_workers, seed)
+        _check_int("n_train", n_train, 1)
+        _check_int("n_val", n_val, 1)
+        make_synthetic(0, seed, min_len=min_len, max_len=max_len, n_filler=n_filler)  # validates the rest
+        self.save_hyperparameters()
+        self.n_train = n_train
+        self.n_val = n_val
+        self.min_len = min_len
+        self.max_len = max_len
+        self.n_filler = n_filler
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._examples: dict[str, list[SyntheticExample]] = {}
+
+    @property
+    def num_labels(self) -> int:
+        """Two classes."""
+        return 2
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """``("even", "odd")``: the parity of the number of ``*1`` key words (label = A xor B)."""
+        return ("even", "odd")
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the word-level vocabulary (specials, key words, fillers); link it into the model config."""
+        return len(synthetic_vocab(self.n_filler))
+
+    @property
+    def val_split_names(self) -> tuple[str, ...]:
+        """``("validation",)``."""
+        return ("validation",)
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The word-level :func:`~lightning_attattr.data.synthetic.synthetic_tokenizer` (built on first use)."""
+        if self._tokenizer is None:
+            from lightning_attattr.data.synthetic import synthetic_tokenizer
+
+            self._tokenizer = synthetic_tokenizer(self.n_filler)
+        return self._tokenizer
+
+    def examples(self, split: str) -> list[SyntheticExample]:
+        """The examples of ``split`` (``train`` or ``validation``), generated on first use.
+
+        Raises:
+            ValueError: unknown split.
+        """
+        self._check_split(split)
+        if split not in self._examples:
+            n, seed = (self.n_train, self.seed) if split == "train" else (self.n_val, self.val_seed)
+            self._examples[split] = make_synthetic(
+                n, seed, min_len=self.min_len, max_len=self.max_len, n_filler=self.n_filler
+            )
+        return self._examples[split]
+
+    @property
+    def val_seed(self) -> int:
+        """Seed of the validation examples: ``seed + 1_000_003``."""
+        return self.seed + _SYNTHETIC_VAL_SEED_OFFSET
+
+    @property
+    def train_examples(self) -> list[SyntheticExample]:
+        """The training examples."""
+        return self.examples("train")
+
+    @property
+    def val_examples(self) -> list[SyntheticExample]:
+        """The validation examples, in ``val_dataloader()`` order."""
+        return self.examples("validation")
+
+    def _tokenize(self, split: str) -> TokenizedDataset:
+        data = self.examples(split)
+        encodings = self.tokenizer([ex.text for ex in data])
+        return TokenizedDataset(dict(encodings), [ex.label for ex in data])
+
+    def save_tokenizer(self, path: str | Path) -> Path:
+        """Save the tokenizer with ``save_pretrained`` (reload it with ``AutoTokenizer.from_pretrained``).
+
+        Args:
+            path: target directory (created if missing).
+
+        Returns:
+            The directory as a ``Path``.
+        """
+        path = Path(path)
+        self.tokenizer.save_pretrained(str(path))
+        return path
