@@ -69,6 +69,10 @@ class AttributionResult:
             ``prob - baseline_prob`` (completeness gap), or ``None`` unless requested.
         method: integration rule used.
         n_steps: number of integration steps.
+        shard: ``(index, count)`` when this result is one shard of a split computation (see
+            ``attribute(..., shard=...)``): its ``attributions`` and ``convergence_delta`` are
+            partial sums that add up, over the ``count`` shards, to the full result
+            (:func:`merge_shards`); ``None`` for a complete result.
     """
 
     attributions: list[Tensor]
@@ -79,6 +83,7 @@ class AttributionResult:
     convergence_delta: Tensor | None
     method: str
     n_steps: int
+    shard: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.attributions)
@@ -184,6 +189,79 @@ def _prepare_inputs(inputs: object, device: torch.device) -> _Batch:
     return _Batch(moved, size, seq_len, lengths, positions, labels)
 
 
+def _validate_shard(shard: object) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    if (
+        not isinstance(shard, (tuple, list))
+        or len(shard) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) for v in shard)
+        or not 0 <= shard[0] < shard[1]
+    ):
+        raise ValueError(f"Expected `shard` to be None or (index, count) with 0 <= index < count, but got {shard!r}.")
+    return int(shard[0]), int(shard[1])
+
+
+def _owned_steps(n_groups: int, n_layers: int, n_steps: int, shard: tuple[int, int] | None) -> list[list[list[int]]]:
+    """``owned[group][layer]``: the integration-step indices this shard computes.
+
+    Work items (group, layer, step) are numbered in that order and dealt round-robin, so every
+    shard gets the same number of items (within one) whatever the group sizes.
+    """
+    out = []
+    item = 0
+    for _ in range(n_groups):
+        per_layer = []
+        for _ in range(n_layers):
+            steps = [k for k in range(n_steps) if shard is None or (item + k) % shard[1] == shard[0]]
+            per_layer.append(steps)
+            item += n_steps
+        out.append(per_layer)
+    return out
+
+
+def merge_shards(shards: Sequence[AttributionResult]) -> AttributionResult:
+    """Sum the shards of a split attribution (``attribute(..., shard=(i, n))`` for ``i < n``).
+
+    Args:
+        shards: one result per shard index ``0 .. n-1``, computed on the same inputs with the same
+            arguments.
+
+    Returns:
+        The complete :class:`AttributionResult`, equal to the unsplit computation up to
+        floating-point summation order.
+
+    Raises:
+        ValueError: missing or duplicate shards, or shards of different computations.
+    """
+    if not shards:
+        raise ValueError("Expected at least one shard in `shards`, but got none.")
+    first = shards[0]
+    count = first.shard[1] if first.shard is not None else 1
+    indices = sorted(s.shard[0] if s.shard is not None else 0 for s in shards)
+    if indices != list(range(count)) or any((s.shard or (0, 1))[1] != count for s in shards):
+        raise ValueError(f"Expected shards 0..{count - 1} exactly once, but got indices {indices}.")
+    for other in shards[1:]:
+        if (other.layers, other.method, other.n_steps, len(other)) != (
+            first.layers,
+            first.method,
+            first.n_steps,
+            len(first),
+        ) or not torch.equal(other.target, first.target):
+            raise ValueError("Expected shards of one computation (same inputs, layers, target, method and n_steps).")
+    deltas = [s.convergence_delta for s in shards]
+    return AttributionResult(
+        attributions=[sum(s.attributions[i] for s in shards) for i in range(len(first))],
+        layers=first.layers,
+        target=first.target,
+        prob=first.prob,
+        baseline_prob=first.baseline_prob,
+        convergence_delta=None if any(d is None for d in deltas) else sum(deltas),
+        method=first.method,
+        n_steps=first.n_steps,
+    )
+
+
 def _plan_groups(batch: _Batch, max_examples: int | None) -> list[list[int]]:
     """Group examples of similar length (sorted ascending), at most ``max_examples`` per group."""
     order = sorted(range(batch.size), key=lambda i: batch.lengths[i])
@@ -286,6 +364,7 @@ class AttentionIntegratedGradients:
         return_convergence_delta: bool = False,
         autocast_dtype: torch.dtype | None = None,
         show_progress: bool = False,
+        shard: tuple[int, int] | None = None,
     ) -> AttributionResult:
         """Attribute the target-class probability to every attention connection of the chosen layers.
 
@@ -312,6 +391,12 @@ class AttentionIntegratedGradients:
                 autocast; about 1% relative error, much faster on hardware with bf16 matrix units.
                 Default ``None``: the model's own precision.
             show_progress: show a progress bar over the passes.
+            shard: ``(index, count)`` to compute only this process's share of the work for a
+                split run (e.g. ``(rank, world_size)`` under DDP). The work items (length group x
+                layer x integration step) are dealt round-robin to the ``count`` shards; a shard's
+                maps and convergence delta are partial sums, and summing them over all shards
+                (an all-reduce, or :func:`merge_shards`) gives exactly the unsplit result.
+                ``prob``, ``baseline_prob`` and ``target`` are complete on every shard.
 
         Returns:
             An :class:`AttributionResult`; the maps are on the CPU in at least float32.
@@ -325,6 +410,7 @@ class AttentionIntegratedGradients:
         alphas, weights = approximation_parameters(validate_method(method), n_steps)
         if internal_batch_size is not None:
             _check_int("internal_batch_size", internal_batch_size, 1)
+        shard = _validate_shard(shard)
         if autocast_dtype is not None and autocast_dtype not in _AUTOCAST_DTYPES:
             raise ValueError(
                 f"Expected `autocast_dtype` to be None or one of {list(_AUTOCAST_DTYPES)}, but got {autocast_dtype!r}."
@@ -342,9 +428,11 @@ class AttentionIntegratedGradients:
             batch = _prepare_inputs(inputs, device)
             targets = self._validate_target(target, batch)
             groups = _plan_groups(batch, internal_batch_size)
+            owned = _owned_steps(len(groups), len(layer_ids), n_steps, shard)
             total = sum(
-                len(layer_ids) * math.ceil(n_steps / self._steps_per_pass(len(g), n_steps, internal_batch_size))
-                for g in groups
+                math.ceil(len(owned[gi][li]) / self._steps_per_pass(len(g), n_steps, internal_batch_size))
+                for gi, g in enumerate(groups)
+                for li in range(len(layer_ids))
             )
             progress = _progress(total, show_progress)
             try:
@@ -362,6 +450,8 @@ class AttentionIntegratedGradients:
                         return_convergence_delta,
                         autocast,
                         progress,
+                        owned,
+                        shard,
                     )
             finally:
                 progress.close()
@@ -380,8 +470,11 @@ class AttentionIntegratedGradients:
         want_delta: bool,
         autocast: Any,
         progress: Any,
+        owned: list[list[list[int]]],
+        shard: tuple[int, int] | None,
     ) -> AttributionResult:
         n_steps = len(alphas)
+        share = 1.0 if shard is None else 1.0 / shard[1]  # each shard carries 1/count of F(A) - F(0)
         per_example: list[list[Tensor]] = [[] for _ in range(batch.size)]
         target_out = torch.zeros(batch.size, dtype=torch.long)
         prob_out = torch.zeros(batch.size, dtype=torch.float64)
@@ -389,7 +482,7 @@ class AttentionIntegratedGradients:
         delta_out = torch.zeros(batch.size, len(layer_ids), dtype=torch.float64) if want_delta else None
         alpha_t = torch.tensor(alphas, dtype=torch.float64)
         weight_t = torch.tensor(weights, dtype=torch.float64)
-        for index in groups:
+        for gi, index in enumerate(groups):
             sub = _subset(batch, index)
             probs_a, recorded, logits = self._clean_pass(ctrl, sub, layer_ids, autocast)
             tgt = targets[index].to(logits.device) if targets is not None else logits.argmax(-1)
@@ -397,8 +490,19 @@ class AttentionIntegratedGradients:
             steps = self._steps_per_pass(len(index), n_steps, internal_batch_size)
             for li, layer in enumerate(layer_ids):
                 below = recorded.get(layer - 1)
+                mine = torch.tensor(owned[gi][li], dtype=torch.long)
                 attr, f_zero = self._integrate(
-                    ctrl, sub, layer, probs_a[layer], tgt, alpha_t, weight_t, steps, below, autocast, progress
+                    ctrl,
+                    sub,
+                    layer,
+                    probs_a[layer],
+                    tgt,
+                    alpha_t[mine],
+                    weight_t[mine],
+                    steps,
+                    below,
+                    autocast,
+                    progress,
                 )
                 for j, i in enumerate(index):
                     per_example[i].append(self._crop(batch, i, attr[j]))
@@ -407,7 +511,7 @@ class AttentionIntegratedGradients:
                         f_zero = self._baseline_prob(ctrl, sub, layer, probs_a[layer], tgt, below, autocast)
                     f_zero = f_zero.double().cpu()
                     base_out[index, li] = f_zero
-                    delta_out[index, li] = attr.flatten(1).sum(1).double().cpu() - (f_full - f_zero)
+                    delta_out[index, li] = attr.flatten(1).sum(1).double().cpu() - share * (f_full - f_zero)
             target_out[index] = tgt.cpu()
             prob_out[index] = f_full
         return AttributionResult(
@@ -419,6 +523,7 @@ class AttentionIntegratedGradients:
             convergence_delta=delta_out,
             method=method,
             n_steps=n_steps,
+            shard=shard,
         )
 
     # ----------------------------------------------------------------- validation
@@ -533,7 +638,7 @@ class AttentionIntegratedGradients:
         """``A * sum_k w_k dF(alpha_k A)/dA`` for one layer of one group: ``[batch, head, query_pos, key_pos]``."""
         batch = probs.shape[0]
         grad_sum = torch.zeros_like(probs)
-        f_zero = None
+        f_zero = None  # F(alpha = 0) when one of the computed steps is alpha = 0
         for start in range(0, len(alphas), steps_per_pass):
             a = alphas[start : start + steps_per_pass].to(probs)
             w = weights[start : start + steps_per_pass].to(probs)

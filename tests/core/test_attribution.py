@@ -6,7 +6,7 @@ import torch
 
 from lightning_attattr.core import reference
 from lightning_attattr.core.approximation import METHODS
-from lightning_attattr.core.attribution import AttentionIntegratedGradients, attribute
+from lightning_attattr.core.attribution import AttentionIntegratedGradients, attribute, merge_shards
 from tests.conftest import batch_for, make_model, text_batch
 from tests.core.test_adapter import ARCHS, _no_hooks
 
@@ -334,3 +334,39 @@ def test_progress_bar_counts_every_pass(bert, capsys):
     err = capsys.readouterr().err
     # 2 length groups x 3 layers x 2 passes (4 steps, 2 per pass for one example each)
     assert "AttAttr" in err and "12/12" in err
+
+
+@pytest.mark.parametrize(
+    ("method", "n_steps", "count"), [("gausslegendre", 6, 2), ("riemann_left", 5, 3), ("riemann_middle", 2, 7)]
+)
+def test_shards_sum_to_the_unsplit_result(bert64, method, n_steps, count):
+    """DDP splits (group x layer x step) work items over ranks; the partial sums add up exactly."""
+    batch = text_batch(lengths=(9, 4, 8, 5), seq_len=10)  # two length groups
+    kwargs = dict(
+        target="predicted", n_steps=n_steps, method=method, return_convergence_delta=True, internal_batch_size=8
+    )
+    ig = AttentionIntegratedGradients(bert64)
+    full = ig.attribute(batch, **kwargs)
+    shards = [ig.attribute(batch, shard=(i, count), **kwargs) for i in range(count)]
+    assert all(s.shard == (i, count) for i, s in enumerate(shards))
+    merged = merge_shards(list(reversed(shards)))
+    for got, want in zip(merged.attributions, full.attributions):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(merged.convergence_delta, full.convergence_delta, rtol=1e-8, atol=1e-12)
+    for s in shards:  # complete on every shard
+        torch.testing.assert_close(s.prob, full.prob)
+        torch.testing.assert_close(s.baseline_prob, full.baseline_prob, rtol=1e-10, atol=1e-14)
+        assert torch.equal(s.target, full.target)
+    # every shard did real work: partial maps differ from the full ones and are not all zero
+    assert all(any(m.abs().sum() > 0 for m in s.attributions) for s in shards)
+
+
+def test_bad_shards(bert):
+    batch = text_batch()
+    ig = AttentionIntegratedGradients(bert)
+    for bad in [(2, 2), (-1, 2), (0, 0), 3, (0.0, 1)]:
+        with pytest.raises(ValueError, match=r"`shard` to be None or \(index, count\)"):
+            ig.attribute(batch, shard=bad)
+    one = ig.attribute(batch, shard=(0, 2), n_steps=2)
+    with pytest.raises(ValueError, match=r"shards 0..1 exactly once"):
+        merge_shards([one])

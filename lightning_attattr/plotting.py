@@ -1,0 +1,423 @@
+"""Figures for attribution maps, head importance and pruning curves.
+
+Every function builds and returns a :class:`matplotlib.figure.Figure` and never shows, saves or logs
+it: the caller decides where it goes (``logger.experiment.add_figure``, ``fig.savefig``, or
+:func:`figure_to_array` followed by ``add_image(..., dataformats="HWC")``). The figures are created
+directly with an Agg canvas, not through :mod:`matplotlib.pyplot`, so no global figure registry,
+GUI backend or interactive state is touched, and a figure is freed like any other object once
+unreferenced (no ``plt.close`` needed). matplotlib itself is imported lazily, inside the functions,
+so importing this module costs nothing.
+
+Inputs may be ``torch.Tensor`` (any device or dtype) or anything :func:`numpy.asarray` accepts. Shapes
+follow the package vocabulary: an attribution map of one example and layer is
+``[head, query_pos, key_pos]`` (e.g. ``result.attributions[i][layer_idx]`` of an
+:class:`~lightning_attattr.core.attribution.AttributionResult`), head scores are ``[layer, head]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
+    from matplotlib.figure import Figure
+
+#: Default colormap for signed attributions: red positive, blue negative, white at zero.
+DIVERGING_CMAP = "RdBu_r"
+#: head_grid shows token tick labels only up to this many tokens (the panels are small).
+MAX_GRID_TOKENS = 24
+#: importance_heatmap annotates cells by default up to this many layers and heads.
+MAX_ANNOTATED = 16
+
+# token_heatmap geometry (inches): space per token, room for labels/colorbar, figure side limits
+_CELL_IN = 0.22
+_MARGIN_IN = 2.5
+_MIN_SIDE_IN, _MAX_SIDE_IN = 4.0, 16.0
+_PANEL_IN = 2.4  # one head_grid panel
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    """A pyplot-free figure with an Agg canvas and constrained layout (fits labels and colorbars)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
+    return fig
+
+
+def _as_array(name: str, value: Any, dims: Sequence[str]) -> np.ndarray:
+    """Convert ``value`` to a float64 array with ``len(dims)`` non-empty axes, or raise naming ``name``."""
+    expected = "[" + ", ".join(dims) + "]"
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, without importing torch
+        value = value.detach().cpu().float()  # float(): bfloat16/half have no (exact) numpy dtype
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"Expected `{name}` to be a tensor or array of shape {expected}, but could not convert "
+            f"{type(value).__name__}: {err}"
+        ) from err
+    if arr.ndim != len(dims) or 0 in arr.shape:
+        raise ValueError(
+            f"Expected `{name}` to have shape {expected} ({len(dims)} non-empty dims), but got shape {list(arr.shape)}."
+        )
+    return arr
+
+
+def _check_square(name: str, arr: np.ndarray, dims: Sequence[str]) -> None:
+    if arr.shape[-1] != arr.shape[-2]:
+        raise ValueError(
+            f"Expected `{name}` of shape [{', '.join(dims)}] to have query_pos == key_pos (self-attention), "
+            f"but got shape {list(arr.shape)}."
+        )
+
+
+def _check_tokens(tokens: object, n: int, shape: Sequence[int]) -> list[str]:
+    if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
+        raise TypeError(f"Expected `tokens` to be a sequence of strings, but got {type(tokens).__name__}.")
+    if len(tokens) != n:
+        raise ValueError(
+            f"Expected `tokens` to have one entry per position ({n}, from attribution shape {list(shape)}), "
+            f"but got {len(tokens)}."
+        )
+    return [str(t) for t in tokens]
+
+
+def _check_title(title: object) -> str | None:
+    if title is None or isinstance(title, str):
+        return title
+    raise TypeError(f"Expected `title` to be a string or None, but got {type(title).__name__}.")
+
+
+def _symmetric_limit(arr: np.ndarray) -> float:
+    """Largest finite ``|value|``, so that ``[-limit, limit]`` centres the colour scale at 0 (1.0 if all zero)."""
+    finite = np.abs(arr[np.isfinite(arr)])
+    limit = float(finite.max()) if finite.size else 0.0
+    return limit if limit > 0 else 1.0
+
+
+def _fontsize(cell_in: float, lo: float = 5.0, hi: float = 10.0) -> float:
+    """A tick-label size (points) that fits a cell of ``cell_in`` inches."""
+    return float(np.clip(0.75 * 72 * cell_in, lo, hi))
+
+
+def _set_token_ticks(ax: Axes, tokens: list[str], fontsize: float, *, x: bool = True, y: bool = True) -> None:
+    positions = range(len(tokens))
+    if x:
+        ax.set_xticks(positions, tokens, rotation=90, fontsize=fontsize)
+    else:
+        ax.set_xticks(positions, [""] * len(tokens))
+    if y:
+        ax.set_yticks(positions, tokens, fontsize=fontsize)
+    else:
+        ax.set_yticks(positions, [""] * len(tokens))
+
+
+def token_heatmap(
+    attr: Any,
+    tokens: Sequence[str],
+    title: str | None = None,
+    cmap: str | Colormap = DIVERGING_CMAP,
+) -> Figure:
+    """Heatmap of one layer's attribution map with the tokens on both axes.
+
+    Rows are queries (the attending token), columns are keys (the attended-to token), so the cell
+    ``(i, j)`` shows the attribution of "token ``i`` attends to token ``j``". Attributions are signed:
+    the colour scale is symmetric around 0 (``[-max|attr|, max|attr|]``) with a diverging colormap,
+    so white means no contribution. The figure grows with the number of tokens and stays readable
+    up to about 64 tokens (x labels are rotated, the font shrinks for longer inputs).
+
+    Args:
+        attr: ``[query_pos, key_pos]`` attribution of one example and layer, usually summed over
+            heads: ``result.attributions[i][layer_idx].sum(0)``. Tensor or array-like.
+        tokens: ``query_pos`` token strings (e.g. ``tokenizer.convert_ids_to_tokens(ids)``), used for
+            both axes.
+        title: Figure title; none by default.
+        cmap: Colormap name or object; should be diverging. Default ``"RdBu_r"``.
+
+    Returns:
+        A new figure with the heatmap axes and a colorbar.
+
+    Raises:
+        ValueError: If ``attr`` is not a non-empty square 2-d map, or ``tokens`` does not have
+            ``query_pos`` entries.
+        TypeError: If ``attr`` cannot be converted to an array, ``tokens`` is not a sequence of strings
+            (a plain ``str`` is rejected), or ``title`` is not a string.
+    """
+    dims = ("query_pos", "key_pos")
+    arr = _as_array("attr", attr, dims)
+    _check_square("attr", arr, dims)
+    n = arr.shape[0]
+    labels = _check_tokens(tokens, n, arr.shape)
+    title = _check_title(title)
+
+    side = float(np.clip(_CELL_IN * n + _MARGIN_IN, _MIN_SIDE_IN, _MAX_SIDE_IN))
+    fig = _new_figure((side + 1.0, side))  # + colorbar
+    ax = fig.add_subplot()
+    limit = _symmetric_limit(arr)
+    im = ax.imshow(arr, cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest", aspect="equal")
+    _set_token_ticks(ax, labels, _fontsize((side - _MARGIN_IN) / n))
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
+    fig.colorbar(im, ax=ax, label="attribution", shrink=0.8)
+    if title is not None:
+        ax.set_title(title)
+    return fig
+
+
+def head_grid(
+    attr: Any,
+    tokens: Sequence[str] | None = None,
+    title: str | None = None,
+    max_cols: int = 4,
+) -> Figure:
+    """Grid of per-head attribution maps of one layer, on one shared colour scale.
+
+    One panel per head (titled ``"head h"``), ``max_cols`` panels per row. All panels share a
+    colour scale symmetric around 0 (``[-max|attr|, max|attr|]`` over all heads) and one colorbar,
+    so heads can be compared directly. Token tick labels are drawn only when ``tokens`` is given
+    and has at most 24 entries (x labels on the bottom panel of each column, y labels on the first
+    column); otherwise the panels have no ticks.
+
+    Args:
+        attr: ``[head, query_pos, key_pos]`` attribution of one example and layer, e.g.
+            ``result.attributions[i][layer_idx]``. Tensor or array-like.
+        tokens: Optional ``query_pos`` token strings for the tick labels.
+        title: Figure title (suptitle); none by default.
+        max_cols: Maximum number of panels per row, a positive integer. Default 4.
+
+    Returns:
+        A new figure with ``head`` image axes and one colorbar.
+
+    Raises:
+        ValueError: If ``attr`` is not a non-empty ``[head, query_pos, key_pos]`` map with
+            ``query_pos == key_pos``, ``tokens`` does not have ``query_pos`` entries, or ``max_cols``
+            is not positive.
+        TypeError: If ``attr`` cannot be converted to an array, ``tokens`` is not a sequence of
+            strings, ``max_cols`` is not an integer, or ``title`` is not a string.
+    """
+    dims = ("head", "query_pos", "key_pos")
+    arr = _as_array("attr", attr, dims)
+    _check_square("attr", arr, dims)
+    if isinstance(max_cols, bool) or not isinstance(max_cols, int):
+        raise TypeError(f"Expected `max_cols` to be a positive integer, but got {max_cols!r}.")
+    if max_cols < 1:
+        raise ValueError(f"Expected `max_cols` to be a positive integer, but got {max_cols}.")
+    n_heads, n = arr.shape[0], arr.shape[1]
+    labels = None if tokens is None else _check_tokens(tokens, n, arr.shape)
+    title = _check_title(title)
+    tick_labels = labels if labels is not None and n <= MAX_GRID_TOKENS else None
+
+    n_cols = min(max_cols, n_heads)
+    n_rows = math.ceil(n_heads / n_cols)
+    panel = _PANEL_IN + (0.8 if tick_labels else 0.0)  # room for tick labels
+    fig = _new_figure((n_cols * panel + 1.0, n_rows * panel + (0.4 if title else 0.0)))
+    grid = fig.subplots(n_rows, n_cols, squeeze=False)
+    limit = _symmetric_limit(arr)
+    axes = []
+    for h, ax in enumerate(grid.flat):
+        if h >= n_heads:
+            ax.remove()  # unused cells of the last row
+            continue
+        im = ax.imshow(arr[h], cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
+        ax.set_title(f"head {h}", fontsize=9)
+        if tick_labels is not None:
+            bottom = h + n_cols >= n_heads  # no panel below in this column
+            _set_token_ticks(ax, tick_labels, _fontsize(_PANEL_IN / n, hi=8.0), x=bottom, y=h % n_cols == 0)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes.append(ax)
+    fig.colorbar(im, ax=axes, label="attribution", shrink=0.8)
+    if title is not None:
+        fig.suptitle(title)
+    return fig
+
+
+def importance_heatmap(
+    importance: Any,
+    title: str | None = None,
+    annotate: bool | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    cmap: str | Colormap | None = None,
+) -> Figure:
+    """Heatmap of per-head scores, layers as rows (layer 0 at the top) and heads as columns.
+
+    With non-negative scores (e.g. AttAttr head importance) the colormap is sequential
+    (``"viridis"``); with signed scores it is diverging and symmetric around 0.
+
+    Args:
+        importance: ``[layer, head]`` scores. Tensor or array-like.
+        title: Axes title; none by default.
+        annotate: Write each value (2 significant digits) into its cell. ``None`` (default) does so
+            when there are at most 16 layers and 16 heads.
+        layers: Row labels, ``layer`` layer indices (e.g. ``AttributionResult.layers`` when only some
+            layers were attributed). Default ``0 .. layer - 1``.
+        cmap: Colormap name or object; ``None`` picks as described above.
+
+    Returns:
+        A new figure with the heatmap axes and a colorbar.
+
+    Raises:
+        ValueError: If ``importance`` is not a non-empty 2-d ``[layer, head]`` array or ``layers``
+            does not have ``layer`` entries.
+        TypeError: If ``importance`` cannot be converted to an array, ``annotate`` is not a bool or
+            None, or ``title`` is not a string.
+    """
+    arr = _as_array("importance", importance, ("layer", "head"))
+    n_layers, n_heads = arr.shape
+    if annotate is not None and not isinstance(annotate, bool):
+        raise TypeError(f"Expected `annotate` to be a bool or None, but got {annotate!r}.")
+    if layers is not None and len(layers) != n_layers:
+        raise ValueError(
+            f"Expected `layers` to have one entry per row of `importance` ({n_layers}, from shape "
+            f"{list(arr.shape)}), but got {len(layers)}."
+        )
+    title = _check_title(title)
+    if annotate is None:
+        annotate = n_layers <= MAX_ANNOTATED and n_heads <= MAX_ANNOTATED
+
+    import matplotlib as mpl
+
+    signed = bool(np.nanmin(arr) < 0) if np.isfinite(arr).any() else False
+    if signed:
+        limit = _symmetric_limit(arr)
+        vmin, vmax = -limit, limit
+    else:
+        finite = arr[np.isfinite(arr)]
+        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    colormap = mpl.colormaps.get_cmap(cmap if cmap is not None else DIVERGING_CMAP if signed else "viridis")
+
+    cell = 0.55 if annotate else 0.3
+    fig = _new_figure(
+        (float(np.clip(cell * n_heads + 2.2, 4.0, 16.0)), float(np.clip(cell * n_layers + 1.5, 3.0, 16.0)))
+    )
+    ax = fig.add_subplot()
+    # origin="upper": row 0 (layer 0) is drawn at the top
+    im = ax.imshow(arr, cmap=colormap, vmin=vmin, vmax=vmax, origin="upper", interpolation="nearest", aspect="auto")
+    row_labels = [str(i) for i in (range(n_layers) if layers is None else layers)]
+    ax.set_yticks(range(n_layers), row_labels)
+    ax.set_xticks(range(n_heads), [str(h) for h in range(n_heads)])
+    ax.set_ylabel("layer")
+    ax.set_xlabel("head")
+    fig.colorbar(im, ax=ax, label="score")
+    if annotate:
+        fontsize = float(np.clip(9 - 0.25 * max(n_heads - 8, 0), 5, 9))
+        for (i, j), v in np.ndenumerate(arr):
+            if not np.isfinite(v):
+                continue
+            r, g, b, _ = colormap(im.norm(v))
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # perceived luminance of the cell
+            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=fontsize, color="white" if dark else "black")
+    if title is not None:
+        ax.set_title(title)
+    return fig
+
+
+def pruning_curve(
+    fractions: Sequence[float],
+    curves: Mapping[str, Sequence[float]],
+    metric_name: str = "accuracy",
+    title: str | None = None,
+) -> Figure:
+    """Metric against the fraction of heads pruned, one line per head-ranking method.
+
+    Args:
+        fractions: ``[n_points]`` fractions of heads pruned, each in ``[0, 1]`` (plotted as
+            percentages).
+        curves: Ranking method name (e.g. ``"attattr"``, ``"taylor"``, ``"random"``) to the
+            ``[n_points]`` metric values at ``fractions``. ``NaN`` leaves a gap.
+        metric_name: y-axis label. Default ``"accuracy"``.
+        title: Axes title; none by default.
+
+    Returns:
+        A new figure with one axes holding one line (with markers) per entry of ``curves``, in
+        mapping order, with a legend and a grid.
+
+    Raises:
+        ValueError: If ``fractions`` is empty, not 1-d, or outside ``[0, 1]``, ``curves`` is empty,
+            or a curve does not have ``n_points`` values.
+        TypeError: If ``curves`` is not a mapping, a value cannot be converted to an array, or
+            ``title`` is not a string.
+    """
+    x = _as_array("fractions", fractions, ("n_points",))
+    if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1:
+        raise ValueError(
+            f"Expected `fractions` to be fractions of heads pruned in [0, 1], but got {x.tolist()} "
+            "(pass percentages divided by 100)."
+        )
+    if not isinstance(curves, Mapping):
+        raise TypeError(f"Expected `curves` to be a mapping of method name to values, but got {type(curves).__name__}.")
+    if not curves:
+        raise ValueError("Expected `curves` to contain at least one method, but got an empty mapping.")
+    ys = {}
+    for name, values in curves.items():
+        y = _as_array(f"curves[{name!r}]", values, ("n_points",))
+        if y.shape != x.shape:
+            raise ValueError(
+                f"Expected `curves[{name!r}]` to have one value per fraction (shape {list(x.shape)}, as "
+                f"`fractions`), but got shape {list(y.shape)}."
+            )
+        ys[str(name)] = y
+    title = _check_title(title)
+
+    from matplotlib.ticker import PercentFormatter
+
+    fig = _new_figure((6.0, 4.0))
+    ax = fig.add_subplot()
+    markers = "osD^vP*X"
+    for k, (name, y) in enumerate(ys.items()):
+        ax.plot(x, y, marker=markers[k % len(markers)], label=name)
+    ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_xlabel("heads pruned")
+    ax.set_ylabel(metric_name)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if title is not None:
+        ax.set_title(title)
+    return fig
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """Render a figure with Agg into an RGB image array.
+
+    Meant for ``logger.experiment.add_image(tag, figure_to_array(fig), step, dataformats="HWC")``,
+    which, unlike ``add_figure``, never imports :mod:`matplotlib.pyplot`. The figure is neither
+    closed nor otherwise changed; transparent pixels are composited onto white.
+
+    Args:
+        fig: Any matplotlib figure (from this module or elsewhere, whatever its canvas).
+
+    Returns:
+        ``[H, W, 3]`` ``uint8`` array with ``H, W = int(height_in * dpi), int(width_in * dpi)``.
+
+    Raises:
+        TypeError: If ``fig`` is not a :class:`matplotlib.figure.Figure`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not isinstance(fig, Figure):
+        raise TypeError(f"Expected `fig` to be a matplotlib Figure, but got {type(fig).__name__}.")
+    if isinstance(fig.canvas, FigureCanvasAgg):
+        fig.canvas.draw()
+        rgba = np.asarray(fig.canvas.buffer_rgba())  # [H, W, 4], straight (non-premultiplied) alpha
+    else:
+        # another canvas (e.g. an interactive backend): render through a temporary Agg canvas
+        # without replacing the figure's own
+        import io
+
+        buf = io.BytesIO()
+        width, height = (int(v) for v in fig.bbox.size)
+        fig.savefig(buf, format="rgba", dpi=fig.dpi)
+        rgba = np.frombuffer(buf.getvalue(), dtype=np.uint8).reshape(height, width, 4)
+    alpha = rgba[..., 3:].astype(np.float32) / 255.0
+    rgb = rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+    return np.ascontiguousarray(np.rint(rgb).astype(np.uint8))
