@@ -1,0 +1,225 @@
+"""Watch AttAttr maps of a fixed probe set evolve during training, in TensorBoard and on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_attattr.callbacks._protocol import (
+    collect_examples,
+    first_val_loader,
+    pad_examples,
+    reduce_sum,
+    resolve_model,
+    resolve_tokenizer,
+    tensorboard,
+    tokens_of,
+    world,
+)
+from lightning_attattr.core.approximation import validate_method, validate_n_steps
+from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, AttentionIntegratedGradients
+
+_TARGETS = ("predicted", "labels")
+
+
+class AttributionMonitor(Callback):
+    """Compute AttAttr maps of a fixed probe set every ``every_n_epochs`` validation epochs.
+
+    The probe set is the first ``n_examples`` examples of the validation loader, chosen once (at
+    the first analysis), kept in the callback state (so a resumed run uses the same examples) and
+    written to ``<save_dir>/probe.pt``. Each analysis logs, per layer,
+
+    - ``attr/layer{l}/example{i}``: a token x token heatmap of the map summed over heads (image),
+    - ``attr_heads/layer{l}/example{i}``: a grid of the per-head maps (image),
+    - ``attr/completeness_layer{l}``: mean relative completeness gap over the probe set (scalar),
+    - ``attr/values_layer{l}``: histogram of the attribution values,
+
+    and writes ``<save_dir>/epoch={epoch:03d}.pt`` (only on rank zero), a dict with ``epoch``,
+    ``global_step``, ``layers``, ``tokens`` (per example), ``attributions`` (per example,
+    ``[layer, head, query_pos, key_pos]`` float32 cropped to the real tokens), ``target``, ``prob``,
+    ``convergence_delta`` (``[example, layer]``), ``method`` and ``n_steps``. Load it with
+    ``torch.load(path)``.
+
+    Under DDP the integration work is split across ranks (``attribute(..., shard=(rank, world))``)
+    and the partial maps are summed, so every rank ends with the single-process result.
+
+    Args:
+        n_examples: probe-set size.
+        every_n_epochs: analyse every this many validation epochs (never during sanity checking).
+        layers: layers to attribute (default all).
+        n_steps: integration steps.
+        method: integration rule (see ``AttentionIntegratedGradients.attribute``).
+        target: ``"predicted"`` (default) or ``"labels"``.
+        internal_batch_size: rows per forward/backward pass (memory cap; results unchanged).
+        log_images: log heatmaps and head grids (needs a TensorBoard logger; else skipped with a warning).
+        log_histograms: log histograms of attribution values.
+        max_image_examples: log images for at most this many probe examples.
+        save_dir: where maps are written; default ``<trainer.log_dir>/attributions``.
+    """
+
+    def __init__(
+        self,
+        n_examples: int = 2,
+        every_n_epochs: int = 1,
+        layers: list[int] | None = None,
+        n_steps: int = DEFAULT_N_STEPS,
+        method: str = DEFAULT_METHOD,
+        target: str = "predicted",
+        internal_batch_size: int | None = None,
+        log_images: bool = True,
+        log_histograms: bool = True,
+        max_image_examples: int = 2,
+        save_dir: str | None = None,
+    ) -> None:
+        for name, value in (("n_examples", n_examples), ("every_n_epochs", every_n_epochs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Expected `{name}` to be a positive integer, but got {value!r}.")
+        if isinstance(max_image_examples, bool) or not isinstance(max_image_examples, int) or max_image_examples < 0:
+            raise ValueError(f"Expected `max_image_examples` to be an integer >= 0, but got {max_image_examples!r}.")
+        validate_n_steps(n_steps)
+        validate_method(method)
+        if target not in _TARGETS:
+            raise ValueError(f"Expected `target` to be one of {list(_TARGETS)}, but got {target!r}.")
+        self.n_examples = n_examples
+        self.every_n_epochs = every_n_epochs
+        self.layers = layers
+        self.n_steps = n_steps
+        self.method = method
+        self.target = target
+        self.internal_batch_size = internal_batch_size
+        self.log_images = log_images
+        self.log_histograms = log_histograms
+        self.max_image_examples = max_image_examples
+        self.save_dir = save_dir
+        self.probe: list[dict[str, Tensor]] | None = None
+        self.analyses_done = 0
+        self.last_result: dict[str, Any] | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(n_examples=self.n_examples, layers=self.layers, method=self.method)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        resolve_model(pl_module)  # fail early when the module does not follow the protocol
+        if self.log_images and tensorboard(trainer) is None:
+            rank_zero_warn("AttributionMonitor: no TensorBoardLogger, so no images are logged (maps are still saved).")
+
+    def _directory(self, trainer: pl.Trainer) -> Path:
+        root = self.save_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "attributions")
+        return Path(root)
+
+    def _choose_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rows = None
+        if trainer.is_global_zero:
+            rows = collect_examples(pl_module, first_val_loader(trainer), self.n_examples)
+        self.probe = trainer.strategy.broadcast(rows, src=0)
+        if not self.probe:
+            raise RuntimeError("AttributionMonitor found no validation examples for its probe set.")
+        if trainer.is_global_zero:
+            directory = self._directory(trainer)
+            directory.mkdir(parents=True, exist_ok=True)
+            torch.save(self.probe, directory / "probe.pt")
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs != 0:
+            return
+        self._run(trainer, pl_module)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run(trainer, pl_module)
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.probe is None:
+            self._choose_probe(trainer, pl_module)
+        assert self.probe is not None
+        result = self.analyse(trainer, pl_module)
+        self.analyses_done += 1
+        self._log(trainer, pl_module, result)
+        if trainer.is_global_zero:
+            directory = self._directory(trainer)
+            directory.mkdir(parents=True, exist_ok=True)
+            torch.save(result, directory / f"epoch={trainer.current_epoch:03d}.pt")
+        self.last_result = result
+
+    def analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """Attribute the probe set (this rank's shard, then summed over ranks); the saved dict."""
+        assert self.probe is not None
+        model = resolve_model(pl_module)
+        rank, size = world(trainer)
+        batch = pad_examples(self.probe)
+        result = AttentionIntegratedGradients(model).attribute(
+            batch,
+            target=self.target,
+            layers=self.layers,
+            n_steps=self.n_steps,
+            method=self.method,
+            internal_batch_size=self.internal_batch_size,
+            return_convergence_delta=True,
+            shard=(rank, size) if size > 1 else None,
+        )
+        padded = reduce_sum(trainer, result.padded(), pl_module.device)  # [example, layer, head, q, k]
+        delta = reduce_sum(trainer, result.convergence_delta, pl_module.device)  # [example, layer]
+        lengths = [a.shape[-1] for a in result.attributions]
+        tokenizer = resolve_tokenizer(trainer, pl_module)
+        tokens = [tokens_of(tokenizer, row["input_ids"]) if "input_ids" in row else [] for row in self.probe]
+        assert result.baseline_prob is not None
+        return {
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "layers": list(result.layers),
+            "tokens": tokens,
+            "attributions": [padded[i, :, :, :n, :n].float().clone() for i, n in enumerate(lengths)],
+            "target": result.target,
+            "prob": result.prob,
+            "baseline_prob": result.baseline_prob,
+            "convergence_delta": delta,
+            "method": result.method,
+            "n_steps": result.n_steps,
+        }
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, result: dict[str, Any]) -> None:
+        gap = result["convergence_delta"].abs() / (result["prob"][:, None] - result["baseline_prob"]).abs().clamp_min(
+            1e-12
+        )  # [example, layer]
+        for li, layer in enumerate(result["layers"]):
+            pl_module.log(f"attr/completeness_layer{layer}", float(gap[:, li].mean()), rank_zero_only=True)
+        writer = tensorboard(trainer)
+        if writer is None or not trainer.is_global_zero:
+            return
+        from lightning_attattr.plotting import figure_to_array, head_grid, token_heatmap
+
+        step = trainer.global_step
+        for li, layer in enumerate(result["layers"]):
+            if self.log_histograms:
+                values = torch.cat([a[li].flatten() for a in result["attributions"]])
+                writer.add_histogram(f"attr/values_layer{layer}", values, step)
+            if not self.log_images:
+                continue
+            for i, attr in enumerate(result["attributions"][: self.max_image_examples]):
+                tokens = result["tokens"][i] or None
+                heat = token_heatmap(attr[li].sum(0), tokens or [str(j) for j in range(attr.shape[-1])],
+                                     title=f"layer {layer}, example {i}, epoch {result['epoch']}")  # fmt: skip
+                writer.add_image(f"attr/layer{layer}/example{i}", figure_to_array(heat), step, dataformats="HWC")
+                grid = head_grid(attr[li], tokens=tokens, title=f"layer {layer}, example {i}")
+                writer.add_image(f"attr_heads/layer{layer}/example{i}", figure_to_array(grid), step, dataformats="HWC")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"probe": self.probe, "analyses_done": self.analyses_done}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.probe = state_dict.get("probe")
+        self.analyses_done = int(state_dict.get("analyses_done", 0))

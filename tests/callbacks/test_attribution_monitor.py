@@ -1,0 +1,119 @@
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_attattr.callbacks import AttributionMonitor
+from lightning_attattr.core.attribution import AttentionIntegratedGradients
+from lightning_attattr.data.modules import SyntheticDataModule
+from lightning_attattr.lightning.classifier import AttAttrClassifier
+
+TINY = {
+    "model_type": "bert",
+    "vocab_size": 29,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "max_position_embeddings": 32,
+}
+
+
+def setup_run(tmp_path, callbacks, logger=True, **trainer_kwargs):
+    torch.manual_seed(0)
+    module = AttAttrClassifier(model_config=TINY, num_labels=2, task="synthetic", learning_rate=1e-3)
+    data = SyntheticDataModule(n_train=64, n_val=32, train_batch_size=16, eval_batch_size=16)
+    kwargs = dict(max_epochs=2, limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=1)
+    kwargs.update(trainer_kwargs)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        logger=TensorBoardLogger(tmp_path, name="tb") if logger else False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=callbacks,
+        **kwargs,
+    )
+    return module, data, trainer
+
+
+def events(trainer):
+    acc = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0, "scalars": 0, "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+def test_monitor_logs_images_scalars_histograms_and_saves_maps(tmp_path):
+    monitor = AttributionMonitor(n_examples=3, n_steps=4, max_image_examples=2)
+    module, data, trainer = setup_run(tmp_path, [monitor])
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    trainer.fit(module, data)
+    assert monitor.analyses_done == 2  # two epochs, sanity check skipped
+
+    tags = events(trainer).Tags()
+    for layer in (0, 1):
+        assert f"attr/completeness_layer{layer}" in tags["scalars"]
+        assert f"attr/values_layer{layer}" in tags["histograms"]
+        for i in (0, 1):
+            assert f"attr/layer{layer}/example{i}" in tags["images"]
+            assert f"attr_heads/layer{layer}/example{i}" in tags["images"]
+        assert f"attr/layer{layer}/example2" not in tags["images"]  # max_image_examples
+    image = events(trainer).Images("attr/layer0/example0")
+    assert len(image) == 2 and image[0].width > 100 and image[0].height > 100
+
+    saved_dir = tmp_path / "tb" / "version_0" / "attributions"
+    assert {p.name for p in saved_dir.iterdir()} == {"probe.pt", "epoch=000.pt", "epoch=001.pt"}
+    last = torch.load(saved_dir / "epoch=001.pt", weights_only=False)
+    probe = torch.load(saved_dir / "probe.pt", weights_only=False)
+    assert len(last["attributions"]) == 3 and last["layers"] == [0, 1]
+    # the saved maps are the attribution of the final model on the probe set, token labels included
+    module.eval()
+    for row, maps, tokens in zip(probe, last["attributions"], last["tokens"]):
+        assert tokens[0] == "[CLS]" and len(tokens) == maps.shape[-1] == row["input_ids"].shape[0]
+        direct = AttentionIntegratedGradients(module.model).attribute(
+            {k: v[None] for k, v in row.items() if k != "labels"}, n_steps=4
+        )
+        torch.testing.assert_close(maps, direct.attributions[0], rtol=1e-4, atol=1e-7)
+    assert last["convergence_delta"].shape == (3, 2)
+    # training was not disturbed: parameters changed by the optimizer only, no stray gradients kept
+    assert any(not torch.equal(before[n], p) for n, p in module.named_parameters())
+    assert module.model.config._attn_implementation != "attattr"
+
+
+def test_monitor_runs_under_validate_and_test_and_keeps_the_probe(tmp_path):
+    monitor = AttributionMonitor(n_examples=2, n_steps=2, log_images=False)
+    module, data, trainer = setup_run(tmp_path, [monitor], logger=False)
+    trainer.validate(module, data)
+    trainer.test(module, data)
+    assert monitor.analyses_done == 2
+    module.train()
+    state = monitor.state_dict()
+    restored = AttributionMonitor(n_examples=2)
+    restored.load_state_dict(state)
+    for a, b in zip(restored.probe, monitor.probe):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(p.grad is not None for p in module.parameters())
+
+
+def test_every_n_epochs(tmp_path):
+    monitor = AttributionMonitor(n_examples=1, n_steps=2, every_n_epochs=2, log_images=False)
+    module, data, trainer = setup_run(tmp_path, [monitor], max_epochs=3)
+    trainer.fit(module, data)
+    assert monitor.analyses_done == 2  # epochs 0 and 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_examples": 0}, "`n_examples` to be a positive integer, but got 0"),
+        ({"every_n_epochs": 1.5}, "`every_n_epochs` to be a positive integer"),
+        ({"method": "simpson"}, "`method`"),
+        ({"target": "gold"}, r"`target` to be one of \['predicted', 'labels'\], but got 'gold'"),
+        ({"n_steps": 0}, "`n_steps`"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        AttributionMonitor(**kwargs)
