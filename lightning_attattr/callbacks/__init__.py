@@ -7,5 +7,7 @@ They work with any LightningModule that follows the small protocol in
 
 from lightning_attattr.callbacks._protocol import AttAttrModule
 from lightning_attattr.callbacks.attribution_monitor import AttributionMonitor
+from lightning_attattr.callbacks.head_importance import HeadImportanceCallback
+from lightning_attattr.callbacks.head_pruning import HeadPruningCallback
 
-__all__ = ["AttAttrModule", "AttributionMonitor"]
+__all__ = ["AttAttrModule", "AttributionMonitor", "HeadImportanceCallback", "HeadPruningCallback"]

@@ -125,8 +125,8 @@ class AttributionMonitor(Callback):
         self.probe = trainer.strategy.broadcast(rows, src=0)
         if not self.probe:
             raise RuntimeError("AttributionMonitor found no validation examples for its probe set.")
+        directory = self._directory(trainer)  # on every rank: `trainer.log_dir` is a collective call
         if trainer.is_global_zero:
-            directory = self._directory(trainer)
             directory.mkdir(parents=True, exist_ok=True)
             torch.save(self.probe, directory / "probe.pt")
 
@@ -147,8 +147,8 @@ class AttributionMonitor(Callback):
         result = self.analyse(trainer, pl_module)
         self.analyses_done += 1
         self._log(trainer, pl_module, result)
+        directory = self._directory(trainer)  # on every rank: `trainer.log_dir` is a collective call
         if trainer.is_global_zero:
-            directory = self._directory(trainer)
             directory.mkdir(parents=True, exist_ok=True)
             torch.save(result, directory / f"epoch={trainer.current_epoch:03d}.pt")
         self.last_result = result

@@ -30,7 +30,7 @@ and is refused with an error that lists the supported architectures.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -200,6 +200,8 @@ class AttentionController:
         self._skip_below = 0
         self._skip_output: Any = None
         self._kept: dict[int, Tensor] = {}  # layer -> original indices of the heads left after pruning
+        self._context: frozenset[int] = frozenset()
+        self._contexts: dict[int, Tensor] = {}
 
     # ----------------------------------------------------------------- public helpers
     def set_head_mask(self, head_mask: Tensor | None) -> None:
@@ -225,6 +227,22 @@ class AttentionController:
         """
         store: dict[int, Tensor] = {}
         with self._state(_capture=frozenset(range(self.n_layers) if layers is None else layers), _captured=store):
+            yield store
+
+    @contextlib.contextmanager
+    def capturing_context(self, layers: Iterable[int] | None = None) -> Iterator[dict[int, Tensor]]:
+        """Capture each head's context vectors ``A_h V_h`` during the forwards run inside this block.
+
+        Yields a dict ``layer -> context [batch, head, query_pos, head_dim]`` (the attention output
+        before the heads are concatenated and projected), filled by the next forward pass. The
+        tensors are NOT detached: they are the ones the forward continues with, so
+        ``torch.autograd.grad(scalar, list(store.values()))`` gives the gradient with respect to
+        them, provided something upstream requires grad (parameters, ``inputs_embeds``, or a head
+        mask with ``requires_grad``). In a pruned model the head axis holds only the heads still
+        present (original indices in ``self._kept[layer]``).
+        """
+        store: dict[int, Tensor] = {}
+        with self._state(_context=frozenset(range(self.n_layers) if layers is None else layers), _contexts=store):
             yield store
 
     # ----------------------------------------------------------------- internal state
@@ -284,7 +302,7 @@ class AttentionController:
                     f"Replacement attention for layer {layer} has shape {list(probs.shape)}, but the layer "
                     f"computes [{query.shape[0]}, {query.shape[1]}, {query.shape[2]}, {key.shape[-2]}]."
                 )
-            out = torch.matmul(probs.to(value.dtype), value)
+            out = self._keep_context(layer, torch.matmul(probs.to(value.dtype), value))
             return out.transpose(1, 2).contiguous(), probs
         mask_row = None if self.head_mask is None else self.head_mask[layer]
         if mask_row is not None and kept is not None:
@@ -301,7 +319,7 @@ class AttentionController:
                 dropout_p=dropout if module.training else 0.0,
                 scale=scaling,
             )
-            return out.transpose(1, 2).contiguous(), None
+            return self._keep_context(layer, out).transpose(1, 2).contiguous(), None
         probs = _eager_probs(query, key, attention_mask, scaling)
         if mask_row is not None:
             probs = probs * mask_row.to(device=probs.device, dtype=probs.dtype).view(1, -1, 1, 1)
@@ -312,7 +330,13 @@ class AttentionController:
                 captured = full.index_copy_(1, kept.to(captured.device), captured)
             self._captured[layer] = captured
         probs = nn.functional.dropout(probs.to(query.dtype), p=dropout, training=module.training)
-        return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+        out = self._keep_context(layer, torch.matmul(probs, value))  # [batch, head, query_pos, head_dim]
+        return out.transpose(1, 2).contiguous(), probs
+
+    def _keep_context(self, layer: int, out: Tensor) -> Tensor:
+        if layer in self._context:
+            self._contexts[layer] = out
+        return out
 
 
 def _expand_hidden(args: tuple, kwargs: dict, factor: int) -> tuple[tuple, dict]:

@@ -1,0 +1,271 @@
+"""Head importance at epoch end: AttAttr (and optionally Taylor) importance of every head, in TensorBoard."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_attattr.callbacks._protocol import (
+    collect_examples,
+    first_val_loader,
+    pad_examples,
+    resolve_model,
+    tensorboard,
+    world,
+)
+from lightning_attattr.core.approximation import validate_method, validate_n_steps
+from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, AttentionIntegratedGradients
+from lightning_attattr.core.importance import (
+    POOLINGS,
+    attribution_head_scores,
+    normalize_per_layer,
+    taylor_importance,
+)
+from lightning_attattr.metrics import HeadImportance
+
+_TARGETS = ("labels", "predicted")
+_TAYLOR_VARIANTS = ("official", "michel")
+
+
+def _check_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Expected `{name}` to be a positive integer, but got {value!r}.")
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two equally shaped tensors (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a.flatten().double().numpy(), b.flatten().double().numpy()).statistic)
+
+
+class ImportanceExamples:
+    """The examples importance is computed on: the first ``n`` of the validation loader, chosen once.
+
+    Rank zero collects them and broadcasts them, so every rank holds the same list; each rank then
+    processes the examples ``i`` with ``i % world_size == rank``, and the metrics sum over ranks.
+    """
+
+    def __init__(self, n_examples: int) -> None:
+        self.n_examples = n_examples
+        self.rows: list[dict[str, Tensor]] | None = None
+
+    def ensure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Tensor]]:
+        """Choose the examples on first use (rank zero collects, every rank receives them)."""
+        if self.rows is None:
+            rows = (
+                collect_examples(pl_module, first_val_loader(trainer), self.n_examples)
+                if trainer.is_global_zero
+                else None
+            )
+            self.rows = trainer.strategy.broadcast(rows, src=0)
+            if not self.rows:
+                raise RuntimeError("Found no validation examples to compute head importance on.")
+        return self.rows
+
+    def my_batches(self, trainer: pl.Trainer, batch_size: int) -> Iterator[dict[str, Tensor]]:
+        """This rank's share of the examples (``i % world_size == rank``), padded in batches."""
+        assert self.rows is not None
+        rank, size = world(trainer)
+        mine = self.rows[rank::size]
+        for start in range(0, len(mine), batch_size):
+            yield pad_examples(mine[start : start + batch_size])
+
+
+def attattr_importance(
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    examples: ImportanceExamples,
+    *,
+    pooling: str,
+    target: str,
+    n_steps: int,
+    method: str,
+    batch_size: int,
+    internal_batch_size: int | None,
+) -> Tensor:
+    """``[layer, head]`` AttAttr importance over the examples, summed over ranks (same on every rank)."""
+    model = resolve_model(pl_module)
+    ig = AttentionIntegratedGradients(model)
+    metric = HeadImportance(ig.n_layers, int(model.config.num_attention_heads)).to(pl_module.device)
+    for batch in examples.my_batches(trainer, batch_size):
+        if target == "labels" and "labels" not in batch:
+            raise ValueError("`target='labels'` needs labels in the validation batches, but they have none.")
+        result = ig.attribute(
+            batch, target=target, n_steps=n_steps, method=method, internal_batch_size=internal_batch_size
+        )
+        metric.update(attribution_head_scores(result, pooling=pooling).to(pl_module.device))
+    return _synced(metric, trainer)
+
+
+def taylor_head_importance(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, examples: ImportanceExamples, *, variant: str, batch_size: int
+) -> Tensor:
+    """``[layer, head]`` Taylor importance (summed over examples and ranks, then per-layer L2-normalised)."""
+    model = resolve_model(pl_module)
+    metric: HeadImportance | None = None
+    for batch in examples.my_batches(trainer, batch_size):
+        labels = batch.get("labels") if variant == "michel" else None
+        scores = taylor_importance(model, {k: v for k, v in batch.items() if k != "labels"}, variant=variant,
+                                   labels=labels)  # fmt: skip
+        if metric is None:
+            metric = HeadImportance(*scores.shape[1:]).to(pl_module.device)
+        metric.update(scores.to(pl_module.device))
+    if metric is None:  # this rank had no examples
+        n_heads = int(model.config.num_attention_heads)
+        metric = HeadImportance(AttentionIntegratedGradients(model).n_layers, n_heads).to(pl_module.device)
+    return normalize_per_layer(_synced(metric, trainer))
+
+
+def _synced(metric: HeadImportance, trainer: pl.Trainer) -> Tensor:
+    """Mean over all examples of all ranks: torchmetrics sums the states across ranks in ``compute``."""
+    import warnings
+
+    with warnings.catch_warnings():  # a rank without examples has no updates; its zero states still sum
+        warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+        return metric.compute().cpu()
+
+
+class HeadImportanceCallback(Callback):
+    """Accumulate AttAttr head importance ``I_h`` over validation examples every ``every_n_epochs``.
+
+    ``I_h`` is the mean over examples of the pooled (by default signed max, as in the paper)
+    attribution map of head ``h``, for the gold label by default (the official code's choice).
+    The examples are the first ``n_examples`` of the validation loader, chosen once and kept in the
+    callback state. Under DDP each rank attributes its share of the examples and the sums are
+    reduced, so every rank gets the single-process importance.
+
+    Logs ``importance/L{layer}H{head}`` scalars, an ``importance/attattr`` heatmap image, and with
+    ``taylor=True`` the ``importance/taylor`` heatmap and ``importance/spearman_taylor`` (rank
+    correlation of the two). The latest result is in :attr:`importance` (``[layer, head]``) and every
+    analysis in :attr:`history`.
+
+    Args:
+        n_examples: number of validation examples (the paper uses 200).
+        every_n_epochs: analyse every this many validation epochs (never during sanity checking).
+        pooling: ``"max"`` (paper), ``"mean"`` or ``"sum"`` over each head's map.
+        target: ``"labels"`` (gold labels, default) or ``"predicted"``.
+        n_steps: integration steps.
+        method: integration rule.
+        batch_size: examples per attribution call.
+        internal_batch_size: rows per forward/backward pass (memory cap).
+        taylor: also compute Taylor importance and its rank correlation with AttAttr.
+        taylor_variant: ``"official"`` (sum of logits, the official script) or ``"michel"`` (loss).
+        log_head_scalars: log one scalar per head.
+    """
+
+    def __init__(
+        self,
+        n_examples: int = 64,
+        every_n_epochs: int = 1,
+        pooling: str = "max",
+        target: str = "labels",
+        n_steps: int = DEFAULT_N_STEPS,
+        method: str = DEFAULT_METHOD,
+        batch_size: int = 16,
+        internal_batch_size: int | None = None,
+        taylor: bool = False,
+        taylor_variant: str = "official",
+        log_head_scalars: bool = True,
+    ) -> None:
+        for name, value in (("n_examples", n_examples), ("every_n_epochs", every_n_epochs), ("batch_size", batch_size)):
+            _check_positive(name, value)
+        for name, value, allowed in (
+            ("pooling", pooling, POOLINGS),
+            ("target", target, _TARGETS),
+            ("taylor_variant", taylor_variant, _TAYLOR_VARIANTS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"Expected `{name}` to be one of {list(allowed)}, but got {value!r}.")
+        validate_n_steps(n_steps)
+        validate_method(method)
+        self.examples = ImportanceExamples(n_examples)
+        self.every_n_epochs = every_n_epochs
+        self.pooling = pooling
+        self.target = target
+        self.n_steps = n_steps
+        self.method = method
+        self.batch_size = batch_size
+        self.internal_batch_size = internal_batch_size
+        self.taylor = taylor
+        self.taylor_variant = taylor_variant
+        self.log_head_scalars = log_head_scalars
+        self.importance: Tensor | None = None
+        self.taylor_importance: Tensor | None = None
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(n_examples=self.examples.n_examples, pooling=self.pooling, target=self.target)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        resolve_model(pl_module)
+        if tensorboard(trainer) is None:
+            rank_zero_warn("HeadImportanceCallback: no TensorBoardLogger, so the importance heatmap is not logged.")
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs != 0:
+            return
+        self._run(trainer, pl_module)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run(trainer, pl_module)
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.examples.ensure(trainer, pl_module)
+        importance = attattr_importance(
+            trainer,
+            pl_module,
+            self.examples,
+            pooling=self.pooling,
+            target=self.target,
+            n_steps=self.n_steps,
+            method=self.method,
+            batch_size=self.batch_size,
+            internal_batch_size=self.internal_batch_size,
+        )
+        record: dict[str, Any] = {"epoch": trainer.current_epoch, "attattr": importance}
+        if self.taylor:
+            taylor = taylor_head_importance(
+                trainer, pl_module, self.examples, variant=self.taylor_variant, batch_size=self.batch_size
+            )
+            record["taylor"] = taylor
+            record["spearman_taylor"] = spearman(importance, taylor)
+            self.taylor_importance = taylor
+            pl_module.log("importance/spearman_taylor", record["spearman_taylor"], rank_zero_only=True)
+        self.importance = importance
+        self.history.append(record)
+        if self.log_head_scalars:
+            for layer in range(importance.shape[0]):
+                for head in range(importance.shape[1]):
+                    pl_module.log(f"importance/L{layer}H{head}", float(importance[layer, head]), rank_zero_only=True)
+        writer = tensorboard(trainer)
+        if writer is not None and trainer.is_global_zero:
+            from lightning_attattr.plotting import figure_to_array, importance_heatmap
+
+            for name in ("attattr", "taylor"):
+                if name in record:
+                    fig = importance_heatmap(record[name], title=f"{name} head importance, epoch {record['epoch']}")
+                    writer.add_image(f"importance/{name}", figure_to_array(fig), trainer.global_step, dataformats="HWC")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.examples.rows, "history": self.history}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.examples.rows = state_dict.get("rows")
+        self.history = list(state_dict.get("history", []))
+        if self.history:
+            self.importance = self.history[-1]["attattr"]
+            self.taylor_importance = self.history[-1].get("taylor")

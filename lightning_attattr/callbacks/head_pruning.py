@@ -1,0 +1,277 @@
+"""Pruning curves at epoch end (accuracy with the least important heads masked), and optional pruning."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_attattr.callbacks._protocol import reduce_sum, resolve_inputs, resolve_model, tensorboard
+from lightning_attattr.callbacks.head_importance import (
+    ImportanceExamples,
+    attattr_importance,
+    taylor_head_importance,
+)
+from lightning_attattr.core.adapter import attention_scope
+from lightning_attattr.core.approximation import validate_method, validate_n_steps
+from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS
+from lightning_attattr.core.importance import POOLINGS, PRUNING_FRACTIONS, heads_to_prune, prune_mask, random_importance
+from lightning_attattr.core.pruning import prune_heads
+
+_IMPORTANCE = ("attattr", "taylor", "random")
+_MODES = ("mask", "structural")
+
+
+class HeadPruningCallback(Callback):
+    """Rank heads by importance and measure validation accuracy with the lowest fraction ``r`` removed.
+
+    Every ``every_n_epochs`` validation epochs the callback computes head importance (AttAttr by
+    default, on the first ``n_examples`` validation examples), then for each ``r`` in ``fractions``
+    masks the ``floor(r * n_heads_total)`` least important heads (the official protocol: attention
+    probabilities multiplied by 0) and evaluates accuracy on the validation loader. It logs
+    ``prune/acc_r{r:.2f}`` scalars and a ``prune/curve`` figure; results are in :attr:`curves`.
+
+    With ``schedule`` (``{epoch: fraction}``) it also prunes during training: at the start of
+    that training epoch the least important heads (from the latest analysis, or computed then) are
+    masked (``mode="mask"``: the module must have ``set_head_mask``, e.g. ``AttAttrClassifier``) or
+    removed (``mode="structural"``, single process only: the optimizer is rebuilt). Importance is
+    identical on every rank (metric states are summed across ranks) and the chosen mask is broadcast
+    from rank zero, so every rank removes the same heads, as Lightning's ``ModelPruning`` does.
+
+    The model is never changed by the analysis itself (the masks are scoped to the evaluation).
+
+    Args:
+        fractions: fractions of all heads to remove, in [0, 1] (default 0, 0.1, ..., 1.0).
+        importance: ``"attattr"``, ``"taylor"`` or ``"random"`` ranking.
+        n_examples: validation examples used for the importance.
+        every_n_epochs: analyse every this many validation epochs (never during sanity checking).
+        max_eval_batches: evaluate each fraction on at most this many validation batches (default all).
+        pooling: AttAttr pooling (``"max"``, ``"mean"``, ``"sum"``).
+        target: ``"labels"`` or ``"predicted"`` for AttAttr importance.
+        n_steps: integration steps.
+        method: integration rule.
+        batch_size: examples per attribution call.
+        seed: seed of the random ranking.
+        schedule: ``{training epoch: fraction}`` of heads to prune at the start of that epoch.
+        mode: ``"mask"`` or ``"structural"`` for scheduled pruning.
+    """
+
+    def __init__(
+        self,
+        fractions: Sequence[float] = PRUNING_FRACTIONS,
+        importance: str = "attattr",
+        n_examples: int = 64,
+        every_n_epochs: int = 1,
+        max_eval_batches: int | None = None,
+        pooling: str = "max",
+        target: str = "labels",
+        n_steps: int = DEFAULT_N_STEPS,
+        method: str = DEFAULT_METHOD,
+        batch_size: int = 16,
+        seed: int = 0,
+        schedule: Mapping[int, float] | None = None,
+        mode: str = "mask",
+    ) -> None:
+        fractions = [float(f) for f in fractions]
+        if not fractions or any(not 0.0 <= f <= 1.0 for f in fractions):
+            raise ValueError(f"Expected `fractions` to be a non-empty list of values in [0, 1], but got {fractions}.")
+        for name, value, allowed in (
+            ("importance", importance, _IMPORTANCE),
+            ("pooling", pooling, POOLINGS),
+            ("target", target, ("labels", "predicted")),
+            ("mode", mode, _MODES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"Expected `{name}` to be one of {list(allowed)}, but got {value!r}.")
+        for name, value in (("n_examples", n_examples), ("every_n_epochs", every_n_epochs), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Expected `{name}` to be a positive integer, but got {value!r}.")
+        if max_eval_batches is not None and (not isinstance(max_eval_batches, int) or max_eval_batches < 1):
+            raise ValueError(
+                f"Expected `max_eval_batches` to be None or a positive integer, but got {max_eval_batches!r}."
+            )
+        schedule = dict(schedule or {})
+        for epoch, fraction in schedule.items():
+            if not isinstance(epoch, int) or epoch < 0 or not 0.0 <= float(fraction) < 1.0:
+                raise ValueError(
+                    "Expected `schedule` to map training epochs (int >= 0) to fractions in [0, 1), "
+                    f"but got {epoch!r}: {fraction!r}."
+                )
+        validate_n_steps(n_steps)
+        validate_method(method)
+        self.fractions = fractions
+        self.importance_kind = importance
+        self.examples = ImportanceExamples(n_examples)
+        self.every_n_epochs = every_n_epochs
+        self.max_eval_batches = max_eval_batches
+        self.pooling = pooling
+        self.target = target
+        self.n_steps = n_steps
+        self.method = method
+        self.batch_size = batch_size
+        self.seed = seed
+        self.schedule = {int(k): float(v) for k, v in schedule.items()}
+        self.mode = mode
+        self.importance: Tensor | None = None
+        self.curves: list[dict[str, Any]] = []
+        self.applied: list[dict[str, Any]] = []  # scheduled pruning done so far
+        self.pruned_mask: Tensor | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(importance=self.importance_kind, fractions=tuple(self.fractions))
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        resolve_model(pl_module)
+        if self.schedule and self.mode == "mask" and not callable(getattr(pl_module, "set_head_mask", None)):
+            raise ValueError(
+                f"`mode='mask'` scheduled pruning needs `set_head_mask` on {type(pl_module).__name__} "
+                "(AttAttrClassifier has it); use `mode='structural'` or no schedule."
+            )
+        if self.schedule and self.mode == "structural" and trainer.world_size > 1:
+            raise ValueError("`mode='structural'` scheduled pruning runs in a single process only; use `mode='mask'`.")
+        if tensorboard(trainer) is None:
+            rank_zero_warn("HeadPruningCallback: no TensorBoardLogger, so the pruning-curve figure is not logged.")
+
+    # ----------------------------------------------------------------- importance and evaluation
+    def compute_importance(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
+        """``[layer, head]`` importance of the configured kind (identical on every rank)."""
+        model = resolve_model(pl_module)
+        if self.importance_kind == "random":
+            from lightning_attattr.core.adapter import layer_modules
+
+            return random_importance(len(layer_modules(model)), int(model.config.num_attention_heads), self.seed)
+        self.examples.ensure(trainer, pl_module)
+        if self.importance_kind == "taylor":
+            return taylor_head_importance(trainer, pl_module, self.examples, variant="official",
+                                          batch_size=self.batch_size)  # fmt: skip
+        return attattr_importance(
+            trainer,
+            pl_module,
+            self.examples,
+            pooling=self.pooling,
+            target=self.target,
+            n_steps=self.n_steps,
+            method=self.method,
+            batch_size=self.batch_size,
+            internal_batch_size=None,
+        )
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, mask: Tensor | None) -> float:
+        """Validation accuracy with ``mask`` (``[layer, head]``) applied, summed over ranks' shards."""
+        model = resolve_model(pl_module)
+        loaders: Any = trainer.val_dataloaders
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0]
+        if loaders is None:
+            raise RuntimeError("HeadPruningCallback needs a validation dataloader to evaluate accuracy.")
+        counts = torch.zeros(2, dtype=torch.float64)  # correct, total
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), attention_scope(model) as ctrl, ctrl.masked(mask):
+                for index, batch in enumerate(loaders):
+                    if self.max_eval_batches is not None and index >= self.max_eval_batches:
+                        break
+                    inputs = resolve_inputs(pl_module, batch)
+                    if "labels" not in inputs:
+                        raise ValueError("HeadPruningCallback needs `labels` in the validation batches.")
+                    labels = inputs.pop("labels").to(pl_module.device)
+                    output = model(**{k: v.to(pl_module.device) for k, v in inputs.items()})
+                    logits = output.logits if hasattr(output, "logits") else output[0]
+                    counts += torch.tensor([float((logits.argmax(-1) == labels).sum()), float(labels.numel())],
+                                           dtype=torch.float64)  # fmt: skip
+        finally:
+            model.train(was_training)
+        counts = reduce_sum(trainer, counts, pl_module.device)
+        return float(counts[0] / counts[1]) if counts[1] > 0 else float("nan")
+
+    # ----------------------------------------------------------------- hooks
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs != 0:
+            return
+        self._run(trainer, pl_module)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run(trainer, pl_module)
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        importance = self.compute_importance(trainer, pl_module)
+        self.importance = importance
+        base = self.pruned_mask
+        accuracies = []
+        for fraction in self.fractions:
+            mask = prune_mask(importance, fraction)
+            if base is not None:
+                mask = mask * base
+            mask = trainer.strategy.broadcast(mask, src=0)
+            accuracies.append(self.evaluate(trainer, pl_module, mask))
+        curve = {"epoch": trainer.current_epoch, "fractions": list(self.fractions), "accuracy": accuracies,
+                 "importance": importance}  # fmt: skip
+        self.curves.append(curve)
+        for fraction, acc in zip(self.fractions, accuracies):
+            pl_module.log(f"prune/acc_r{fraction:.2f}", acc, rank_zero_only=True)
+        writer = tensorboard(trainer)
+        if writer is not None and trainer.is_global_zero:
+            from lightning_attattr.plotting import figure_to_array, pruning_curve
+
+            fig = pruning_curve(self.fractions, {self.importance_kind: accuracies},
+                                title=f"pruning curve, epoch {trainer.current_epoch}")  # fmt: skip
+            writer.add_image("prune/curve", figure_to_array(fig), trainer.global_step, dataformats="HWC")
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        fraction = self.schedule.get(trainer.current_epoch)
+        if fraction is None or any(a["epoch"] == trainer.current_epoch for a in self.applied):
+            return
+        importance = self.importance if self.importance is not None else self.compute_importance(trainer, pl_module)
+        mask = trainer.strategy.broadcast(prune_mask(importance, fraction), src=0)
+        if self.pruned_mask is not None:
+            mask = mask * self.pruned_mask
+        self.pruned_mask = mask
+        heads = heads_to_prune(importance, fraction)
+        self._apply(trainer, pl_module, mask)
+        self.applied.append({"epoch": trainer.current_epoch, "fraction": fraction, "heads": heads})
+        rank_zero_info(f"HeadPruningCallback: epoch {trainer.current_epoch}, pruned {int((mask == 0).sum())} heads.")
+
+    def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule, mask: Tensor) -> None:
+        if self.mode == "mask":
+            pl_module.set_head_mask(mask)  # type: ignore[operator]
+            return
+        model = resolve_model(pl_module)
+        prune_heads(model, mask)
+        trainer.strategy.setup_optimizers(trainer)  # the optimizer must hold the new, smaller parameters
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.examples.rows,
+            "curves": self.curves,
+            "applied": self.applied,
+            "pruned_mask": self.pruned_mask,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.examples.rows = state_dict.get("rows")
+        self.curves = list(state_dict.get("curves", []))
+        self.applied = list(state_dict.get("applied", []))
+        self.pruned_mask = state_dict.get("pruned_mask")
+        if self.curves:
+            self.importance = self.curves[-1]["importance"]
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a resumed run re-applies the mask pruning it had done (structural pruning is in the checkpoint)
+        if self.pruned_mask is not None and self.mode == "mask":
+            pl_module.set_head_mask(self.pruned_mask)  # type: ignore[operator]

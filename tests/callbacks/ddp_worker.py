@@ -1,0 +1,54 @@
+"""Run the three callbacks under `trainer.validate` with N CPU processes; rank 0 saves what they computed.
+
+Used by tests/callbacks/test_ddp.py as `python ddp_worker.py DEVICES OUT` (Lightning's `ddp` strategy
+re-executes this script for rank 1, so it must be a standalone script, not a pytest process).
+"""
+
+import sys
+
+import pytorch_lightning as pl
+import torch
+
+from lightning_attattr.callbacks import AttributionMonitor, HeadImportanceCallback, HeadPruningCallback
+from lightning_attattr.data.modules import SyntheticDataModule
+from lightning_attattr.lightning.classifier import AttAttrClassifier
+
+TINY = {"model_type": "bert", "vocab_size": 29, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 37, "max_position_embeddings": 32}  # fmt: skip
+
+
+def main(devices: int, out: str) -> None:
+    torch.manual_seed(0)
+    module = AttAttrClassifier(model_config=TINY, num_labels=2, task="synthetic")
+    data = SyntheticDataModule(n_train=32, n_val=32, eval_batch_size=8)
+    monitor = AttributionMonitor(n_examples=3, n_steps=5, log_images=False)
+    importance = HeadImportanceCallback(n_examples=7, n_steps=5, batch_size=2, taylor=True)
+    pruning = HeadPruningCallback(fractions=[0.0, 0.25, 0.5, 1.0], n_examples=5, n_steps=4, batch_size=2)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[monitor, importance, pruning],
+    )
+    trainer.validate(module, data, verbose=False)
+    if trainer.is_global_zero:
+        torch.save(
+            {
+                "world_size": trainer.world_size,
+                "maps": monitor.last_result["attributions"],
+                "delta": monitor.last_result["convergence_delta"],
+                "importance": importance.importance,
+                "taylor": importance.taylor_importance,
+                "prune_importance": pruning.importance,
+                "accuracy": pruning.curves[-1]["accuracy"],
+            },
+            out,
+        )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2])

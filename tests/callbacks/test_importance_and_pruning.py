@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from lightning_attattr.callbacks import HeadImportanceCallback, HeadPruningCallback
+from lightning_attattr.callbacks.head_importance import spearman
+from lightning_attattr.core.attribution import AttentionIntegratedGradients
+from lightning_attattr.core.importance import PRUNING_FRACTIONS, attribution_head_scores, prune_mask
+from tests.callbacks.test_attribution_monitor import events, setup_run
+
+
+def test_importance_callback_equals_the_core_computation(tmp_path):
+    cb = HeadImportanceCallback(n_examples=6, n_steps=3, batch_size=4, taylor=True)
+    module, data, trainer = setup_run(tmp_path, [cb], max_epochs=1)
+    trainer.fit(module, data)
+    assert cb.importance is not None and cb.importance.shape == (2, 4) and len(cb.history) == 1
+    # recompute directly from the same examples
+    module.eval()
+    from lightning_attattr.callbacks._protocol import pad_examples
+
+    batch = pad_examples(cb.examples.rows)
+    result = AttentionIntegratedGradients(module.model).attribute(batch, target="labels", n_steps=3)
+    expected = attribution_head_scores(result, pooling="max").mean(0)
+    torch.testing.assert_close(cb.importance, expected, rtol=1e-4, atol=1e-7)
+    assert -1.0 <= cb.history[0]["spearman_taylor"] <= 1.0
+    tags = events(trainer).Tags()
+    assert {"importance/attattr", "importance/taylor"} <= set(tags["images"])
+    assert {"importance/L0H0", "importance/L1H3", "importance/spearman_taylor"} <= set(tags["scalars"])
+
+
+def test_spearman():
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert spearman(a, a * 10) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+
+
+def test_pruning_curve_matches_masked_evaluation(tmp_path):
+    cb = HeadPruningCallback(n_examples=6, n_steps=2, batch_size=4)
+    module, data, trainer = setup_run(tmp_path, [cb], max_epochs=1, limit_val_batches=None)
+    trainer.fit(module, data)
+    (curve,) = cb.curves
+    assert curve["fractions"] == list(PRUNING_FRACTIONS) and len(curve["accuracy"]) == 11
+    assert module.head_mask is None and module.model.config._attn_implementation != "attattr"  # model untouched
+    # r = 0 is the unpruned validation accuracy; r = 1 and r = 0.5 equal a direct masked evaluation
+    module.eval()
+    loader = data.val_dataloader()
+
+    def accuracy(mask):
+        correct = total = 0
+        with torch.no_grad(), module.masked_heads(mask):
+            for batch in loader:
+                correct += int((module(batch).argmax(-1) == batch["labels"]).sum())
+                total += len(batch["labels"])
+        return correct / total
+
+    assert curve["accuracy"][0] == pytest.approx(accuracy(None))
+    assert curve["accuracy"][5] == pytest.approx(accuracy(prune_mask(cb.importance, 0.5)))
+    assert curve["accuracy"][-1] == pytest.approx(accuracy(torch.zeros(2, 4)))
+    tags = events(trainer).Tags()
+    assert "prune/curve" in tags["images"] and "prune/acc_r0.50" in tags["scalars"]
+
+
+@pytest.mark.parametrize("mode", ["mask", "structural"])
+def test_scheduled_pruning(tmp_path, mode):
+    cb = HeadPruningCallback(fractions=[0.0], n_examples=4, n_steps=2, schedule={1: 0.25}, mode=mode)
+    module, data, trainer = setup_run(tmp_path, [cb], max_epochs=2)
+    n_before = module.n_parameters
+    trainer.fit(module, data)
+    (applied,) = cb.applied
+    assert applied["epoch"] == 1 and sum(len(h) for h in applied["heads"].values()) == 2  # floor(0.25 * 8)
+    if mode == "mask":
+        assert torch.equal(module.head_mask, cb.pruned_mask)
+    else:
+        assert module.pruned_heads == applied["heads"]
+        assert module.n_parameters < n_before
+        optimizer_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+        assert all(id(p) in optimizer_params for p in module.parameters())  # optimizer rebuilt
+
+
+def test_random_and_taylor_rankings(tmp_path):
+    cbs = [
+        HeadPruningCallback(fractions=[0.0, 0.5], importance=kind, n_examples=4, max_eval_batches=1)
+        for kind in ("random", "taylor")
+    ]
+    module, data, trainer = setup_run(tmp_path, cbs, max_epochs=1, logger=False)
+    trainer.validate(module, data)
+    for cb in cbs:
+        assert len(cb.curves) == 1 and cb.curves[0]["importance"].shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "match"),
+    [
+        (HeadImportanceCallback, {"pooling": "median"}, r"`pooling` to be one of \['max', 'mean', 'sum'\]"),
+        (HeadImportanceCallback, {"n_examples": 0}, "`n_examples` to be a positive integer"),
+        (HeadImportanceCallback, {"taylor_variant": "x"}, "`taylor_variant`"),
+        (HeadPruningCallback, {"fractions": [0.5, 1.5]}, "`fractions`"),
+        (
+            HeadPruningCallback,
+            {"importance": "gradient"},
+            r"`importance` to be one of \['attattr', 'taylor', 'random'\]",
+        ),
+        (HeadPruningCallback, {"schedule": {0: 1.0}}, "`schedule`"),
+        (HeadPruningCallback, {"mode": "hard"}, "`mode`"),
+    ],
+)
+def test_bad_arguments(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
