@@ -90,6 +90,13 @@ def test_quickstart_trains_logs_tensorboard_and_checkpoints(tmp_path):
     events.Reload()
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "epoch"} <= set(events.Tags()["scalars"])
     assert any(tag.startswith("lr-") for tag in events.Tags()["scalars"])  # LearningRateMonitor
+    # the AttAttr callbacks of the quickstart config
+    images = EventAccumulator(str(log_dir), size_guidance={"images": 0})
+    images.Reload()
+    assert {"attr/layer0/example0", "attr_heads/layer2/example1", "importance/attattr", "importance/taylor",
+            "prune/curve"} <= set(images.Tags()["images"])  # fmt: skip
+    assert {"attr/completeness_layer0", "importance/spearman_taylor", "prune/acc_r0.50"} <= set(events.Tags()["scalars"])
+    assert (log_dir / "attributions" / "epoch=000.pt").is_file()
     assert cli.trainer.progress_bar_callback is None  # switched off above; on by default (next test)
 
 

@@ -51,7 +51,8 @@ class HeadPruningCallback(Callback):
         importance: ``"attattr"``, ``"taylor"`` or ``"random"`` ranking.
         n_examples: validation examples used for the importance.
         every_n_epochs: analyse every this many validation epochs (never during sanity checking).
-        max_eval_batches: evaluate each fraction on at most this many validation batches (default all).
+        max_eval_batches: evaluate each fraction on at most this many validation batches (default:
+            the batches of Lightning's validation loop, so ``limit_val_batches`` applies).
         pooling: AttAttr pooling (``"max"``, ``"mean"``, ``"sum"``).
         target: ``"labels"`` or ``"predicted"`` for AttAttr importance.
         n_steps: integration steps.
@@ -173,13 +174,17 @@ class HeadPruningCallback(Callback):
             loaders = loaders[0]
         if loaders is None:
             raise RuntimeError("HeadPruningCallback needs a validation dataloader to evaluate accuracy.")
+        limit = self.max_eval_batches
+        if limit is None:  # the batches Lightning's validation loop runs (honours `limit_val_batches`)
+            seen = trainer.num_val_batches[0] if trainer.num_val_batches else float("inf")
+            limit = None if seen == float("inf") else int(seen)
         counts = torch.zeros(2, dtype=torch.float64)  # correct, total
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad(), attention_scope(model) as ctrl, ctrl.masked(mask):
                 for index, batch in enumerate(loaders):
-                    if self.max_eval_batches is not None and index >= self.max_eval_batches:
+                    if limit is not None and index >= limit:
                         break
                     inputs = resolve_inputs(pl_module, batch)
                     if "labels" not in inputs:
