@@ -106,3 +106,32 @@ def test_random_and_taylor_rankings(tmp_path):
 def test_bad_arguments(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+def test_callback_state_survives_a_trainer_checkpoint(tmp_path):
+    """Resuming keeps the probe/importance examples, the history and the pruning already applied."""
+    from lightning_attattr.callbacks import AttributionMonitor
+
+    cbs = [
+        AttributionMonitor(n_examples=2, n_steps=2, log_images=False),
+        HeadImportanceCallback(n_examples=3, n_steps=2),
+        HeadPruningCallback(fractions=[0.0], n_examples=3, n_steps=2, schedule={1: 0.25}),
+    ]
+    module, data, trainer = setup_run(tmp_path, cbs, max_epochs=2)
+    trainer.fit(module, data)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+
+    fresh = [
+        AttributionMonitor(n_examples=2, n_steps=2, log_images=False),
+        HeadImportanceCallback(n_examples=3, n_steps=2),
+        HeadPruningCallback(fractions=[0.0], n_examples=3, n_steps=2, schedule={1: 0.25}),
+    ]
+    module2, data2, trainer2 = setup_run(tmp_path, fresh, max_epochs=3)
+    trainer2.fit(module2, data2, ckpt_path=tmp_path / "run.ckpt")
+    monitor, importance, pruning = fresh
+    for a, b in zip(monitor.probe, cbs[0].probe):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert monitor.analyses_done == 3  # two before the checkpoint, one after
+    assert len(importance.history) == 3 and torch.equal(importance.history[0]["attattr"], cbs[1].history[0]["attattr"])
+    assert pruning.applied == cbs[2].applied and len(pruning.applied) == 1  # not applied twice
+    assert torch.equal(module2.head_mask, cbs[2].pruned_mask)  # mask pruning re-applied on resume
