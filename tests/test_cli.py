@@ -95,7 +95,8 @@ def test_quickstart_trains_logs_tensorboard_and_checkpoints(tmp_path):
     images.Reload()
     assert {"attr/layer0/example0", "attr_heads/layer2/example1", "importance/attattr", "importance/taylor",
             "prune/curve"} <= set(images.Tags()["images"])  # fmt: skip
-    assert {"attr/completeness_layer0", "importance/spearman_taylor", "prune/acc_r0.50"} <= set(events.Tags()["scalars"])
+    scalars = set(events.Tags()["scalars"])
+    assert {"attr/completeness_layer0", "importance/spearman_taylor", "prune/acc_r0.50"} <= scalars
     assert (log_dir / "attributions" / "epoch=000.pt").is_file()
     assert cli.trainer.progress_bar_callback is None  # switched off above; on by default (next test)
 

@@ -83,9 +83,8 @@ def test_callbacks_on_a_foreign_roberta_module(tmp_path):
     maps = monitor.last_result["attributions"]
     assert [m.shape[-1] for m in maps] == [7, 10]  # the padded first example is cropped to its 7 tokens
     assert monitor.last_result["tokens"][0] == [str(int(i)) for i in loader(1).dataset[0][0][:7]]  # ids: no tokenizer
-    assert importance.importance.shape == (2, 4) and pruning.curves[0]["accuracy"][0] == trainer.callback_metrics[
-        "their_val_acc"
-    ].item()
+    assert importance.importance.shape == (2, 4)
+    assert pruning.curves[0]["accuracy"][0] == trainer.callback_metrics["their_val_acc"].item()
     tags = events(trainer).Tags()
     assert {"attr/layer0/example0", "importance/attattr", "prune/curve"} <= set(tags["images"])
     assert module.encoder.config._attn_implementation != "attattr"
