@@ -8,14 +8,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples, check_choice, check_positive_int
 from lightning_attattr.callbacks._protocol import (
-    collect_examples,
-    first_val_loader,
     pad_examples,
     reduce_sum,
     resolve_model,
@@ -30,7 +28,7 @@ from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, 
 _TARGETS = ("predicted", "labels")
 
 
-class AttributionMonitor(Callback):
+class AttributionMonitor(EpochEndAnalysis):
     """Compute AttAttr maps of a fixed probe set every ``every_n_epochs`` validation epochs.
 
     The probe set is the first ``n_examples`` examples of the validation loader, chosen once (at
@@ -79,17 +77,15 @@ class AttributionMonitor(Callback):
         max_image_examples: int = 2,
         save_dir: str | None = None,
     ) -> None:
-        for name, value in (("n_examples", n_examples), ("every_n_epochs", every_n_epochs)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected `{name}` to be a positive integer, but got {value!r}.")
+        super().__init__(every_n_epochs)
+        check_positive_int("n_examples", n_examples)
         if isinstance(max_image_examples, bool) or not isinstance(max_image_examples, int) or max_image_examples < 0:
             raise ValueError(f"Expected `max_image_examples` to be an integer >= 0, but got {max_image_examples!r}.")
         validate_n_steps(n_steps)
         validate_method(method)
-        if target not in _TARGETS:
-            raise ValueError(f"Expected `target` to be one of {list(_TARGETS)}, but got {target!r}.")
+        check_choice("target", target, _TARGETS)
         self.n_examples = n_examples
-        self.every_n_epochs = every_n_epochs
+        self.examples = ValExamples(n_examples)
         self.layers = layers
         self.n_steps = n_steps
         self.method = method
@@ -99,9 +95,13 @@ class AttributionMonitor(Callback):
         self.log_histograms = log_histograms
         self.max_image_examples = max_image_examples
         self.save_dir = save_dir
-        self.probe: list[dict[str, Tensor]] | None = None
         self.analyses_done = 0
         self.last_result: dict[str, Any] | None = None
+
+    @property
+    def probe(self) -> list[dict[str, Tensor]] | None:
+        """The probe examples (per-example input dicts cropped to their tokens), once chosen."""
+        return self.examples.rows
 
     @property
     @override
@@ -118,42 +118,23 @@ class AttributionMonitor(Callback):
         root = self.save_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "attributions")
         return Path(root)
 
-    def _choose_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rows = None
-        if trainer.is_global_zero:
-            rows = collect_examples(pl_module, first_val_loader(trainer), self.n_examples)
-        self.probe = trainer.strategy.broadcast(rows, src=0)
-        if not self.probe:
-            raise RuntimeError("AttributionMonitor found no validation examples for its probe set.")
+    @override
+    def analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Attribute the probe set, log it, and save it as ``epoch=NNN.pt`` (rank zero)."""
+        first = self.examples.rows is None
+        self.examples.ensure(trainer, pl_module)
         directory = self._directory(trainer)  # on every rank: `trainer.log_dir` is a collective call
-        if trainer.is_global_zero:
-            directory.mkdir(parents=True, exist_ok=True)
-            torch.save(self.probe, directory / "probe.pt")
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs != 0:
-            return
-        self._run(trainer, pl_module)
-
-    @override
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._run(trainer, pl_module)
-
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.probe is None:
-            self._choose_probe(trainer, pl_module)
-        assert self.probe is not None
-        result = self.analyse(trainer, pl_module)
+        result = self.attribute_probe(trainer, pl_module)
         self.analyses_done += 1
         self._log(trainer, pl_module, result)
-        directory = self._directory(trainer)  # on every rank: `trainer.log_dir` is a collective call
         if trainer.is_global_zero:
             directory.mkdir(parents=True, exist_ok=True)
+            if first:
+                torch.save(self.probe, directory / "probe.pt")
             torch.save(result, directory / f"epoch={trainer.current_epoch:03d}.pt")
         self.last_result = result
 
-    def analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+    def attribute_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """Attribute the probe set (this rank's shard, then summed over ranks); the saved dict."""
         assert self.probe is not None
         model = resolve_model(pl_module)
@@ -221,5 +202,5 @@ class AttributionMonitor(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.probe = state_dict.get("probe")
+        self.examples.rows = state_dict.get("probe")
         self.analyses_done = int(state_dict.get("analyses_done", 0))

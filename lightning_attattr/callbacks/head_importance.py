@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_attattr.callbacks._protocol import (
-    collect_examples,
-    first_val_loader,
-    pad_examples,
-    resolve_model,
-    tensorboard,
-    world,
-)
+from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples, check_choice, check_positive_int
+from lightning_attattr.callbacks._protocol import resolve_model, tensorboard
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
 from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, AttentionIntegratedGradients
 from lightning_attattr.core.importance import (
@@ -33,11 +25,6 @@ _TARGETS = ("labels", "predicted")
 _TAYLOR_VARIANTS = ("official", "michel")
 
 
-def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected `{name}` to be a positive integer, but got {value!r}.")
-
-
 def spearman(a: Tensor, b: Tensor) -> float:
     """Spearman rank correlation of two equally shaped tensors (average ranks for ties)."""
     from scipy.stats import spearmanr
@@ -45,43 +32,10 @@ def spearman(a: Tensor, b: Tensor) -> float:
     return float(spearmanr(a.flatten().double().numpy(), b.flatten().double().numpy()).statistic)
 
 
-class ImportanceExamples:
-    """The examples importance is computed on: the first ``n`` of the validation loader, chosen once.
-
-    Rank zero collects them and broadcasts them, so every rank holds the same list; each rank then
-    processes the examples ``i`` with ``i % world_size == rank``, and the metrics sum over ranks.
-    """
-
-    def __init__(self, n_examples: int) -> None:
-        self.n_examples = n_examples
-        self.rows: list[dict[str, Tensor]] | None = None
-
-    def ensure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Tensor]]:
-        """Choose the examples on first use (rank zero collects, every rank receives them)."""
-        if self.rows is None:
-            rows = (
-                collect_examples(pl_module, first_val_loader(trainer), self.n_examples)
-                if trainer.is_global_zero
-                else None
-            )
-            self.rows = trainer.strategy.broadcast(rows, src=0)
-            if not self.rows:
-                raise RuntimeError("Found no validation examples to compute head importance on.")
-        return self.rows
-
-    def my_batches(self, trainer: pl.Trainer, batch_size: int) -> Iterator[dict[str, Tensor]]:
-        """This rank's share of the examples (``i % world_size == rank``), padded in batches."""
-        assert self.rows is not None
-        rank, size = world(trainer)
-        mine = self.rows[rank::size]
-        for start in range(0, len(mine), batch_size):
-            yield pad_examples(mine[start : start + batch_size])
-
-
 def attattr_importance(
     trainer: pl.Trainer,
     pl_module: pl.LightningModule,
-    examples: ImportanceExamples,
+    examples: ValExamples,
     *,
     pooling: str,
     target: str,
@@ -105,7 +59,7 @@ def attattr_importance(
 
 
 def taylor_head_importance(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, examples: ImportanceExamples, *, variant: str, batch_size: int
+    trainer: pl.Trainer, pl_module: pl.LightningModule, examples: ValExamples, *, variant: str, batch_size: int
 ) -> Tensor:
     """``[layer, head]`` Taylor importance (summed over examples and ranks, then per-layer L2-normalised)."""
     model = resolve_model(pl_module)
@@ -132,7 +86,7 @@ def _synced(metric: HeadImportance, trainer: pl.Trainer) -> Tensor:
         return metric.compute().cpu()
 
 
-class HeadImportanceCallback(Callback):
+class HeadImportanceCallback(EpochEndAnalysis):
     """Accumulate AttAttr head importance ``I_h`` over validation examples every ``every_n_epochs``.
 
     ``I_h`` is the mean over examples of the pooled (by default signed max, as in the paper)
@@ -174,19 +128,15 @@ class HeadImportanceCallback(Callback):
         taylor_variant: str = "official",
         log_head_scalars: bool = True,
     ) -> None:
-        for name, value in (("n_examples", n_examples), ("every_n_epochs", every_n_epochs), ("batch_size", batch_size)):
-            _check_positive(name, value)
-        for name, value, allowed in (
-            ("pooling", pooling, POOLINGS),
-            ("target", target, _TARGETS),
-            ("taylor_variant", taylor_variant, _TAYLOR_VARIANTS),
-        ):
-            if value not in allowed:
-                raise ValueError(f"Expected `{name}` to be one of {list(allowed)}, but got {value!r}.")
+        super().__init__(every_n_epochs)
+        check_positive_int("n_examples", n_examples)
+        check_positive_int("batch_size", batch_size)
+        check_choice("pooling", pooling, POOLINGS)
+        check_choice("target", target, _TARGETS)
+        check_choice("taylor_variant", taylor_variant, _TAYLOR_VARIANTS)
         validate_n_steps(n_steps)
         validate_method(method)
-        self.examples = ImportanceExamples(n_examples)
-        self.every_n_epochs = every_n_epochs
+        self.examples = ValExamples(n_examples)
         self.pooling = pooling
         self.target = target
         self.n_steps = n_steps
@@ -212,16 +162,8 @@ class HeadImportanceCallback(Callback):
             rank_zero_warn("HeadImportanceCallback: no TensorBoardLogger, so the importance heatmap is not logged.")
 
     @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs != 0:
-            return
-        self._run(trainer, pl_module)
-
-    @override
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._run(trainer, pl_module)
-
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Compute the importance on this rank's examples, reduce, log the heatmap and scalars."""
         self.examples.ensure(trainer, pl_module)
         importance = attattr_importance(
             trainer,

@@ -7,17 +7,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples, check_choice, check_positive_int
 from lightning_attattr.callbacks._protocol import reduce_sum, resolve_inputs, resolve_model, tensorboard
-from lightning_attattr.callbacks.head_importance import (
-    ImportanceExamples,
-    attattr_importance,
-    taylor_head_importance,
-)
+from lightning_attattr.callbacks.head_importance import attattr_importance, taylor_head_importance
 from lightning_attattr.core.adapter import attention_scope
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
 from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS
@@ -28,7 +24,7 @@ _IMPORTANCE = ("attattr", "taylor", "random")
 _MODES = ("mask", "structural")
 
 
-class HeadPruningCallback(Callback):
+class HeadPruningCallback(EpochEndAnalysis):
     """Rank heads by importance and measure validation accuracy with the lowest fraction ``r`` removed.
 
     Every ``every_n_epochs`` validation epochs the callback computes head importance (AttAttr by
@@ -82,17 +78,13 @@ class HeadPruningCallback(Callback):
         fractions = [float(f) for f in fractions]
         if not fractions or any(not 0.0 <= f <= 1.0 for f in fractions):
             raise ValueError(f"Expected `fractions` to be a non-empty list of values in [0, 1], but got {fractions}.")
-        for name, value, allowed in (
-            ("importance", importance, _IMPORTANCE),
-            ("pooling", pooling, POOLINGS),
-            ("target", target, ("labels", "predicted")),
-            ("mode", mode, _MODES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"Expected `{name}` to be one of {list(allowed)}, but got {value!r}.")
-        for name, value in (("n_examples", n_examples), ("every_n_epochs", every_n_epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected `{name}` to be a positive integer, but got {value!r}.")
+        super().__init__(every_n_epochs)
+        check_choice("importance", importance, _IMPORTANCE)
+        check_choice("pooling", pooling, POOLINGS)
+        check_choice("target", target, ("labels", "predicted"))
+        check_choice("mode", mode, _MODES)
+        check_positive_int("n_examples", n_examples)
+        check_positive_int("batch_size", batch_size)
         if max_eval_batches is not None and (not isinstance(max_eval_batches, int) or max_eval_batches < 1):
             raise ValueError(
                 f"Expected `max_eval_batches` to be None or a positive integer, but got {max_eval_batches!r}."
@@ -108,8 +100,7 @@ class HeadPruningCallback(Callback):
         validate_method(method)
         self.fractions = fractions
         self.importance_kind = importance
-        self.examples = ImportanceExamples(n_examples)
-        self.every_n_epochs = every_n_epochs
+        self.examples = ValExamples(n_examples)
         self.max_eval_batches = max_eval_batches
         self.pooling = pooling
         self.target = target
@@ -201,16 +192,8 @@ class HeadPruningCallback(Callback):
 
     # ----------------------------------------------------------------- hooks
     @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs != 0:
-            return
-        self._run(trainer, pl_module)
-
-    @override
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._run(trainer, pl_module)
-
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Importance, then validation accuracy for every fraction of heads removed; log the curve."""
         importance = self.compute_importance(trainer, pl_module)
         self.importance = importance
         base = self.pruned_mask

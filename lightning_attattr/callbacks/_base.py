@@ -1,0 +1,82 @@
+"""What the three callbacks share: argument checks, the example set, and the epoch-end schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_attattr.callbacks._protocol import collect_examples, first_val_loader, pad_examples, world
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an integer >= 1, else raise a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Expected `{name}` to be a positive integer, but got {value!r}.")
+    return value
+
+
+def check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``allowed``, else raise a ``ValueError`` listing them."""
+    if value not in allowed:
+        raise ValueError(f"Expected `{name}` to be one of {list(allowed)}, but got {value!r}.")
+    return str(value)
+
+
+class ValExamples:
+    """The first ``n`` examples of the validation loader, chosen once and the same on every rank.
+
+    Rank zero collects them and broadcasts them; :meth:`my_batches` then deals them out, example
+    ``i`` to rank ``i % world_size``, for work whose per-example results are summed over ranks.
+    """
+
+    def __init__(self, n_examples: int) -> None:
+        self.n_examples = n_examples
+        self.rows: list[dict[str, Tensor]] | None = None
+
+    def ensure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Tensor]]:
+        """Choose the examples on first use (rank zero collects, every rank receives them)."""
+        if self.rows is None:
+            rows = None
+            if trainer.is_global_zero:
+                rows = collect_examples(pl_module, first_val_loader(trainer), self.n_examples)
+            self.rows = trainer.strategy.broadcast(rows, src=0)
+            if not self.rows:
+                raise RuntimeError("Found no validation examples for the AttAttr callbacks.")
+        return self.rows
+
+    def my_batches(self, trainer: pl.Trainer, batch_size: int) -> Iterator[dict[str, Tensor]]:
+        """This rank's share of the examples (``i % world_size == rank``), padded in batches."""
+        assert self.rows is not None
+        rank, size = world(trainer)
+        mine = self.rows[rank::size]
+        for start in range(0, len(mine), batch_size):
+            yield pad_examples(mine[start : start + batch_size])
+
+
+class EpochEndAnalysis(Callback):
+    """Base of the callbacks: runs :meth:`analyse` at the end of chosen epochs.
+
+    That is every ``every_n_epochs``-th validation epoch (never during the sanity check) and every
+    test epoch, so ``fit``, ``validate`` and ``test`` all work.
+    """
+
+    def __init__(self, every_n_epochs: int) -> None:
+        self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs != 0:
+            return
+        self.analyse(trainer, pl_module)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.analyse(trainer, pl_module)
+
+    def analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The analysis; subclasses implement it."""
+        raise NotImplementedError
