@@ -77,6 +77,10 @@ def test_monitor_logs_images_scalars_histograms_and_saves_maps(tmp_path):
         )
         torch.testing.assert_close(maps, direct.attributions[0], rtol=1e-4, atol=1e-7)
     assert last["convergence_delta"].shape == (3, 2)
+    # the histogram holds every attribution value of the layer: heads x n x n per probe example
+    hist = events(trainer).Histograms("attr/values_layer1")[-1].histogram_value
+    assert hist.num == sum(m[1].numel() for m in last["attributions"])
+    torch.testing.assert_close(hist.max, max(float(m[1].max()) for m in last["attributions"]))
     # training was not disturbed: parameters changed by the optimizer only, no stray gradients kept
     assert any(not torch.equal(before[n], p) for n, p in module.named_parameters())
     assert module.model.config._attn_implementation != "attattr"
