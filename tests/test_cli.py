@@ -22,8 +22,9 @@ QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 def run(args, tmp_path):
     """Run `train.py` in-process with logs under tmp_path; returns the CLI object."""
     return cli_main(
-        [*args, "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar=false"]
-    )
+        [*args, "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path),
+         "--trainer.enable_progress_bar=false"]
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +119,8 @@ def test_trainer_flags_and_callbacks_append(tmp_path):
     names = [type(cb).__name__ for cb in cli.trainer.callbacks]
     assert "EarlyStopping" in names and "ModelCheckpoint" in names and "LearningRateMonitor" in names
     assert cli.model.hparams.learning_rate == 3e-4
+    monitor = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "AttributionMonitor")
+    assert monitor.analyses_done == 1 and not list(tmp_path.rglob("attributions"))  # ran; a dry run writes nothing
     default = cli_main(["--config", QUICKSTART, "--trainer.fast_dev_run=true"], run=False)
     assert default.trainer.progress_bar_callback is not None  # the Lightning progress bar shows by default
 

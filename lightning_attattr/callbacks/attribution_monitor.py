@@ -60,7 +60,8 @@ class AttributionMonitor(EpochEndAnalysis):
         log_images: log heatmaps and head grids (needs a TensorBoard logger; else skipped with a warning).
         log_histograms: log histograms of attribution values.
         max_image_examples: log images for at most this many probe examples.
-        save_dir: where maps are written; default ``<trainer.log_dir>/attributions``.
+        save_dir: where maps are written; default ``<trainer.log_dir>/attributions``. Nothing is
+            written under ``fast_dev_run`` (as Lightning does for checkpoints).
     """
 
     def __init__(
@@ -127,7 +128,7 @@ class AttributionMonitor(EpochEndAnalysis):
         result = self.attribute_probe(trainer, pl_module)
         self.analyses_done += 1
         self._log(trainer, pl_module, result)
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and not trainer.fast_dev_run:  # like checkpoints: nothing written in a dry run
             directory.mkdir(parents=True, exist_ok=True)
             if first:
                 torch.save(self.probe, directory / "probe.pt")
