@@ -16,7 +16,7 @@ from lightning_attattr.callbacks._protocol import reduce_sum, resolve_inputs, re
 from lightning_attattr.callbacks.head_importance import attattr_importance, taylor_head_importance
 from lightning_attattr.core.adapter import attention_scope
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
-from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS
+from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, model_logits
 from lightning_attattr.core.importance import POOLINGS, PRUNING_FRACTIONS, heads_to_prune, prune_mask, random_importance
 from lightning_attattr.core.pruning import prune_heads
 
@@ -181,8 +181,7 @@ class HeadPruningCallback(EpochEndAnalysis):
                     if "labels" not in inputs:
                         raise ValueError("HeadPruningCallback needs `labels` in the validation batches.")
                     labels = inputs.pop("labels").to(pl_module.device)
-                    output = model(**{k: v.to(pl_module.device) for k, v in inputs.items()})
-                    logits = output.logits if hasattr(output, "logits") else output[0]
+                    logits = model_logits(model, {k: v.to(pl_module.device) for k, v in inputs.items()})
                     counts += torch.tensor([float((logits.argmax(-1) == labels).sum()), float(labels.numel())],
                                            dtype=torch.float64)  # fmt: skip
         finally:

@@ -245,6 +245,21 @@ class AttentionController:
         with self._state(_context=frozenset(range(self.n_layers) if layers is None else layers), _contexts=store):
             yield store
 
+    def check_all_layers_ran(self) -> None:
+        """Raise unless the last forward ran every layer's attention through the interface exactly once.
+
+        Raises:
+            RuntimeError: the model does not route its attention through ``AttentionInterface``, or
+                runs layers more than once (e.g. under gradient checkpointing).
+        """
+        if self.layers_seen != list(range(self.n_layers)):
+            raise RuntimeError(
+                f"Expected the model's attention to run through the 'attattr' attention function once per layer "
+                f"(layers 0..{self.n_layers - 1}), but saw layers {self.layers_seen}. The model does not route "
+                "its attention through transformers' AttentionInterface (or runs layers more than once, e.g. "
+                "under gradient checkpointing)."
+            )
+
     # ----------------------------------------------------------------- internal state
     @contextlib.contextmanager
     def _state(self, **fields: Any) -> Iterator[None]:

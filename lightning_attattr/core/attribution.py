@@ -298,6 +298,12 @@ def _subset(batch: _Batch, index: list[int]) -> dict[str, Tensor]:
     return out
 
 
+def model_logits(model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
+    """``[batch, classes]`` logits of a Hugging Face classifier (``.logits``, else the first output)."""
+    output = model(**inputs)
+    return output.logits if hasattr(output, "logits") else output[0]
+
+
 def _target_prob(logits: Tensor, target: Tensor) -> Tensor:
     """Softmax probability of ``target`` per row: ``[rows, classes], [rows] -> [rows]``."""
     probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
@@ -593,9 +599,7 @@ class AttentionIntegratedGradients:
 
     # ----------------------------------------------------------------- passes
     def _logits(self, inputs: dict[str, Tensor]) -> Tensor:
-        output = self.model(**inputs)
-        logits = output.logits if hasattr(output, "logits") else output[0]
-        return logits
+        return model_logits(self.model, inputs)
 
     def _clean_pass(
         self, ctrl: AttentionController, sub: dict[str, Tensor], layers: tuple[int, ...], autocast: Any
@@ -612,13 +616,7 @@ class AttentionIntegratedGradients:
             autocast(),
         ):
             logits = self._logits(sub)
-        if ctrl.layers_seen != list(range(ctrl.n_layers)):
-            raise RuntimeError(
-                f"Expected the model's attention to run through the 'attattr' attention function once per layer "
-                f"(layers 0..{ctrl.n_layers - 1}), but saw layers {ctrl.layers_seen}. The model does not route "
-                "its attention through transformers' AttentionInterface (or runs layers more than once, e.g. "
-                "under gradient checkpointing)."
-            )
+        ctrl.check_all_layers_ran()
         return captured, recorded, logits
 
     def _integrate(

@@ -48,6 +48,7 @@ from lightning_attattr.core.attribution import (
     _frozen_eval,
     _prepare_inputs,
     _progress,
+    model_logits,
 )
 
 __all__ = [
@@ -253,21 +254,6 @@ def _real_positions(batch: _Batch) -> Tensor | None:
     return mask.bool()
 
 
-def _check_all_layers_ran(ctrl: AttentionController) -> None:
-    if ctrl.layers_seen != list(range(ctrl.n_layers)):
-        raise RuntimeError(
-            f"Expected the model's attention to run through the 'attattr' attention function once per layer "
-            f"(layers 0..{ctrl.n_layers - 1}), but saw layers {ctrl.layers_seen}. The model does not route "
-            "its attention through transformers' AttentionInterface (or runs layers more than once, e.g. "
-            "under gradient checkpointing)."
-        )
-
-
-def _logits(model: nn.Module, tensors: Mapping[str, Tensor]) -> Tensor:
-    output = model(**tensors)
-    return output.logits if hasattr(output, "logits") else output[0]
-
-
 def _resolve_labels(labels: object, batch: _Batch, num_labels: int) -> Tensor:
     if labels is None:
         labels = batch.labels
@@ -381,8 +367,8 @@ def _taylor(
     outer = ctrl.head_mask
     mask = gate if outer is None else outer.detach().to(device=device, dtype=dtype) * gate
     with ctrl.masked(mask), ctrl.capturing_context() as contexts:
-        logits = _logits(model, batch.tensors)  # [batch, classes]
-    _check_all_layers_ran(ctrl)
+        logits = model_logits(model, batch.tensors)  # [batch, classes]
+    ctrl.check_all_layers_ran()
     if variant == "official":
         scalar = logits.sum()
     else:
@@ -464,8 +450,8 @@ def attention_weight_importance(model: nn.Module, inputs: Mapping[str, Any]) -> 
         attention_scope(model) as ctrl,
         ctrl.capturing() as probs,
     ):
-        _logits(model, batch.tensors)
-    _check_all_layers_ran(ctrl)
+        model_logits(model, batch.tensors)
+    ctrl.check_all_layers_ran()
     real = _real_positions(batch)
     scores = []
     for layer in range(ctrl.n_layers):
