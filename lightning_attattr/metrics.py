@@ -14,12 +14,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_attattr.core.importance import (
-    _check_positive_int,
-    _check_shape,
-    _head_importance_compute,
-    _head_importance_update,
-)
+from lightning_attattr.core.checks import check_positive_int, check_shape
+from lightning_attattr.core.importance import _head_importance_compute, _head_importance_update
 
 __all__ = ["HeadImportance"]
 
@@ -57,8 +53,8 @@ class HeadImportance(Metric):
 
     def __init__(self, n_layers: int, n_heads: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.n_layers = _check_positive_int("n_layers", n_layers)
-        self.n_heads = _check_positive_int("n_heads", n_heads)
+        self.n_layers = check_positive_int("n_layers", n_layers)
+        self.n_heads = check_positive_int("n_heads", n_heads)
         self.add_state("score_sum", default=torch.zeros(n_layers, n_heads), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
 
@@ -69,7 +65,7 @@ class HeadImportance(Metric):
             TypeError, ValueError: ``scores`` is not a ``[batch, n_layers, n_heads]`` tensor (the message
                 shows the expected and the given shape).
         """
-        _check_shape("scores", scores, (None, self.n_layers, self.n_heads), "[batch, layer, head]")
+        check_shape("scores", scores, (None, self.n_layers, self.n_heads), "[batch, layer, head]")
         score_sum, count = _head_importance_update(scores)
         self.score_sum += score_sum.to(device=self.score_sum.device, dtype=self.score_sum.dtype)
         self.count += count

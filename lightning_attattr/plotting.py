@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.colors import Colormap
@@ -59,12 +61,12 @@ def _as_array(name: str, value: Any, dims: Sequence[str]) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"Expected `{name}` to be a tensor or array of shape {expected}, but could not convert "
             f"{type(value).__name__}: {err}"
         ) from err
     if arr.ndim != len(dims) or 0 in arr.shape:
-        raise ValueError(
+        raise ArgumentError(
             f"Expected `{name}` to have shape {expected} ({len(dims)} non-empty dims), but got shape {list(arr.shape)}."
         )
     return arr
@@ -72,7 +74,7 @@ def _as_array(name: str, value: Any, dims: Sequence[str]) -> np.ndarray:
 
 def _check_square(name: str, arr: np.ndarray, dims: Sequence[str]) -> None:
     if arr.shape[-1] != arr.shape[-2]:
-        raise ValueError(
+        raise ArgumentError(
             f"Expected `{name}` of shape [{', '.join(dims)}] to have query_pos == key_pos (self-attention), "
             f"but got shape {list(arr.shape)}."
         )
@@ -80,9 +82,9 @@ def _check_square(name: str, arr: np.ndarray, dims: Sequence[str]) -> None:
 
 def _check_tokens(tokens: object, n: int, shape: Sequence[int]) -> list[str]:
     if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
-        raise TypeError(f"Expected `tokens` to be a sequence of strings, but got {type(tokens).__name__}.")
+        raise ArgumentTypeError(f"Expected `tokens` to be a sequence of strings, but got {type(tokens).__name__}.")
     if len(tokens) != n:
-        raise ValueError(
+        raise ArgumentError(
             f"Expected `tokens` to have one entry per position ({n}, from attribution shape {list(shape)}), "
             f"but got {len(tokens)}."
         )
@@ -92,7 +94,7 @@ def _check_tokens(tokens: object, n: int, shape: Sequence[int]) -> list[str]:
 def _check_title(title: object) -> str | None:
     if title is None or isinstance(title, str):
         return title
-    raise TypeError(f"Expected `title` to be a string or None, but got {type(title).__name__}.")
+    raise ArgumentTypeError(f"Expected `title` to be a string or None, but got {type(title).__name__}.")
 
 
 def _symmetric_limit(arr: np.ndarray) -> float:
@@ -206,9 +208,9 @@ def head_grid(
     arr = _as_array("attr", attr, dims)
     _check_square("attr", arr, dims)
     if isinstance(max_cols, bool) or not isinstance(max_cols, int):
-        raise TypeError(f"Expected `max_cols` to be a positive integer, but got {max_cols!r}.")
+        raise ArgumentTypeError(f"Expected `max_cols` to be a positive integer, but got {max_cols!r}.")
     if max_cols < 1:
-        raise ValueError(f"Expected `max_cols` to be a positive integer, but got {max_cols}.")
+        raise ArgumentError(f"Expected `max_cols` to be a positive integer, but got {max_cols}.")
     n_heads, n = arr.shape[0], arr.shape[1]
     labels = None if tokens is None else _check_tokens(tokens, n, arr.shape)
     title = _check_title(title)
@@ -274,9 +276,9 @@ def importance_heatmap(
     arr = _as_array("importance", importance, ("layer", "head"))
     n_layers, n_heads = arr.shape
     if annotate is not None and not isinstance(annotate, bool):
-        raise TypeError(f"Expected `annotate` to be a bool or None, but got {annotate!r}.")
+        raise ArgumentTypeError(f"Expected `annotate` to be a bool or None, but got {annotate!r}.")
     if layers is not None and len(layers) != n_layers:
-        raise ValueError(
+        raise ArgumentError(
             f"Expected `layers` to have one entry per row of `importance` ({n_layers}, from shape "
             f"{list(arr.shape)}), but got {len(layers)}."
         )
@@ -349,19 +351,21 @@ def pruning_curve(
     """
     x = _as_array("fractions", fractions, ("n_points",))
     if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1:
-        raise ValueError(
+        raise ArgumentError(
             f"Expected `fractions` to be fractions of heads pruned in [0, 1], but got {x.tolist()} "
             "(pass percentages divided by 100)."
         )
     if not isinstance(curves, Mapping):
-        raise TypeError(f"Expected `curves` to be a mapping of method name to values, but got {type(curves).__name__}.")
+        raise ArgumentTypeError(
+            f"Expected `curves` to be a mapping of method name to values, but got {type(curves).__name__}."
+        )
     if not curves:
-        raise ValueError("Expected `curves` to contain at least one method, but got an empty mapping.")
+        raise ArgumentError("Expected `curves` to contain at least one method, but got an empty mapping.")
     ys = {}
     for name, values in curves.items():
         y = _as_array(f"curves[{name!r}]", values, ("n_points",))
         if y.shape != x.shape:
-            raise ValueError(
+            raise ArgumentError(
                 f"Expected `curves[{name!r}]` to have one value per fraction (shape {list(x.shape)}, as "
                 f"`fractions`), but got shape {list(y.shape)}."
             )
@@ -405,7 +409,7 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     from matplotlib.figure import Figure
 
     if not isinstance(fig, Figure):
-        raise TypeError(f"Expected `fig` to be a matplotlib Figure, but got {type(fig).__name__}.")
+        raise ArgumentTypeError(f"Expected `fig` to be a matplotlib Figure, but got {type(fig).__name__}.")
     if isinstance(fig.canvas, FigureCanvasAgg):
         fig.canvas.draw()
         rgba = np.asarray(fig.canvas.buffer_rgba())  # [H, W, 4], straight (non-premultiplied) alpha

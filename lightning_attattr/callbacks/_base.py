@@ -1,29 +1,23 @@
-"""What the three callbacks share: argument checks, the example set, and the epoch-end schedule."""
+"""What the three callbacks share: the example set, the epoch-end schedule and the model check.
+
+Argument checks live in :mod:`lightning_attattr.core.checks`; each callback validates its options
+in ``__init__`` and everything that needs the model (layer range, supported architecture) in
+:meth:`EpochEndAnalysis.check_model`, which runs in ``setup`` (before any training) and which the
+CLI also calls before the trainer starts.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_attattr.callbacks._protocol import collect_examples, first_val_loader, pad_examples, world
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an integer >= 1, else raise a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected `{name}` to be a positive integer, but got {value!r}.")
-    return value
-
-
-def check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
-    """Return ``value`` if it is one of ``allowed``, else raise a ``ValueError`` listing them."""
-    if value not in allowed:
-        raise ValueError(f"Expected `{name}` to be one of {list(allowed)}, but got {value!r}.")
-    return str(value)
+from lightning_attattr.callbacks._protocol import collect_examples, first_val_loader, pad_examples, resolve_model, world
+from lightning_attattr.core.adapter import layer_modules
+from lightning_attattr.core.checks import check_layers, check_positive_int
 
 
 class ValExamples:
@@ -61,11 +55,30 @@ class EpochEndAnalysis(Callback):
     """Base of the callbacks: runs :meth:`analyse` at the end of chosen epochs.
 
     That is every ``every_n_epochs``-th validation epoch (never during the sanity check) and every
-    test epoch, so ``fit``, ``validate`` and ``test`` all work.
+    test epoch, so ``fit``, ``validate`` and ``test`` all work. Subclasses that take a ``layers``
+    option store it in ``self.layers``; :meth:`check_model` checks it against the model.
     """
+
+    layers: list[int] | None = None
 
     def __init__(self, every_n_epochs: int) -> None:
         self.every_n_epochs = check_positive_int("every_n_epochs", every_n_epochs)
+
+    def check_model(self, pl_module: pl.LightningModule) -> None:
+        """Fail before any training when the module's model cannot be analysed with these options.
+
+        Raises:
+            ArgumentTypeError: the module exposes no (or several) Hugging Face models.
+            UnsupportedModelError: the architecture does not run attention through the interface.
+            ArgumentError: ``layers`` out of the model's range or naming a layer twice.
+        """
+        model = resolve_model(pl_module)
+        n_layers = len(layer_modules(model))
+        check_layers(f"{type(self).__name__}.layers", self.layers, n_layers)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.check_model(pl_module)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

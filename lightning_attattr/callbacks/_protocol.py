@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
+
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
@@ -59,14 +61,16 @@ def resolve_model(pl_module: pl.LightningModule) -> nn.Module:
         found = [m for m in pl_module.modules() if isinstance(m, PreTrainedModel)]
         outer = [m for m in found if not any(m is not o and any(m is x for x in o.modules()) for o in found)]
         if len(outer) != 1:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"Expected {type(pl_module).__name__} to expose one Hugging Face model: define "
                 "`attattr_model()` or a `model` attribute holding a `PreTrainedModel`, but found "
                 f"{len(outer)} PreTrainedModel submodules."
             )
         model = outer[0]
     if not isinstance(model, PreTrainedModel):
-        raise TypeError(f"Expected `attattr_model()` to return a `PreTrainedModel`, but got {type(model).__name__}.")
+        raise ArgumentTypeError(
+            f"Expected `attattr_model()` to return a `PreTrainedModel`, but got {type(model).__name__}."
+        )
     return model
 
 
@@ -80,13 +84,13 @@ def resolve_inputs(pl_module: pl.LightningModule, batch: Any) -> dict[str, Tenso
     if callable(converter):
         batch = converter(batch)
     if not isinstance(batch, Mapping):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"Expected batches to be dicts of model inputs, but got {type(batch).__name__}; define "
             f"`attattr_inputs(batch)` on {type(pl_module).__name__} to convert them."
         )
     out = {k: v for k, v in batch.items() if k in MODEL_INPUTS or k == "labels"}
     if not any(k in out for k in ("input_ids", "pixel_values")):
-        raise ValueError(f"Expected `input_ids` or `pixel_values` among the batch keys, but got {sorted(batch)}.")
+        raise ArgumentError(f"Expected `input_ids` or `pixel_values` among the batch keys, but got {sorted(batch)}.")
     return out
 
 
@@ -134,7 +138,7 @@ def collect_examples(pl_module: pl.LightningModule, loader: Iterable[Any], n: in
 def pad_examples(rows: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """Right-pad per-example token inputs to one batch (``attention_mask`` 0 on padding)."""
     if not rows:
-        raise ValueError("Expected at least one example, but got none.")
+        raise ArgumentError("Expected at least one example, but got none.")
     if "input_ids" not in rows[0]:
         return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
     length = max(r["input_ids"].shape[0] for r in rows)

@@ -12,7 +12,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples, check_choice, check_positive_int
+from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples
 from lightning_attattr.callbacks._protocol import (
     pad_examples,
     reduce_sum,
@@ -24,6 +24,14 @@ from lightning_attattr.callbacks._protocol import (
 )
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
 from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, AttentionIntegratedGradients
+from lightning_attattr.core.checks import (
+    ArgumentTypeError,
+    check_bool,
+    check_choice,
+    check_int,
+    check_layers,
+    check_positive_int,
+)
 
 _TARGETS = ("predicted", "labels")
 
@@ -80,14 +88,21 @@ class AttributionMonitor(EpochEndAnalysis):
     ) -> None:
         super().__init__(every_n_epochs)
         check_positive_int("n_examples", n_examples)
-        if isinstance(max_image_examples, bool) or not isinstance(max_image_examples, int) or max_image_examples < 0:
-            raise ValueError(f"Expected `max_image_examples` to be an integer >= 0, but got {max_image_examples!r}.")
+        check_int("max_image_examples", max_image_examples, 0)
+        check_positive_int("internal_batch_size", internal_batch_size, optional=True)
+        layers = check_layers(
+            "AttributionMonitor.layers", layers
+        )  # types and duplicates; the range is checked in `setup`
         validate_n_steps(n_steps)
         validate_method(method)
         check_choice("target", target, _TARGETS)
+        for name, flag in (("log_images", log_images), ("log_histograms", log_histograms)):
+            check_bool(name, flag)
+        if save_dir is not None and (not isinstance(save_dir, str) or not save_dir):
+            raise ArgumentTypeError(f"Expected `save_dir` to be a directory path or None, but got {save_dir!r}.")
         self.n_examples = n_examples
         self.examples = ValExamples(n_examples)
-        self.layers = layers
+        self.layers = None if layers is None else list(layers)
         self.n_steps = n_steps
         self.method = method
         self.target = target
@@ -111,7 +126,7 @@ class AttributionMonitor(EpochEndAnalysis):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        resolve_model(pl_module)  # fail early when the module does not follow the protocol
+        super().setup(trainer, pl_module, stage)  # model, architecture and layer range, before any training
         if self.log_images and tensorboard(trainer) is None:
             rank_zero_warn("AttributionMonitor: no TensorBoardLogger, so no images are logged (maps are still saved).")
 

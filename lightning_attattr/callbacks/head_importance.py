@@ -9,10 +9,11 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples, check_choice, check_positive_int
+from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples
 from lightning_attattr.callbacks._protocol import resolve_model, tensorboard
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
 from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, AttentionIntegratedGradients
+from lightning_attattr.core.checks import ArgumentError, check_bool, check_choice, check_positive_int
 from lightning_attattr.core.importance import (
     POOLINGS,
     attribution_head_scores,
@@ -50,7 +51,7 @@ def attattr_importance(
     metric = HeadImportance(ig.n_layers, int(model.config.num_attention_heads)).to(pl_module.device)
     for batch in examples.my_batches(trainer, batch_size):
         if target == "labels" and "labels" not in batch:
-            raise ValueError("`target='labels'` needs labels in the validation batches, but they have none.")
+            raise ArgumentError("`target='labels'` needs labels in the validation batches, but they have none.")
         result = ig.attribute(
             batch, target=target, n_steps=n_steps, method=method, internal_batch_size=internal_batch_size
         )
@@ -131,6 +132,9 @@ class HeadImportanceCallback(EpochEndAnalysis):
         super().__init__(every_n_epochs)
         check_positive_int("n_examples", n_examples)
         check_positive_int("batch_size", batch_size)
+        check_positive_int("internal_batch_size", internal_batch_size, optional=True)
+        check_bool("taylor", taylor)
+        check_bool("log_head_scalars", log_head_scalars)
         check_choice("pooling", pooling, POOLINGS)
         check_choice("target", target, _TARGETS)
         check_choice("taylor_variant", taylor_variant, _TAYLOR_VARIANTS)
@@ -157,7 +161,7 @@ class HeadImportanceCallback(EpochEndAnalysis):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        resolve_model(pl_module)
+        super().setup(trainer, pl_module, stage)
         if tensorboard(trainer) is None:
             rank_zero_warn("HeadImportanceCallback: no TensorBoardLogger, so the importance heatmap is not logged.")
 

@@ -11,12 +11,22 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples, check_choice, check_positive_int
+from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples
 from lightning_attattr.callbacks._protocol import reduce_sum, resolve_inputs, resolve_model, tensorboard
 from lightning_attattr.callbacks.head_importance import attattr_importance, taylor_head_importance
 from lightning_attattr.core.adapter import attention_scope
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
 from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, model_logits
+from lightning_attattr.core.checks import (
+    ArgumentError,
+    ArgumentTypeError,
+    check_choice,
+    check_fractions,
+    check_int,
+    check_number,
+    check_positive_int,
+    check_seed,
+)
 from lightning_attattr.core.importance import POOLINGS, PRUNING_FRACTIONS, heads_to_prune, prune_mask, random_importance
 from lightning_attattr.core.pruning import prune_heads
 
@@ -75,9 +85,7 @@ class HeadPruningCallback(EpochEndAnalysis):
         schedule: Mapping[int, float] | None = None,
         mode: str = "mask",
     ) -> None:
-        fractions = [float(f) for f in fractions]
-        if not fractions or any(not 0.0 <= f <= 1.0 for f in fractions):
-            raise ValueError(f"Expected `fractions` to be a non-empty list of values in [0, 1], but got {fractions}.")
+        fractions = check_fractions("fractions", fractions)
         super().__init__(every_n_epochs)
         check_choice("importance", importance, _IMPORTANCE)
         check_choice("pooling", pooling, POOLINGS)
@@ -85,17 +93,18 @@ class HeadPruningCallback(EpochEndAnalysis):
         check_choice("mode", mode, _MODES)
         check_positive_int("n_examples", n_examples)
         check_positive_int("batch_size", batch_size)
-        if max_eval_batches is not None and (not isinstance(max_eval_batches, int) or max_eval_batches < 1):
-            raise ValueError(
-                f"Expected `max_eval_batches` to be None or a positive integer, but got {max_eval_batches!r}."
+        check_positive_int("max_eval_batches", max_eval_batches, optional=True)
+        check_seed("seed", seed)
+        if schedule is not None and not isinstance(schedule, Mapping):
+            raise ArgumentTypeError(
+                f"Expected `schedule` to be a mapping {{training epoch: fraction}} or None, but got {schedule!r}."
             )
         schedule = dict(schedule or {})
         for epoch, fraction in schedule.items():
-            if not isinstance(epoch, int) or epoch < 0 or not 0.0 <= float(fraction) < 1.0:
-                raise ValueError(
-                    "Expected `schedule` to map training epochs (int >= 0) to fractions in [0, 1), "
-                    f"but got {epoch!r}: {fraction!r}."
-                )
+            check_int(f"schedule key {epoch!r}", epoch, 0)
+            check_number(f"schedule[{epoch}]", fraction, 0.0, 1.0)
+            if float(fraction) == 1.0:
+                raise ArgumentError(f"Expected `schedule[{epoch}]` to be below 1 (some heads must stay), but got 1.0.")
         validate_n_steps(n_steps)
         validate_method(method)
         self.fractions = fractions
@@ -122,14 +131,16 @@ class HeadPruningCallback(EpochEndAnalysis):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        resolve_model(pl_module)
+        super().setup(trainer, pl_module, stage)
         if self.schedule and self.mode == "mask" and not callable(getattr(pl_module, "set_head_mask", None)):
-            raise ValueError(
+            raise ArgumentError(
                 f"`mode='mask'` scheduled pruning needs `set_head_mask` on {type(pl_module).__name__} "
                 "(AttAttrClassifier has it); use `mode='structural'` or no schedule."
             )
         if self.schedule and self.mode == "structural" and trainer.world_size > 1:
-            raise ValueError("`mode='structural'` scheduled pruning runs in a single process only; use `mode='mask'`.")
+            raise ArgumentError(
+                "`mode='structural'` scheduled pruning runs in a single process only; use `mode='mask'`."
+            )
         if tensorboard(trainer) is None:
             rank_zero_warn("HeadPruningCallback: no TensorBoardLogger, so the pruning-curve figure is not logged.")
 
@@ -179,7 +190,7 @@ class HeadPruningCallback(EpochEndAnalysis):
                         break
                     inputs = resolve_inputs(pl_module, batch)
                     if "labels" not in inputs:
-                        raise ValueError("HeadPruningCallback needs `labels` in the validation batches.")
+                        raise ArgumentError("HeadPruningCallback needs `labels` in the validation batches.")
                     labels = inputs.pop("labels").to(pl_module.device)
                     logits = model_logits(model, {k: v.to(pl_module.device) for k, v in inputs.items()})
                     counts += torch.tensor([float((logits.argmax(-1) == labels).sum()), float(labels.numel())],

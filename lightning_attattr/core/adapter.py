@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, UnsupportedModelError
+
 ATTN_IMPLEMENTATION = "attattr"
 #: Config attribute where :mod:`lightning_attattr.core.pruning` records removed heads,
 #: ``{str(layer): [original head indices]}``.
@@ -55,6 +57,32 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
 )
 #: Model types known not to route attention through the interface.
 _REFUSED_MODEL_TYPES: frozenset[str] = frozenset({"deberta", "deberta-v2", "sew-d"})
+
+# Model types whose position ids start after the padding index (RoBERTa's convention), so that
+# `max_position_embeddings - padding_idx - 1` positions are usable.
+_OFFSET_POSITION_TYPES: frozenset[str] = frozenset(
+    {"roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "xlm-roberta-xl", "data2vec-text", "longformer"}
+)
+
+
+def max_sequence_length(config: Any) -> int | None:
+    """The longest token sequence a text model's position embeddings can take, or ``None`` if unknown.
+
+    ``max_position_embeddings`` for BERT-style models; RoBERTa-style models number positions from
+    ``pad_token_id + 1`` (514 embeddings give 512 tokens).
+
+    Example:
+        >>> from transformers import BertConfig, RobertaConfig
+        >>> max_sequence_length(BertConfig()), max_sequence_length(RobertaConfig(max_position_embeddings=514))
+        (512, 512)
+    """
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return None
+    if getattr(config, "model_type", None) in _OFFSET_POSITION_TYPES:
+        limit -= int(getattr(config, "pad_token_id", None) or 1) + 1
+    return limit
+
 
 # (controller, layer index) of the transformer layer currently running, set by the layer wrappers.
 _CURRENT: ContextVar[tuple[AttentionController, int] | None] = ContextVar("attattr_current_layer", default=None)
@@ -159,9 +187,9 @@ def check_head_mask(mask: object, n_layers: int, n_heads: int, name: str = "head
     if mask is None:
         return None
     if not isinstance(mask, Tensor):
-        raise TypeError(f"Expected `{name}` to be a tensor or None, but got {type(mask).__name__}.")
+        raise ArgumentTypeError(f"Expected `{name}` to be a tensor or None, but got {type(mask).__name__}.")
     if tuple(mask.shape) != (n_layers, n_heads):
-        raise ValueError(
+        raise ArgumentError(
             f"Expected `{name}` of shape [layer, head] = {[n_layers, n_heads]}, but got {list(mask.shape)}."
         )
     return mask
@@ -363,9 +391,9 @@ def _expand_hidden(args: tuple, kwargs: dict, factor: int) -> tuple[tuple, dict]
     return args, kwargs
 
 
-def _unsupported(model: nn.Module, why: str) -> ValueError:
+def _unsupported(model: nn.Module, why: str) -> UnsupportedModelError:
     model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-    return ValueError(
+    return UnsupportedModelError(
         f"Model type {model_type!r} is not supported: {why}. Supported model types: "
         f"{', '.join(SUPPORTED_MODEL_TYPES)} (and other encoders that route attention through "
         "transformers' AttentionInterface)."
@@ -388,7 +416,9 @@ def layer_modules(model: nn.Module) -> list[nn.Module]:
     from transformers import PreTrainedModel
 
     if not isinstance(model, PreTrainedModel):
-        raise TypeError(f"Expected `model` to be a Hugging Face `PreTrainedModel`, but got {type(model).__name__}.")
+        raise ArgumentTypeError(
+            f"Expected `model` to be a Hugging Face `PreTrainedModel`, but got {type(model).__name__}."
+        )
     config = model.config
     if config.model_type in _REFUSED_MODEL_TYPES:
         raise _unsupported(model, "its attention does not run through transformers' AttentionInterface")

@@ -23,6 +23,8 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
+
 Method = Literal["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
 METHODS: tuple[str, ...] = get_args(Method)
 
@@ -41,7 +43,7 @@ def _riemann_middle(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _riemann_trapezoid(n: int) -> tuple[np.ndarray, np.ndarray]:
     if n < 2:
-        raise ValueError(f"Expected `n_steps` to be at least 2 for `method='riemann_trapezoid'`, but got {n}.")
+        raise ArgumentError(f"Expected `n_steps` to be at least 2 for `method='riemann_trapezoid'`, but got {n}.")
     alphas = np.linspace(0.0, 1.0, n)
     weights = np.full(n, 1.0 / (n - 1))
     weights[0] = weights[-1] = 0.5 / (n - 1)
@@ -65,16 +67,16 @@ _RULES: dict[str, Callable[[int], tuple[np.ndarray, np.ndarray]]] = {
 def validate_method(method: object) -> str:
     """Return ``method`` if it names a known integration rule, else raise ``ValueError``."""
     if not isinstance(method, str) or method not in _RULES:
-        raise ValueError(f"Expected `method` to be one of {sorted(_RULES)}, but got {method!r}.")
+        raise ArgumentError(f"Expected `method` to be one of {sorted(_RULES)}, but got {method!r}.")
     return method
 
 
 def validate_n_steps(n_steps: object) -> int:
     """Return ``n_steps`` if it is a positive integer, else raise ``TypeError``/``ValueError``."""
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)):
-        raise TypeError(f"Expected `n_steps` to be a positive integer, but got {n_steps!r}.")
+        raise ArgumentTypeError(f"Expected `n_steps` to be a positive integer, but got {n_steps!r}.")
     if n_steps < 1:
-        raise ValueError(f"Expected `n_steps` to be a positive integer, but got {n_steps}.")
+        raise ArgumentError(f"Expected `n_steps` to be a positive integer, but got {n_steps}.")
     return int(n_steps)
 
 

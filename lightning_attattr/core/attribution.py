@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from lightning_attattr.core.adapter import AttentionController, attention_scope, layer_modules
 from lightning_attattr.core.approximation import Method, approximation_parameters, validate_method
+from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, check_int, check_layers
 
 #: Default integration rule and step count: the smallest Gauss-Legendre node count whose completeness
 #: error stayed below 1e-3 with a factor-2 margin on every (example, layer) of a pretrained MiniLM
@@ -118,21 +119,13 @@ class _Batch:
     labels: Tensor | None
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"Expected `{name}` to be an integer >= {minimum}, but got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"Expected `{name}` to be an integer >= {minimum}, but got {value}.")
-    return value
-
-
 def _as_tensor(name: str, value: Any) -> Tensor:
     if isinstance(value, Tensor):
         return value
     try:
         return torch.as_tensor(value)
     except (ValueError, TypeError, RuntimeError) as err:
-        raise ValueError(
+        raise ArgumentError(
             f"Expected `inputs[{name!r}]` to be a tensor (pad the batch, e.g. tokenizer(..., padding=True, "
             f"return_tensors='pt')), but could not convert {type(value).__name__}: {err}"
         ) from err
@@ -140,7 +133,7 @@ def _as_tensor(name: str, value: Any) -> Tensor:
 
 def _prepare_inputs(inputs: object, device: torch.device) -> _Batch:
     if not isinstance(inputs, Mapping):
-        raise TypeError(
+        raise ArgumentTypeError(
             "Expected `inputs` to be a mapping of model inputs (e.g. the tokenizer's BatchEncoding with "
             f"`input_ids` and `attention_mask`), but got {type(inputs).__name__}."
         )
@@ -148,19 +141,19 @@ def _prepare_inputs(inputs: object, device: torch.device) -> _Batch:
     labels = tensors.pop("labels", None)
     main = next((k for k in ("input_ids", "inputs_embeds", "pixel_values") if k in tensors), None)
     if main is None:
-        raise ValueError(
+        raise ArgumentError(
             "Expected `inputs` to contain one of `input_ids`, `inputs_embeds` or `pixel_values`, "
             f"but got keys {sorted(tensors)}."
         )
     size = tensors[main].shape[0] if tensors[main].dim() > 0 else 0
     if tensors[main].dim() < 2 or size == 0:
-        raise ValueError(
+        raise ArgumentError(
             f"Expected `inputs[{main!r}]` to be a non-empty batch with a leading batch axis, "
             f"but got shape {list(tensors[main].shape)}."
         )
     for key, t in [*tensors.items(), *([("labels", labels)] if labels is not None else [])]:
         if t.dim() == 0 or t.shape[0] != size:
-            raise ValueError(
+            raise ArgumentError(
                 f"Expected every input to have batch size {size} (from `{main}`: {list(tensors[main].shape)}), "
                 f"but `{key}` has shape {list(t.shape)}."
             )
@@ -170,13 +163,13 @@ def _prepare_inputs(inputs: object, device: torch.device) -> _Batch:
     mask = tensors.get("attention_mask")
     if mask is not None and seq_len is not None:
         if tuple(mask.shape) != (size, seq_len):
-            raise ValueError(
+            raise ArgumentError(
                 f"Expected `attention_mask` of shape {[size, seq_len]} (as `{main}`), but got {list(mask.shape)}."
             )
         real = mask.bool()
         lengths = real.sum(1).tolist()
         if min(lengths) == 0:
-            raise ValueError(
+            raise ArgumentError(
                 f"Expected every example to have a real token, but `attention_mask` row "
                 f"{lengths.index(0)} is all zeros."
             )
@@ -198,7 +191,9 @@ def _validate_shard(shard: object) -> tuple[int, int] | None:
         or any(isinstance(v, bool) or not isinstance(v, int) for v in shard)
         or not 0 <= shard[0] < shard[1]
     ):
-        raise ValueError(f"Expected `shard` to be None or (index, count) with 0 <= index < count, but got {shard!r}.")
+        raise ArgumentError(
+            f"Expected `shard` to be None or (index, count) with 0 <= index < count, but got {shard!r}."
+        )
     return int(shard[0]), int(shard[1])
 
 
@@ -235,12 +230,12 @@ def merge_shards(shards: Sequence[AttributionResult]) -> AttributionResult:
         ValueError: missing or duplicate shards, or shards of different computations.
     """
     if not shards:
-        raise ValueError("Expected at least one shard in `shards`, but got none.")
+        raise ArgumentError("Expected at least one shard in `shards`, but got none.")
     first = shards[0]
     count = first.shard[1] if first.shard is not None else 1
     indices = sorted(s.shard[0] if s.shard is not None else 0 for s in shards)
     if indices != list(range(count)) or any((s.shard or (0, 1))[1] != count for s in shards):
-        raise ValueError(f"Expected shards 0..{count - 1} exactly once, but got indices {indices}.")
+        raise ArgumentError(f"Expected shards 0..{count - 1} exactly once, but got indices {indices}.")
     for other in shards[1:]:
         if (other.layers, other.method, other.n_steps, len(other)) != (
             first.layers,
@@ -248,7 +243,7 @@ def merge_shards(shards: Sequence[AttributionResult]) -> AttributionResult:
             first.n_steps,
             len(first),
         ) or not torch.equal(other.target, first.target):
-            raise ValueError("Expected shards of one computation (same inputs, layers, target, method and n_steps).")
+            raise ArgumentError("Expected shards of one computation (same inputs, layers, target, method and n_steps).")
     deltas = [s.convergence_delta for s in shards]
     return AttributionResult(
         attributions=[sum(s.attributions[i] for s in shards) for i in range(len(first))],
@@ -348,7 +343,7 @@ class AttentionIntegratedGradients:
         self.model = model
         self._num_labels = int(model.config.num_labels)
         if self._num_labels < 2:
-            raise ValueError(
+            raise ArgumentError(
                 "AttAttr attributes a class probability; expected a classifier with `num_labels` >= 2, "
                 f"but the model has num_labels={self._num_labels}."
             )
@@ -381,8 +376,9 @@ class AttentionIntegratedGradients:
             target: class to explain. ``None`` or ``"predicted"``: the model's prediction;
                 ``"labels"``: ``inputs["labels"]`` (gold labels); an int: that class for every
                 example; a sequence or ``[batch]`` tensor: one class per example.
-            layers: layer index or indices to attribute (negative counts from the end);
-                default all layers.
+            layers: layer index or indices to attribute (negative counts from the end), each
+                named once (``[0, 0]`` is an error); default all layers. Results are in
+                increasing layer order whatever the order given.
             n_steps: integration steps (model evaluations per example and layer).
             method: ``riemann_left`` (the official AttAttr code; ``n_steps=20`` reproduces its
                 head-importance runs), ``riemann_right`` (the paper's formula),
@@ -415,10 +411,10 @@ class AttentionIntegratedGradients:
         layer_ids = self._validate_layers(layers)
         alphas, weights = approximation_parameters(validate_method(method), n_steps)
         if internal_batch_size is not None:
-            _check_int("internal_batch_size", internal_batch_size, 1)
+            check_int("internal_batch_size", internal_batch_size, 1)
         shard = _validate_shard(shard)
         if autocast_dtype is not None and autocast_dtype not in _AUTOCAST_DTYPES:
-            raise ValueError(
+            raise ArgumentError(
                 f"Expected `autocast_dtype` to be None or one of {list(_AUTOCAST_DTYPES)}, but got {autocast_dtype!r}."
             )
         model = self.model
@@ -432,6 +428,7 @@ class AttentionIntegratedGradients:
         # (Lightning's evaluation loops): tensors are created outside inference mode
         with torch.inference_mode(False), torch.enable_grad():
             batch = _prepare_inputs(inputs, device)
+            self._check_token_ids(batch)
             targets = self._validate_target(target, batch)
             groups = _plan_groups(batch, internal_batch_size)
             owned = _owned_steps(len(groups), len(layer_ids), n_steps, shard)
@@ -534,25 +531,27 @@ class AttentionIntegratedGradients:
 
     # ----------------------------------------------------------------- validation
     def _validate_layers(self, layers: int | Sequence[int] | None) -> tuple[int, ...]:
-        n = self._n_layers
-        if layers is None:
-            return tuple(range(n))
-        items = [layers] if isinstance(layers, int) else layers
-        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) and not isinstance(items, Tensor):
-            raise TypeError(f"Expected `layers` to be an int, a sequence of ints or None, but got {layers!r}.")
-        out = []
-        for layer in list(items):
-            layer = int(layer) if isinstance(layer, Tensor) else layer
-            if isinstance(layer, bool) or not isinstance(layer, int):
-                raise TypeError(f"Expected `layers` to contain ints, but got {layer!r}.")
-            if not -n <= layer < n:
-                raise ValueError(
-                    f"Expected `layers` to be in [{-n}, {n - 1}] (the model has {n} layers), but got {layer}."
-                )
-            out.append(layer % n)
-        if not out:
-            raise ValueError("Expected `layers` to name at least one layer, but got an empty sequence.")
-        return tuple(sorted(set(out)))
+        checked = check_layers("layers", layers, self._n_layers)
+        assert checked is not None
+        return checked
+
+    def _check_token_ids(self, batch: _Batch) -> None:
+        """Refuse float ``input_ids`` and ids outside the vocabulary before any forward runs."""
+        ids = batch.tensors.get("input_ids")
+        if ids is None:
+            return
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise ArgumentTypeError(
+                f"Expected `inputs['input_ids']` to hold integer token ids, but got dtype {ids.dtype} "
+                "(pass the tokenizer's output unchanged, e.g. tokenizer(texts, return_tensors='pt'))."
+            )
+        vocab = getattr(self.model.config, "vocab_size", None)
+        if vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= int(vocab)):  # padding is embedded too
+            bad = ids[(ids < 0) | (ids >= int(vocab))]
+            raise ArgumentError(
+                f"Expected `inputs['input_ids']` in [0, {int(vocab) - 1}] (the model's vocabulary has {int(vocab)} "
+                f"tokens), but got {sorted(set(bad.tolist()))[:5]} (was the batch made with another tokenizer?)."
+            )
 
     def _validate_target(self, target: object, batch: _Batch) -> Tensor | None:
         c = self._num_labels
@@ -560,15 +559,15 @@ class AttentionIntegratedGradients:
             return None
         if isinstance(target, str):
             if target != "labels":
-                raise ValueError(
+                raise ArgumentError(
                     f"Expected `target` to be one of {list(_TARGET_STRINGS)}, an int, a sequence of "
                     f"ints or None, but got {target!r}."
                 )
             if batch.labels is None:
-                raise ValueError("`target='labels'` needs a `labels` entry in `inputs`, but there is none.")
+                raise ArgumentError("`target='labels'` needs a `labels` entry in `inputs`, but there is none.")
             values = batch.labels
         elif isinstance(target, bool):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"Expected `target` to be an int, a sequence of ints, a string or None, but got {target!r}."
             )
         elif isinstance(target, int):
@@ -577,18 +576,18 @@ class AttentionIntegratedGradients:
             try:
                 values = torch.as_tensor(target)
             except (TypeError, ValueError, RuntimeError) as err:
-                raise TypeError(
+                raise ArgumentTypeError(
                     f"Expected `target` to be an int, a sequence of ints, a string or None, but got {target!r}."
                 ) from err
         if values.dtype.is_floating_point or values.dtype == torch.bool or values.dtype.is_complex:
-            raise TypeError(f"Expected integer class indices in `target`, but got dtype {values.dtype}.")
+            raise ArgumentTypeError(f"Expected integer class indices in `target`, but got dtype {values.dtype}.")
         if values.shape != (batch.size,):
-            raise ValueError(
+            raise ArgumentError(
                 f"Expected `target` to have one class per example, shape [{batch.size}], but got {list(values.shape)}."
             )
         bad = values[(values < 0) | (values >= c)]
         if bad.numel():
-            raise ValueError(f"Expected `target` classes in [0, {c - 1}], but got {bad.tolist()}.")
+            raise ArgumentError(f"Expected `target` classes in [0, {c - 1}], but got {bad.tolist()}.")
         return values.long().cpu()
 
     @staticmethod

@@ -50,6 +50,15 @@ from lightning_attattr.core.attribution import (
     _progress,
     model_logits,
 )
+from lightning_attattr.core.checks import (
+    ArgumentError,
+    ArgumentTypeError,
+    check_choice,
+    check_number,
+    check_positive_int,
+    check_seed,
+    check_shape,
+)
 
 __all__ = [
     "POOLINGS",
@@ -90,52 +99,15 @@ class HeadId(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- validation helpers
-def _check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"Expected `{name}` to be one of {list(allowed)}, but got {value!r}.")
-    return value
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"Expected `{name}` to be a positive integer, but got {value!r}.")
-    if value < 1:
-        raise ValueError(f"Expected `{name}` to be a positive integer, but got {value}.")
-    return value
-
-
-def _check_shape(name: str, tensor: object, expected: Sequence[int | None], axes: str) -> Tensor:
-    """Raise unless ``tensor`` is a tensor of shape ``expected`` (``None`` = any size on that axis).
-
-    The message names the argument, its axes, the expected and the given shape.
-    """
-    if not isinstance(tensor, Tensor):
-        raise TypeError(f"Expected `{name}` to be a tensor of shape {axes}, but got {type(tensor).__name__}.")
-    shape = list(tensor.shape)
-    want = ["*" if s is None else s for s in expected]
-    if len(shape) != len(expected) or any(s is not None and s != g for s, g in zip(expected, shape)):
-        raise ValueError(f"Expected `{name}` of shape {axes} = {want}, but got {shape}.")
-    return tensor
-
-
 def _check_importance(importance: object) -> Tensor:
-    tensor = _check_shape("importance", importance, (None, None), "[layer, head]")
+    tensor = check_shape("importance", importance, (None, None), "[layer, head]")
     if tensor.dtype == torch.bool or tensor.is_complex():
-        raise TypeError(f"Expected `importance` to hold real numbers, but got dtype {tensor.dtype}.")
+        raise ArgumentTypeError(f"Expected `importance` to hold real numbers, but got dtype {tensor.dtype}.")
     if tensor.numel() == 0:
-        raise ValueError(f"Expected `importance` to have at least one head, but got shape {list(tensor.shape)}.")
+        raise ArgumentError(f"Expected `importance` to have at least one head, but got shape {list(tensor.shape)}.")
     if tensor.is_floating_point() and bool(torch.isnan(tensor).any()):
-        raise ValueError("Expected `importance` without NaN (they have no place in a ranking), but it contains NaN.")
+        raise ArgumentError("Expected `importance` without NaN (they have no place in a ranking), but it contains NaN.")
     return tensor
-
-
-def _check_fraction(fraction: object) -> float:
-    if isinstance(fraction, bool) or not isinstance(fraction, Real):
-        raise TypeError(f"Expected `fraction` to be a number in [0, 1], but got {fraction!r}.")
-    value = float(fraction)
-    if not 0.0 <= value <= 1.0:  # also rejects NaN
-        raise ValueError(f"Expected `fraction` to be a number in [0, 1], but got {fraction!r}.")
-    return value
 
 
 # ----------------------------------------------------------------------------- AttAttr pooling
@@ -171,11 +143,11 @@ def attribution_head_scores(attributions: AttributionResult | Sequence[Tensor], 
         >>> [round(x, 4) for x in attribution_head_scores(maps, pooling="sum").flatten().tolist()]
         [-0.1, -2.0]
     """
-    _check_choice("pooling", pooling, POOLINGS)
+    check_choice("pooling", pooling, POOLINGS)
     if isinstance(attributions, AttributionResult):
         maps = list(attributions.attributions)
     elif isinstance(attributions, Tensor):
-        raise TypeError(
+        raise ArgumentTypeError(
             "Expected `attributions` to be an AttributionResult or a list of per-example [layer, head, query_pos, "
             f"key_pos] maps, but got a tensor of shape {list(attributions.shape)}; pass `result.attributions` "
             "(cropped maps), not `result.padded()`: zero padding would change the pooled scores."
@@ -183,19 +155,19 @@ def attribution_head_scores(attributions: AttributionResult | Sequence[Tensor], 
     elif isinstance(attributions, Sequence) and not isinstance(attributions, (str, bytes)):
         maps = list(attributions)
     else:
-        raise TypeError(
+        raise ArgumentTypeError(
             "Expected `attributions` to be an AttributionResult or a list of per-example [layer, head, query_pos, "
             f"key_pos] maps, but got {type(attributions).__name__}."
         )
     if not maps:
-        raise ValueError("Expected `attributions` to hold at least one example, but got none.")
-    first = _check_shape("attributions[0]", maps[0], (None, None, None, None), "[layer, head, query_pos, key_pos]")
+        raise ArgumentError("Expected `attributions` to hold at least one example, but got none.")
+    first = check_shape("attributions[0]", maps[0], (None, None, None, None), "[layer, head, query_pos, key_pos]")
     layer_head = tuple(first.shape[:2])
     pooled = []
     for i, m in enumerate(maps):
-        _check_shape(f"attributions[{i}]", m, (*layer_head, None, None), "[layer, head, query_pos, key_pos]")
+        check_shape(f"attributions[{i}]", m, (*layer_head, None, None), "[layer, head, query_pos, key_pos]")
         if m.shape[-1] == 0 or m.shape[-2] == 0:
-            raise ValueError(f"Expected `attributions[{i}]` to have at least one entry, but got {list(m.shape)}.")
+            raise ArgumentError(f"Expected `attributions[{i}]` to have at least one entry, but got {list(m.shape)}.")
         flat = m.flatten(-2)  # [layer, head, query_pos * key_pos]
         if pooling == "max":
             pooled.append(flat.amax(-1))
@@ -208,7 +180,7 @@ def attribution_head_scores(attributions: AttributionResult | Sequence[Tensor], 
 
 def _head_importance_update(scores: Tensor) -> tuple[Tensor, int]:
     """Sum of ``[batch, layer, head]`` scores over the batch, ``[layer, head]``, and the batch size."""
-    scores = _check_shape("scores", scores, (None, None, None), "[batch, layer, head]")
+    scores = check_shape("scores", scores, (None, None, None), "[batch, layer, head]")
     return scores.sum(0), scores.shape[0]
 
 
@@ -258,23 +230,25 @@ def _resolve_labels(labels: object, batch: _Batch, num_labels: int) -> Tensor:
     if labels is None:
         labels = batch.labels
     if labels is None:
-        raise ValueError(
+        raise ArgumentError(
             "Expected gold `labels` for `variant='michel'` (the `labels` argument or an `inputs['labels']` "
             "entry), but got neither."
         )
     try:
         values = torch.as_tensor(labels)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(f"Expected `labels` to be a [batch] tensor of class indices, but got {labels!r}.") from err
+        raise ArgumentTypeError(
+            f"Expected `labels` to be a [batch] tensor of class indices, but got {labels!r}."
+        ) from err
     if values.dtype.is_floating_point or values.dtype == torch.bool or values.is_complex():
-        raise TypeError(f"Expected integer class indices in `labels`, but got dtype {values.dtype}.")
+        raise ArgumentTypeError(f"Expected integer class indices in `labels`, but got dtype {values.dtype}.")
     if tuple(values.shape) != (batch.size,):
-        raise ValueError(
+        raise ArgumentError(
             f"Expected `labels` to have one class per example, shape [{batch.size}], but got {list(values.shape)}."
         )
     bad = values[(values < 0) | (values >= num_labels)]
     if bad.numel():
-        raise ValueError(f"Expected `labels` classes in [0, {num_labels - 1}], but got {bad.tolist()}.")
+        raise ArgumentError(f"Expected `labels` classes in [0, {num_labels - 1}], but got {bad.tolist()}.")
     return values.long()
 
 
@@ -339,9 +313,9 @@ def taylor_importance(
         >>> list(taylor_importance(model, batch, variant="michel", labels=[0, 1]).shape)
         [2, 2, 2]
     """
-    _check_choice("variant", variant, TAYLOR_VARIANTS)
+    check_choice("variant", variant, TAYLOR_VARIANTS)
     if variant == "official" and labels is not None:
-        raise ValueError(
+        raise ArgumentError(
             "Expected `labels` to be None for `variant='official'` (it back-propagates the sum of the logits and "
             "uses no labels); pass `variant='michel'` to use the gold labels."
         )
@@ -497,18 +471,22 @@ def accuracy_difference_importance(
         [[0.0, 0.09999999999999998]]
     """
     if not callable(evaluate):
-        raise TypeError(f"Expected `evaluate` to be a callable mask -> accuracy, but got {type(evaluate).__name__}.")
-    _check_positive_int("n_layers", n_layers)
-    _check_positive_int("n_heads", n_heads)
+        raise ArgumentTypeError(
+            f"Expected `evaluate` to be a callable mask -> accuracy, but got {type(evaluate).__name__}."
+        )
+    check_positive_int("n_layers", n_layers)
+    check_positive_int("n_heads", n_heads)
 
     def accuracy(mask: Tensor | None) -> float:
         value = evaluate(mask)
         if isinstance(value, Tensor) and value.numel() == 1:
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, Real):
-            raise TypeError(f"Expected `evaluate` to return a number (the accuracy), but it returned {value!r}.")
+            raise ArgumentTypeError(
+                f"Expected `evaluate` to return a number (the accuracy), but it returned {value!r}."
+            )
         if math.isnan(float(value)):
-            raise ValueError("Expected `evaluate` to return a number (the accuracy), but it returned NaN.")
+            raise ArgumentError("Expected `evaluate` to return a number (the accuracy), but it returned NaN.")
         return float(value)
 
     progress = _progress(n_layers * n_heads + 1, show_progress)
@@ -544,10 +522,9 @@ def random_importance(n_layers: int, n_heads: int, seed: int) -> Tensor:
         >>> bool((random_importance(3, 4, seed=0) == random_importance(3, 4, seed=0)).all())
         True
     """
-    _check_positive_int("n_layers", n_layers)
-    _check_positive_int("n_heads", n_heads)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"Expected `seed` to be an integer, but got {seed!r}.")
+    check_positive_int("n_layers", n_layers)
+    check_positive_int("n_heads", n_heads)
+    check_seed("seed", seed)
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(n_layers, n_heads, generator=generator, dtype=torch.float64)
 
@@ -606,7 +583,7 @@ def heads_to_prune(importance: Tensor, fraction: float) -> dict[int, list[int]]:
         {0: [1], 1: [0]}
     """
     importance = _check_importance(importance)
-    k = _n_to_prune(_check_fraction(fraction), importance.numel())
+    k = _n_to_prune(check_number("fraction", fraction, 0.0, 1.0), importance.numel())
     chosen: dict[int, list[int]] = {}
     for head in pruning_order(importance)[:k]:
         chosen.setdefault(head.layer, []).append(head.head)

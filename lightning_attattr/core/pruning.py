@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_attattr.core.adapter import _SCOPES, PRUNED_HEADS_KEY, layer_modules
+from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
 
 __all__ = [
     "PRUNED_HEADS_KEY",
@@ -106,7 +107,7 @@ def _layout(layer: nn.Module) -> tuple[nn.Module, tuple[str, str, str], nn.Modul
         if attn is not None and out is not None and all(isinstance(getattr(attn, n, None), nn.Linear) for n in qkv):
             parent_path, _, out_name = out_path.rpartition(".")
             return attn, qkv, _resolve(layer, parent_path), out_name, count_attrs
-    raise ValueError(
+    raise ArgumentError(
         f"Cannot find the query/key/value and output projections in layer module {type(layer).__name__}; "
         "structural pruning supports BERT, RoBERTa, ELECTRA, XLM-RoBERTa, CamemBERT, DistilBERT and ViT."
     )
@@ -131,25 +132,25 @@ def _keep(linear: nn.Linear, index: Tensor, dim: int) -> nn.Linear:
 def _normalize_heads(heads: Mapping[int, Iterable[int]] | Tensor, n_layers: int, n_heads: int) -> dict[int, set[int]]:
     if isinstance(heads, Tensor):
         if tuple(heads.shape) != (n_layers, n_heads):
-            raise ValueError(
+            raise ArgumentError(
                 f"Expected `heads` as a [layer, head] mask of shape {[n_layers, n_heads]} (0 = remove), "
                 f"but got shape {list(heads.shape)}."
             )
         zero = (heads == 0).cpu()
         return {layer: {int(h) for h in zero[layer].nonzero().flatten()} for layer in range(n_layers)}
     if not isinstance(heads, Mapping):
-        raise TypeError(
+        raise ArgumentTypeError(
             "Expected `heads` to be a mapping {layer: [head, ...]} or a [layer, head] mask tensor, "
             f"but got {type(heads).__name__}."
         )
     out: dict[int, set[int]] = {}
     for layer, layer_heads in heads.items():
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
-            raise ValueError(f"Expected layer indices in [0, {n_layers - 1}] in `heads`, but got {layer!r}.")
+            raise ArgumentError(f"Expected layer indices in [0, {n_layers - 1}] in `heads`, but got {layer!r}.")
         chosen = set()
         for h in layer_heads:
             if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < n_heads:
-                raise ValueError(f"Expected head indices in [0, {n_heads - 1}] in `heads[{layer}]`, but got {h!r}.")
+                raise ArgumentError(f"Expected head indices in [0, {n_heads - 1}] in `heads[{layer}]`, but got {h!r}.")
             chosen.add(h)
         out[layer] = chosen
     return out
@@ -185,7 +186,7 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]] | Tensor) -
         raise RuntimeError("Cannot prune heads inside an `attention_scope` of the same model; prune outside it.")
     modules = layer_modules(model)
     if len({id(m) for m in modules}) < len(modules):
-        raise ValueError(
+        raise ArgumentError(
             f"Model type {model.config.model_type!r} shares one layer module across layers, so its heads cannot "
             "be pruned per layer; use a head mask instead."
         )
@@ -194,7 +195,7 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]] | Tensor) -
     before = pruned_heads(model)
     for layer, chosen in wanted.items():
         if len(chosen | set(before.get(layer, []))) == n_heads:
-            raise ValueError(
+            raise ArgumentError(
                 f"Cannot remove every head of layer {layer} structurally (the layer would have no attention "
                 "projection left); keep at least one head, or silence the layer with a head mask."
             )

@@ -99,7 +99,7 @@ def test_random_and_taylor_rankings(tmp_path):
             {"importance": "gradient"},
             r"`importance` to be one of \['attattr', 'taylor', 'random'\]",
         ),
-        (HeadPruningCallback, {"schedule": {0: 1.0}}, "`schedule`"),
+        (HeadPruningCallback, {"schedule": {0: 1.0}}, r"`schedule\[0\]`"),
         (HeadPruningCallback, {"mode": "hard"}, "`mode`"),
     ],
 )

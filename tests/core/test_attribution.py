@@ -7,6 +7,7 @@ import torch
 from lightning_attattr.core import reference
 from lightning_attattr.core.approximation import METHODS
 from lightning_attattr.core.attribution import AttentionIntegratedGradients, attribute, merge_shards
+from lightning_attattr.core.checks import UserError
 from tests.conftest import batch_for, make_model, text_batch
 from tests.core.test_adapter import ARCHS, _no_hooks
 
@@ -220,7 +221,9 @@ def test_parameter_gradients_are_never_touched(bert):
         (dict(method="simpson"), ValueError, r"`method` to be one of \[.*'riemann_left'.*\], but got 'simpson'"),
         (dict(layers=3), ValueError, r"`layers` to be in \[-3, 2\] \(the model has 3 layers\), but got 3"),
         (dict(layers=[]), ValueError, "at least one layer"),
-        (dict(layers="all"), TypeError, "`layers` to be an int, a sequence of ints or None"),
+        (dict(layers="all"), TypeError, "`layers` to be an int, a list of ints or None"),
+        (dict(layers=[0, 0]), ValueError, r"`layers` to name each layer once .*but got \[0, 0\]"),
+        (dict(layers=[0, -3]), ValueError, r"`layers` to name each layer once .*but got \[0, -3\]"),
         (dict(target=3), ValueError, r"`target` classes in \[0, 2\], but got \[3, 3, 3\]"),
         (dict(target=[0, -1, 1]), ValueError, r"`target` classes in \[0, 2\], but got \[-1\]"),
         (dict(target=[0, 1]), ValueError, r"one class per example, shape \[3\], but got \[2\]"),
@@ -232,8 +235,27 @@ def test_parameter_gradients_are_never_touched(bert):
     ],
 )
 def test_bad_arguments(bert, kwargs, exc, match):
-    with pytest.raises(exc, match=match):
+    with pytest.raises(exc, match=match) as info:
         attribute(bert, text_batch(), **kwargs)
+    assert isinstance(info.value, UserError)  # the entry points print it as one line
+
+
+def test_float_and_out_of_vocabulary_input_ids_are_refused_before_any_forward(bert):
+    batch = text_batch()
+    calls = []
+    handle = bert.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(
+            TypeError, match=r"`inputs\['input_ids'\]` to hold integer token ids, but got dtype torch.float32"
+        ):
+            attribute(bert, {**batch, "input_ids": batch["input_ids"].float()})
+        bad = batch["input_ids"].clone()
+        bad[0, 1] = 99  # the tiny vocabulary has ids 0..98
+        with pytest.raises(ValueError, match=r"`inputs\['input_ids'\]` in \[0, 98\] .* but got \[99\]"):
+            attribute(bert, {**batch, "input_ids": bad})
+    finally:
+        handle.remove()
+    assert calls == []
 
 
 @pytest.mark.parametrize(
