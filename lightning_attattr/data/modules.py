@@ -1,9 +1,13 @@
 """LightningDataModules for GLUE and for the synthetic planted-interaction task.
 
-Both modules tokenize once in ``setup`` without padding, keep the token ids as plain Python lists
-(:class:`TokenizedDataset`) and pad each batch to its own longest sequence with
-:class:`PaddingCollator`. A batch is a dict with ``input_ids``, ``attention_mask`` (and
-``token_type_ids`` when the tokenizer produces them) and ``labels`` (int64), which is what
+Both modules tokenize once in ``setup`` without padding, keep the token ids and labels of each split
+in an in-memory :class:`datasets.Dataset` (no cache files are written) and pad each batch to its own
+longest sequence with :class:`transformers.DataCollatorWithPadding`, which takes the pad token, pad
+token type and padding side (right or left) from the tokenizer. Both are maintained together with
+the tokenizers, so new tokenizer outputs and padding rules need no code here, and Arrow columns hold
+the millions of token ids of QQP or MNLI far more compactly than Python lists. A batch is a plain
+dict of int64 tensors: ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the tokenizer
+produces them) of shape ``[batch, seq]`` and ``labels`` of shape ``[batch]``, which is what
 :class:`~lightning_attattr.lightning.classifier.AttAttrClassifier` consumes. The raw texts stay
 available through ``examples(split)`` for reports and attribution trees.
 
@@ -14,6 +18,11 @@ LightningCLI can link them into the model::
 
 GLUE test labels are hidden, so ``test_dataloader`` (and ``predict_dataloader``) serve the
 validation split(s), as the AttAttr paper evaluates on the dev sets.
+
+Everything a user can get wrong (an argument, a missing ``data_dir`` or split file, a tokenizer that
+cannot be loaded, the hub being unreachable, a malformed file) raises a
+:class:`~lightning_attattr.core.checks.UserError` subclass whose message names the argument, file or
+value, so the entry points print it as one line.
 """
 
 from __future__ import annotations
@@ -26,12 +35,26 @@ from typing import TYPE_CHECKING, Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
 
-from lightning_attattr.data.glue import GlueTask, get_task, read_glue_split
+from lightning_attattr.core.checks import (
+    ArgumentError,
+    ArgumentTypeError,
+    DataFileError,
+    PathNotFoundError,
+    check_choice,
+    check_existing_dir,
+    check_int,
+    check_pretrained_source,
+    check_seed,
+    looks_like_local_path,
+)
+from lightning_attattr.data.glue import GlueTask, get_task, read_glue_split, split_path
 from lightning_attattr.data.synthetic import SyntheticExample, make_synthetic, synthetic_vocab
 
 if TYPE_CHECKING:
+    import datasets
     from transformers import PreTrainedTokenizerBase
 
 HUB_DATASET = "nyu-mll/glue"
@@ -69,25 +92,89 @@ _HUB_LABELS: dict[str, tuple[str, ...]] = {
     "qnli": ("entailment", "not_entailment"),
     "mnli": ("entailment", "neutral", "contradiction"),
 }
-# Padding value of each tokenizer output; ids not listed here pad with 0.
-_PAD_VALUES: dict[str, int] = {"attention_mask": 0, "special_tokens_mask": 1}
 _MIN_SEQ_LENGTH = 8
 _SYNTHETIC_VAL_SEED_OFFSET = 1_000_003
+_STAGES = ("fit", "validate", "test", "predict")
+# Files of which a local tokenizer directory holds at least one (``save_pretrained`` writes
+# tokenizer_config.json, plus tokenizer.json or the vocabulary files of slow tokenizers).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt")
 
 
-# ----------------------------------------------------------------------------- validation helpers
-def _check_int(name: str, value: Any, low: int, *, optional: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is an int >= ``low`` (or ``None`` when ``optional``)."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        allowed = f"an integer >= {low}" + (" or None" if optional else "")
-        raise ValueError(f"Expected `{name}` to be {allowed}, but got {value!r}.")
+def _first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message: library messages run over several lines, ours are one."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
-def _check_seed(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"Expected `seed` to be an integer, but got {value!r}.")
+def _load_tokenizer(model_name_or_path: str) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained(model_name_or_path)`` with errors that say what to fix.
+
+    A local path is checked before transformers sees it: a missing one would otherwise be taken for
+    a malformed hub id ("Repo id must be in the form 'repo_name'..."), and a directory without
+    tokenizer files (a model saved without its tokenizer) would silently load a tokenizer with an
+    almost empty vocabulary.
+
+    Raises:
+        PathNotFoundError: a local path that does not exist, is a file, or holds no tokenizer files.
+        DataFileError: a local directory whose tokenizer files cannot be loaded.
+        ArgumentError: a hub name that cannot be loaded (no internet access, or no such model).
+    """
+    from transformers import AutoTokenizer
+
+    name = "model_name_or_path"
+    local = looks_like_local_path(model_name_or_path)
+    if local:
+        check_pretrained_source(name, model_name_or_path, required_file=None)  # exists, and is a directory
+        directory = Path(model_name_or_path).expanduser()
+        files = sorted(p.name for p in directory.iterdir())
+        if not any(f in _TOKENIZER_FILES or f.endswith(".model") for f in files):
+            raise PathNotFoundError(
+                f"Expected `{name}`={model_name_or_path!r} to hold a tokenizer, but the directory has no tokenizer "
+                f"files ({', '.join(_TOKENIZER_FILES)} or a sentencepiece *.model); it holds {files[:8]}"
+                f"{' ...' if len(files) > 8 else ''}. Save the tokenizer there with `tokenizer.save_pretrained`."
+            )
+    try:
+        return AutoTokenizer.from_pretrained(model_name_or_path)
+    except Exception as err:
+        if local:  # only the user's files are involved: any failure (JSON, KeyError, ...) is theirs
+            raise DataFileError(
+                f"Could not load the tokenizer in `{name}`={model_name_or_path!r}: "
+                f"{type(err).__name__}: {_first_line(err)}"
+            ) from err
+        if not isinstance(err, (OSError, ValueError)):  # hub, network and cache errors are these; others are bugs
+            raise
+        raise ArgumentError(
+            f"Could not load a tokenizer for `{name}`={model_name_or_path!r} from the Hugging Face hub "
+            f"({type(err).__name__}: {_first_line(err)}). A hub name needs internet access (or the files in "
+            "the local cache) and an existing model; otherwise pass a local model or tokenizer directory."
+        ) from err
+
+
+def _tokenized_dataset(encodings: Mapping[str, Sequence[Sequence[int]]], labels: Sequence[int]) -> datasets.Dataset:
+    """An in-memory ``datasets.Dataset`` with one column per tokenizer output plus ``labels``.
+
+    Args:
+        encodings: tokenizer output without padding: ``{"input_ids": [[...], ...], ...}``, one
+            list of ids per example (rows of different lengths).
+        labels: one class index per example.
+    """
+    import datasets
+
+    # from_dict builds an Arrow table in memory: nothing is written to the datasets cache.
+    return datasets.Dataset.from_dict({**{key: list(rows) for key, rows in encodings.items()}, "labels": list(labels)})
+
+
+@dataclass
+class _DictCollatorWithPadding(DataCollatorWithPadding):
+    """:class:`~transformers.DataCollatorWithPadding` that returns a plain ``dict``, not a ``BatchEncoding``.
+
+    Lightning, the callbacks and user code index batches as dicts; a ``BatchEncoding`` is only
+    dict-like (a ``UserDict``).
+    """
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Tensor]:
+        """Pad ``features`` into ``[batch, seq]`` int64 tensors plus ``labels`` ``[batch]``."""
+        return dict(super().__call__(features))
 
 
 # ----------------------------------------------------------------------------- data containers
@@ -111,96 +198,21 @@ class TextExamples:
         return len(self.labels)
 
 
-class TokenizedDataset(Dataset):
-    """Unpadded token ids and labels, one dict of lists per example.
-
-    Args:
-        encodings: tokenizer output, ``{"input_ids": [[...], ...], "attention_mask": ..., ...}``,
-            one inner list per example.
-        labels: one class index per example.
-
-    Raises:
-        ValueError: the encodings and labels have different numbers of examples.
-    """
-
-    def __init__(self, encodings: Mapping[str, Sequence[Sequence[int]]], labels: Sequence[int]) -> None:
-        self.encodings = {key: [list(row) for row in rows] for key, rows in encodings.items()}
-        self.labels = [int(label) for label in labels]
-        for key, rows in self.encodings.items():
-            if len(rows) != len(self.labels):
-                raise ValueError(
-                    f"Expected `encodings[{key!r}]` to have one row per label ({len(self.labels)}), "
-                    f"but got {len(rows)}."
-                )
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item: dict[str, Any] = {key: rows[index] for key, rows in self.encodings.items()}
-        item["labels"] = self.labels[index]
-        return item
-
-
-class PaddingCollator:
-    """Pad a list of :class:`TokenizedDataset` items to the longest sequence of the batch.
-
-    ``input_ids`` pad with ``pad_token_id``, ``token_type_ids`` with ``pad_token_type_id``,
-    ``attention_mask`` with 0, ``special_tokens_mask`` with 1, anything else with 0. ``labels``
-    become an int64 tensor ``[batch]``. Picklable, so it works with ``num_workers > 0``.
-
-    Args:
-        pad_token_id: id of the padding token.
-        pad_token_type_id: token type id of padding positions.
-        padding_side: ``"right"`` (BERT) or ``"left"``.
-
-    Raises:
-        ValueError: ``padding_side`` is not ``"right"`` or ``"left"``.
-    """
-
-    def __init__(self, pad_token_id: int, pad_token_type_id: int = 0, padding_side: str = "right") -> None:
-        if padding_side not in ("right", "left"):
-            raise ValueError(f"Expected `padding_side` to be one of ['left', 'right'], but got {padding_side!r}.")
-        self.pad_values = {**_PAD_VALUES, "input_ids": int(pad_token_id), "token_type_ids": int(pad_token_type_id)}
-        self.padding_side = padding_side
-
-    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:
-        """Collate ``features`` into ``[batch, seq]`` int64 tensors plus ``labels`` ``[batch]``."""
-        if not features:
-            raise ValueError("Expected a non-empty list of examples to collate, but got an empty one.")
-        longest = max(len(f["input_ids"]) for f in features)
-        batch: dict[str, Tensor] = {}
-        for key in features[0]:
-            if key == "labels":
-                continue
-            out = torch.full((len(features), longest), self.pad_values.get(key, 0), dtype=torch.long)
-            for row, feature in enumerate(features):
-                values = torch.as_tensor(feature[key], dtype=torch.long)
-                if self.padding_side == "right":
-                    out[row, : len(values)] = values
-                else:
-                    out[row, longest - len(values) :] = values
-            batch[key] = out  # [batch, seq]
-        if "labels" in features[0]:
-            batch["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)  # [batch]
-        return batch
-
-
 # ----------------------------------------------------------------------------- shared base
 class _PaddedTextDataModule(pl.LightningDataModule):
     """Loaders, caching and collation shared by the GLUE and synthetic data modules."""
 
     def __init__(self, train_batch_size: int, eval_batch_size: int, num_workers: int, seed: int) -> None:
         super().__init__()
-        _check_int("train_batch_size", train_batch_size, 1)
-        _check_int("eval_batch_size", eval_batch_size, 1)
-        _check_int("num_workers", num_workers, 0)
-        _check_seed(seed)
+        check_int("train_batch_size", train_batch_size, 1)
+        check_int("eval_batch_size", eval_batch_size, 1)
+        check_int("num_workers", num_workers, 0)
+        check_seed("seed", seed)
         self.train_batch_size = train_batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self._datasets: dict[str, TokenizedDataset] = {}
+        self._datasets: dict[str, datasets.Dataset] = {}
 
     # subclasses provide these
     @property
@@ -218,25 +230,47 @@ class _PaddedTextDataModule(pl.LightningDataModule):
         """The tokenizer (loaded on first use)."""
         raise NotImplementedError
 
-    def _tokenize(self, split: str) -> TokenizedDataset:
+    @property
+    def max_length(self) -> int:
+        """The longest token sequence a batch can hold, special tokens included."""
+        raise NotImplementedError
+
+    def _tokenize(self, split: str) -> datasets.Dataset:
         raise NotImplementedError
 
     def _check_split(self, split: str) -> None:
-        if split not in self.splits:
-            raise ValueError(f"Expected `split` to be one of {list(self.splits)}, but got {split!r}.")
+        check_choice("split", split, self.splits)
+
+    def _stage_splits(self, stage: str | None) -> tuple[str, ...]:
+        """The splits ``stage`` reads: all for ``fit`` (and ``None``), the validation split(s) otherwise."""
+        if stage is not None:
+            check_choice("stage", stage, _STAGES)
+        return self.splits if stage in (None, "fit") else self.val_split_names
 
     # common machinery
-    def setup(self, stage: str | None = None) -> None:
-        """Tokenize the splits ``stage`` needs (train and validation for ``fit``, else validation)."""
-        needed = self.splits if stage in (None, "fit") else self.val_split_names
-        for split in needed:
-            self.dataset(split)
-
-    def dataset(self, split: str) -> TokenizedDataset:
-        """The tokenized ``split`` (tokenized on first use, then cached).
+    def check_files(self, stage: str | None = None) -> None:
+        """Raise if the data that ``stage`` needs is missing; nothing to check for generated data.
 
         Raises:
-            ValueError: unknown split (the message lists the known ones).
+            ArgumentError: ``stage`` is not ``fit``, ``validate``, ``test``, ``predict`` or ``None``.
+        """
+        self._stage_splits(stage)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Tokenize the splits ``stage`` needs (train and validation for ``fit``, else validation)."""
+        self.check_files(stage)
+        for split in self._stage_splits(stage):
+            self.dataset(split)
+
+    def dataset(self, split: str) -> datasets.Dataset:
+        """The tokenized ``split`` (tokenized on first use, then cached).
+
+        Returns:
+            An in-memory ``datasets.Dataset``: ``len()`` is the number of examples, and item ``i``
+            is a dict of unpadded id lists (``input_ids``, ``attention_mask``, ...) and an int ``labels``.
+
+        Raises:
+            ArgumentError: unknown split (the message lists the known ones).
         """
         self._check_split(split)
         if split not in self._datasets:
@@ -244,18 +278,23 @@ class _PaddedTextDataModule(pl.LightningDataModule):
         return self._datasets[split]
 
     @property
-    def collator(self) -> PaddingCollator:
-        """Dynamic-padding collate function built from the tokenizer's pad token and padding side.
+    def collator(self) -> DataCollatorWithPadding:
+        """Collate function that pads each batch to its longest sequence, as the tokenizer pads.
+
+        Padding uses the tokenizer's ``pad_token_id``, ``pad_token_type_id`` and ``padding_side``;
+        the attention mask is 0 on padding. It is picklable, so it works with ``num_workers > 0``.
 
         Raises:
-            ValueError: the tokenizer has no padding token.
+            ArgumentError: the tokenizer has no padding token.
         """
         tok = self.tokenizer
         if tok.pad_token_id is None:
-            raise ValueError(
-                f"Expected the tokenizer ({type(tok).__name__}) to have a padding token, but `pad_token_id` is None."
+            raise ArgumentError(
+                f"Expected the tokenizer ({type(tok).__name__}) to have a padding token to pad batches, but "
+                "`pad_token_id` is None: save the tokenizer with a pad token (e.g. `tokenizer.pad_token = "
+                "tokenizer.eos_token`) and pass its directory."
             )
-        return PaddingCollator(tok.pad_token_id, getattr(tok, "pad_token_type_id", 0), tok.padding_side)
+        return _DictCollatorWithPadding(tok)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
@@ -316,9 +355,10 @@ class GlueDataModule(_PaddedTextDataModule):
         seed: seed of the training shuffle.
 
     Raises:
-        ValueError: an argument out of range or an unknown task (the message names the argument,
+        ArgumentError: an argument out of range or an unknown task (the message names the argument,
             the allowed values and what was given).
-        FileNotFoundError: ``data_dir`` is not an existing directory.
+        ArgumentTypeError: an argument of the wrong type.
+        PathNotFoundError: ``data_dir`` is not an existing directory.
     """
 
     def __init__(
@@ -337,21 +377,17 @@ class GlueDataModule(_PaddedTextDataModule):
         super().__init__(train_batch_size, eval_batch_size, num_workers, seed)
         self.task: GlueTask = get_task(task_name)
         if model_name_or_path is not None and (not isinstance(model_name_or_path, str) or not model_name_or_path):
-            raise ValueError(
+            error = ArgumentError if isinstance(model_name_or_path, str) else ArgumentTypeError
+            raise error(
                 "Expected `model_name_or_path` to be a hub name or a local tokenizer directory (a non-empty "
                 f"string) or None, but got {model_name_or_path!r}."
             )
         if data_dir is not None:
-            path = Path(data_dir).expanduser()
-            if not path.is_dir():
-                raise FileNotFoundError(
-                    f"Expected `data_dir` to be an existing directory with the standard GLUE layout "
-                    f"({self.task.directory}/{self.task.splits['train']}.tsv, ...), but {str(path)!r} "
-                    f"{'is not a directory' if path.exists() else 'does not exist'}."
-                )
-        _check_int("max_seq_length", max_seq_length, _MIN_SEQ_LENGTH)
-        _check_int("max_train_samples", max_train_samples, 1, optional=True)
-        _check_int("max_eval_samples", max_eval_samples, 1, optional=True)
+            layout = f"{self.task.directory}/{self.task.splits['train']}.tsv, ..."
+            check_existing_dir("data_dir", data_dir, f"an existing directory with the standard GLUE layout ({layout})")
+        check_int("max_seq_length", max_seq_length, _MIN_SEQ_LENGTH)
+        check_int("max_train_samples", max_train_samples, 1, optional=True)
+        check_int("max_eval_samples", max_eval_samples, 1, optional=True)
         self.save_hyperparameters()
         self.task_name = self.task.name
         self.model_name_or_path = model_name_or_path
@@ -379,46 +415,92 @@ class GlueDataModule(_PaddedTextDataModule):
         """``("validation",)``, or ``("validation_matched", "validation_mismatched")`` for MNLI."""
         return tuple(split for split in self.task.splits if split != "train")
 
+    @property
+    def max_length(self) -> int:
+        """The longest token sequence a batch can hold: ``max_seq_length`` (texts are truncated to it)."""
+        return self.max_seq_length
+
     # ------------------------------------------------------------- loading
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer of ``model_name_or_path`` (loaded on first use).
 
         Raises:
-            ValueError: ``model_name_or_path`` is ``None``.
-            OSError: the tokenizer cannot be loaded (the message names the source).
+            ArgumentError: ``model_name_or_path`` is ``None``, or a hub name that cannot be loaded
+                (no internet access, or no such model).
+            PathNotFoundError: a local path that does not exist or holds no tokenizer files.
+            DataFileError: a local tokenizer whose files cannot be loaded.
         """
         if self._tokenizer is None:
             if self.model_name_or_path is None:
-                raise ValueError(
+                raise ArgumentError(
                     "Expected `model_name_or_path` to name a tokenizer (hub name or local directory) to "
                     "tokenize GLUE, but got None."
                 )
-            from transformers import AutoTokenizer
-
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.model_name_or_path)
-            except OSError as err:
-                raise OSError(
-                    f"Could not load a tokenizer from `model_name_or_path`={self.model_name_or_path!r}: {err}. "
-                    "A hub name needs internet access; otherwise pass a local model or tokenizer directory."
-                ) from err
+            self._tokenizer = _load_tokenizer(self.model_name_or_path)
         return self._tokenizer
 
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Use an already loaded tokenizer (e.g. the one stored in a checkpoint) instead of ``model_name_or_path``."""
+        self._tokenizer = tokenizer
+        self._datasets.clear()  # splits tokenized before must be tokenized again with this tokenizer
+
+    def check_files(self, stage: str | None = None) -> None:
+        """Raise unless the split files ``stage`` reads exist under ``data_dir`` (nothing to check for the hub).
+
+        ``fit`` (and ``None``) reads the train and validation split(s); ``validate``, ``test`` and
+        ``predict`` read the validation split(s) only. Called at the start of ``prepare_data`` and
+        ``setup``, so that a missing file fails before any tokenizer or model is loaded.
+
+        Args:
+            stage: ``fit``, ``validate``, ``test``, ``predict`` or ``None`` (every split).
+
+        Raises:
+            ArgumentError: unknown ``stage``.
+            PathNotFoundError: a split file is missing (the message names the stage and the files).
+        """
+        splits = self._stage_splits(stage)
+        if self.data_dir is None:
+            return
+        missing = []
+        for split in splits:
+            try:
+                split_path(self.data_dir, self.task, split)
+            except PathNotFoundError:
+                missing.append(split)
+        if missing:
+            root = Path(self.data_dir)
+            files = [f"{self.task.splits[split]}.tsv" for split in missing]
+            needs = f"`{stage}` needs" if stage is not None else "Reading every split needs"
+            raise PathNotFoundError(
+                f"{needs} the {' and '.join(missing)} split{'s' if len(missing) > 1 else ''} of GLUE task "
+                f"{self.task.name!r}, but `data_dir`={str(self.data_dir)!r} has no {' or '.join(files)}: looked in "
+                f"{str(root / self.task.directory)!r} and {str(root)!r}."
+            )
+
     def prepare_data(self) -> None:
-        """Download the hub dataset and the tokenizer into the caches (rank 0 only; no state is kept)."""
+        """Download the hub dataset and the tokenizer into the caches (rank 0 only; no state is kept).
+
+        Raises:
+            PathNotFoundError: a split file the trainer's stage needs is missing under ``data_dir``, or
+                a local tokenizer path does not exist or holds no tokenizer files.
+            ArgumentError: the hub dataset or a hub tokenizer cannot be loaded.
+            DataFileError: a local tokenizer's files cannot be loaded.
+        """
+        # prepare_data gets no stage: take it from the trainer (fit, validate, ...) when attached.
+        fn = self.trainer.state.fn if self.trainer is not None else None
+        self.check_files(None if fn is None else str(fn.value))
         if self.data_dir is None:
             self._download_hub()
-        if self.model_name_or_path is not None:
-            from transformers import AutoTokenizer
-
-            AutoTokenizer.from_pretrained(self.model_name_or_path)
+        if self.model_name_or_path is not None and self._tokenizer is None:  # a given tokenizer needs no download
+            _load_tokenizer(self.model_name_or_path)
 
     def _download_hub(self) -> Any:
         """Load the task's ``DatasetDict`` from the hub (or the ``datasets`` cache).
 
         Raises:
-            RuntimeError: the hub is unreachable or the dataset fails to load (the message says to
+            ArgumentError: the hub is unreachable or the dataset fails to load (the message says to
                 pass ``data_dir``).
         """
         import datasets
@@ -427,10 +509,10 @@ class GlueDataModule(_PaddedTextDataModule):
         try:
             return datasets.load_dataset(HUB_DATASET, config)
         except Exception as err:  # network, auth, cache or schema errors all end up here
-            raise RuntimeError(
+            raise ArgumentError(
                 f"Could not load GLUE task {self.task.name!r} from the Hugging Face hub "
-                f"({HUB_DATASET!r}, config {config!r}): {type(err).__name__}: {err}. Without internet "
-                "access, pass `data_dir` pointing to a local GLUE copy in the standard layout "
+                f"({HUB_DATASET!r}, config {config!r}): {type(err).__name__}: {_first_line(err)}. Without "
+                "internet access, pass `data_dir` pointing to a local GLUE copy in the standard layout "
                 "(e.g. data_dir='../shared/data/glue')."
             ) from err
 
@@ -443,12 +525,12 @@ class GlueDataModule(_PaddedTextDataModule):
     def _read_hub(self, split: str) -> TextExamples:
         hub = self._load_hub()
         if split not in hub:
-            raise ValueError(f"The hub dataset {HUB_DATASET!r} has no split {split!r}; it has {sorted(hub)}.")
+            raise DataFileError(f"The hub dataset {HUB_DATASET!r} has no split {split!r}; it has {sorted(hub)}.")
         data = hub[split]
         columns = _HUB_COLUMNS[self.task.name]
         missing = [c for c in (*columns, "label") if c not in data.column_names]
         if missing:
-            raise ValueError(
+            raise DataFileError(
                 f"The hub split {split!r} of {self.task.name!r} has no column {missing[0]!r}; "
                 f"its columns are {data.column_names}."
             )
@@ -463,7 +545,7 @@ class GlueDataModule(_PaddedTextDataModule):
         labels = []
         for row, value in enumerate(data["label"]):
             if not 0 <= int(value) < len(to_ours):
-                raise ValueError(
+                raise DataFileError(
                     f"Hub split {split!r} of {self.task.name!r}, row {row}: label {value!r} is not in "
                     f"[0, {len(to_ours) - 1}] (-1 marks the hidden labels of GLUE test sets)."
                 )
@@ -490,20 +572,21 @@ class GlueDataModule(_PaddedTextDataModule):
             The split's :class:`TextExamples`, in the same order as the tokenized dataset.
 
         Raises:
-            ValueError: unknown split, or malformed data.
-            FileNotFoundError: the split's file is missing under ``data_dir``.
-            RuntimeError: the hub dataset cannot be loaded.
+            ArgumentError: unknown split, or the hub dataset cannot be loaded.
+            DataFileError: malformed data (the message names the file, line and value).
+            PathNotFoundError: the split's file is missing under ``data_dir``.
         """
         self._check_split(split)
         if split not in self._examples:
             self._examples[split] = self._read_hub(split) if self.data_dir is None else self._read_local(split)
         return self._examples[split]
 
-    def _tokenize(self, split: str) -> TokenizedDataset:
+    def _tokenize(self, split: str) -> datasets.Dataset:
         ex = self.examples(split)
         texts = (ex.text_a,) if ex.text_b is None else (ex.text_a, ex.text_b)
+        # no padding here: the collator pads each batch to its own longest row
         encodings = self.tokenizer(*texts, truncation=True, max_length=self.max_seq_length)
-        return TokenizedDataset(dict(encodings), ex.labels)
+        return _tokenized_dataset(encodings, ex.labels)
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -527,15 +610,16 @@ class SyntheticDataModule(_PaddedTextDataModule):
         num_workers: ``DataLoader`` worker processes.
 
     Raises:
-        ValueError: an argument out of range (the message names it).
+        ArgumentError: an argument out of range (the message names it).
+        ArgumentTypeError: an argument of the wrong type.
 
     Example:
         >>> dm = SyntheticDataModule(n_train=8, n_val=4, train_batch_size=4)
         >>> dm.num_labels, dm.label_names, dm.vocab_size
         (2, ('even', 'odd'), 29)
         >>> batch = next(iter(dm.train_dataloader()))
-        >>> sorted(batch), batch["labels"].dtype
-        (['attention_mask', 'input_ids', 'labels', 'token_type_ids'], torch.int64)
+        >>> sorted(batch), batch["labels"].dtype, dm.max_length
+        (['attention_mask', 'input_ids', 'labels', 'token_type_ids'], torch.int64, 18)
     """
 
     def __init__(
@@ -551,8 +635,8 @@ class SyntheticDataModule(_PaddedTextDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(train_batch_size, eval_batch_size, num_workers, seed)
-        _check_int("n_train", n_train, 1)
-        _check_int("n_val", n_val, 1)
+        check_int("n_train", n_train, 1)
+        check_int("n_val", n_val, 1)
         make_synthetic(0, seed, min_len=min_len, max_len=max_len, n_filler=n_filler)  # validates the rest
         self.save_hyperparameters()
         self.n_train = n_train
@@ -584,6 +668,11 @@ class SyntheticDataModule(_PaddedTextDataModule):
         return ("validation",)
 
     @property
+    def max_length(self) -> int:
+        """The longest token sequence a batch can hold: ``max_len`` words plus ``[CLS]`` and ``[SEP]``."""
+        return self.max_len + 2
+
+    @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The word-level :func:`~lightning_attattr.data.synthetic.synthetic_tokenizer` (built on first use)."""
         if self._tokenizer is None:
@@ -596,7 +685,7 @@ class SyntheticDataModule(_PaddedTextDataModule):
         """The examples of ``split`` (``train`` or ``validation``), generated on first use.
 
         Raises:
-            ValueError: unknown split.
+            ArgumentError: unknown split.
         """
         self._check_split(split)
         if split not in self._examples:
@@ -621,10 +710,10 @@ class SyntheticDataModule(_PaddedTextDataModule):
         """The validation examples, in ``val_dataloader()`` order."""
         return self.examples("validation")
 
-    def _tokenize(self, split: str) -> TokenizedDataset:
+    def _tokenize(self, split: str) -> datasets.Dataset:
         data = self.examples(split)
-        encodings = self.tokenizer([ex.text for ex in data])
-        return TokenizedDataset(dict(encodings), [ex.label for ex in data])
+        encodings = self.tokenizer([ex.text for ex in data])  # unpadded; the collator pads per batch
+        return _tokenized_dataset(encodings, [ex.label for ex in data])
 
     def save_tokenizer(self, path: str | Path) -> Path:
         """Save the tokenizer with ``save_pretrained`` (reload it with ``AutoTokenizer.from_pretrained``).

@@ -17,6 +17,8 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from lightning_attattr.core.checks import ArgumentError, check_int
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
@@ -68,13 +70,14 @@ def make_synthetic(
         A list of :class:`SyntheticExample`; labels are balanced in expectation.
 
     Raises:
-        ValueError: a size argument out of range (the message names it).
+        ArgumentTypeError: a size argument that is not an integer (the message names it).
+        ArgumentError: a size argument out of range (the message names it).
     """
-    for name, value, low in (("n", n, 0), ("min_len", min_len, 2), ("n_filler", n_filler, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"Expected `{name}` to be an integer >= {low}, but got {value!r}.")
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < min_len:
-        raise ValueError(f"Expected `max_len` to be an integer >= `min_len` ({min_len}), but got {max_len!r}.")
+    check_int("n", n, 0)
+    check_int("min_len", min_len, 2)
+    check_int("n_filler", n_filler, 1)
+    if check_int("max_len", max_len) < min_len:  # type: ignore[operator]
+        raise ArgumentError(f"Expected `max_len` to be an integer >= `min_len` ({min_len}), but got {max_len!r}.")
     rng = random.Random(seed)
     fillers = filler_words(n_filler)
     out = []

@@ -1,11 +1,19 @@
+import pickle
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from lightning_attattr.core.checks import (
+    ArgumentError,
+    ArgumentTypeError,
+    DataFileError,
+    PathNotFoundError,
+    UserError,
+)
 from lightning_attattr.data.glue import read_glue_split
-from lightning_attattr.data.modules import GlueDataModule, PaddingCollator, SyntheticDataModule, TokenizedDataset
+from lightning_attattr.data.modules import GlueDataModule, SyntheticDataModule
 from lightning_attattr.data.synthetic import KEY_A, KEY_B
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "glue"
@@ -84,7 +92,7 @@ def test_mnli_has_two_validation_loaders(glue, tokenizer_dir):
     assert matched["labels"].tolist() == [0, 1, 2] and mismatched["labels"].tolist() == [2]
     assert dm.examples("validation_matched").text_a[1] == '"NA"'
     assert [len(loader.dataset) for loader in dm.test_dataloader()] == [3, 1]
-    with pytest.raises(ValueError, match=r"`split` to be one of \['train', 'validation_matched', 'valid"):
+    with pytest.raises(ArgumentError, match=r"`split` to be one of \['train', 'validation_matched', 'valid"):
         dm.examples("validation")
 
 
@@ -98,6 +106,14 @@ class Recorder(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         self.seen.append((dataloader_idx, batch["labels"].tolist(), tuple(batch["input_ids"].shape)))
+
+
+class Trainable(Recorder):
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch["labels"].float()[:, None]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 def test_trainer_runs_both_mnli_loaders_in_order(glue, tokenizer_dir, tmp_path):
@@ -201,10 +217,23 @@ def test_hub_failure_says_to_pass_data_dir(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
     dm = GlueDataModule("rte")
-    with pytest.raises(RuntimeError, match=r"GLUE task 'rte' from the Hugging Face hub.*Couldn't reach.*`data_dir`"):
+    with pytest.raises(ArgumentError, match=r"GLUE task 'rte' from the Hugging Face hub.*Couldn't reach.*`data_dir`"):
         dm.examples("train")
-    with pytest.raises(RuntimeError, match="`data_dir`"):
+    with pytest.raises(ArgumentError, match="`data_dir`"):
         dm.prepare_data()
+    dm.check_files("fit")  # nothing to check for the hub (and no I/O)
+
+
+def test_hub_labels_out_of_range_are_a_data_error(monkeypatch, tokenizer_dir):
+    import datasets
+
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub(calls))
+    dm = GlueDataModule("sst2", tokenizer_dir)
+    dm._hub = dm._download_hub()
+    dm._hub["validation"] = dm._hub["test"]  # label -1: the hidden labels of a test split
+    with pytest.raises(DataFileError, match=r"Hub split 'validation' of 'sst2', row 0: label -1 is not in \[0, 1\]"):
+        dm.examples("validation")
 
 
 # ----------------------------------------------------------------------------- GLUE: errors
@@ -224,35 +253,200 @@ def test_hub_failure_says_to_pass_data_dir(monkeypatch):
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as info:
         GlueDataModule(**kwargs)
+    assert isinstance(info.value, (ArgumentError, ArgumentTypeError))
+
+
+def test_argument_checks_keep_the_message_style():
+    with pytest.raises(ArgumentError, match=r"^Expected `train_batch_size` to be an integer >= 1, but got 0\.$"):
+        GlueDataModule(train_batch_size=0)
+    with pytest.raises(ArgumentTypeError, match="`seed` to be an integer, but got 1.5"):
+        SyntheticDataModule(seed=1.5)
+    with pytest.raises(ArgumentTypeError, match="`model_name_or_path` to be a hub name"):
+        GlueDataModule(model_name_or_path=3)
 
 
 def test_missing_data_and_tokenizer_are_named(tmp_path, glue, tokenizer_dir):
     missing = tmp_path / "no_such_glue"
-    with pytest.raises(FileNotFoundError, match=rf"`data_dir`.*'{missing}' does not exist"):
+    with pytest.raises(PathNotFoundError, match=rf"`data_dir`.*'{missing}' does not exist"):
         GlueDataModule(data_dir=str(missing))
     (tmp_path / "file.tsv").write_text("x")
-    with pytest.raises(FileNotFoundError, match="is not a directory"):
+    with pytest.raises(PathNotFoundError, match="vocab.txt. is a file"):
         GlueDataModule(data_dir=str(tmp_path / "file.tsv"))
-    with pytest.raises(FileNotFoundError, match=r"No validation file for GLUE task 'qnli'.*QNLI/dev.tsv"):
+    with pytest.raises(PathNotFoundError, match=r"`validate` needs the validation split of GLUE task 'qnli'.*dev.tsv"):
         GlueDataModule("qnli", tokenizer_dir, glue).setup("validate")
+    with pytest.raises(PathNotFoundError, match=r"No validation file for GLUE task 'qnli'.*QNLI/dev.tsv"):
+        GlueDataModule("qnli", tokenizer_dir, glue).examples("validation")
     dm = GlueDataModule("sst2", data_dir=glue)
     assert len(dm.examples("train")) == len(SST_TRAIN)  # texts need no tokenizer
-    with pytest.raises(ValueError, match="`model_name_or_path` to name a tokenizer.*but got None"):
+    with pytest.raises(ArgumentError, match="`model_name_or_path` to name a tokenizer.*but got None"):
         dm.setup("fit")
-    with pytest.raises(OSError, match=r"`model_name_or_path`='.*nowhere'"):
-        GlueDataModule("sst2", str(tmp_path / "nowhere"), glue).tokenizer  # noqa: B018
 
 
-def test_collator_pads_left_and_rejects_bad_input():
-    ds = TokenizedDataset({"input_ids": [[2, 7, 3], [2, 3]], "attention_mask": [[1, 1, 1], [1, 1]]}, [1, 0])
-    batch = PaddingCollator(pad_token_id=9, padding_side="left")([ds[0], ds[1]])
-    assert batch["input_ids"].tolist() == [[2, 7, 3], [9, 2, 3]] and batch["attention_mask"][1].tolist() == [0, 1, 1]
-    with pytest.raises(ValueError, match=r"`padding_side` to be one of \['left', 'right'\], but got 'middle'"):
-        PaddingCollator(0, padding_side="middle")
-    with pytest.raises(ValueError, match=r"`encodings\['input_ids'\]` to have one row per label \(3\)"):
-        TokenizedDataset({"input_ids": [[1], [2]]}, [0, 1, 0])
+# ----------------------------------------------------------------------------- GLUE: the tokenizer source
+@pytest.mark.parametrize("relative", [False, True])
+def test_missing_local_model_path_is_named(tmp_path, glue, monkeypatch, relative):
+    monkeypatch.chdir(tmp_path)
+    path = "./nowhere/bert" if relative else str(tmp_path / "nowhere" / "bert")
+    dm = GlueDataModule("sst2", path, glue)
+    # transformers alone would call this path a malformed hub repo id
+    with pytest.raises(PathNotFoundError, match=rf"`model_name_or_path`.*local path '{path}' does not exist") as info:
+        dm.tokenizer  # noqa: B018
+    assert isinstance(info.value, UserError) and isinstance(info.value, OSError)
+    with pytest.raises(PathNotFoundError, match="nowhere"):
+        dm.setup("fit")
+
+
+def test_directory_without_tokenizer_files_is_named(tmp_path, glue):
+    model_dir = tmp_path / "model_only"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"model_type": "bert"}')
+    # transformers would load a 5-token BertTokenizer from this directory without complaint
+    with pytest.raises(
+        PathNotFoundError, match=r"'.*model_only' to hold a tokenizer.*no tokenizer files.*config\.json"
+    ):
+        GlueDataModule("sst2", str(model_dir), glue).tokenizer  # noqa: B018
+    (tmp_path / "vocab.txt").write_text("[PAD]\n")
+    with pytest.raises(PathNotFoundError, match="vocab.txt. is a file"):
+        GlueDataModule("sst2", str(tmp_path / "vocab.txt"), glue).tokenizer  # noqa: B018
+
+
+def test_unreadable_local_tokenizer_is_a_data_error(tmp_path, glue):
+    (tmp_path / "tokenizer.json").write_text("{")
+    with pytest.raises(DataFileError, match=r"Could not load the tokenizer in `model_name_or_path`='.*': JSONDecode"):
+        GlueDataModule("sst2", str(tmp_path), glue).tokenizer  # noqa: B018
+
+
+def test_hub_tokenizer_failure_is_one_clear_message(monkeypatch, glue):
+    from transformers import AutoTokenizer
+
+    def offline(name, *args, **kwargs):
+        raise OSError(
+            "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the "
+            "cached files.\nCheck your internet connection or see how to run the library in offline mode."
+        )
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", offline)
+    dm = GlueDataModule("sst2", "bert-base-uncased", glue)
+    with pytest.raises(
+        ArgumentError, match=r"`model_name_or_path`='bert-base-uncased' from the Hugging Face hub"
+    ) as info:
+        dm.tokenizer  # noqa: B018
+    message = str(info.value)
+    assert "\n" not in message and "couldn't connect" in message and "local model or tokenizer directory" in message
+    with pytest.raises(ArgumentError, match="bert-base-uncased"):
+        dm.prepare_data()
+
+
+# ----------------------------------------------------------------------------- GLUE: check_files
+def test_check_files_fit_needs_train_and_validation(tmp_path, tokenizer_dir):
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nhello\t1\n")
+    dm = GlueDataModule("sst2", data_dir=str(tmp_path))  # no tokenizer: check_files must come first
+    for stage in ("validate", "test", "predict"):
+        dm.check_files(stage)
+    with pytest.raises(
+        PathNotFoundError, match=r"`fit` needs the train split of GLUE task 'sst2'.*no train\.tsv"
+    ) as info:
+        dm.check_files("fit")
+    assert str(tmp_path / "SST-2") in str(info.value) and isinstance(info.value, UserError)
+    with pytest.raises(PathNotFoundError, match="train split"):
+        dm.check_files(None)
+    with pytest.raises(PathNotFoundError, match="`fit` needs the train split"):
+        dm.setup("fit")  # before the missing tokenizer is noticed
+    with pytest.raises(PathNotFoundError, match="train split"):
+        dm.prepare_data()  # no trainer: every split
+    with pytest.raises(ArgumentError, match=r"`stage` to be one of \['fit', 'validate', 'test', 'predict'\]"):
+        dm.check_files("tune")
+    dm = GlueDataModule("sst2", tokenizer_dir, str(tmp_path))
+    dm.setup("validate")
+    assert len(dm.dataset("validation")) == 1
+
+
+def test_check_files_names_every_missing_mnli_split(tmp_path):
+    (tmp_path / "MNLI").mkdir()
+    (tmp_path / "MNLI" / "train.tsv").write_text("x")
+    dm = GlueDataModule("mnli", data_dir=str(tmp_path))
+    with pytest.raises(
+        PathNotFoundError,
+        match=r"`validate` needs the validation_matched and validation_mismatched splits.*dev_matched\.tsv or dev_mis",
+    ):
+        dm.check_files("validate")
+
+
+def test_trainer_validate_checks_files_in_prepare_data(tmp_path, tokenizer_dir):
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nhello\t1\nthe cat\t0\n")
+    dm = GlueDataModule("sst2", tokenizer_dir, str(tmp_path))
+    model = Recorder()
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False, max_epochs=1
+    )
+    trainer.validate(model, datamodule=dm, verbose=False)  # no train.tsv needed to validate
+    assert [labels for _, labels, _ in model.seen] == [[1, 0]]
+    with pytest.raises(PathNotFoundError, match="`fit` needs the train split"):
+        trainer.fit(Trainable(), datamodule=GlueDataModule("sst2", tokenizer_dir, str(tmp_path)))
+
+
+# ----------------------------------------------------------------------------- batches
+def test_max_length_is_the_longest_possible_sequence(glue, tokenizer_dir):
+    assert GlueDataModule("sst2", tokenizer_dir, glue, max_seq_length=16).max_length == 16
+    dm = SyntheticDataModule(n_train=8, n_val=64, min_len=3, max_len=9, eval_batch_size=64)
+    assert dm.max_length == 11  # 9 words + [CLS] + [SEP]
+    longest = max(batch["input_ids"].shape[1] for batch in dm.val_dataloader())
+    assert longest <= dm.max_length
+    assert max(len(dm.dataset("validation")[i]["input_ids"]) for i in range(64)) == dm.max_length
+
+
+def test_batches_are_int64_dicts_padded_with_the_tokenizer_values(glue, tokenizer_dir):
+    dm = GlueDataModule("rte", tokenizer_dir, glue, eval_batch_size=3)
+    dm.tokenizer.pad_token = "[MASK]"  # a non-zero pad id shows where padding comes from
+    pad = dm.tokenizer.pad_token_id
+    assert pad == 4
+    batch = next(iter(dm.val_dataloader()))
+    assert type(batch) is dict and set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+    assert all(v.dtype == torch.int64 for v in batch.values())
+    assert batch["labels"].shape == (3,) and batch["labels"].tolist() == [0, 1, 0]
+    n, seq = batch["input_ids"].shape
+    assert n == 3 and batch["attention_mask"].shape == batch["token_type_ids"].shape == (3, seq)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert seq == max(lengths) == 87  # the long pair: 2 * 42 words + [CLS] [SEP] [SEP], under max_seq_length
+    for row, length in enumerate(lengths):
+        assert batch["input_ids"][row, length:].eq(pad).all() and batch["attention_mask"][row, length:].eq(0).all()
+        assert batch["token_type_ids"][row, length:].eq(dm.tokenizer.pad_token_type_id).all()
+        assert batch["input_ids"][row, :length].ne(pad).all() and (batch["token_type_ids"][row, :length] == 1).any()
+
+
+def test_left_padding_follows_the_tokenizer(glue, tokenizer_dir):
+    dm = GlueDataModule("sst2", tokenizer_dir, glue, eval_batch_size=2)
+    dm.tokenizer.padding_side = "left"
+    first = next(iter(dm.val_dataloader()))
+    # [CLS] the ride is fun [SEP] and [CLS] hello [SEP], padded on the left
+    assert tokens(dm, first["input_ids"][1]) == ["[PAD]"] * 3 + ["[CLS]", "hello", "[SEP]"]
+    assert first["attention_mask"].tolist() == [[1] * 6, [0, 0, 0, 1, 1, 1]]
+    assert first["token_type_ids"].tolist() == [[0] * 6] * 2
+
+
+def test_datasets_are_in_memory_and_loaders_work_with_workers(glue, tokenizer_dir):
+    import datasets
+
+    dm = GlueDataModule("mrpc", tokenizer_dir, glue, eval_batch_size=1, num_workers=1)
+    ds = dm.dataset("validation")
+    assert isinstance(ds, datasets.Dataset) and ds.cache_files == [] and len(ds) == 2
+    assert ds[1]["labels"] == 0 and tokens(dm, ds[1]["input_ids"]) == ["[CLS]", "na", "[SEP]", "null", "[SEP]"]
+    pickle.loads(pickle.dumps(dm.collator))
+    batches = list(dm.val_dataloader())
+    assert [b["labels"].tolist() for b in batches] == [[1], [0]] and batches[1]["token_type_ids"].tolist() == [
+        [0, 0, 0, 1, 1]
+    ]
+
+
+def test_tokenizer_without_pad_token_is_named(glue, tokenizer_dir):
+    dm = GlueDataModule("sst2", tokenizer_dir, glue)
+    dm.tokenizer.pad_token = None
+    with pytest.raises(ArgumentError, match="to have a padding token to pad batches, but `pad_token_id` is None"):
+        dm.val_dataloader()
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="the shared GLUE copy is not beside the checkout")
@@ -335,5 +529,6 @@ def test_synthetic_workers_and_tokenizer_round_trip(tmp_path):
     ],
 )
 def test_synthetic_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as info:
         SyntheticDataModule(**kwargs)
+    assert isinstance(info.value, UserError)
