@@ -14,31 +14,182 @@ Links between data and model, applied before anything is instantiated:
   module names its own tokenizer;
 - the synthetic vocabulary size -> ``model.model_config.vocab_size`` for models trained from
   scratch on the synthetic task.
+
+With ``--ckpt_path`` (``validate``, ``test``, ``predict``, resuming ``fit``) the model is built from
+the config stored in the checkpoint and the tokenizer comes from the checkpoint when the data
+module names none of its own, so no hub access and no original model folder are needed.
+
+Before the trainer starts (and so before any run directory is written) the CLI checks what can
+be checked: the checkpoint fits the task and label count, the data files exist and parse, the
+tokenizer loads, ``max_seq_length`` fits the model's position embeddings, and every AttAttr
+callback accepts the model (architecture, ``layers``). A user error is printed as one line and the
+process exits with status 2 (``ATTATTR_TRACEBACK=1`` shows the traceback); a run directory created
+by a run that failed on a user error is removed.
 """
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+import lightning_attattr.callbacks  # noqa: F401  (registers our callbacks for `--trainer.callbacks+=Name`)
 import lightning_attattr.data.modules  # noqa: F401  (registers the data modules for `--data Name`)
+from lightning_attattr.core.adapter import max_sequence_length
+from lightning_attattr.core.checks import ArgumentError, check_int, exit_on_user_error, find_user_error
 from lightning_attattr.data.synthetic import synthetic_vocab
+from lightning_attattr.lightning.checkpoints import (
+    MODEL_CONFIG_KEY,
+    TOKENIZER_KEY,
+    check_checkpoint_fits,
+    read_checkpoint,
+    tokenizer_from_files,
+)
 from lightning_attattr.lightning.classifier import AttAttrClassifier
+
+# Lightning's symbolic `ckpt_path` values: resolved by the trainer, not files we can read up front
+_SYMBOLIC_CKPT = ("last", "best", "hpc", "registry")
 
 
 class AttAttrCLI(LightningCLI):
-    """LightningCLI with the data <-> model links of this project (see the module docstring)."""
+    """LightningCLI with the data <-> model links and the up-front checks of this project (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._new_dirs: list[Path] = []  # directories this run may create; removed after a user error
+        self._checkpoint: dict[str, Any] | None = None
+        self._tokenizer_from_checkpoint = False
+        try:
+            super().__init__(*args, **kwargs)
+        except Exception as err:
+            if find_user_error(err) is not None:
+                self._remove_new_dirs()
+            raise
+
+    def _parse_ckpt_path(self) -> None:
+        """Read ``--ckpt_path`` ourselves first: a missing or broken file is a user error, not a traceback.
+
+        Lightning then copies the checkpoint's hyperparameters into the model's arguments.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path is not None and str(ckpt_path) not in _SYMBOLIC_CKPT:
+            self._checkpoint = read_checkpoint(ckpt_path, name="ckpt_path")
+        super()._parse_ckpt_path()
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """The trainer, with one ``EpochSummary`` (the default one unless the config lists its own)."""
+        from lightning_attattr.callbacks import EpochSummary
+
+        trainer = super().instantiate_trainer(**kwargs)
+        summaries = [cb for cb in trainer.callbacks if isinstance(cb, EpochSummary)]
+        for default in summaries[1:]:  # the default comes last: the configured one wins
+            trainer.callbacks.remove(default)
+        return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link the number of labels of the instantiated data module into the model."""
         parser.link_arguments("data.num_labels", "model.num_labels", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
-        """Fill in the task, the tokenizer source and the synthetic vocabulary size."""
+        """Take model config and tokenizer from ``--ckpt_path``; fill in task, tokenizer source, vocabulary size."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        init = getattr(config.data, "init_args", None)
+        self._tokenizer_from_checkpoint = bool(
+            self._checkpoint is not None
+            and self._checkpoint.get(TOKENIZER_KEY)
+            and init is not None
+            and "model_name_or_path" in init
+            and init.model_name_or_path is None  # the data module's tokenizer follows the model: take the stored one
+        )
+        if self._checkpoint is not None and self._checkpoint.get(MODEL_CONFIG_KEY) is not None:
+            # the checkpoint's weights replace the model's anyway: build it from the stored config
+            # (model_name_or_path stays as the record of where the model came from)
+            config.model.model_config = dict(self._checkpoint[MODEL_CONFIG_KEY])
         link_data_and_model(config.data, config.model)
+
+    def after_instantiate_classes(self) -> None:
+        """Hand the data module the tokenizer stored in ``--ckpt_path`` (no hub, no original folder)."""
+        super().after_instantiate_classes()
+        if self._tokenizer_from_checkpoint and self._checkpoint is not None:
+            self.datamodule.tokenizer = tokenizer_from_files(self._checkpoint[TOKENIZER_KEY])
+
+    def before_fit(self) -> None:
+        """Check everything that can be checked before training starts."""
+        self.preflight("fit")
+
+    def before_validate(self) -> None:
+        """Check everything that can be checked before validation starts."""
+        self.preflight("validate")
+
+    def before_test(self) -> None:
+        """Check everything that can be checked before testing starts."""
+        self.preflight("test")
+
+    def before_predict(self) -> None:
+        """Check everything that can be checked before prediction starts."""
+        self.preflight("predict")
+
+    def preflight(self, stage: str) -> None:
+        """Up-front checks with the instantiated model, data module and trainer (nothing is written yet).
+
+        Raises:
+            CheckpointError: ``--ckpt_path`` of another task or label count.
+            ArgumentError, PathNotFoundError, DataFileError, ModelLoadError: data files, tokenizer,
+                sequence length or callback options that cannot work with this model.
+        """
+        model, datamodule = self.model, self.datamodule
+        if self._checkpoint is not None:
+            # the data module decides the task: Lightning has already copied the checkpoint's
+            # hyperparameters (its task among them) into the model's arguments
+            hparams = getattr(model, "hparams", {})
+            check_checkpoint_fits(
+                self._checkpoint,
+                self.config[stage].ckpt_path,
+                task=getattr(datamodule, "task_name", None) or hparams.get("task"),
+                num_labels=getattr(datamodule, "num_labels", None) or hparams.get("num_labels"),
+            )
+        check_files = getattr(datamodule, "check_files", None)
+        if callable(check_files):
+            check_files(stage)
+        if datamodule is not None and hasattr(type(datamodule), "tokenizer"):
+            _ = datamodule.tokenizer  # loads it now: a wrong tokenizer source fails before the run
+        hf_model = getattr(model, "model", None)
+        limit = max_sequence_length(hf_model.config) if hasattr(hf_model, "config") else None
+        length = getattr(datamodule, "max_length", None)
+        if limit is not None and isinstance(length, int) and length > limit:
+            name = "max_seq_length" if hasattr(datamodule, "max_seq_length") else "max_len"
+            raise ArgumentError(
+                f"Expected `data.{name}` to give sequences of at most {limit} tokens (the model's position "
+                f"embeddings: max_position_embeddings={hf_model.config.max_position_embeddings}), but sequences can "
+                f"have {length} tokens."
+            )
+        for callback in self.trainer.callbacks:
+            check_model = getattr(callback, "check_model", None)
+            if callable(check_model):
+                check_model(model)
+        self._remember_new_dirs()
+
+    def _remember_new_dirs(self) -> None:
+        """Note the highest not-yet-existing ancestor of the run directory, to remove it after a user error."""
+        try:
+            log_dir = self.trainer.log_dir
+        except Exception:  # a logger that cannot tell its directory yet: nothing to remember
+            return
+        candidates = [Path(p) for p in (log_dir, self.trainer.default_root_dir) if p]
+        for path in candidates:
+            path = path.resolve()
+            highest = None
+            while not path.exists():
+                highest, path = path, path.parent
+            if highest is not None:
+                self._new_dirs.append(highest)
+
+    def _remove_new_dirs(self) -> None:
+        for path in self._new_dirs:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _class_name(data: Any) -> str:
@@ -61,12 +212,12 @@ def link_data_and_model(data: Any, model: Any) -> None:
         if model.task is None:
             model.task = "synthetic"
         if model.model_config is not None:
-            vocab = len(synthetic_vocab(init.n_filler))
+            vocab = len(synthetic_vocab(check_int("n_filler", init.n_filler, 1)))  # before the data module checks it
             given = model.model_config.get("vocab_size")
             if given is None:
                 model.model_config = {**model.model_config, "vocab_size": vocab}
             elif given < vocab:
-                raise ValueError(
+                raise ArgumentError(
                     f"Expected `model.model_config.vocab_size` >= {vocab} (the synthetic vocabulary with "
                     f"n_filler={init.n_filler}), but got {given}."
                 )
@@ -74,7 +225,7 @@ def link_data_and_model(data: Any, model: Any) -> None:
         model.task = init.task_name
     if "model_name_or_path" in init and init.model_name_or_path is None:
         if model.model_name_or_path is None:
-            raise ValueError(
+            raise ArgumentError(
                 f"{name} needs a tokenizer: set `--data.model_name_or_path` (hub name or local directory), "
                 "or `--model.model_name_or_path` to fine-tune a pretrained model with its own tokenizer."
             )
@@ -85,13 +236,23 @@ def cli_main(args: Any = None, run: bool = True) -> AttAttrCLI:
     """Build (and by default run) the CLI; ``args`` replaces ``sys.argv[1:]`` (in-process tests).
 
     TensorBoard is Lightning's default logger here (``tensorboard`` is a dependency); the config
-    is saved next to the logs of each run.
+    is saved next to the logs of each run. A user error exits with status 2 after one line on
+    stderr (see :func:`~lightning_attattr.core.checks.exit_on_user_error`).
     """
-    return AttAttrCLI(
+    return exit_on_user_error(
+        AttAttrCLI,
         AttAttrClassifier,
         pl.LightningDataModule,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [_epoch_summary()]},
         args=args,
         run=run,
+        prog="train.py",
     )
+
+
+def _epoch_summary() -> Any:
+    from lightning_attattr.callbacks import EpochSummary
+
+    return EpochSummary()

@@ -163,3 +163,11 @@ def glue(tmp_path_factory):
     write(root / "MNLI" / "dev_mismatched.tsv", mnli([("the cat", "the dog", "neutral")]))
     write(root / "QNLI" / "train.tsv", "index\tquestion\tsentence\tlabel\n0\ta\tb\tentailment\n")  # no dev.tsv
     return str(root)
+
+
+@pytest.fixture(autouse=True)
+def _bare_argv(monkeypatch):
+    """In-process CLI tests pass `args=`; pytest's own argv would make LightningCLI warn that both are given."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", [sys.argv[0]])

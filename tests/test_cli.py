@@ -56,7 +56,7 @@ def test_every_config_parses(capsys):
         assert exit_info.value.code == 0
         parsed = yaml.safe_load(capsys.readouterr().out)
         assert parsed["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
-        assert any(cb["class_path"].endswith("ModelCheckpoint") for cb in parsed["trainer"]["callbacks"])
+        assert any(cb["class_path"].endswith("EpochCheckpoint") for cb in parsed["trainer"]["callbacks"])
         if path.stem in GLUE_CONFIGS:  # the paper's fine-tuning setting
             init = parsed["data"]["init_args"]
             assert parsed["data"]["class_path"].endswith("GlueDataModule") and init["task_name"] == path.stem
@@ -117,7 +117,7 @@ def test_trainer_flags_and_callbacks_append(tmp_path):
         tmp_path,
     )
     names = [type(cb).__name__ for cb in cli.trainer.callbacks]
-    assert "EarlyStopping" in names and "ModelCheckpoint" in names and "LearningRateMonitor" in names
+    assert "EarlyStopping" in names and "EpochCheckpoint" in names and "LearningRateMonitor" in names
     assert cli.model.hparams.learning_rate == 3e-4
     monitor = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "AttributionMonitor")
     assert monitor.analyses_done == 1 and not list(tmp_path.rglob("attributions"))  # ran; a dry run writes nothing
@@ -178,26 +178,30 @@ def test_validate_and_test_subcommands(tmp_path, glue, tiny_model_dir):
     assert {"val/acc", "val_mismatched/acc"} <= set(cli.trainer.callback_metrics)
 
 
-def test_link_errors(tmp_path, glue):
-    with pytest.raises(ValueError, match="needs a tokenizer: set `--data.model_name_or_path`"):
-        run(
-            [
-                "fit",
-                "--config",
-                QUICKSTART,
-                "--data",
-                "GlueDataModule",
-                "--data.data_dir",
-                glue,
-                "--trainer.fast_dev_run=true",
-            ],
-            tmp_path,
-        )
-    with pytest.raises(ValueError, match=r"`model.model_config.vocab_size` >= 29 .* but got 10"):
+def test_link_errors(tmp_path, glue, capsys):
+    args = [
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--data",
+        "GlueDataModule",
+        "--data.data_dir",
+        glue,
+        "--trainer.fast_dev_run=true",
+    ]
+    with pytest.raises(SystemExit) as info:
+        run(args, tmp_path)
+    assert info.value.code == 2
+    assert "needs a tokenizer: set `--data.model_name_or_path`" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
         run(
             ["fit", "--config", QUICKSTART, "--model.model_config.vocab_size=10", "--trainer.fast_dev_run=true"],
             tmp_path,
         )
+    assert info.value.code == 2
+    assert "`model.model_config.vocab_size` >= 29 (the synthetic vocabulary with n_filler=20), but got 10" in (
+        capsys.readouterr().err
+    )
 
 
 def test_ddp_two_processes_on_cpu(tmp_path):

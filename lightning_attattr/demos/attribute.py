@@ -12,6 +12,7 @@ import logging
 import torch
 
 from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, AttentionIntegratedGradients
+from lightning_attattr.core.checks import check_pretrained_source, exit_on_user_error
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ def main(
     else:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        check_pretrained_source("model", model)
         tokenizer = AutoTokenizer.from_pretrained(model)
         clf = AutoModelForSequenceClassification.from_pretrained(model).eval()
         inputs = dict(tokenizer(text, return_tensors="pt"))
@@ -89,6 +91,6 @@ def main(
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from jsonargparse import auto_cli
 
-    CLI(main)
+    exit_on_user_error(auto_cli, main, prog="lightning_attattr.demos.attribute")

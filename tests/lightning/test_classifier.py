@@ -4,6 +4,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_attattr.core.adapter import attention_scope
+from lightning_attattr.core.checks import UserError
 from lightning_attattr.data.synthetic import make_synthetic, synthetic_tokenizer
 from lightning_attattr.lightning.classifier import AttAttrClassifier
 
@@ -92,8 +93,8 @@ def test_head_mask_interface_matches_the_core_scope():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        ({}, ValueError, "exactly one of `model_name_or_path`"),
-        (dict(model_name_or_path="x", model_config=TINY), ValueError, "exactly one of"),
+        ({}, ValueError, "Expected `model_name_or_path` .* or `model_config` .* but got neither"),
+        (dict(model_name_or_path="./no/such/model"), FileNotFoundError, "'./no/such/model' does not exist"),
         (dict(model_config=TINY, num_labels=1), ValueError, "`num_labels` to be an integer >= 2, but got 1"),
         (dict(model_config=TINY, task="stsb"), ValueError, r"`task` to be one of \[.*\], but got 'stsb'"),
         (dict(model_config=TINY, warmup_ratio=1.5), ValueError, "`warmup_ratio` in"),
@@ -101,8 +102,15 @@ def test_head_mask_interface_matches_the_core_scope():
     ],
 )
 def test_bad_arguments(kwargs, exc, match):
-    with pytest.raises(exc, match=match):
+    with pytest.raises(exc, match=match) as info:
         AttAttrClassifier(**kwargs)
+    assert isinstance(info.value, UserError)
+
+
+def test_model_config_wins_over_the_recorded_model_name():
+    """How checkpoints load: the stored config builds the model; the name is only a record (never loaded)."""
+    module = AttAttrClassifier(model_name_or_path="org/never-downloaded", model_config=TINY)
+    assert module.hparams.model_name_or_path == "org/never-downloaded" and module.n_layers == TINY["num_hidden_layers"]
 
 
 def test_bad_head_masks():

@@ -1,0 +1,164 @@
+"""Self-contained Lightning checkpoints of :class:`~lightning_attattr.lightning.classifier.AttAttrClassifier`.
+
+Besides Lightning's own content (weights, optimizer and scheduler state, loop and callback state,
+hyperparameters), every checkpoint written by the classifier holds
+
+- ``attattr_model_config``: the Hugging Face model config as a dict (without the pruning record),
+  so that loading rebuilds the model without the hub or the original model folder;
+- ``attattr_pruned_heads``: heads removed by structural pruning, ``{layer: [original heads]}``;
+- ``attattr_tokenizer_files``: the tokenizer's files (``save_pretrained`` output, a few hundred
+  KB for BERT) when the data module had a tokenizer, for token labels in the analysis.
+
+This module reads checkpoints (with a clear error for a missing file or a file that is not a
+checkpoint), checks that a checkpoint fits the current run (same task and label count) before
+anything is written, and exports a checkpoint as a Hugging Face directory
+(``python -m lightning_attattr.export CKPT OUT_DIR``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_attattr.core.adapter import PRUNED_HEADS_KEY
+from lightning_attattr.core.checks import CheckpointError, check_existing_file
+
+MODEL_CONFIG_KEY = "attattr_model_config"
+PRUNED_HEADS_CHECKPOINT_KEY = "attattr_pruned_heads"
+TOKENIZER_KEY = "attattr_tokenizer_files"
+#: tokenizer files larger than this are not embedded (sentencepiece models of huge vocabularies)
+MAX_TOKENIZER_BYTES = 32 * 2**20
+
+
+def model_config_dict(model: nn.Module) -> dict[str, Any]:
+    """The model's config as a plain dict for ``AutoConfig.for_model``, without the pruning record.
+
+    The pruned structure travels separately (:data:`PRUNED_HEADS_CHECKPOINT_KEY`) and is applied
+    to the full-size model built from this config.
+    """
+    config = model.config.to_dict()
+    config.pop(PRUNED_HEADS_KEY, None)
+    config.pop("transformers_version", None)
+    return config
+
+
+def tokenizer_files(tokenizer: Any) -> dict[str, bytes] | None:
+    """The files of ``tokenizer.save_pretrained`` as ``{name: bytes}``, or ``None`` (no tokenizer, too large)."""
+    if tokenizer is None or not hasattr(tokenizer, "save_pretrained"):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        files = {path.name: path.read_bytes() for path in Path(tmp).iterdir() if path.is_file()}
+    if sum(len(b) for b in files.values()) > MAX_TOKENIZER_BYTES:
+        return None
+    return files
+
+
+def tokenizer_from_files(files: Mapping[str, bytes]) -> Any:
+    """Rebuild a tokenizer from :func:`tokenizer_files` output."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_files(files, tmp)
+        return AutoTokenizer.from_pretrained(tmp)
+
+
+def write_files(files: Mapping[str, bytes], directory: str | Path) -> None:
+    """Write ``{name: bytes}`` into ``directory`` (created if missing)."""
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (target / Path(name).name).write_bytes(data)  # names only: no path components from the file
+
+
+def read_checkpoint(path: str | Path, name: str = "checkpoint_path") -> dict[str, Any]:
+    """Load a Lightning checkpoint on the CPU (memory-mapped, so large weights are not read yet).
+
+    Raises:
+        PathNotFoundError: the file does not exist.
+        CheckpointError: the file cannot be read by ``torch.load`` or is not a Lightning checkpoint.
+    """
+    file = check_existing_file(name, path, "a Lightning checkpoint (.ckpt)")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # an old (non-zip) torch.save file cannot be memory-mapped: read it whole
+        try:
+            checkpoint = torch.load(file, map_location="cpu", weights_only=False)
+        except Exception as err:  # pickle or zip errors: not a file torch can read
+            raise CheckpointError(
+                f"Expected `{name}` to be a Lightning checkpoint, but {str(path)!r} cannot be read by torch.load "
+                f"({type(err).__name__}: {err})."
+            ) from err
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"Expected `{name}` to be a Lightning checkpoint (a dict with a 'state_dict'), but {str(path)!r} is not."
+        )
+    return dict(checkpoint)
+
+
+def checkpoint_task(checkpoint: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """``(task, num_labels)`` recorded in a checkpoint of the classifier (``None`` where unknown)."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    task = hparams.get("task")
+    num_labels = hparams.get("num_labels")
+    config = checkpoint.get(MODEL_CONFIG_KEY) or {}
+    if num_labels is None and config.get("id2label"):
+        num_labels = len(config["id2label"])
+    return task, (int(num_labels) if num_labels is not None else None)
+
+
+def check_checkpoint_fits(
+    checkpoint: Mapping[str, Any], path: str | Path, *, task: str | None, num_labels: int | None
+) -> None:
+    """Refuse a checkpoint of another task or label count, naming both sides.
+
+    Called before anything is instantiated or written (``train.py validate --ckpt_path ...``), so
+    a wrong checkpoint costs no run directory and no half-loaded model.
+
+    Raises:
+        CheckpointError: the checkpoint's ``num_labels`` or task differ from the current ones.
+    """
+    saved_task, saved_labels = checkpoint_task(checkpoint)
+    if num_labels is not None and saved_labels is not None and saved_labels != num_labels:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} was trained for task={saved_task!r} with num_labels={saved_labels}, but "
+            f"this run has task={task!r} with num_labels={num_labels}: pass a checkpoint of the same task."
+        )
+    if task is not None and saved_task is not None and saved_task != task:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} was trained for task={saved_task!r}, but this run has task={task!r} "
+            f"(both with num_labels={num_labels}): pass a checkpoint of the same task."
+        )
+
+
+def export_checkpoint(checkpoint_path: str | Path, output_dir: str | Path) -> Path:
+    """Write a checkpoint's model (and tokenizer, when stored) as a Hugging Face directory.
+
+    The directory loads with ``from_pretrained_pruned`` (or plain ``from_pretrained`` when no head
+    was pruned) and ``AutoTokenizer.from_pretrained``; nothing is downloaded.
+
+    Args:
+        checkpoint_path: a ``.ckpt`` written by ``AttAttrClassifier``.
+        output_dir: target directory (created; existing files of the same names are replaced).
+
+    Returns:
+        The output directory.
+
+    Raises:
+        PathNotFoundError, CheckpointError: see :func:`read_checkpoint`.
+    """
+    from lightning_attattr.lightning.classifier import AttAttrClassifier
+
+    checkpoint = read_checkpoint(checkpoint_path)
+    module = AttAttrClassifier.load_from_checkpoint(checkpoint_path, map_location="cpu")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    module.model.save_pretrained(out)
+    if checkpoint.get(TOKENIZER_KEY):
+        write_files(checkpoint[TOKENIZER_KEY], out)
+    return out
