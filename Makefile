@@ -11,8 +11,8 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev]" "$$($(PY) -c 'import torch; print("torch==" + torch.__version__.split("+")[0])')"
+	$(PY) -m pip install -q $(TORCH) numpy
+	$(PY) -m pip install -q -e ".[dev]" "torch==$$($(PY) -c 'from importlib.metadata import version; print(version("torch").split("+")[0])')"
 	touch $@
 
 setup: $(VENV)/.installed
