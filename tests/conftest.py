@@ -8,6 +8,16 @@ import pytest
 import torch
 import transformers
 
+#: `AttAttrClassifier(model_config=...)` for Lightning-level tests: a 2-layer, 2-head BERT over the synthetic vocabulary
+TINY_BERT_CONFIG = {
+    "model_type": "bert",
+    "vocab_size": 29,
+    "hidden_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "max_position_embeddings": 32,
+}
 TEXT_KW = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37)
 
 

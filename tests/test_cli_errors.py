@@ -20,19 +20,12 @@ from lightning_attattr.core.checks import (
     exit_on_user_error,
     find_user_error,
 )
+from tests.conftest import TINY_BERT_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {p.stem: str(p) for p in sorted((ROOT / "configs").glob("*.yaml"))}
 GLUE_CONFIGS = ("sst2", "rte", "mrpc", "mnli")
-TINY = {
-    "model_type": "bert",
-    "vocab_size": 29,
-    "hidden_size": 16,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-    "max_position_embeddings": 32,
-}
+TINY = TINY_BERT_CONFIG
 
 
 def run(args, runs: Path):

@@ -231,28 +231,26 @@ def check_layers(name: str, layers: object, n_layers: int | None = None) -> tupl
 
 
 # ----------------------------------------------------------------------------- paths
-def check_existing_dir(name: str, path: object, what: str = "a directory") -> Path:
-    """Return ``path`` as a ``Path`` if it is an existing directory, else raise naming ``name`` and the path."""
+def _check_existing(name: str, path: object, what: str, directory: bool) -> Path:
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise ArgumentTypeError(f"Expected `{name}` to be a path to {what}, but got {path!r}.")
     resolved = Path(path).expanduser()
     if not resolved.exists():
         raise PathNotFoundError(f"Expected `{name}` to be {what}, but {str(path)!r} does not exist.")
-    if not resolved.is_dir():
-        raise PathNotFoundError(f"Expected `{name}` to be {what}, but {str(path)!r} is a file, not a directory.")
+    if resolved.is_dir() != directory:
+        kind = "a file, not a directory" if directory else "a directory"
+        raise PathNotFoundError(f"Expected `{name}` to be {what}, but {str(path)!r} is {kind}.")
     return resolved
+
+
+def check_existing_dir(name: str, path: object, what: str = "a directory") -> Path:
+    """Return ``path`` as a ``Path`` if it is an existing directory, else raise naming ``name`` and the path."""
+    return _check_existing(name, path, what, directory=True)
 
 
 def check_existing_file(name: str, path: object, what: str = "a file") -> Path:
     """Return ``path`` as a ``Path`` if it is an existing file, else raise naming ``name`` and the path."""
-    if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise ArgumentTypeError(f"Expected `{name}` to be a path to {what}, but got {path!r}.")
-    resolved = Path(path).expanduser()
-    if not resolved.exists():
-        raise PathNotFoundError(f"Expected `{name}` to be {what}, but {str(path)!r} does not exist.")
-    if not resolved.is_file():
-        raise PathNotFoundError(f"Expected `{name}` to be {what}, but {str(path)!r} is a directory.")
-    return resolved
+    return _check_existing(name, path, what, directory=False)
 
 
 def looks_like_local_path(name_or_path: str) -> bool:

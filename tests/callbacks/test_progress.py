@@ -15,16 +15,9 @@ from lightning_attattr.callbacks.progress import EpochSummary, format_metrics
 from lightning_attattr.core.checks import ArgumentTypeError
 from lightning_attattr.data.modules import SyntheticDataModule
 from lightning_attattr.lightning.classifier import AttAttrClassifier
+from tests.conftest import TINY_BERT_CONFIG
 
-TINY = {
-    "model_type": "bert",
-    "vocab_size": 29,
-    "hidden_size": 16,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-    "max_position_embeddings": 32,
-}
+TINY = TINY_BERT_CONFIG
 
 
 def make_run(tmp_path, callback, **trainer_kwargs):

@@ -272,7 +272,7 @@ def test_missing_data_and_tokenizer_are_named(tmp_path, glue, tokenizer_dir):
     with pytest.raises(PathNotFoundError, match=rf"`data_dir`.*'{missing}' does not exist"):
         GlueDataModule(data_dir=str(missing))
     (tmp_path / "file.tsv").write_text("x")
-    with pytest.raises(PathNotFoundError, match="vocab.txt. is a file"):
+    with pytest.raises(PathNotFoundError, match="file.tsv. is a file, not a directory"):
         GlueDataModule(data_dir=str(tmp_path / "file.tsv"))
     with pytest.raises(PathNotFoundError, match=r"`validate` needs the validation split of GLUE task 'qnli'.*dev.tsv"):
         GlueDataModule("qnli", tokenizer_dir, glue).setup("validate")
