@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 setup: $(VENV)/.installed
 
-quickstart: setup  ## main job: train a tiny BERT on the synthetic task with LightningCLI (offline, ~1 min)
+quickstart: setup  ## main job: train a tiny BERT on the synthetic task with LightningCLI (offline, ~3 min from a fresh clone incl. install)
 	$(PY) train.py fit --config configs/quickstart.yaml
 
 demo: setup  ## attribute a sentence with a tiny random BERT (seconds, offline)

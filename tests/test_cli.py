@@ -232,7 +232,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_learns_the_synthetic_task(tmp_path):
-    """The README's main job: the tiny BERT reaches >= 95 % dev accuracy (about a minute on 2 cores)."""
+    """The README's main job: the tiny BERT reaches >= 95 % dev accuracy (under two minutes on 2 cores)."""
     cli = run(["fit", "--config", QUICKSTART], tmp_path)
     best = cli.trainer.checkpoint_callback.best_model_score
     assert best is not None and float(best) >= 0.95
