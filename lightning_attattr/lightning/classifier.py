@@ -342,7 +342,9 @@ class AttAttrClassifier(pl.LightningModule):
             prefix = f"{stage}_{suffix or dataloader_idx}/"
             metrics = self.val_metrics.clone(prefix=prefix)
             metrics.reset()  # the clone copies the first loader's running state
-            self.extra_eval_metrics[key] = metrics.to(self.device)
+            # created inside an eval loop, so in eval mode; Lightning keeps that mode and would warn
+            # "Found N module(s) in eval mode at the start of training" (metrics ignore the mode)
+            self.extra_eval_metrics[key] = metrics.to(self.device).train()
         return self.extra_eval_metrics[key]
 
     def _eval_step(self, stage: str, batch: Mapping[str, Tensor], dataloader_idx: int) -> None:
