@@ -350,3 +350,27 @@ def test_train_py_in_a_subprocess_prints_one_line_and_no_traceback(tmp_path):
     assert len(errors) == 1 and errors[0].startswith("train.py: error: Expected `data_dir`")
     assert str(tmp_path / "missing") in errors[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written in the working directory
+
+
+def test_fast_dev_run_writes_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # upstream ModelCheckpoint wrote checkpoints/last.ckpt, then last-v1.ckpt, ...
+        cli = cli_main(["fit", "--config", CONFIGS["quickstart"], "--trainer.fast_dev_run=true"])
+        assert cli.trainer.state.finished
+    assert sorted(tmp_path.rglob("*")) == []
+
+
+def test_callback_layers_are_checked_in_setup_outside_the_cli(tmp_path):
+    import pytorch_lightning as pl
+
+    from lightning_attattr.callbacks import AttributionMonitor
+    from lightning_attattr.data.modules import SyntheticDataModule
+    from lightning_attattr.lightning.classifier import AttAttrClassifier
+
+    module = AttAttrClassifier(model_config=TINY, num_labels=2, task="synthetic")
+    dm = SyntheticDataModule(n_train=16, n_val=8, train_batch_size=8, eval_batch_size=8)
+    trainer = pl.Trainer(max_epochs=1, default_root_dir=tmp_path, callbacks=[AttributionMonitor(layers=[99])],
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"`AttributionMonitor.layers` to be in \[-2, 1\].*but got 99"):
+        trainer.fit(module, dm)
+    assert trainer.global_step == 0  # refused before the first training step, not after an epoch
