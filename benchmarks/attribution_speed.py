@@ -39,9 +39,13 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, AttentionIntegratedGradients
+from lightning_attattr.core.attribution import AttentionIntegratedGradients
 from lightning_attattr.core.reference import reference_attattr
 from lightning_attattr.data.glue import read_glue_split
+
+# (c) is the fixed rule that was the default before adaptive integration; benchmarks/adaptive_speed.py
+# compares it with n_steps='auto'.
+DEFAULT_METHOD, DEFAULT_N_STEPS = "gausslegendre", 10
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = ROOT.parent / "shared" / "data" / "glue"
@@ -213,9 +217,9 @@ def compare_on(shape: str, n_examples: int, n_naive: int) -> dict:
     t_naive, (naive_maps, naive_stats) = timed(lambda: naive_attribute(model, naive_ids))
     run_ours(model, ids[:2], method="riemann_left", n_steps=20)  # warm-up
     t_b_small, res_b_small = timed(lambda: run_ours(model, naive_ids, method="riemann_left", n_steps=20))
-    t_c_small, res_c_small = timed(lambda: run_ours(model, naive_ids))
+    t_c_small, res_c_small = timed(lambda: run_ours(model, naive_ids, method=DEFAULT_METHOD, n_steps=DEFAULT_N_STEPS))
     t_b, res_b = timed(lambda: run_ours(model, ids, method="riemann_left", n_steps=20))
-    t_c, res_c = timed(lambda: run_ours(model, ids))
+    t_c, res_c = timed(lambda: run_ours(model, ids, method=DEFAULT_METHOD, n_steps=DEFAULT_N_STEPS))
     diff = max(float((a - b).abs().max()) for a, b in zip(naive_maps, res_b_small.attributions))
     scale = max(float(a.abs().max()) for a in naive_maps)
     lengths = [len(r) for r in ids]
@@ -264,7 +268,9 @@ def throughput_at_128(shape: str, n_examples: int, peak: float, autocast: bool =
     model, desc = build_model(shape)
     g = torch.Generator().manual_seed(1)
     ids = [[101, *torch.randint(1000, 20000, (126,), generator=g).tolist(), 102] for _ in range(n_examples)]
-    kwargs = {"autocast_dtype": torch.bfloat16} if autocast else {}
+    kwargs = {"method": DEFAULT_METHOD, "n_steps": DEFAULT_N_STEPS}
+    if autocast:
+        kwargs["autocast_dtype"] = torch.bfloat16
     run = lambda: AttentionIntegratedGradients(model).attribute(pad_batch(ids), **kwargs)  # noqa: E731
     run()
     counter = FlopCounterMode(display=False)
@@ -310,7 +316,9 @@ def _memory_child(shape: str, ibs: int | None, n_steps: int) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed start-up memory back to the OS
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set size (VmHWM)
         base = _proc_status_bytes("VmRSS")
-    AttentionIntegratedGradients(model).attribute(batch, n_steps=n_steps, internal_batch_size=ibs)
+    AttentionIntegratedGradients(model).attribute(
+        batch, method="gausslegendre", n_steps=n_steps, internal_batch_size=ibs
+    )
     peak = torch.cuda.max_memory_allocated() if cuda else _proc_status_bytes("VmHWM")
     print(json.dumps({"peak_bytes_above_model": peak - base, "device": "cuda" if cuda else "cpu"}))
 

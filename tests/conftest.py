@@ -18,6 +18,10 @@ TINY_BERT_CONFIG = {
     "intermediate_size": 32,
     "max_position_embeddings": 32,
 }
+# Tiny models gain nothing from a second thread, and with another job on the two cores the thread
+# hand-off alone made some tests 100x slower: one thread keeps the suite's time independent of load.
+torch.set_num_threads(1)
+
 TEXT_KW = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -46,12 +46,15 @@ class AttributionMonitor(EpochEndAnalysis):
     - ``attr/layer{l}/example{i}``: a token x token heatmap of the map summed over heads (image),
     - ``attr_heads/layer{l}/example{i}``: a grid of the per-head maps (image),
     - ``attr/completeness_layer{l}``: mean relative completeness gap over the probe set (scalar),
+    - ``attr/steps_layer{l}``: mean integration nodes used per probe example (scalar; with the
+      adaptive default it shows where the integrand got harder),
     - ``attr/values_layer{l}``: histogram of the attribution values,
 
     and writes ``<save_dir>/epoch={epoch:03d}.pt`` (only on rank zero), a dict with ``epoch``,
     ``global_step``, ``layers``, ``tokens`` (per example), ``attributions`` (per example,
     ``[layer, head, query_pos, key_pos]`` float32 cropped to the real tokens), ``target``, ``prob``,
-    ``convergence_delta`` (``[example, layer]``), ``method`` and ``n_steps``. Load it with
+    ``convergence_delta`` (``[example, layer]``), ``method``, ``n_steps``, ``n_steps_used`` (``[example,
+    layer]``) and ``unconverged`` (``[example, layer]`` bool or ``None``). Load it with
     ``torch.load(path)``.
 
     Under DDP the integration work is split across ranks (``attribute(..., shard=(rank, world))``)
@@ -61,7 +64,7 @@ class AttributionMonitor(EpochEndAnalysis):
         n_examples: probe-set size.
         every_n_epochs: analyse every this many validation epochs (never during sanity checking).
         layers: layers to attribute (default all).
-        n_steps: integration steps.
+        n_steps: ``"auto"`` (adaptive, to a completeness tolerance of 1e-3) or a fixed step count.
         method: integration rule (see ``AttentionIntegratedGradients.attribute``).
         target: ``"predicted"`` (default) or ``"labels"``.
         internal_batch_size: rows per forward/backward pass (memory cap; results unchanged).
@@ -77,7 +80,7 @@ class AttributionMonitor(EpochEndAnalysis):
         n_examples: int = 2,
         every_n_epochs: int = 1,
         layers: list[int] | None = None,
-        n_steps: int = DEFAULT_N_STEPS,
+        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,
         method: str = DEFAULT_METHOD,
         target: str = "predicted",
         internal_batch_size: int | None = None,
@@ -93,7 +96,7 @@ class AttributionMonitor(EpochEndAnalysis):
         layers = check_layers(
             "AttributionMonitor.layers", layers
         )  # types and duplicates; the range is checked in `setup`
-        validate_n_steps(n_steps)
+        validate_n_steps(n_steps, allow_auto=True)
         validate_method(method)
         check_choice("target", target, _TARGETS)
         for name, flag in (("log_images", log_images), ("log_histograms", log_histograms)):
@@ -165,6 +168,7 @@ class AttributionMonitor(EpochEndAnalysis):
             internal_batch_size=self.internal_batch_size,
             return_convergence_delta=True,
             shard=(rank, size) if size > 1 else None,
+            reduce=(lambda t: reduce_sum(trainer, t, pl_module.device)) if size > 1 else None,
         )
         padded = reduce_sum(trainer, result.padded(), pl_module.device)  # [example, layer, head, q, k]
         delta = reduce_sum(trainer, result.convergence_delta, pl_module.device)  # [example, layer]
@@ -184,6 +188,8 @@ class AttributionMonitor(EpochEndAnalysis):
             "convergence_delta": delta,
             "method": result.method,
             "n_steps": result.n_steps,
+            "n_steps_used": result.n_steps_used,
+            "unconverged": result.unconverged,
         }
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, result: dict[str, Any]) -> None:
@@ -192,6 +198,8 @@ class AttributionMonitor(EpochEndAnalysis):
         )  # [example, layer]
         for li, layer in enumerate(result["layers"]):
             pl_module.log(f"attr/completeness_layer{layer}", float(gap[:, li].mean()), rank_zero_only=True)
+            steps = result["n_steps_used"][:, li].double()  # integration nodes per probe example (adaptive: 3..63)
+            pl_module.log(f"attr/steps_layer{layer}", float(steps.mean()), rank_zero_only=True)
         writer = tensorboard(trainer)
         if writer is None or not trainer.is_global_zero:
             return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
@@ -40,7 +40,7 @@ def attattr_importance(
     *,
     pooling: str,
     target: str,
-    n_steps: int,
+    n_steps: int | str,
     method: str,
     batch_size: int,
     internal_batch_size: int | None,
@@ -106,7 +106,7 @@ class HeadImportanceCallback(EpochEndAnalysis):
         every_n_epochs: analyse every this many validation epochs (never during sanity checking).
         pooling: ``"max"`` (paper), ``"mean"`` or ``"sum"`` over each head's map.
         target: ``"labels"`` (gold labels, default) or ``"predicted"``.
-        n_steps: integration steps.
+        n_steps: ``"auto"`` (adaptive, to a completeness tolerance of 1e-3) or a fixed step count.
         method: integration rule.
         batch_size: examples per attribution call.
         internal_batch_size: rows per forward/backward pass (memory cap).
@@ -121,7 +121,7 @@ class HeadImportanceCallback(EpochEndAnalysis):
         every_n_epochs: int = 1,
         pooling: str = "max",
         target: str = "labels",
-        n_steps: int = DEFAULT_N_STEPS,
+        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,
         method: str = DEFAULT_METHOD,
         batch_size: int = 16,
         internal_batch_size: int | None = None,
@@ -138,7 +138,7 @@ class HeadImportanceCallback(EpochEndAnalysis):
         check_choice("pooling", pooling, POOLINGS)
         check_choice("target", target, _TARGETS)
         check_choice("taylor_variant", taylor_variant, _TAYLOR_VARIANTS)
-        validate_n_steps(n_steps)
+        validate_n_steps(n_steps, allow_auto=True)
         validate_method(method)
         self.examples = ValExamples(n_examples)
         self.pooling = pooling

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -61,7 +61,7 @@ class HeadPruningCallback(EpochEndAnalysis):
             the batches of Lightning's validation loop, so ``limit_val_batches`` applies).
         pooling: AttAttr pooling (``"max"``, ``"mean"``, ``"sum"``).
         target: ``"labels"`` or ``"predicted"`` for AttAttr importance.
-        n_steps: integration steps.
+        n_steps: ``"auto"`` (adaptive, to a completeness tolerance of 1e-3) or a fixed step count.
         method: integration rule.
         batch_size: examples per attribution call.
         seed: seed of the random ranking.
@@ -78,7 +78,7 @@ class HeadPruningCallback(EpochEndAnalysis):
         max_eval_batches: int | None = None,
         pooling: str = "max",
         target: str = "labels",
-        n_steps: int = DEFAULT_N_STEPS,
+        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,
         method: str = DEFAULT_METHOD,
         batch_size: int = 16,
         seed: int = 0,
@@ -105,7 +105,7 @@ class HeadPruningCallback(EpochEndAnalysis):
             check_number(f"schedule[{epoch}]", fraction, 0.0, 1.0)
             if float(fraction) == 1.0:
                 raise ArgumentError(f"Expected `schedule[{epoch}]` to be below 1 (some heads must stay), but got 1.0.")
-        validate_n_steps(n_steps)
+        validate_n_steps(n_steps, allow_auto=True)
         validate_method(method)
         self.fractions = fractions
         self.importance_kind = importance

@@ -273,6 +273,24 @@ class AttentionController:
         with self._state(_context=frozenset(range(self.n_layers) if layers is None else layers), _contexts=store):
             yield store
 
+    @contextlib.contextmanager
+    def replacing(self, layer: int, probs: Tensor) -> Iterator[None]:
+        """Replace layer ``layer``'s attention probabilities by ``probs`` in the forwards run inside this block.
+
+        ``probs`` is ``[batch, head, query_pos, key_pos]`` with the batch of the inputs; the layers
+        above recompute their attention from the changed hidden states, and gradients flow back to
+        ``probs`` (make it ``requires_grad``). This is the path integral's building block
+        ``F(alpha * A)``; :class:`~lightning_attattr.core.attribution.AttentionIntegratedGradients`
+        uses the same switch with batched steps and cached lower layers.
+
+        Raises:
+            ArgumentError: ``layer`` outside ``0 .. n_layers - 1``.
+        """
+        if not 0 <= int(layer) < self.n_layers:
+            raise ArgumentError(f"Expected `layer` in [0, {self.n_layers - 1}], but got {layer!r}.")
+        with self._state(_replace_layer=int(layer), _replacement=probs):
+            yield
+
     def check_all_layers_ran(self) -> None:
         """Raise unless the last forward ran every layer's attention through the interface exactly once.
 

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,15 +38,29 @@ import torch
 from torch import Tensor, nn
 
 from lightning_attattr.core.adapter import AttentionController, attention_scope, layer_modules
-from lightning_attattr.core.approximation import Method, approximation_parameters, validate_method
-from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, check_int, check_layers
+from lightning_attattr.core.approximation import (
+    AUTO,
+    NESTED_LEVELS,
+    Method,
+    approximation_parameters,
+    nested_rule,
+    validate_method,
+    validate_n_steps,
+)
+from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, check_int, check_layers, check_number
 
 #: Default integration rule and step count: the smallest Gauss-Legendre node count whose completeness
 #: error stayed below 1e-3 with a factor-2 margin on every (example, layer) of a pretrained MiniLM
 #: with an SST-2 head (measured by benchmarks/completeness.py: 8 nodes max 1.0e-3, 9: 8.5e-4,
 #: 10: 4.6e-4; see README, "Choosing the integration rule").
 DEFAULT_METHOD: Method = "gausslegendre"
-DEFAULT_N_STEPS = 10
+#: Default ``n_steps``: adaptive integration to ``completeness_tol`` on every (example, layer) pair.
+DEFAULT_N_STEPS: int | str = AUTO
+#: Default relative completeness tolerance of ``n_steps="auto"``.
+DEFAULT_COMPLETENESS_TOL = 1e-3
+#: Pairs with ``|F(A) - F(A := 0)|`` below this are held to the absolute error ``tol * floor``
+#: instead of a relative one (a relative error of a near-zero difference is fp32 noise).
+COMPLETENESS_FLOOR = 1e-3
 
 _TARGET_STRINGS = ("predicted", "labels")
 _AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
@@ -69,7 +84,14 @@ class AttributionResult:
         convergence_delta: ``[batch, layer]`` sum of the attributions minus
             ``prob - baseline_prob`` (completeness gap), or ``None`` unless requested.
         method: integration rule used.
-        n_steps: number of integration steps.
+        n_steps: number of integration steps, or ``"auto"`` for adaptive integration.
+        n_steps_used: ``[batch, layer]`` integration nodes evaluated per pair (``n_steps`` for a
+            fixed rule; 3, 7, 15, 31 or 63 with ``"auto"``).
+        completeness_error: ``[batch, layer]`` achieved relative completeness error
+            ``|sum attr - (F(A) - F(A := 0))| / max(|F(A) - F(A := 0)|, COMPLETENESS_FLOOR)``
+            (complete also on a shard), or ``None`` (fixed rule without the convergence delta).
+        unconverged: ``[batch, layer]`` bool, pairs that missed ``completeness_tol`` within
+            ``max_steps`` (``"auto"`` only; a warning names how many), else ``None``.
         shard: ``(index, count)`` when this result is one shard of a split computation (see
             ``attribute(..., shard=...)``): its ``attributions`` and ``convergence_delta`` are
             partial sums that add up, over the ``count`` shards, to the full result
@@ -83,8 +105,11 @@ class AttributionResult:
     baseline_prob: Tensor | None
     convergence_delta: Tensor | None
     method: str
-    n_steps: int
+    n_steps: int | str
     shard: tuple[int, int] | None = None
+    n_steps_used: Tensor | None = None
+    completeness_error: Tensor | None = None
+    unconverged: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.attributions)
@@ -254,6 +279,9 @@ def merge_shards(shards: Sequence[AttributionResult]) -> AttributionResult:
         convergence_delta=None if any(d is None for d in deltas) else sum(deltas),
         method=first.method,
         n_steps=first.n_steps,
+        n_steps_used=first.n_steps_used,  # decided on summed values: the same on every shard
+        completeness_error=first.completeness_error,
+        unconverged=first.unconverged,
     )
 
 
@@ -291,6 +319,32 @@ def _subset(batch: _Batch, index: list[int]) -> dict[str, Tensor]:
             t = t[:, :n]
         out[key] = t
     return out
+
+
+@dataclass
+class _Adaptive:
+    """Settings and shared state of one ``n_steps="auto"`` call."""
+
+    tol: float
+    n_levels: int
+    reduce: Callable[[Tensor], Tensor] | None
+    self_convergence: bool  # under autocast: successive levels must agree (rounding dominates the gap)
+    item: int = 0  # work-item counter: (group, layer, level, node) items are dealt round-robin to shards
+
+    def next_item(self) -> int:
+        self.item += 1
+        return self.item - 1
+
+
+def _take_rows(value: Any, rows: Tensor) -> Any:
+    """``value`` (a layer output: tensor, tuple, list or dict of them) restricted to the batch rows ``rows``."""
+    if isinstance(value, Tensor):
+        return value.index_select(0, rows) if value.dim() > 0 else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_take_rows(v, rows) for v in value)
+    if isinstance(value, dict):
+        return {k: _take_rows(v, rows) for k, v in value.items()}
+    return value
 
 
 def model_logits(model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
@@ -359,13 +413,16 @@ class AttentionIntegratedGradients:
         *,
         target: int | str | Sequence[int] | Tensor | None = None,
         layers: int | Sequence[int] | None = None,
-        n_steps: int = DEFAULT_N_STEPS,
+        n_steps: int | str = DEFAULT_N_STEPS,
         method: Method = DEFAULT_METHOD,
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
         autocast_dtype: torch.dtype | None = None,
         show_progress: bool = False,
         shard: tuple[int, int] | None = None,
+        completeness_tol: float = DEFAULT_COMPLETENESS_TOL,
+        max_steps: int = NESTED_LEVELS[-1],
+        reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> AttributionResult:
         """Attribute the target-class probability to every attention connection of the chosen layers.
 
@@ -379,7 +436,9 @@ class AttentionIntegratedGradients:
             layers: layer index or indices to attribute (negative counts from the end), each
                 named once (``[0, 0]`` is an error); default all layers. Results are in
                 increasing layer order whatever the order given.
-            n_steps: integration steps (model evaluations per example and layer).
+            n_steps: ``"auto"`` (default): adaptive integration, refined per (example, layer)
+                until the completeness error meets ``completeness_tol`` (see below); or an int:
+                a fixed rule with that many steps (model evaluations per example and layer).
             method: ``riemann_left`` (the official AttAttr code; ``n_steps=20`` reproduces its
                 head-importance runs), ``riemann_right`` (the paper's formula),
                 ``riemann_middle``, ``riemann_trapezoid`` or ``gausslegendre`` (default, 10 steps).
@@ -398,7 +457,36 @@ class AttentionIntegratedGradients:
                 layer x integration step) are dealt round-robin to the ``count`` shards; a shard's
                 maps and convergence delta are partial sums, and summing them over all shards
                 (an all-reduce, or :func:`merge_shards`) gives exactly the unsplit result.
-                ``prob``, ``baseline_prob`` and ``target`` are complete on every shard.
+                ``prob``, ``baseline_prob`` and ``target`` are complete on every shard. With
+                ``n_steps="auto"`` the refinement decisions need the summed values: pass ``reduce``.
+            completeness_tol: ``n_steps="auto"`` only: a pair is done when
+                ``|sum attr - (F(A) - F(A := 0))| <= completeness_tol * max(|F(A) - F(A := 0)|,
+                COMPLETENESS_FLOOR)``, i.e. relative error below the tolerance, and an absolute error
+                below ``completeness_tol * 1e-3`` for pairs whose output barely changes.
+            max_steps: ``n_steps="auto"`` only: the most nodes one pair may use, one of 3, 7, 15,
+                31, 63 (default). Pairs still above the tolerance there are flagged in
+                ``result.unconverged`` and one warning says how many.
+            reduce: ``n_steps="auto"`` with ``shard``: a function that sums a tensor over all
+                shards and returns the sum (e.g. ``lambda t: trainer.strategy.reduce(t, "sum")``);
+                called once per (length group, layer, level) on every shard, so all shards refine
+                the same pairs and the merged result equals the unsplit one.
+
+        Adaptive integration (``n_steps="auto"``). Completeness turns the quality of the integral
+        into a number that can be checked exactly: the attributions of a pair must sum to
+        ``F(A) - F(A := 0)``, and the gap is the quadrature error of the scalar integrand
+        ``h(alpha) = sum(A * dF(alpha A) / dA)``. The rule is the nested Gauss-Kronrod-Patterson
+        family (Patterson 1968, the basis of QUADPACK's QNG): 3 Gauss-Legendre nodes, extended to 7
+        (Kronrod), 15, 31 and 63 nodes, each level keeping every node of the previous one and
+        integrating polynomials of degree (3n + 1) / 2 exactly. Every pair starts with 3 nodes;
+        pairs above the tolerance are refined to the next level, which evaluates only the new
+        nodes (every gradient already computed is reused with the new level's weights), and
+        pairs below it stop. Nested rules were chosen over bisection because the integrand is
+        smooth (analytic in alpha for smooth activations), where one global rule of high degree
+        converges much faster than composite low-order pieces; the top levels still resolve
+        sharp transitions. A pair costs 3 nodes plus one forward for ``F(A := 0)`` when it is
+        easy, and at most ``max_steps`` nodes. Under ``autocast_dtype`` the gap is dominated by
+        rounding, not by the quadrature, so a pair is done when two successive levels agree to
+        the tolerance instead.
 
         Returns:
             An :class:`AttributionResult`; the maps are on the CPU in at least float32.
@@ -409,10 +497,32 @@ class AttentionIntegratedGradients:
             RuntimeError: the model's attention did not run through the interface for every layer.
         """
         layer_ids = self._validate_layers(layers)
-        alphas, weights = approximation_parameters(validate_method(method), n_steps)
+        method = validate_method(method)  # type: ignore[assignment]
+        n_steps = validate_n_steps(n_steps, allow_auto=True)
+        adaptive: _Adaptive | None = None
+        if n_steps == AUTO:
+            if method != "gausslegendre":
+                raise ArgumentError(
+                    f"Expected `method='gausslegendre'` with `n_steps='auto'` (adaptive integration refines nested "
+                    f"Gauss-Kronrod-Patterson nodes), but got method={method!r}; give an int `n_steps` for {method!r}."
+                )
+            tol = check_number("completeness_tol", completeness_tol, 0.0, 1.0, low_open=True)
+            if max_steps not in NESTED_LEVELS or isinstance(max_steps, bool):
+                raise ArgumentError(f"Expected `max_steps` to be one of {list(NESTED_LEVELS)}, but got {max_steps!r}.")
+            if reduce is not None and not callable(reduce):
+                raise ArgumentTypeError(f"Expected `reduce` to be a function or None, but got {reduce!r}.")
+            adaptive = _Adaptive(tol, NESTED_LEVELS.index(max_steps) + 1, reduce, autocast_dtype is not None)
+            alphas, weights = [], []
+        else:
+            alphas, weights = approximation_parameters(method, n_steps)  # type: ignore[arg-type]
         if internal_batch_size is not None:
             check_int("internal_batch_size", internal_batch_size, 1)
         shard = _validate_shard(shard)
+        if adaptive is not None and shard is not None and shard[1] > 1 and reduce is None:
+            raise ArgumentError(
+                "Expected `reduce` (a function summing a tensor over the shards) with `n_steps='auto'` and "
+                f"`shard`={shard}: the refinement decisions need the summed completeness terms."
+            )
         if autocast_dtype is not None and autocast_dtype not in _AUTOCAST_DTYPES:
             raise ArgumentError(
                 f"Expected `autocast_dtype` to be None or one of {list(_AUTOCAST_DTYPES)}, but got {autocast_dtype!r}."
@@ -431,16 +541,19 @@ class AttentionIntegratedGradients:
             self._check_token_ids(batch)
             targets = self._validate_target(target, batch)
             groups = _plan_groups(batch, internal_batch_size)
-            owned = _owned_steps(len(groups), len(layer_ids), n_steps, shard)
-            total = sum(
-                math.ceil(len(owned[gi][li]) / self._steps_per_pass(len(g), n_steps, internal_batch_size))
-                for gi, g in enumerate(groups)
-                for li in range(len(layer_ids))
-            )
+            if adaptive is None:
+                owned = _owned_steps(len(groups), len(layer_ids), int(n_steps), shard)
+                total: int | None = sum(
+                    math.ceil(len(owned[gi][li]) / self._steps_per_pass(len(g), int(n_steps), internal_batch_size))
+                    for gi, g in enumerate(groups)
+                    for li in range(len(layer_ids))
+                )
+            else:  # the number of passes depends on how many pairs need refining
+                owned, total = [], None
             progress = _progress(total, show_progress)
             try:
                 with _frozen_eval(model), attention_scope(model) as ctrl:
-                    return self._attribute(
+                    result = self._attribute(
                         ctrl,
                         batch,
                         groups,
@@ -455,9 +568,20 @@ class AttentionIntegratedGradients:
                         progress,
                         owned,
                         shard,
+                        adaptive,
                     )
             finally:
                 progress.close()
+        if result.unconverged is not None and bool(result.unconverged.any()):
+            assert result.completeness_error is not None
+            bad = result.unconverged
+            warnings.warn(
+                f"{int(bad.sum())} of {bad.numel()} (example, layer) pairs did not reach completeness_tol="
+                f"{completeness_tol:g} within max_steps={max_steps} (worst relative completeness error "
+                f"{float(result.completeness_error[bad].max()):.2e}); they are flagged in `result.unconverged`.",
+                stacklevel=2,
+            )
+        return result
 
     def _attribute(
         self,
@@ -475,14 +599,19 @@ class AttentionIntegratedGradients:
         progress: Any,
         owned: list[list[list[int]]],
         shard: tuple[int, int] | None,
+        adaptive: _Adaptive | None = None,
     ) -> AttributionResult:
-        n_steps = len(alphas)
+        n_steps: int | str = len(alphas) if adaptive is None else AUTO
         share = 1.0 if shard is None else 1.0 / shard[1]  # each shard carries 1/count of F(A) - F(0)
         per_example: list[list[Tensor]] = [[] for _ in range(batch.size)]
         target_out = torch.zeros(batch.size, dtype=torch.long)
         prob_out = torch.zeros(batch.size, dtype=torch.float64)
+        want_delta = want_delta or adaptive is not None  # adaptive integration computes F(A := 0) anyway
         base_out = torch.zeros(batch.size, len(layer_ids), dtype=torch.float64) if want_delta else None
         delta_out = torch.zeros(batch.size, len(layer_ids), dtype=torch.float64) if want_delta else None
+        used_out = torch.full((batch.size, len(layer_ids)), len(alphas), dtype=torch.long)
+        error_out = torch.zeros(batch.size, len(layer_ids), dtype=torch.float64) if want_delta else None
+        flag_out = torch.zeros(batch.size, len(layer_ids), dtype=torch.bool) if adaptive is not None else None
         alpha_t = torch.tensor(alphas, dtype=torch.float64)
         weight_t = torch.tensor(weights, dtype=torch.float64)
         for gi, index in enumerate(groups):
@@ -490,9 +619,26 @@ class AttentionIntegratedGradients:
             probs_a, recorded, logits = self._clean_pass(ctrl, sub, layer_ids, autocast)
             tgt = targets[index].to(logits.device) if targets is not None else logits.argmax(-1)
             f_full = _target_prob(logits, tgt).detach().double().cpu()
-            steps = self._steps_per_pass(len(index), n_steps, internal_batch_size)
+            steps = self._steps_per_pass(len(index), len(alphas), internal_batch_size)
             for li, layer in enumerate(layer_ids):
                 below = recorded.get(layer - 1)
+                if adaptive is not None:
+                    f_zero = self._baseline_prob(ctrl, sub, layer, probs_a[layer], tgt, below, autocast)
+                    attr, used, error, flagged = self._integrate_adaptive(
+                        ctrl, sub, layer, probs_a[layer], tgt, f_full, f_zero, below, autocast, progress, adaptive,
+                        internal_batch_size, shard,
+                    )  # fmt: skip
+                    used_out[index, li] = used
+                    assert error_out is not None and flag_out is not None
+                    error_out[index, li] = error
+                    flag_out[index, li] = flagged
+                    for j, i in enumerate(index):
+                        per_example[i].append(self._crop(batch, i, attr[j]))
+                    f_zero = f_zero.double().cpu()
+                    assert base_out is not None and delta_out is not None
+                    base_out[index, li] = f_zero
+                    delta_out[index, li] = attr.flatten(1).sum(1).double().cpu() - share * (f_full - f_zero)
+                    continue
                 mine = torch.tensor(owned[gi][li], dtype=torch.long)
                 attr, f_zero = self._integrate(
                     ctrl,
@@ -515,6 +661,9 @@ class AttentionIntegratedGradients:
                     f_zero = f_zero.double().cpu()
                     base_out[index, li] = f_zero
                     delta_out[index, li] = attr.flatten(1).sum(1).double().cpu() - share * (f_full - f_zero)
+                    if shard is None and error_out is not None:
+                        gap = (f_full - f_zero).abs().clamp_min(COMPLETENESS_FLOOR)
+                        error_out[index, li] = delta_out[index, li].abs() / gap
             target_out[index] = tgt.cpu()
             prob_out[index] = f_full
         return AttributionResult(
@@ -527,6 +676,9 @@ class AttentionIntegratedGradients:
             method=method,
             n_steps=n_steps,
             shard=shard,
+            n_steps_used=used_out,
+            completeness_error=error_out if (adaptive is not None or shard is None) else None,
+            unconverged=flag_out,
         )
 
     # ----------------------------------------------------------------- validation
@@ -651,6 +803,125 @@ class AttentionIntegratedGradients:
                 f_zero = p.detach().view(batch, steps)[:, int(zero[0])]
             progress.update(1)
         return probs * grad_sum, f_zero
+
+    def _integrate_adaptive(
+        self,
+        ctrl: AttentionController,
+        sub: dict[str, Tensor],
+        layer: int,
+        probs: Tensor,
+        target: Tensor,
+        f_full: Tensor,
+        f_zero: Tensor,
+        below: Any,
+        autocast: Any,
+        progress: Any,
+        adaptive: _Adaptive,
+        internal_batch_size: int | None,
+        shard: tuple[int, int] | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Nested Gauss-Kronrod-Patterson integration of one layer of one group, refined per example.
+
+        Returns:
+            ``attr`` ``[batch, head, query_pos, key_pos]`` (this shard's part), nodes used ``[batch]``,
+            achieved relative completeness error ``[batch]`` (from the summed terms) and the
+            unconverged flags ``[batch]``.
+        """
+        batch = probs.shape[0]
+        n_levels = adaptive.n_levels
+        rules = [nested_rule(level) for level in range(n_levels)]
+        n_nodes = len(rules[-1][0])
+        alphas = torch.tensor(rules[-1][0], dtype=torch.float64)  # [node]: level l uses the first NESTED_LEVELS[l]
+        weights = torch.zeros(n_levels, n_nodes, dtype=torch.float64)  # [level, node]
+        for level, (_, w) in enumerate(rules):
+            weights[level, : len(w)] = torch.tensor(w, dtype=torch.float64)
+        # acc[level]: sum_k weights[level, k] * dF/dA(alpha_k A) over the nodes computed so far
+        acc = torch.zeros(n_levels, *probs.shape, dtype=probs.dtype, device=probs.device)
+        h = torch.zeros(batch, n_nodes, dtype=torch.float64)  # [batch, node]: sum(A * grad) (this shard's nodes)
+        target_diff = (f_full - f_zero.double().cpu()).double()  # [batch]
+        gap = target_diff.abs().clamp_min(COMPLETENESS_FLOOR)
+        final = torch.full((batch,), n_levels - 1, dtype=torch.long)
+        error = torch.zeros(batch, dtype=torch.float64)
+        flagged = torch.zeros(batch, dtype=torch.bool)
+        active = torch.arange(batch)
+        previous: Tensor | None = None
+        start = 0
+        for level in range(n_levels):
+            stop = len(rules[level][0])
+            nodes = list(range(start, stop))
+            mine = [k for k in nodes if shard is None or (adaptive.next_item() % shard[1]) == shard[0]]
+            self._integrate_nodes(
+                ctrl, sub, layer, probs, target, active, mine, alphas, weights[level:], acc[level:], h, below,
+                autocast, progress, internal_batch_size,
+            )  # fmt: skip
+            terms = h[active]
+            if adaptive.reduce is not None:
+                terms = adaptive.reduce(terms.to(probs.device)).double().cpu()
+            estimate = terms[:, :stop] @ weights[level, :stop]  # [active]: the level's integral of h
+            error[active] = (estimate - target_diff[active]).abs() / gap[active]
+            if adaptive.self_convergence:  # rounding dominates the gap: stop where the quadrature converged
+                change = (estimate - previous).abs() / gap[active] if previous is not None else None
+                done = change <= adaptive.tol if change is not None else torch.zeros_like(estimate, dtype=torch.bool)
+            else:
+                done = error[active] <= adaptive.tol
+            final[active[done]] = level
+            if level == n_levels - 1:
+                flagged[active[~done]] = True
+            active, previous = active[~done], estimate[~done]
+            start = stop
+            if not len(active):
+                break
+        chosen = acc[final.to(acc.device), torch.arange(batch, device=acc.device)]  # [batch, head, q, k]
+        used = torch.tensor([len(rules[int(level)][0]) for level in final], dtype=torch.long)
+        return probs * chosen, used, error, flagged
+
+    def _integrate_nodes(
+        self,
+        ctrl: AttentionController,
+        sub: dict[str, Tensor],
+        layer: int,
+        probs: Tensor,
+        target: Tensor,
+        rows: Tensor,
+        nodes: list[int],
+        alphas: Tensor,
+        weights: Tensor,
+        acc: Tensor,
+        h: Tensor,
+        below: Any,
+        autocast: Any,
+        progress: Any,
+        internal_batch_size: int | None,
+    ) -> None:
+        """Gradients at ``nodes`` for the examples ``rows``: add them to ``acc`` (weighted per level) and ``h``.
+
+        ``weights``/``acc`` hold the current and all finer levels (``[level, node]`` /
+        ``[level, batch, head, q, k]``); ``h`` gets ``sum(A * grad)`` per example and node.
+        """
+        if not nodes or not len(rows):
+            return
+        dev_rows = rows.to(probs.device)
+        part = {key: value.index_select(0, dev_rows) for key, value in sub.items()}
+        a_rows = probs.index_select(0, dev_rows)  # [rows, head, q, k]
+        tgt = target.index_select(0, dev_rows)
+        below_rows = _take_rows(below, dev_rows)
+        steps_per_pass = self._steps_per_pass(len(rows), len(nodes), internal_batch_size)
+        for begin in range(0, len(nodes), steps_per_pass):
+            chunk = nodes[begin : begin + steps_per_pass]
+            a = alphas[chunk].to(probs)
+            steps = len(chunk)
+            # [rows * step, head, query_pos, key_pos], example-major rows
+            x = (a.view(1, steps, 1, 1, 1) * a_rows.unsqueeze(1)).flatten(0, 1).requires_grad_(True)
+            logits = self._replaced_logits(ctrl, part, layer, x, steps, below_rows, autocast)
+            p = _target_prob(logits, tgt.repeat_interleave(steps))  # [rows * step]
+            (grad,) = torch.autograd.grad(p.sum(), x)
+            grad = grad.view(len(rows), steps, *grad.shape[1:]).to(acc.dtype)  # [rows, step, head, q, k]
+            w = weights[:, chunk].to(grad)  # [level, step]
+            acc[:, dev_rows] += torch.einsum("ls,bs...->lb...", w, grad)
+            h[rows[:, None], torch.tensor(chunk)[None, :]] = (
+                (grad * a_rows.unsqueeze(1)).flatten(2).sum(-1).double().cpu()
+            )  # [rows, step]
+            progress.update(1)
 
     def _baseline_prob(
         self,

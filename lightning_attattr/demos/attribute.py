@@ -39,7 +39,7 @@ def _tiny_model_and_tokens(text: str) -> tuple[torch.nn.Module, dict[str, torch.
 def main(
     text: str = "the movie was not bad at all",
     model: str | None = None,
-    n_steps: int = DEFAULT_N_STEPS,
+    n_steps: int | str = DEFAULT_N_STEPS,
     method: str = DEFAULT_METHOD,
     top: int = 8,
 ) -> None:
@@ -48,7 +48,7 @@ def main(
     Args:
         text: the sentence to explain.
         model: local model directory or hub name of a sequence classifier; default a tiny random BERT.
-        n_steps: integration steps.
+        n_steps: ``"auto"`` (adaptive) or a fixed number of integration steps.
         method: integration rule (riemann_left, riemann_right, riemann_middle, riemann_trapezoid, gausslegendre).
         top: how many connections to list.
     """
@@ -73,7 +73,8 @@ def main(
     attr = result.attributions[0]  # [layer, head, query_pos, key_pos]
     assert result.convergence_delta is not None and result.baseline_prob is not None
     print(
-        f"target class {int(result.target[0])}, probability {float(result.prob[0]):.4f}; {method} with {n_steps} steps"
+        f"target class {int(result.target[0])}, probability {float(result.prob[0]):.4f}; {method}, n_steps={n_steps} "
+        f"(nodes used per layer: {result.n_steps_used[0].tolist()})"
     )
     print(f"{'layer':>5} {'sum attr':>12} {'F(A)-F(0)':>12} {'delta':>10}")
     for li, layer in enumerate(result.layers):

@@ -21,7 +21,8 @@ def main(devices: int, out: str) -> None:
     torch.manual_seed(0)
     module = AttAttrClassifier(model_config=TINY, num_labels=2, task="synthetic")
     data = SyntheticDataModule(n_train=32, n_val=32, eval_batch_size=8)
-    monitor = AttributionMonitor(n_examples=3, n_steps=5, log_images=False)
+    # adaptive (the default): ranks must take the same refinement decisions from all-reduced terms
+    monitor = AttributionMonitor(n_examples=3, log_images=False)
     importance = HeadImportanceCallback(n_examples=7, n_steps=5, batch_size=2, taylor=True)
     pruning = HeadPruningCallback(fractions=[0.0, 0.25, 0.5, 1.0], n_examples=5, n_steps=4, batch_size=2)
     trainer = pl.Trainer(
@@ -41,6 +42,7 @@ def main(devices: int, out: str) -> None:
                 "world_size": trainer.world_size,
                 "maps": monitor.last_result["attributions"],
                 "delta": monitor.last_result["convergence_delta"],
+                "steps_used": monitor.last_result["n_steps_used"],
                 "importance": importance.importance,
                 "taylor": importance.taylor_importance,
                 "prune_importance": pruning.importance,

@@ -55,6 +55,7 @@ def test_monitor_logs_images_scalars_histograms_and_saves_maps(tmp_path):
     tags = events(trainer).Tags()
     for layer in (0, 1):
         assert f"attr/completeness_layer{layer}" in tags["scalars"]
+        assert [e.value for e in events(trainer).Scalars(f"attr/steps_layer{layer}")] == [4.0, 4.0]  # fixed rule
         assert f"attr/values_layer{layer}" in tags["histograms"]
         for i in (0, 1):
             assert f"attr/layer{layer}/example{i}" in tags["images"]

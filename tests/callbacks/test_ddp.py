@@ -26,6 +26,7 @@ def test_two_processes_equal_one(tmp_path):
     for a, b in zip(one["maps"], two["maps"]):  # integration steps split over ranks, partial maps summed
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(two["delta"], one["delta"], rtol=1e-4, atol=1e-7)
+    assert torch.equal(two["steps_used"], one["steps_used"])  # the same adaptive refinement on every rank
     for key in ("importance", "taylor", "prune_importance"):  # examples split over ranks, metric states summed
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-7)
     assert two["accuracy"] == one["accuracy"]  # same heads pruned on every rank, counts summed

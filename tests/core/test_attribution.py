@@ -216,7 +216,7 @@ def test_parameter_gradients_are_never_touched(bert):
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        (dict(n_steps=0), ValueError, "`n_steps` to be a positive integer, but got 0"),
+        (dict(n_steps=0), ValueError, '`n_steps` to be a positive integer or "auto", but got 0'),
         (dict(n_steps="8"), TypeError, "`n_steps` to be a positive integer"),
         (dict(method="simpson"), ValueError, r"`method` to be one of \[.*'riemann_left'.*\], but got 'simpson'"),
         (dict(layers=3), ValueError, r"`layers` to be in \[-3, 2\] \(the model has 3 layers\), but got 3"),
