@@ -23,7 +23,12 @@ from lightning_attattr.callbacks._protocol import (
     world,
 )
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
-from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, AttentionIntegratedGradients
+from lightning_attattr.core.attribution import (
+    COMPLETENESS_FLOOR,
+    DEFAULT_METHOD,
+    DEFAULT_N_STEPS,
+    AttentionIntegratedGradients,
+)
 from lightning_attattr.core.checks import (
     ArgumentTypeError,
     check_bool,
@@ -45,7 +50,8 @@ class AttributionMonitor(EpochEndAnalysis):
 
     - ``attr/layer{l}/example{i}``: a token x token heatmap of the map summed over heads (image),
     - ``attr_heads/layer{l}/example{i}``: a grid of the per-head maps (image),
-    - ``attr/completeness_layer{l}``: mean relative completeness gap over the probe set (scalar),
+    - ``attr/completeness_layer{l}``: mean relative completeness gap over the probe set, relative to
+      ``max(|F(A) - F(A := 0)|, 1e-3)`` as ``n_steps="auto"`` measures it (scalar),
     - ``attr/steps_layer{l}``: mean integration nodes used per probe example (scalar; with the
       adaptive default it shows where the integrand got harder),
     - ``attr/values_layer{l}``: histogram of the attribution values,
@@ -193,9 +199,9 @@ class AttributionMonitor(EpochEndAnalysis):
         }
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, result: dict[str, Any]) -> None:
-        gap = result["convergence_delta"].abs() / (result["prob"][:, None] - result["baseline_prob"]).abs().clamp_min(
-            1e-12
-        )  # [example, layer]
+        # relative to max(|F(A) - F(A := 0)|, floor): the quantity n_steps="auto" holds below its tolerance
+        change = (result["prob"][:, None] - result["baseline_prob"]).abs().clamp_min(COMPLETENESS_FLOOR)
+        gap = result["convergence_delta"].abs() / change  # [example, layer]
         for li, layer in enumerate(result["layers"]):
             pl_module.log(f"attr/completeness_layer{layer}", float(gap[:, li].mean()), rank_zero_only=True)
             steps = result["n_steps_used"][:, li].double()  # integration nodes per probe example (adaptive: 3..63)

@@ -122,3 +122,17 @@ def test_every_n_epochs(tmp_path):
 def test_bad_arguments(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         AttributionMonitor(**kwargs)
+
+
+def test_adaptive_monitor_keeps_the_logged_completeness_gap_below_the_tolerance(tmp_path):
+    monitor = AttributionMonitor(n_examples=3, log_images=False)  # n_steps="auto", completeness_tol=1e-3
+    module, data, trainer = setup_run(tmp_path, [monitor])
+    trainer.fit(module, data)
+    acc = events(trainer)
+    for layer in (0, 1):
+        gaps = [e.value for e in acc.Scalars(f"attr/completeness_layer{layer}")]
+        steps = [e.value for e in acc.Scalars(f"attr/steps_layer{layer}")]
+        assert len(gaps) == 2 and max(gaps) <= 1e-3
+        assert len(steps) == 2 and all(3 <= s <= 63 for s in steps)  # mean nodes over the probe examples
+    saved = monitor.last_result
+    assert saved["n_steps"] == "auto" and not bool(saved["unconverged"].any())
