@@ -785,24 +785,41 @@ class AttentionIntegratedGradients:
         progress: Any,
     ) -> tuple[Tensor, Tensor | None]:
         """``A * sum_k w_k dF(alpha_k A)/dA`` for one layer of one group: ``[batch, head, query_pos, key_pos]``."""
-        batch = probs.shape[0]
         grad_sum = torch.zeros_like(probs)
         f_zero = None  # F(alpha = 0) when one of the computed steps is alpha = 0
         for start in range(0, len(alphas), steps_per_pass):
             a = alphas[start : start + steps_per_pass].to(probs)
             w = weights[start : start + steps_per_pass].to(probs)
-            steps = len(a)
-            # [batch * step, head, query_pos, key_pos], example-major rows
-            x = (a.view(1, steps, 1, 1, 1) * probs.unsqueeze(1)).flatten(0, 1).requires_grad_(True)
-            logits = self._replaced_logits(ctrl, sub, layer, x, steps, below, autocast)  # [batch * step, classes]
-            p = _target_prob(logits, target.repeat_interleave(steps))  # [batch * step]
-            (grad,) = torch.autograd.grad((p * w.repeat(batch)).sum(), x)
-            grad_sum += grad.view(batch, steps, *grad.shape[1:]).sum(1)
+            grad, p = self._step_gradients(ctrl, sub, layer, probs, target, a, below, autocast)
+            grad_sum += torch.einsum("s,bs...->b...", w, grad)
             zero = (a == 0).nonzero()
             if zero.numel():
-                f_zero = p.detach().view(batch, steps)[:, int(zero[0])]
+                f_zero = p[:, int(zero[0])]
             progress.update(1)
         return probs * grad_sum, f_zero
+
+    def _step_gradients(
+        self,
+        ctrl: AttentionController,
+        sub: dict[str, Tensor],
+        layer: int,
+        probs: Tensor,
+        target: Tensor,
+        alphas: Tensor,
+        below: Any,
+        autocast: Any,
+    ) -> tuple[Tensor, Tensor]:
+        """``dF(alpha A)/dA`` ``[batch, step, head, query_pos, key_pos]`` and ``F(alpha A)`` ``[batch, step]``.
+
+        One batched forward/backward for all examples of ``sub`` and all ``alphas`` (``[step]``).
+        """
+        batch, steps = probs.shape[0], len(alphas)
+        # [batch * step, head, query_pos, key_pos], example-major rows
+        x = (alphas.view(1, steps, 1, 1, 1) * probs.unsqueeze(1)).flatten(0, 1).requires_grad_(True)
+        logits = self._replaced_logits(ctrl, sub, layer, x, steps, below, autocast)  # [batch * step, classes]
+        p = _target_prob(logits, target.repeat_interleave(steps))  # [batch * step]
+        (grad,) = torch.autograd.grad(p.sum(), x)
+        return grad.view(batch, steps, *grad.shape[1:]), p.detach().view(batch, steps)
 
     def _integrate_adaptive(
         self,
@@ -908,14 +925,10 @@ class AttentionIntegratedGradients:
         steps_per_pass = self._steps_per_pass(len(rows), len(nodes), internal_batch_size)
         for begin in range(0, len(nodes), steps_per_pass):
             chunk = nodes[begin : begin + steps_per_pass]
-            a = alphas[chunk].to(probs)
-            steps = len(chunk)
-            # [rows * step, head, query_pos, key_pos], example-major rows
-            x = (a.view(1, steps, 1, 1, 1) * a_rows.unsqueeze(1)).flatten(0, 1).requires_grad_(True)
-            logits = self._replaced_logits(ctrl, part, layer, x, steps, below_rows, autocast)
-            p = _target_prob(logits, tgt.repeat_interleave(steps))  # [rows * step]
-            (grad,) = torch.autograd.grad(p.sum(), x)
-            grad = grad.view(len(rows), steps, *grad.shape[1:]).to(acc.dtype)  # [rows, step, head, q, k]
+            grad, _ = self._step_gradients(
+                ctrl, part, layer, a_rows, tgt, alphas[chunk].to(probs), below_rows, autocast
+            )
+            grad = grad.to(acc.dtype)  # [rows, step, head, q, k]
             w = weights[:, chunk].to(grad)  # [level, step]
             acc[:, dev_rows] += torch.einsum("ls,bs...->lb...", w, grad)
             h[rows[:, None], torch.tensor(chunk)[None, :]] = (
