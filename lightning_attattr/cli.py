@@ -188,8 +188,17 @@ class AttAttrCLI(LightningCLI):
                 self._new_dirs.append(highest)
 
     def _remove_new_dirs(self) -> None:
+        """Remove the half-made run directory of a run that failed before it produced anything.
+
+        A run that trained (a global step was taken) or wrote a checkpoint keeps its directory: a
+        user error late in a run must not cost its checkpoints and logs.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.global_step > 0:
+            return
         for path in self._new_dirs:
-            shutil.rmtree(path, ignore_errors=True)
+            if path.exists() and not any(path.rglob("*.ckpt")):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _class_name(data: Any) -> str:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 
@@ -286,7 +287,6 @@ def test_every_callback_by_short_name_in_every_config(config, callback, capsys):
 
 # ----------------------------------------------------------------------------- the contract itself
 def test_deberta_fine_tunes_but_attattr_callbacks_refuse_it(tmp_path):
-    import pytorch_lightning as pl
 
     from lightning_attattr.callbacks import AttributionMonitor
     from lightning_attattr.data.modules import SyntheticDataModule
@@ -361,7 +361,6 @@ def test_fast_dev_run_writes_nothing_in_the_working_directory(tmp_path, monkeypa
 
 
 def test_callback_layers_are_checked_in_setup_outside_the_cli(tmp_path):
-    import pytorch_lightning as pl
 
     from lightning_attattr.callbacks import AttributionMonitor
     from lightning_attattr.data.modules import SyntheticDataModule
@@ -374,3 +373,21 @@ def test_callback_layers_are_checked_in_setup_outside_the_cli(tmp_path):
     with pytest.raises(ValueError, match=r"`AttributionMonitor.layers` to be in \[-2, 1\].*but got 99"):
         trainer.fit(module, dm)
     assert trainer.global_step == 0  # refused before the first training step, not after an epoch
+
+
+class FailLate(pl.Callback):
+    """Raises a user error at the end of the first training epoch (after a checkpoint could exist)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        raise ArgumentError("Expected `late` to be fine, but got a late failure.")
+
+
+def test_a_user_error_late_in_a_run_keeps_its_directory(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as info:
+        late = "--trainer.callbacks+=tests.test_cli_errors.FailLate"
+        args = ["fit", "--config", CONFIGS["quickstart"], late, "--trainer.max_epochs=2",
+                "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]  # fmt: skip
+        run(args, runs)
+    assert info.value.code == 2 and "a late failure" in capsys.readouterr().err
+    assert any(runs.rglob("events.out.tfevents*"))  # logs of the steps it took are kept
