@@ -24,10 +24,10 @@ from lightning_attattr.callbacks._protocol import (
 )
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
 from lightning_attattr.core.attribution import (
-    COMPLETENESS_FLOOR,
     DEFAULT_METHOD,
     DEFAULT_N_STEPS,
     AttentionIntegratedGradients,
+    completeness_scale,
 )
 from lightning_attattr.core.checks import (
     ArgumentTypeError,
@@ -199,9 +199,9 @@ class AttributionMonitor(EpochEndAnalysis):
         }
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, result: dict[str, Any]) -> None:
-        # relative to max(|F(A) - F(A := 0)|, floor): the quantity n_steps="auto" holds below its tolerance
-        change = (result["prob"][:, None] - result["baseline_prob"]).abs().clamp_min(COMPLETENESS_FLOOR)
-        gap = result["convergence_delta"].abs() / change  # [example, layer]
+        # the relative error n_steps="auto" holds below its tolerance (recomputed: under DDP the delta is reduced here)
+        scale = completeness_scale(result["prob"][:, None], result["baseline_prob"])
+        gap = result["convergence_delta"].abs() / scale  # [example, layer]
         for li, layer in enumerate(result["layers"]):
             pl_module.log(f"attr/completeness_layer{layer}", float(gap[:, li].mean()), rank_zero_only=True)
             steps = result["n_steps_used"][:, li].double()  # integration nodes per probe example (adaptive: 3..63)

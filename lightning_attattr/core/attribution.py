@@ -323,7 +323,7 @@ def _subset(batch: _Batch, index: list[int]) -> dict[str, Tensor]:
 
 @dataclass
 class _Adaptive:
-    """Settings and shared state of one ``n_steps="auto"`` call."""
+    """Settings, the nested rule and shared state of one ``n_steps="auto"`` call."""
 
     tol: float
     n_levels: int
@@ -331,9 +331,27 @@ class _Adaptive:
     self_convergence: bool  # under autocast: successive levels must agree (rounding dominates the gap)
     item: int = 0  # work-item counter: (group, layer, level, node) items are dealt round-robin to shards
 
+    def __post_init__(self) -> None:
+        rules = [nested_rule(level) for level in range(self.n_levels)]
+        self.sizes = [len(alphas) for alphas, _ in rules]  # nodes per level
+        self.alphas = torch.tensor(rules[-1][0], dtype=torch.float64)  # [node]: level l uses the first sizes[l]
+        self.weights = torch.zeros(self.n_levels, self.sizes[-1], dtype=torch.float64)  # [level, node]
+        for level, (_, w) in enumerate(rules):
+            self.weights[level, : len(w)] = torch.tensor(w, dtype=torch.float64)
+
     def next_item(self) -> int:
         self.item += 1
         return self.item - 1
+
+
+def completeness_scale(prob: Tensor, baseline_prob: Tensor) -> Tensor:
+    """``max(|F(A) - F(A := 0)|, COMPLETENESS_FLOOR)``: what a completeness gap is divided by.
+
+    The relative completeness error that ``n_steps="auto"`` holds below its tolerance, that
+    :attr:`AttributionResult.completeness_error` reports and the callbacks log, is
+    ``|convergence_delta| / completeness_scale(prob, baseline_prob)`` (shapes broadcast).
+    """
+    return (prob - baseline_prob).abs().clamp_min(COMPLETENESS_FLOOR)
 
 
 def _take_rows(value: Any, rows: Tensor) -> Any:
@@ -628,42 +646,25 @@ class AttentionIntegratedGradients:
                         ctrl, sub, layer, probs_a[layer], tgt, f_full, f_zero, below, autocast, progress, adaptive,
                         internal_batch_size, shard,
                     )  # fmt: skip
-                    used_out[index, li] = used
                     assert error_out is not None and flag_out is not None
-                    error_out[index, li] = error
-                    flag_out[index, li] = flagged
-                    for j, i in enumerate(index):
-                        per_example[i].append(self._crop(batch, i, attr[j]))
-                    f_zero = f_zero.double().cpu()
-                    assert base_out is not None and delta_out is not None
-                    base_out[index, li] = f_zero
-                    delta_out[index, li] = attr.flatten(1).sum(1).double().cpu() - share * (f_full - f_zero)
-                    continue
-                mine = torch.tensor(owned[gi][li], dtype=torch.long)
-                attr, f_zero = self._integrate(
-                    ctrl,
-                    sub,
-                    layer,
-                    probs_a[layer],
-                    tgt,
-                    alpha_t[mine],
-                    weight_t[mine],
-                    steps,
-                    below,
-                    autocast,
-                    progress,
-                )
+                    used_out[index, li], error_out[index, li], flag_out[index, li] = used, error, flagged
+                else:
+                    mine = torch.tensor(owned[gi][li], dtype=torch.long)
+                    attr, f_zero = self._integrate(
+                        ctrl, sub, layer, probs_a[layer], tgt, alpha_t[mine], weight_t[mine], steps, below, autocast,
+                        progress,
+                    )  # fmt: skip
+                    if base_out is not None and f_zero is None:
+                        f_zero = self._baseline_prob(ctrl, sub, layer, probs_a[layer], tgt, below, autocast)
                 for j, i in enumerate(index):
                     per_example[i].append(self._crop(batch, i, attr[j]))
                 if base_out is not None and delta_out is not None:
-                    if f_zero is None:
-                        f_zero = self._baseline_prob(ctrl, sub, layer, probs_a[layer], tgt, below, autocast)
+                    assert f_zero is not None
                     f_zero = f_zero.double().cpu()
                     base_out[index, li] = f_zero
                     delta_out[index, li] = attr.flatten(1).sum(1).double().cpu() - share * (f_full - f_zero)
-                    if shard is None and error_out is not None:
-                        gap = (f_full - f_zero).abs().clamp_min(COMPLETENESS_FLOOR)
-                        error_out[index, li] = delta_out[index, li].abs() / gap
+                    if adaptive is None and shard is None and error_out is not None:  # a shard's delta is partial
+                        error_out[index, li] = delta_out[index, li].abs() / completeness_scale(f_full, f_zero)
             target_out[index] = tgt.cpu()
             prob_out[index] = f_full
         return AttributionResult(
@@ -845,18 +846,14 @@ class AttentionIntegratedGradients:
             unconverged flags ``[batch]``.
         """
         batch = probs.shape[0]
-        n_levels = adaptive.n_levels
-        rules = [nested_rule(level) for level in range(n_levels)]
-        n_nodes = len(rules[-1][0])
-        alphas = torch.tensor(rules[-1][0], dtype=torch.float64)  # [node]: level l uses the first NESTED_LEVELS[l]
-        weights = torch.zeros(n_levels, n_nodes, dtype=torch.float64)  # [level, node]
-        for level, (_, w) in enumerate(rules):
-            weights[level, : len(w)] = torch.tensor(w, dtype=torch.float64)
+        n_levels, alphas, weights = adaptive.n_levels, adaptive.alphas, adaptive.weights
+        n_nodes = adaptive.sizes[-1]
         # acc[level]: sum_k weights[level, k] * dF/dA(alpha_k A) over the nodes computed so far
         acc = torch.zeros(n_levels, *probs.shape, dtype=probs.dtype, device=probs.device)
         h = torch.zeros(batch, n_nodes, dtype=torch.float64)  # [batch, node]: sum(A * grad) (this shard's nodes)
-        target_diff = (f_full - f_zero.double().cpu()).double()  # [batch]
-        gap = target_diff.abs().clamp_min(COMPLETENESS_FLOOR)
+        f_zero = f_zero.double().cpu()
+        target_diff = f_full - f_zero  # [batch]
+        gap = completeness_scale(f_full, f_zero)
         final = torch.full((batch,), n_levels - 1, dtype=torch.long)
         error = torch.zeros(batch, dtype=torch.float64)
         flagged = torch.zeros(batch, dtype=torch.bool)
@@ -864,7 +861,7 @@ class AttentionIntegratedGradients:
         previous: Tensor | None = None
         start = 0
         for level in range(n_levels):
-            stop = len(rules[level][0])
+            stop = adaptive.sizes[level]
             nodes = list(range(start, stop))
             mine = [k for k in nodes if shard is None or (adaptive.next_item() % shard[1]) == shard[0]]
             self._integrate_nodes(
@@ -889,7 +886,7 @@ class AttentionIntegratedGradients:
             if not len(active):
                 break
         chosen = acc[final.to(acc.device), torch.arange(batch, device=acc.device)]  # [batch, head, q, k]
-        used = torch.tensor([len(rules[int(level)][0]) for level in final], dtype=torch.long)
+        used = torch.tensor(adaptive.sizes)[final]  # [batch]
         return probs * chosen, used, error, flagged
 
     def _integrate_nodes(

@@ -154,11 +154,10 @@ def export_checkpoint(checkpoint_path: str | Path, output_dir: str | Path) -> Pa
     """
     from lightning_attattr.lightning.classifier import AttAttrClassifier
 
-    checkpoint = read_checkpoint(checkpoint_path)
-    module = AttAttrClassifier.load_from_checkpoint(checkpoint_path, map_location="cpu")
+    module = AttAttrClassifier.load_from_checkpoint(checkpoint_path, map_location="cpu")  # checks the file
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     module.model.save_pretrained(out)
-    if checkpoint.get(TOKENIZER_KEY):
-        write_files(checkpoint[TOKENIZER_KEY], out)
+    if module.stored_tokenizer_files:
+        write_files(module.stored_tokenizer_files, out)
     return out

@@ -291,6 +291,15 @@ class AttAttrClassifier(pl.LightningModule):
         )
 
     @property
+    def stored_tokenizer_files(self) -> dict[str, bytes] | None:
+        """Tokenizer files (``{name: bytes}``) that go into this module's checkpoints, or ``None``.
+
+        Those of the checkpoint the module was loaded from, or the data module's tokenizer serialised
+        at the first save.
+        """
+        return self._tokenizer_files
+
+    @property
     def tokenizer(self) -> Any:
         """The tokenizer stored in the checkpoint this module was loaded from, else the data module's, else ``None``."""
         if self._tokenizer is None and self._tokenizer_files:
