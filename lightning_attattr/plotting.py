@@ -328,8 +328,15 @@ def pruning_curve(
     curves: Mapping[str, Sequence[float]],
     metric_name: str = "accuracy",
     title: str | None = None,
+    bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    xlabel: str = "heads pruned",
+    percent: bool = True,
 ) -> Figure:
     """Metric against the fraction of heads pruned, one line per head-ranking method.
+
+    ``bands`` shades a ``(low, high)`` range around the curve of the same name (e.g. the spread of
+    the random baseline over seeds); ``percent=False`` with another ``xlabel`` plots any x values
+    (e.g. heads pruned per layer).
 
     Args:
         fractions: ``[n_points]`` fractions of heads pruned, each in ``[0, 1]`` (plotted as
@@ -338,6 +345,10 @@ def pruning_curve(
             ``[n_points]`` metric values at ``fractions``. ``NaN`` leaves a gap.
         metric_name: y-axis label. Default ``"accuracy"``.
         title: Axes title; none by default.
+        bands: optional ``name -> (low, high)`` ranges shaded around the curve of that name.
+        xlabel: x-axis label. Default ``"heads pruned"``.
+        percent: ``fractions`` are fractions in ``[0, 1]`` shown as percentages (default); ``False``
+            plots any x values as they are.
 
     Returns:
         A new figure with one axes holding one line (with markers) per entry of ``curves``, in
@@ -350,7 +361,7 @@ def pruning_curve(
             ``title`` is not a string.
     """
     x = _as_array("fractions", fractions, ("n_points",))
-    if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1:
+    if percent and (not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1):
         raise ArgumentError(
             f"Expected `fractions` to be fractions of heads pruned in [0, 1], but got {x.tolist()} "
             "(pass percentages divided by 100)."
@@ -378,9 +389,13 @@ def pruning_curve(
     ax = fig.add_subplot()
     markers = "osD^vP*X"
     for k, (name, y) in enumerate(ys.items()):
-        ax.plot(x, y, marker=markers[k % len(markers)], label=name)
-    ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
-    ax.set_xlabel("heads pruned")
+        (line,) = ax.plot(x, y, marker=markers[k % len(markers)], label=name)
+        if bands and name in bands:
+            low, high = (np.asarray(v, dtype=float) for v in bands[name])
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    if percent:
+        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric_name)
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -425,3 +440,55 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     alpha = rgba[..., 3:].astype(np.float32) / 255.0
     rgb = rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
     return np.ascontiguousarray(np.rint(rgb).astype(np.uint8))
+
+
+def scatter_grid(vectors: Mapping[str, Any], title: str | None = None) -> Figure:
+    """Pairwise scatter plots of importance vectors (one point per head), Pearson r in each panel.
+
+    Args:
+        vectors: name -> ``[layer, head]`` (or flat) importance, all of one size; at least two.
+        title: figure title; none by default.
+    """
+    from lightning_attattr.analysis.universality import pearson, spearman
+
+    names = list(vectors)
+    if len(names) < 2:
+        raise ArgumentError(f"Expected at least two importance vectors to compare, but got {len(names)}.")
+    import torch
+
+    flat = {n: torch.as_tensor(np.asarray(vectors[n], dtype=float)).flatten() for n in names}
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    cols = min(3, len(pairs))
+    rows = (len(pairs) + cols - 1) // cols
+    fig = _new_figure((3.2 * cols, 3.0 * rows))
+    for k, (a, b) in enumerate(pairs):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.scatter(flat[a].numpy(), flat[b].numpy(), s=10, alpha=0.7)
+        ax.set_xlabel(a, fontsize=8)
+        ax.set_ylabel(b, fontsize=8)
+        ax.set_title(f"r={pearson(flat[a], flat[b]):.2f}  rho={spearman(flat[a], flat[b]):.2f}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    if title is not None:
+        fig.suptitle(_check_title(title))
+    fig.tight_layout()
+    return fig
+
+
+def correlation_heatmap(matrix: Sequence[Sequence[float]], names: Sequence[str], title: str | None = None) -> Figure:
+    """A ``[name, name]`` correlation matrix in [-1, 1] with the values written in the cells."""
+    arr = np.asarray(matrix, dtype=float)
+    if arr.shape != (len(names), len(names)):
+        raise ArgumentError(f"Expected a {len(names)} x {len(names)} matrix (one row per name), but got {arr.shape}.")
+    fig = _new_figure((1.2 + 0.9 * len(names), 1.0 + 0.8 * len(names)))
+    ax = fig.add_subplot()
+    image = ax.imshow(arr, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(names)), labels=list(names), rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), labels=list(names), fontsize=8)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, "" if np.isnan(arr[i, j]) else f"{arr[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    if title is not None:
+        ax.set_title(_check_title(title))
+    fig.tight_layout()
+    return fig

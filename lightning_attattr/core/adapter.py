@@ -177,8 +177,12 @@ def register_attention() -> None:
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
 
 
-def check_head_mask(mask: object, n_layers: int, n_heads: int, name: str = "head_mask") -> Tensor | None:
+def check_head_mask(
+    mask: object, n_layers: int, n_heads: int, name: str = "head_mask", per_row: bool = False
+) -> Tensor | None:
     """Return ``mask`` if it is ``None`` or a ``[n_layers, n_heads]`` tensor, else raise.
+
+    With ``per_row=True`` a ``[rows, n_layers, n_heads]`` tensor (one mask per batch row) is accepted too.
 
     Raises:
         TypeError: not a tensor (nor ``None``).
@@ -188,11 +192,12 @@ def check_head_mask(mask: object, n_layers: int, n_heads: int, name: str = "head
         return None
     if not isinstance(mask, Tensor):
         raise ArgumentTypeError(f"Expected `{name}` to be a tensor or None, but got {type(mask).__name__}.")
-    if tuple(mask.shape) != (n_layers, n_heads):
-        raise ArgumentError(
-            f"Expected `{name}` of shape [layer, head] = {[n_layers, n_heads]}, but got {list(mask.shape)}."
-        )
-    return mask
+    if tuple(mask.shape) == (n_layers, n_heads) or (
+        per_row and mask.dim() == 3 and tuple(mask.shape[1:]) == (n_layers, n_heads)
+    ):
+        return mask
+    allowed = f"[layer, head] = {[n_layers, n_heads]}" + (f" or [row, {n_layers}, {n_heads}]" if per_row else "")
+    raise ArgumentError(f"Expected `{name}` of shape {allowed}, but got {list(mask.shape)}.")
 
 
 class AttentionController:
@@ -201,7 +206,8 @@ class AttentionController:
     Created by :func:`attention_scope`; do not construct directly. Public state:
 
     - ``head_mask``: ``None`` or a ``[layer, head]`` tensor that multiplies every layer's attention
-      probabilities (0 removes a head, values in between scale it), in every forward of the scope.
+      probabilities (0 removes a head, values in between scale it), in every forward of the scope;
+      ``[row, layer, head]`` gives every batch row its own mask (``rows`` must equal the batch size).
     - ``use_sdpa``: let layers that need no probabilities use the fused SDPA kernel (faster; the
       returned attention weights of those layers are then ``None``).
 
@@ -233,12 +239,12 @@ class AttentionController:
 
     # ----------------------------------------------------------------- public helpers
     def set_head_mask(self, head_mask: Tensor | None) -> None:
-        """Set (or clear with ``None``) the ``[layer, head]`` multiplicative head mask."""
-        self.head_mask = check_head_mask(head_mask, self.n_layers, self.n_heads)
+        """Set (or clear with ``None``) the multiplicative head mask: ``[layer, head]`` or ``[row, layer, head]``."""
+        self.head_mask = check_head_mask(head_mask, self.n_layers, self.n_heads, per_row=True)
 
     @contextlib.contextmanager
     def masked(self, head_mask: Tensor | None) -> Iterator[None]:
-        """Temporarily apply ``head_mask`` (``[layer, head]``); the previous mask is restored on exit."""
+        """Temporarily apply ``head_mask`` (``[layer, head]`` or ``[row, layer, head]``); restored on exit."""
         previous = self.head_mask
         self.set_head_mask(head_mask)
         try:
@@ -365,9 +371,11 @@ class AttentionController:
                 )
             out = self._keep_context(layer, torch.matmul(probs.to(value.dtype), value))
             return out.transpose(1, 2).contiguous(), probs
-        mask_row = None if self.head_mask is None else self.head_mask[layer]
-        if mask_row is not None and kept is not None:
-            mask_row = mask_row.index_select(0, kept.to(mask_row.device))
+        mask_row = None  # [1 or rows, head] multipliers of this layer
+        if self.head_mask is not None:
+            mask_row = self.head_mask[layer][None] if self.head_mask.dim() == 2 else self.head_mask[:, layer]
+            if kept is not None:
+                mask_row = mask_row.index_select(1, kept.to(mask_row.device))
         if self.use_sdpa and layer not in self._capture and mask_row is None:
             attn_mask = _expand_rows(attention_mask, query.shape[0])
             if attn_mask is not None and attn_mask.dtype != torch.bool:
@@ -383,7 +391,12 @@ class AttentionController:
             return self._keep_context(layer, out).transpose(1, 2).contiguous(), None
         probs = _eager_probs(query, key, attention_mask, scaling)
         if mask_row is not None:
-            probs = probs * mask_row.to(device=probs.device, dtype=probs.dtype).view(1, -1, 1, 1)
+            if mask_row.shape[0] not in (1, probs.shape[0]):
+                raise ArgumentError(
+                    f"Expected a per-row head mask with one row per batch row ({probs.shape[0]}), but got "
+                    f"{mask_row.shape[0]} rows."
+                )
+            probs = probs * mask_row.to(device=probs.device, dtype=probs.dtype)[:, :, None, None]
         if layer in self._capture:
             captured = probs.detach()
             if kept is not None:  # removed heads attend nowhere: zeros at their original index

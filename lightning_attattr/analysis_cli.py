@@ -1,0 +1,619 @@
+"""The ``analyze.py`` command line: the paper's experiments on a trained model, offline.
+
+Subcommands on one model (LightningCLI, exactly like ``train.py``: ``--config``, ``--print_config``,
+``--model.*``, ``--data.*``, ``--trainer.*``):
+
+- ``attribute``: AttAttr maps of chosen dev examples (``--indices``) or raw text (``--text``);
+- ``heads``: head importance by every method, pruning curves, optional structural pruning;
+- ``effectiveness``: per-example AttAttr vs attention rankings, ``k`` heads pruned per layer.
+
+and one over several ``heads`` results folders:
+
+- ``universality``: correlations of importance across tasks, transferred pruning curves.
+
+A run is read the way ``train.py`` left it: ``--config runs/<name>/version_N/config.yaml --ckpt_path
+runs/<name>/version_N/checkpoints/last.ckpt`` rebuilds model, data module and tokenizer; a Hugging
+Face model directory or hub name with ``--data.*`` options works too. Only the trainer's hardware
+settings are used (``accelerator``, ``devices``, ``strategy``, ``num_nodes``, ``precision``): the
+config's callbacks and logger belong to training and are dropped; the analysis writes its own
+TensorBoard events under ``<output_dir>/tensorboard``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from lightning_attattr.analysis.heads import METHODS
+from lightning_attattr.analysis.store import ResultsFolder, write_json
+from lightning_attattr.cli import AttAttrCLI
+from lightning_attattr.core.approximation import validate_method, validate_n_steps
+from lightning_attattr.core.checks import (
+    ArgumentError,
+    check_bool,
+    check_choice,
+    check_existing_dir,
+    check_fractions,
+    check_number,
+    check_positive_int,
+    check_seed,
+)
+from lightning_attattr.core.importance import PRUNING_FRACTIONS
+from lightning_attattr.lightning.checkpoints import read_checkpoint
+from lightning_attattr.lightning.classifier import AttAttrClassifier
+
+PROG = "analyze.py"
+SUBCOMMANDS = ("attribute", "heads", "effectiveness")
+# the trainer settings an analysis uses; the rest of a training config's `trainer:` is ignored
+HARDWARE_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision")
+
+
+def _is_main() -> bool:
+    """Rank zero of the job (read from the launcher's environment, valid before the trainer sets up)."""
+    return rank_zero_only.rank == 0
+
+
+def _load_weights(model: pl.LightningModule, ckpt_path: str | None) -> None:
+    checkpoint = read_checkpoint(ckpt_path, name="ckpt_path")
+    hook = getattr(model, "on_load_checkpoint", None)
+    if callable(hook):
+        hook(checkpoint)  # e.g. rebuilds the pruned structure before the weights load
+    model.load_state_dict(checkpoint["state_dict"])
+
+
+def _hf_model(model: pl.LightningModule) -> torch.nn.Module:
+    from lightning_attattr.callbacks._protocol import resolve_model
+
+    return resolve_model(model)
+
+
+def _task(datamodule: Any, model: Any) -> tuple[str | None, tuple[str, ...]]:
+    name = getattr(datamodule, "task_name", None) or getattr(getattr(model, "hparams", {}), "get", lambda *_: None)(
+        "task"
+    )
+    metrics: tuple[str, ...] = ("acc",)
+    if name:
+        try:
+            from lightning_attattr.data.glue import get_task
+
+            metrics = tuple(get_task(name).metrics)
+        except ArgumentError:
+            pass
+    return name, metrics
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "pytorch-lightning", "lightning-attattr"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _commit() -> str | None:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
+    return done.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+class AnalysisTrainer(pl.Trainer):
+    """A Lightning ``Trainer`` with the analysis experiments as methods (the subcommands of ``analyze.py``).
+
+    Each method runs its per-example work through ``self.predict`` (so the trainer's strategy
+    splits it across processes) and writes an ``output_dir`` results folder; from Python::
+
+        trainer = AnalysisTrainer(accelerator="cpu", devices=1, logger=False)
+        trainer.heads(module, datamodule, output_dir="results/sst2-heads")
+    """
+
+    analysis_arguments: dict[str, Any] | None = None  # set by the CLI: the config that decides the results
+    analysis_config: dict[str, Any] | None = None  # set by the CLI: the whole config, for summary.json
+
+    # ----------------------------------------------------------------- subcommands
+    def attribute(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        weights_only: bool | None = None,
+        output_dir: str = "results/attribute",
+        overwrite: bool = False,
+        indices: list[int] | None = None,
+        text: list[str] | None = None,
+        text_pair: list[str] | None = None,
+        target: str | int = "predicted",
+        layers: list[int] | None = None,
+        n_steps: int | Literal["auto"] = "auto",
+        method: str = "gausslegendre",
+        completeness_tol: float = 1e-3,
+        batch_size: int = 8,
+        plots: bool = True,
+    ) -> dict[str, Any]:
+        """AttAttr maps of chosen dev examples or raw text, saved per example with plots.
+
+        Args:
+            model: the classifier (built from ``--config``/``--model``).
+            datamodule: the data module (dev examples, tokenizer).
+            ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
+            weights_only: unused (accepted so that training configs parse).
+            output_dir: results folder (``examples/*.pt``, ``attributions.json``, ``plots/``, ``summary.json``).
+            overwrite: replace a results folder that holds results of other arguments.
+            indices: dev-set example indices (0-based, file order); default ``[0]`` when no ``text`` is given.
+            text: raw input texts (first segments).
+            text_pair: second segments for pair tasks, one per ``text``.
+            target: ``"predicted"``, ``"labels"`` (gold, dev examples only) or a class index.
+            layers: layers to attribute (default all; negative counts from the end).
+            n_steps: ``"auto"`` (adaptive, meets ``completeness_tol``) or a fixed number of steps.
+            method: integration rule (``gausslegendre``, ``riemann_left``, ...).
+            completeness_tol: relative completeness tolerance of ``n_steps="auto"``.
+            batch_size: examples per attribution batch.
+            plots: write one PNG/SVG per example (head-summed map of every layer).
+        """
+        check_positive_int("batch_size", batch_size)
+        validate_n_steps(n_steps, allow_auto=True)
+        validate_method(method)
+        check_bool("plots", plots)
+        if target not in ("predicted", "labels") and not (isinstance(target, int) and not isinstance(target, bool)):
+            raise ArgumentError(f"Expected `target` to be 'predicted', 'labels' or a class index, but got {target!r}.")
+        net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        tokenizer = datamodule.tokenizer
+        if text_pair is not None and (text is None or len(text_pair) != len(text)):
+            raise ArgumentError(
+                f"Expected `text_pair` to give one second segment per `text` ({0 if text is None else len(text)}), "
+                f"but got {len(text_pair)}."
+            )
+        if text and target == "labels":
+            raise ArgumentError(
+                "Expected `target` 'predicted' or a class index for `text` inputs (they have no gold label), "
+                "but got 'labels'."
+            )
+        items: list[dict[str, Any]] = []
+        names: list[str] = []
+        if indices or not text:
+            from lightning_attattr.lightning.experiments import dev_split
+
+            split = dev_split(datamodule)
+            dev = datamodule.dataset(split)
+            for i in indices or [0]:
+                if not 0 <= i < len(dev):
+                    raise ArgumentError(f"Expected `indices` in [0, {len(dev) - 1}] (the {split} set), but got {i}.")
+                items.append(dict(dev[i]))
+                names.append(f"{split}-{i:06d}")
+        for k, sentence in enumerate(text or []):
+            args = (sentence,) if text_pair is None else (sentence, text_pair[k])
+            encoded = tokenizer(*args, truncation=True, max_length=getattr(datamodule, "max_length", 512))
+            items.append({key: list(v) for key, v in encoded.items()})
+            names.append(f"text-{k:03d}")
+        gold = [item.get("labels") for item in items]
+        if text:  # one batch may mix dev examples and texts: labels only in the index, not in the batch
+            items = [{k: v for k, v in item.items() if k != "labels"} for item in items]
+        tokens = [tokenizer.convert_ids_to_tokens(item["input_ids"]) for item in items]
+        from lightning_attattr.lightning.experiments import run_attribute
+
+        options = dict(indices=indices, text=text, text_pair=text_pair, target=target, layers=layers, n_steps=n_steps,
+                       method=method, completeness_tol=completeness_tol)  # fmt: skip
+        return self._run_analysis(
+            "attribute", output_dir, overwrite, options,
+            lambda folder: run_attribute(
+                self, net, datamodule, folder, dataset=items, indices=list(range(len(items))), names=names,
+                tokens=tokens, labels=gold, target=target, layers=layers, n_steps=n_steps, method=method,
+                completeness_tol=completeness_tol, batch_size=batch_size, plots=plots,
+            ),
+        )  # fmt: skip
+
+    def heads(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        weights_only: bool | None = None,
+        output_dir: str = "results/heads",
+        overwrite: bool = False,
+        methods: list[str] = list(METHODS),  # noqa: B006 (jsonargparse shows the default)
+        n_examples: int = 200,
+        fractions: list[float] = list(PRUNING_FRACTIONS),  # noqa: B006
+        random_seeds: list[int] = [0, 1, 2],  # noqa: B006
+        n_steps: int | Literal["auto"] = "auto",
+        method: str = "gausslegendre",
+        completeness_tol: float = 1e-3,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        max_eval_examples: int | None = None,
+        structural: bool = False,
+        latency_batches: int = 8,
+        latency_repeats: int = 5,
+        transfer_from: list[str] = [],  # noqa: B006
+    ) -> dict[str, Any]:
+        """Head importance by every method on the first dev examples, then pruning curves on the dev set.
+
+        Args:
+            model: the classifier (built from ``--config``/``--model``).
+            datamodule: the data module (dev set, tokenizer).
+            ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
+            weights_only: unused (accepted so that training configs parse).
+            output_dir: results folder (``importance.json/csv``, ``pruning.json/csv``, ``plots/``, ``tensorboard/``,
+                ``summary.json``).
+            overwrite: replace a results folder that holds results of other arguments.
+            methods: importance methods: attattr (max pooling, the paper), attattr_mean, attattr_sum, taylor
+                (official script), taylor_michel, accuracy_difference, attention, random.
+            n_examples: the first N dev examples score the heads (the official protocol: 200, gold labels).
+            fractions: fractions of all heads removed for the pruning curves, lowest importance first; must start
+                with 0.
+            random_seeds: seeds of the random baseline (one curve each; reported as mean and spread).
+            n_steps: AttAttr integration: ``"auto"`` (adaptive) or a fixed count (``method=riemann_left,
+                n_steps=20`` is the official computation).
+            method: integration rule.
+            completeness_tol: relative completeness tolerance of ``n_steps="auto"``.
+            batch_size: examples per importance batch.
+            eval_batch_size: examples per pruning-evaluation batch.
+            max_eval_examples: evaluate the pruning curves on the first N dev examples (default: all).
+            structural: also remove the heads physically (AttAttr ranking) and report parameters and latency.
+            latency_batches: dev batches timed per structurally pruned model.
+            latency_repeats: timing repeats (models interleaved; the median is reported).
+            transfer_from: other ``heads`` results folders: prune this model with their AttAttr ranking too
+                (universality).
+        """
+        for name in methods:
+            check_choice("methods", name, METHODS)
+        if not methods:
+            raise ArgumentError(f"Expected `methods` to name at least one of {list(METHODS)}, but got [].")
+        check_positive_int("n_examples", n_examples)
+        check_fractions("fractions", fractions)
+        if list(fractions) != sorted(fractions) or fractions[0] != 0:
+            raise ArgumentError(
+                f"Expected `fractions` increasing from 0 (the unpruned model), but got {list(fractions)}."
+            )
+        for seed in random_seeds:
+            check_seed("random_seeds", seed)
+        validate_n_steps(n_steps, allow_auto=True)
+        validate_method(method)
+        check_number("completeness_tol", completeness_tol, 0.0, low_open=True)
+        check_positive_int("batch_size", batch_size)
+        check_positive_int("eval_batch_size", eval_batch_size)
+        check_positive_int("max_eval_examples", max_eval_examples, optional=True)
+        check_bool("structural", structural)
+        check_positive_int("latency_batches", latency_batches)
+        check_positive_int("latency_repeats", latency_repeats)
+        transfer = _read_transfer(transfer_from)
+        net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        task, metric_names = _task(datamodule, model)
+        from lightning_attattr.lightning.experiments import run_heads
+
+        options = dict(methods=methods, n_examples=n_examples, fractions=fractions, random_seeds=random_seeds,
+                       n_steps=n_steps, method=method, completeness_tol=completeness_tol,
+                       max_eval_examples=max_eval_examples,
+                       transfer_from={k: v.tolist() for k, v in transfer.items()})  # fmt: skip
+        return self._run_analysis(
+            "heads", output_dir, overwrite, options,
+            lambda folder: run_heads(
+                self, net, datamodule, folder, methods=methods, n_examples=n_examples, fractions=fractions,
+                random_seeds=random_seeds, n_steps=n_steps, method=method, completeness_tol=completeness_tol,
+                batch_size=batch_size, eval_batch_size=eval_batch_size, max_eval_examples=max_eval_examples,
+                structural=structural, latency_batches=latency_batches, latency_repeats=latency_repeats,
+                transfer_from=transfer, task=task, metric_names=metric_names,
+                num_labels=int(net.config.num_labels),
+            ),
+            extra={"task": task},
+        )  # fmt: skip
+
+    def effectiveness(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        weights_only: bool | None = None,
+        output_dir: str = "results/effectiveness",
+        overwrite: bool = False,
+        n_examples: int | None = 200,
+        n_steps: int | Literal["auto"] = "auto",
+        method: str = "gausslegendre",
+        completeness_tol: float = 1e-3,
+        batch_size: int = 8,
+    ) -> dict[str, Any]:
+        """Paper section 4.1: per example, heads ranked by AttAttr vs by attention weight; k heads pruned per layer.
+
+        Args:
+            model: the classifier (built from ``--config``/``--model``).
+            datamodule: the data module (dev set, tokenizer).
+            ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
+            weights_only: unused (accepted so that training configs parse).
+            output_dir: results folder (``effectiveness.json/csv``, ``plots/``, ``tensorboard/``, ``summary.json``).
+            overwrite: replace a results folder that holds results of other arguments.
+            n_examples: the first N dev examples (``null``: the whole dev set).
+            n_steps: AttAttr integration: ``"auto"`` (adaptive) or a fixed count.
+            method: integration rule.
+            completeness_tol: relative completeness tolerance of ``n_steps="auto"``.
+            batch_size: examples per attribution batch.
+        """
+        check_positive_int("n_examples", n_examples, optional=True)
+        validate_n_steps(n_steps, allow_auto=True)
+        validate_method(method)
+        check_positive_int("batch_size", batch_size)
+        net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        task, _ = _task(datamodule, model)
+        from lightning_attattr.lightning.experiments import run_effectiveness
+
+        options = dict(n_examples=n_examples, n_steps=n_steps, method=method, completeness_tol=completeness_tol)
+        return self._run_analysis(
+            "effectiveness", output_dir, overwrite, options,
+            lambda folder: run_effectiveness(
+                self, net, datamodule, folder, n_examples=n_examples, n_steps=n_steps, method=method,
+                completeness_tol=completeness_tol, batch_size=batch_size, task=task,
+            ),
+            extra={"task": task},
+        )  # fmt: skip
+
+    # ----------------------------------------------------------------- shared
+    def _prepare(
+        self, model: pl.LightningModule, datamodule: Any, ckpt_path: str | None
+    ) -> tuple[torch.nn.Module, Any]:
+        if datamodule is None:
+            raise ArgumentError("Expected a data module (`--data ...` or a `--config` that has one), but got none.")
+        if ckpt_path is not None:
+            _load_weights(model, ckpt_path)
+        net = _hf_model(model)
+        from lightning_attattr.lightning.experiments import model_shape
+
+        model_shape(net)  # refuses unsupported architectures before any work
+        datamodule.setup("validate")
+        net.eval()
+        return net, datamodule
+
+    def _run_analysis(
+        self,
+        kind: str,
+        output_dir: str,
+        overwrite: bool,
+        options: dict[str, Any],
+        work: Any,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        check_bool("overwrite", overwrite)
+        arguments = {**(self.analysis_arguments or {}), "options": options}
+        folder = ResultsFolder(output_dir, kind, arguments, overwrite=overwrite, main=_is_main())
+        start = time.time()
+        with folder:
+            folder.log(f"{kind}: started ({' '.join(sys.argv)})")
+            result = work(folder)
+            if folder.main:
+                summary = {
+                    "subcommand": kind,
+                    "status": "complete",
+                    "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+                    "cwd": os.getcwd(),
+                    "config": self.analysis_config,
+                    "options": options,
+                    **(extra or {}),
+                    "versions": _versions(),
+                    "commit": _commit(),
+                    "world_size": self.world_size,
+                    "device": str(self.strategy.root_device),
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
+                    "seconds": round(time.time() - start, 2),
+                    "timings": {k: round(v, 2) for k, v in result.get("timings", {}).items()},
+                    "result": {k: v for k, v in result.items() if k != "timings"},
+                }
+                write_json(folder.file("summary.json"), summary)
+                folder.log(f"{kind}: complete in {summary['seconds']} s; results in {folder.path}")
+        return result
+
+
+def _read_transfer(folders: list[str]) -> dict[str, torch.Tensor]:
+    """The AttAttr importance of other ``heads`` results folders, named by their task (or folder name)."""
+    out: dict[str, torch.Tensor] = {}
+    for path in folders:
+        folder = check_existing_dir("transfer_from", path)
+        importance, name = _read_importance(folder, "attattr", "transfer_from")
+        out[name if name not in out else str(folder)] = importance
+    return out
+
+
+def _read_importance(folder: Path, method: str, argument: str) -> tuple[torch.Tensor, str]:
+    file = folder / "importance.json"
+    if not file.is_file():
+        raise ArgumentError(
+            f"Expected `{argument}` to be a results folder of `analyze.py heads` (with importance.json), but "
+            f"{str(folder)!r} has none."
+        )
+    data = json.loads(file.read_text(encoding="utf-8"))
+    if method not in data.get("importance", {}):
+        raise ArgumentError(
+            f"Expected {str(file)!r} to hold {method!r} importance (methods: {sorted(data.get('importance', {}))}), "
+            "but it does not."
+        )
+    name = folder.name
+    summary = folder / "summary.json"
+    if summary.is_file():
+        name = json.loads(summary.read_text(encoding="utf-8")).get("task") or name
+    return torch.tensor(data["importance"][method], dtype=torch.float64), name
+
+
+class AnalyzeCLI(AttAttrCLI):
+    """LightningCLI whose subcommands are :class:`AnalysisTrainer`'s experiments (see the module docstring)."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """The analysis subcommands; ``model`` and ``datamodule`` come from the config, not from flags."""
+        return {name: {"model", "datamodule"} for name in SUBCOMMANDS}
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> pl.Trainer:
+        """Only the hardware settings of the config's trainer; no training callbacks, logger or checkpoints."""
+        kept = {k: config[k] for k in HARDWARE_KEYS if k in config and config[k] is not None}
+        kept.update(
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            inference_mode=False,
+            callbacks=[],
+        )
+        if "enable_progress_bar" in config and config["enable_progress_bar"] is not None:
+            kept["enable_progress_bar"] = config["enable_progress_bar"]
+        return self.trainer_class(**kept)
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """The analysis trainer, told the config (for ``summary.json``) and what decides the results."""
+        trainer = super().instantiate_trainer(**kwargs)
+        config = self.config[self.subcommand]
+        trainer.analysis_config = _plain(config, drop=("config",))
+        trainer.analysis_arguments = _fingerprint(config)
+        return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        self.preflight("validate", subcommand=subcommand)
+        super()._run_subcommand(subcommand)
+
+
+def universality(
+    results: list[str],
+    output_dir: str = "results/universality",
+    method: str = "attattr",
+    names: list[str] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Universality of important heads across tasks: correlations of importance, transferred pruning curves.
+
+    Reads ``analyze.py heads`` results folders of models fine-tuned on different tasks (same model
+    shape) and writes Pearson and Spearman matrices (JSON, CSV, heatmaps), pairwise scatter plots
+    (one point per head), and, for every folder whose ``heads`` run had ``--transfer_from``, its
+    own ranking's pruning curve next to the curves of the other tasks' rankings.
+
+    Args:
+        results: two or more ``heads`` results folders.
+        output_dir: results folder (``universality.json``, ``correlation_*.csv``, ``plots/``, ``summary.json``).
+        method: which importance to compare (any method the folders hold; default the paper's attattr).
+        names: display names, one per folder (default: each folder's task, else its name).
+        overwrite: replace a results folder that holds results of other arguments.
+    """
+    from lightning_attattr.analysis.store import write_csv
+    from lightning_attattr.analysis.universality import correlation_matrices
+    from lightning_attattr.plotting import correlation_heatmap, pruning_curve, scatter_grid
+
+    if len(results) < 2:
+        raise ArgumentError(f"Expected `results` to list at least two `heads` results folders, but got {len(results)}.")
+    if names is not None and len(names) != len(results):
+        raise ArgumentError(f"Expected one name per results folder ({len(results)}), but got {len(names)} names.")
+    check_bool("overwrite", overwrite)
+    vectors: dict[str, torch.Tensor] = {}
+    folders = []
+    for k, path in enumerate(results):
+        folder = check_existing_dir("results", path)
+        vector, name = _read_importance(folder, method, "results")
+        name = names[k] if names is not None else name
+        if name in vectors:
+            name = f"{name} ({folder.name})"
+        vectors[name] = vector
+        folders.append((name, folder))
+    matrices = correlation_matrices(vectors)
+    arguments = {"results": [str(f.resolve()) for _, f in folders], "method": method, "names": list(vectors)}
+    from lightning_attattr.analysis.store import save_figure
+
+    with ResultsFolder(output_dir, "universality", arguments, overwrite=overwrite) as out:
+        labels = list(vectors)
+        transfer: dict[str, Any] = {}
+        for name, folder in folders:
+            pruning = folder / "pruning.json"
+            if not pruning.is_file():
+                continue
+            data = json.loads(pruning.read_text(encoding="utf-8"))
+            curves = {k: v["acc"] for k, v in data["curves"].items() if k == "attattr" or k.startswith("transfer:")}
+            if len(curves) > 1:
+                transfer[name] = {"fractions": data["fractions"], "acc": curves}
+                fig = pruning_curve(
+                    data["fractions"],
+                    {("own ranking" if k == "attattr" else f"{k[9:]}'s ranking"): v for k, v in curves.items()},
+                    title=f"{name}: pruned with its own and other tasks' AttAttr rankings",
+                )
+                save_figure(fig, out.file(f"plots/transfer_{name}"))
+        write_json(out.file("universality.json"), {"method": method, "tasks": labels, **matrices, "transfer": transfer})
+        for stat in ("pearson", "spearman"):
+            write_csv(out.file(f"correlation_{stat}.csv"), ["task", *labels],
+                      [[a, *matrices[stat][i]] for i, a in enumerate(labels)])  # fmt: skip
+            save_figure(
+                correlation_heatmap(matrices[stat], labels, title=f"{stat} correlation of {method} importance"),
+                out.file(f"plots/correlation_{stat}"),
+            )
+        save_figure(scatter_grid(vectors, title=f"{method} head importance across tasks"), out.file("plots/scatter"))
+        write_json(
+            out.file("summary.json"),
+            {"subcommand": "universality", "status": "complete", "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+             "arguments": arguments, "versions": _versions(), "commit": _commit()},
+        )  # fmt: skip
+    return {"pearson": matrices["pearson"], "spearman": matrices["spearman"], "tasks": labels}
+
+
+def _plain(config: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    data = config.clone().as_dict() if hasattr(config, "as_dict") else dict(config)
+    for key in drop:
+        data.pop(key, None)
+    return json.loads(json.dumps(data, default=str))
+
+
+def _fingerprint(config: Any) -> dict[str, Any]:
+    """What decides an analysis' results: model, data, checkpoint (path, size, time) and seed; not the trainer."""
+    data = _plain(config, drop=("config", "trainer", "output_dir", "overwrite", "batch_size", "eval_batch_size",
+                                "latency_batches", "latency_repeats", "plots", "structural",
+                                "weights_only"))  # fmt: skip
+    ckpt = data.get("ckpt_path")
+    if ckpt and Path(ckpt).is_file():
+        stat = Path(ckpt).stat()
+        data["ckpt_path"] = {"path": str(Path(ckpt).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return data
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> Any:
+    """``analyze.py``: dispatch to ``universality`` or the LightningCLI subcommands; user errors are one line."""
+    from lightning_attattr.core.checks import exit_on_user_error
+
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "universality":
+        from jsonargparse import CLI
+
+        return exit_on_user_error(CLI, universality, args=argv[1:], prog=f"{PROG} universality")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_OVERVIEW)
+        if not argv:
+            return None
+    return exit_on_user_error(
+        AnalyzeCLI,
+        AttAttrClassifier,
+        pl.LightningDataModule,
+        trainer_class=AnalysisTrainer,
+        subclass_mode_data=True,
+        save_config_callback=None,
+        args=None if args is None else argv,
+        run=run,
+        prog=PROG,
+    )
+
+
+_OVERVIEW = f"""usage: {PROG} SUBCOMMAND [options]   ({PROG} SUBCOMMAND --help for every option)
+
+The paper's experiments on a trained model, offline. Subcommands:
+  attribute      AttAttr maps of dev examples (--indices) or raw text (--text), saved per example
+  heads          head importance by every method + pruning curves (+ structural pruning)
+  effectiveness  per-example AttAttr vs attention rankings, k heads pruned per layer (paper 4.1)
+  universality   importance correlations across tasks + transferred pruning curves (--results DIR ...)
+
+Read a training run: --config runs/NAME/version_N/config.yaml --ckpt_path .../checkpoints/last.ckpt
+Results: --output_dir DIR (JSON, CSV, PNG/SVG, TensorBoard events, summary.json); rerun to resume.
+"""
