@@ -98,7 +98,8 @@ def pruning_plan(
 
     Returns:
         ``masks`` ``[mask, layer, head]`` (float32, 1 = kept), ``index`` ``{method: [mask index per
-        fraction]}`` and the number of heads removed per fraction (``floor(r * n_heads)``).
+        fraction]}`` and the number of heads removed per fraction (``floor(r * n_heads)`` as computed
+        by :func:`~lightning_attattr.core.importance.prune_mask`).
     """
     masks: list[Tensor] = []
     keys: dict[bytes, int] = {}
@@ -112,8 +113,9 @@ def pruning_plan(
                 keys[key] = len(masks)
                 masks.append(mask)
             index[name].append(keys[key])
-    n_total = next(iter(importances.values())).numel() if importances else 0
-    removed = [int(math.floor(f * n_total + 1e-9)) for f in fractions]
+    # the count the masks remove (``prune_mask`` floors ``r * n`` in floating point, as the official script)
+    first = next(iter(index.values()), [0] * len(fractions))
+    removed = [int((masks[i] == 0).sum()) if masks else 0 for i in first]
     return torch.stack(masks) if masks else torch.zeros(0), index, removed
 
 

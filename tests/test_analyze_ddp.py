@@ -1,0 +1,86 @@
+"""`analyze.py heads` with 2 CPU processes (gloo, Lightning's `ddp`) gives the single-process results."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_attattr.cli import cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A briefly trained quickstart run: (config.yaml, last.ckpt) as train.py leaves them."""
+    tmp = tmp_path_factory.mktemp("run")
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        cli_main(
+            [
+                "fit",
+                "--config", QUICKSTART,
+                "--trainer.max_epochs=2",
+                "--trainer.limit_val_batches=1",
+                "--trainer.enable_progress_bar=false",
+                f"--trainer.logger.init_args.save_dir={tmp}",
+                # only the checkpoint callback: the AttAttr callbacks are not needed to make a checkpoint
+                '--trainer.callbacks=[{"class_path": "lightning_attattr.callbacks.EpochCheckpoint", '
+                '"init_args": {"save_last": true}}]',
+            ]
+        )  # fmt: skip
+    finally:
+        os.chdir(cwd)
+    run_dir = next(tmp.glob("quickstart/version_*"))
+    return run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
+
+
+def _analyze(args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "analyze.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_two_processes_equal_one(trained_run, tmp_path):
+    config, ckpt = trained_run
+    common = [
+        "heads",
+        "--config", str(config),
+        "--ckpt_path", str(ckpt),
+        "--methods=[attattr, taylor, attention, accuracy_difference]",
+        "--n_examples=21",  # odd: the distributed sampler must not drop or double-count an example
+        "--max_eval_examples=71",
+        "--fractions=[0, 0.25, 0.5, 1]",
+        "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    ddp = _analyze(
+        [*common, f"--output_dir={tmp_path / 'ddp'}", "--trainer.accelerator=cpu", "--trainer.devices=2",
+         "--trainer.strategy=ddp"],
+        tmp_path,
+    )  # fmt: skip
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in ddp.stderr + ddp.stdout
+    _analyze([*common, f"--output_dir={tmp_path / 'single'}"], tmp_path)
+
+    def load(name, file):
+        return json.loads((tmp_path / name / file).read_text())
+
+    assert load("ddp", "summary.json")["world_size"] == 2
+    assert load("single", "summary.json")["world_size"] == 1
+    # both ranks wrote parts of the per-example work
+    assert {p.name.split("-")[2] for p in (tmp_path / "ddp" / "parts" / "importance").glob("part-*.pt")} == {"r0", "r1"}
+    a, b = load("ddp", "importance.json"), load("single", "importance.json")
+    assert a["importance"].keys() == b["importance"].keys()
+    for method in a["importance"]:
+        for row_a, row_b in zip(a["importance"][method], b["importance"][method]):
+            assert row_a == pytest.approx(row_b, rel=1e-6, abs=1e-9), method
+    pa, pb = load("ddp", "pruning.json"), load("single", "pruning.json")
+    assert pa["n_eval_examples"] == pb["n_eval_examples"] == 71
+    assert pa["curves"] == pb["curves"]
