@@ -9,6 +9,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_attattr.analysis.universality import spearman
 from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples
 from lightning_attattr.callbacks._protocol import resolve_model, tensorboard
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
@@ -24,13 +25,6 @@ from lightning_attattr.metrics import HeadImportance
 
 _TARGETS = ("labels", "predicted")
 _TAYLOR_VARIANTS = ("official", "michel")
-
-
-def spearman(a: Tensor, b: Tensor) -> float:
-    """Spearman rank correlation of two equally shaped tensors (average ranks for ties)."""
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a.flatten().double().numpy(), b.flatten().double().numpy()).statistic)
 
 
 def attattr_importance(
