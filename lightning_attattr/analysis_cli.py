@@ -543,8 +543,7 @@ def universality(
                     {("own ranking" if k == "attattr" else f"{k[9:]}'s ranking"): v for k, v in curves.items()},
                     title=f"{name}: pruned with its own and other tasks' AttAttr rankings",
                 )
-                save_figure(fig, out.file(f"plots/transfer_{name}"))
-        write_json(out.file("universality.json"), {"method": method, "tasks": labels, **matrices, "transfer": transfer})
+                save_figure(fig, out.file(f"plots/transfer_{_file_name(name)}"))
         for stat in ("pearson", "spearman"):
             write_csv(out.file(f"correlation_{stat}.csv"), ["task", *labels],
                       [[a, *matrices[stat][i]] for i, a in enumerate(labels)])  # fmt: skip
@@ -553,12 +552,18 @@ def universality(
                 out.file(f"plots/correlation_{stat}"),
             )
         save_figure(scatter_grid(vectors, title=f"{method} head importance across tasks"), out.file("plots/scatter"))
+        write_json(out.file("universality.json"), {"method": method, "tasks": labels, **matrices, "transfer": transfer})
         write_json(
             out.file("summary.json"),
             {"subcommand": "universality", "status": "complete", "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
              "arguments": arguments, "versions": _versions(), "commit": _commit()},
         )  # fmt: skip
     return {"pearson": matrices["pearson"], "spearman": matrices["spearman"], "tasks": labels}
+
+
+def _file_name(name: str) -> str:
+    """``name`` with every character other than letters, digits, ``-`` and ``_`` replaced by ``_``."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 def _plain(config: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -588,7 +593,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> Any:
     if argv and argv[0] == "universality":
         from jsonargparse import CLI
 
-        return exit_on_user_error(CLI, universality, args=argv[1:], prog=f"{PROG} universality")
+        prog = f"{PROG} universality"
+        return exit_on_user_error(lambda: CLI(universality, args=argv[1:], as_positional=False, prog=prog), prog=prog)
     if not argv or argv[0] in ("-h", "--help"):
         print(_OVERVIEW)
         if not argv:

@@ -470,7 +470,6 @@ def scatter_grid(vectors: Mapping[str, Any], title: str | None = None) -> Figure
         ax.tick_params(labelsize=7)
     if title is not None:
         fig.suptitle(_check_title(title))
-    fig.tight_layout()
     return fig
 
 
@@ -490,5 +489,4 @@ def correlation_heatmap(matrix: Sequence[Sequence[float]], names: Sequence[str],
     fig.colorbar(image, ax=ax, fraction=0.046)
     if title is not None:
         ax.set_title(_check_title(title))
-    fig.tight_layout()
     return fig
