@@ -56,6 +56,12 @@ PROG = "analyze.py"
 SUBCOMMANDS = ("attribute", "heads", "effectiveness")
 # the trainer settings an analysis uses; the rest of a training config's `trainer:` is ignored
 HARDWARE_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision")
+_COMMAND: list[str] | None = None  # set by `cli_main` while it runs: the command line (its `args`, or sys.argv)
+
+
+def _command() -> list[str]:
+    """The command line of this analysis, for ``summary.json`` and ``progress.log``."""
+    return list(_COMMAND) if _COMMAND is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]
 
 
 def _is_main() -> bool:
@@ -296,6 +302,16 @@ class AnalysisTrainer(pl.Trainer):
         check_positive_int("latency_repeats", latency_repeats)
         transfer = _read_transfer(transfer_from)
         net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        _check_dev_size(datamodule, n_examples=n_examples, max_eval_examples=max_eval_examples)
+        from lightning_attattr.lightning.experiments import model_shape
+
+        shape = model_shape(net)
+        for name, vector in transfer.items():
+            if tuple(vector.shape) != shape:
+                raise ArgumentError(
+                    f"Expected `transfer_from` importance of this model's shape [layer, head] = {list(shape)}, but "
+                    f"{name!r} has {list(vector.shape)}."
+                )
         task, metric_names = _task(datamodule, model)
         from lightning_attattr.lightning.experiments import run_heads
 
@@ -350,6 +366,7 @@ class AnalysisTrainer(pl.Trainer):
         validate_method(method)
         check_positive_int("batch_size", batch_size)
         net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        _check_dev_size(datamodule, n_examples=n_examples)
         task, _ = _task(datamodule, model)
         from lightning_attattr.lightning.experiments import run_effectiveness
 
@@ -393,13 +410,13 @@ class AnalysisTrainer(pl.Trainer):
         folder = ResultsFolder(output_dir, kind, arguments, overwrite=overwrite, main=_is_main())
         start = time.time()
         with folder:
-            folder.log(f"{kind}: started ({' '.join(sys.argv)})")
+            folder.log(f"{kind}: started ({' '.join(_command())})")
             result = work(folder)
             if folder.main:
                 summary = {
                     "subcommand": kind,
                     "status": "complete",
-                    "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+                    "command": _command(),
                     "cwd": os.getcwd(),
                     "config": self.analysis_config,
                     "options": options,
@@ -416,6 +433,16 @@ class AnalysisTrainer(pl.Trainer):
                 write_json(folder.file("summary.json"), summary)
                 folder.log(f"{kind}: complete in {summary['seconds']} s; results in {folder.path}")
         return result
+
+
+def _check_dev_size(datamodule: Any, **counts: int | None) -> None:
+    """Example counts checked against the dev set before the results folder is opened (a refused run writes nothing)."""
+    from lightning_attattr.lightning.experiments import check_n_examples, dev_split
+
+    split = dev_split(datamodule)
+    size = len(datamodule.dataset(split))
+    for name, n in counts.items():
+        check_n_examples(name, n, size, split)
 
 
 def _read_transfer(folders: list[str]) -> dict[str, torch.Tensor]:
@@ -555,7 +582,7 @@ def universality(
         write_json(out.file("universality.json"), {"method": method, "tasks": labels, **matrices, "transfer": transfer})
         write_json(
             out.file("summary.json"),
-            {"subcommand": "universality", "status": "complete", "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            {"subcommand": "universality", "status": "complete", "command": _command(),
              "arguments": arguments, "versions": _versions(), "commit": _commit()},
         )  # fmt: skip
     return {"pearson": matrices["pearson"], "spearman": matrices["spearman"], "tasks": labels}
@@ -587,9 +614,18 @@ def _fingerprint(config: Any) -> dict[str, Any]:
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> Any:
     """``analyze.py``: dispatch to ``universality`` or the LightningCLI subcommands; user errors are one line."""
+    argv = list(sys.argv[1:] if args is None else args)
+    global _COMMAND
+    _COMMAND = [PROG, *argv]  # what summary.json records (also when called in-process with `args`)
+    try:
+        return _dispatch(argv, args, run)
+    finally:
+        _COMMAND = None
+
+
+def _dispatch(argv: list[str], args: list[str] | None, run: bool) -> Any:
     from lightning_attattr.core.checks import exit_on_user_error
 
-    argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "universality":
         from jsonargparse import CLI
 

@@ -1,0 +1,482 @@
+"""`analyze.py` end to end, in-process, on a quickstart model that `train.py` trains in this module's fixture.
+
+Round trip of a real training run (``--config runs/.../config.yaml --ckpt_path .../last.ckpt``), resume after a
+crash, results folders that refuse to mix arguments, one-line user errors, the other subcommands, and known
+answers (a trained model whose planted interaction sits in layer 0; a head whose output is zero).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+from lightning_attattr.analysis.store import PartStore, atomic_write
+from lightning_attattr.analysis_cli import cli_main as analyze_main
+from lightning_attattr.cli import cli_main as train_main
+from lightning_attattr.core.adapter import attention_scope
+from lightning_attattr.core.attribution import AttentionIntegratedGradients, model_logits
+from lightning_attattr.core.importance import attribution_head_scores, pruning_order, taylor_importance
+from lightning_attattr.data.modules import SyntheticDataModule
+from lightning_attattr.lightning.classifier import AttAttrClassifier
+from tests.conftest import make_model, text_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+N_VAL = 120  # dev examples of the trained run
+FRACTIONS = [0, 0.1, 0.3, 0.5, 0.7, 1]  # 0.3 * 12 = 3.6 and 0.7 * 12 = 8.4: floor, not round
+HEADS_ARGS = ["--n_examples", "64", "--methods", "[attattr, taylor, random]", "--random_seeds", "[0, 1]",
+              "--fractions", json.dumps(FRACTIONS), "--trainer.enable_progress_bar=false"]  # fmt: skip
+SMALL_ARGS = ["--n_examples", "8", "--methods", "[attattr]", "--fractions", "[0, 0.5]",
+              "--trainer.enable_progress_bar=false"]  # fmt: skip
+
+
+def analyze(args: list[str]):
+    """`analyze.py ARGS` in-process."""
+    return analyze_main([str(a) for a in args])
+
+
+def user_error(args: list[str], capsys, output_dir: Path | None = None, prog: str = "analyze.py") -> str:
+    """Run `analyze.py` expecting a user error: exit 2, one line on stderr, no traceback, no results written."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        analyze(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"{prog}: error: "), lines[0]
+    if output_dir is not None:
+        assert not (output_dir / "importance.json").exists()
+        assert not output_dir.exists(), sorted(output_dir.rglob("*"))  # refused before the folder was made
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file of a results folder (but the lock file, which each run rewrites) and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and p.name != ".lock"}  # fmt: skip
+
+
+def tmp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written to the working directory by accident
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`python train.py fit --config configs/quickstart.yaml` (120 dev examples, no AttAttr callbacks: faster)."""
+    root = tmp_path_factory.mktemp("quickstart")
+    config = yaml.safe_load(QUICKSTART.read_text(encoding="utf-8"))
+    config["trainer"]["callbacks"] = [cb for cb in config["trainer"]["callbacks"]
+                                      if cb["class_path"].endswith("EpochCheckpoint")]  # fmt: skip
+    (root / "quickstart.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse fixtures have not run yet
+        patch.setattr(sys, "argv", [sys.argv[0]])
+        patch.chdir(root)
+        runs = str(root / "runs")
+        cli = train_main(
+            ["fit", "--config", str(root / "quickstart.yaml"), "--trainer.enable_progress_bar=false",
+             "--trainer.logger.init_args.save_dir", runs, "--trainer.default_root_dir", runs, f"--data.n_val={N_VAL}"]
+        )  # fmt: skip
+    run_dir = Path(cli.trainer.log_dir)
+    init = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["data"]["init_args"]
+    return SimpleNamespace(
+        config=run_dir / "config.yaml",
+        ckpt=run_dir / "checkpoints" / "last.ckpt",
+        val_acc=float(cli.trainer.callback_metrics["val/acc"]),
+        data_args=init,
+        base=["--config", run_dir / "config.yaml", "--ckpt_path", run_dir / "checkpoints" / "last.ckpt"],
+    )
+
+
+@pytest.fixture(scope="module")
+def heads_dir(trained, tmp_path_factory):
+    """`analyze.py heads` on the trained run, with structural pruning."""
+    out = tmp_path_factory.mktemp("heads") / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [sys.argv[0]])
+        analyze(["heads", *trained.base, "--output_dir", out, *HEADS_ARGS,
+                 "--structural", "true", "--latency_batches", "1", "--latency_repeats", "1"])  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_heads_dir(trained, tmp_path_factory):
+    """A second, cheaper `heads` folder (8 examples, AttAttr only)."""
+    out = tmp_path_factory.mktemp("heads_small") / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [sys.argv[0]])
+        analyze(["heads", *trained.base, "--output_dir", out, *SMALL_ARGS])
+    return out
+
+
+def load_trained(trained) -> tuple[torch.nn.Module, SyntheticDataModule]:
+    """The checkpoint's Hugging Face model and the run's data module, loaded without the analysis code."""
+    module = AttAttrClassifier.load_from_checkpoint(str(trained.ckpt), map_location="cpu")
+    datamodule = SyntheticDataModule(**trained.data_args)
+    datamodule.setup("validate")
+    return module.model.eval(), datamodule
+
+
+def evaluate(model: torch.nn.Module, datamodule: SyntheticDataModule) -> tuple[float, float]:
+    """Plain dev accuracy and mean loss."""
+    correct = total = 0
+    loss = 0.0
+    with torch.no_grad():
+        for batch in datamodule.val_dataloader():
+            out = model(**batch)
+            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+            total += len(batch["labels"])
+            loss += float(out.loss) * len(batch["labels"])
+    return correct / total, loss / total
+
+
+def silence_heads(model: torch.nn.Module, heads) -> torch.nn.Module:
+    """A copy whose heads `[(layer, head), ...]` output zero (value weights and bias zeroed), like a head mask."""
+    model = copy.deepcopy(model)
+    size = model.config.hidden_size // model.config.num_attention_heads
+    with torch.no_grad():
+        for layer, head in heads:
+            value = model.bert.encoder.layer[layer].attention.self.value
+            value.weight[head * size : (head + 1) * size] = 0
+            value.bias[head * size : (head + 1) * size] = 0
+    return model
+
+
+# ----------------------------------------------------------------------------- heads: a real run, round trip
+def test_heads_round_trips_a_train_py_run(trained, heads_dir):
+    out = heads_dir
+    for name in ("importance.json", "importance.csv", "pruning.json", "pruning.csv", "structural.json",
+                 "summary.json", "manifest.json", "progress.log"):  # fmt: skip
+        assert (out / name).is_file(), name
+    for stem in ("importance_attattr", "importance_taylor", "pruning_acc"):
+        assert (out / "plots" / f"{stem}.png").stat().st_size > 0 and (out / "plots" / f"{stem}.svg").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents*"))
+    assert not tmp_files(out)
+
+    summary = read_json(out / "summary.json")
+    assert summary["subcommand"] == "heads" and summary["status"] == "complete"
+    assert summary["command"][:2] == ["analyze.py", "heads"] and str(trained.ckpt) in summary["command"]
+    assert summary["config"]["ckpt_path"] == str(trained.ckpt)
+    assert summary["config"]["data"]["class_path"].endswith("SyntheticDataModule")
+    assert {"python", "torch", "transformers", "pytorch-lightning"} <= set(summary["versions"])
+    assert {"importance_s", "pruning_s", "structural_s"} <= set(summary["timings"])
+    assert summary["task"] == "synthetic"
+    assert read_json(out / "manifest.json")["kind"] == "heads"
+
+    importance = read_json(out / "importance.json")
+    assert importance["n_layers"] == 3 and importance["n_heads"] == 4 and importance["n_examples"] == 64
+    assert set(importance["importance"]) == {"attattr", "taylor", "random_s0", "random_s1"}
+    pruning = read_json(out / "pruning.json")
+    assert pruning["fractions"] == FRACTIONS and pruning["n_eval_examples"] == N_VAL
+    assert pruning["heads_removed"] == [math.floor(r * 12) for r in FRACTIONS] == [0, 1, 3, 6, 8, 12]
+    assert set(pruning["curves"]) == {"attattr", "taylor", "random_s0", "random_s1", "random"}
+    for curve in pruning["curves"].values():
+        assert len(curve["acc"]) == len(FRACTIONS)
+
+    # the unpruned accuracy is the model's plain dev accuracy, computed here without the analysis code
+    model, datamodule = load_trained(trained)
+    accuracy, _ = evaluate(model, datamodule)
+    assert pruning["unpruned"]["acc"] == pytest.approx(accuracy, abs=1e-9)
+    assert accuracy == pytest.approx(trained.val_acc)  # what train.py logged for the same weights
+    assert pruning["curves"]["attattr"]["acc"][0] == pruning["unpruned"]["acc"]
+    # and every point of the AttAttr curve: its lowest-ranked heads silenced by zeroing their value weights
+    order = pruning_order(torch.tensor(importance["importance"]["attattr"]))
+    for removed, acc in zip(pruning["heads_removed"], pruning["curves"]["attattr"]["acc"]):
+        assert evaluate(silence_heads(model, order[:removed]), datamodule)[0] == pytest.approx(acc, abs=1.5 / N_VAL)
+    assert pruning["curves"]["attattr"]["acc"][-1] == pytest.approx(
+        evaluate(silence_heads(model, order), datamodule)[0]
+    )
+
+    structural = read_json(out / "structural.json")
+    rows = [r for r in structural["rows"] if "parameters" in r]
+    assert rows[0]["heads_removed"] == 0 and rows[0]["parameters_ratio"] == 1.0
+    assert [r["parameters"] for r in rows] == sorted((r["parameters"] for r in rows), reverse=True)
+    assert any("skipped" in r for r in structural["rows"])  # fraction 1 would empty every layer
+
+
+# ----------------------------------------------------------------------------- resume after a crash
+def crash_on_write(monkeypatch, at: int) -> None:
+    """`PartStore.write` dies in the middle of its `at`-th write (counted from now), after bytes were written."""
+    calls = {"n": 0}
+    original = PartStore.write
+
+    def write(self, index, record, rank=0):
+        calls["n"] += 1
+        if calls["n"] == at:
+
+            def half(f):
+                f.write(b"half a part")
+                raise RuntimeError("simulated crash while writing a part")
+
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path / "part-crash.pt", half, binary=True)
+        return original(self, index, record, rank)
+
+    monkeypatch.setattr(PartStore, "write", write)
+
+
+def test_resume_after_crashes_recomputes_only_missing_examples(trained, heads_dir, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    args = ["heads", *trained.base, "--output_dir", out, *HEADS_ARGS]
+    # 1. crash in the importance stage, in the 3rd of its 4 batches of 16
+    with monkeypatch.context() as patch:
+        crash_on_write(patch, at=3)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            analyze(args)
+    assert not tmp_files(out)  # nothing half-written
+    assert not (out / "importance.json").exists() and not (out / "pruning.json").exists()
+    assert len(list((out / "parts" / "importance").glob("part-*.pt"))) == 2
+    # 2. crash in the pruning stage: importance needs 2 more writes, the pruning stage's 2nd batch fails
+    with monkeypatch.context() as patch:
+        crash_on_write(patch, at=4)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            analyze(args)
+    assert not tmp_files(out)
+    assert not (out / "importance.json").exists() and not (out / "pruning.json").exists()
+    assert len(list((out / "parts" / "importance").glob("part-*.pt"))) == 4
+    assert len(list((out / "parts" / "pruning").glob("part-*.pt"))) == 1
+    # 3. the same command completes, computing only what is missing
+    analyze(args)
+    log = (out / "progress.log").read_text(encoding="utf-8")
+    assert "importance: 0 of 64 examples already done" in log
+    assert "importance: 32 of 64 examples already done" in log
+    assert "importance: 64 of 64 examples already done" in log
+    assert "pruning: 64 of 120 examples already done" in log
+    assert len(list((out / "parts" / "importance").glob("part-*.pt"))) == 4  # no batch computed twice
+    assert len(list((out / "parts" / "pruning").glob("part-*.pt"))) == 2
+    assert not tmp_files(out)
+    # ... with the results of an uninterrupted run
+    resumed, reference = read_json(out / "importance.json"), read_json(heads_dir / "importance.json")
+    assert set(resumed["importance"]) == set(reference["importance"])
+    for name, values in reference["importance"].items():
+        torch.testing.assert_close(
+            torch.tensor(resumed["importance"][name]), torch.tensor(values), rtol=0, atol=1e-6, msg=name
+        )
+    resumed, reference = read_json(out / "pruning.json"), read_json(heads_dir / "pruning.json")
+    assert resumed["heads_removed"] == reference["heads_removed"]
+    assert resumed["curves"] == reference["curves"] and resumed["unpruned"] == reference["unpruned"]
+    assert read_json(out / "summary.json")["status"] == "complete"
+
+
+# ----------------------------------------------------------------------------- results folders do not mix
+def test_other_arguments_in_a_used_folder_are_refused_and_overwrite_replaces(
+    trained, heads_dir, small_heads_dir, tmp_path, capsys
+):
+    out = tmp_path / "used"
+    shutil.copytree(heads_dir, out)
+    before = snapshot(out)
+    line = user_error(["heads", *trained.base, "--output_dir", out, *HEADS_ARGS[:-1], "--n_examples", "32"], capsys)
+    assert str(out) in line and "n_examples" in line and "--overwrite true" in line
+    assert snapshot(out) == before  # untouched
+    line = user_error(["effectiveness", *trained.base, "--output_dir", out, "--n_examples", "4"], capsys)
+    assert str(out) in line and "--overwrite true" in line
+    assert snapshot(out) == before
+
+    analyze(["heads", *trained.base, "--output_dir", out, *SMALL_ARGS, "--overwrite", "true"])
+    assert read_json(out / "importance.json") == read_json(small_heads_dir / "importance.json")
+    assert read_json(out / "pruning.json") == read_json(small_heads_dir / "pruning.json")
+    assert not (out / "plots" / "importance_taylor.png").exists() and not (out / "structural.json").exists()
+    assert read_json(out / "manifest.json") == read_json(small_heads_dir / "manifest.json")
+
+
+def test_a_folder_in_use_is_refused(trained, small_heads_dir, tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "busy"
+    shutil.copytree(small_heads_dir, out)
+    before = snapshot(out)
+    with open(out / ".lock", "a+") as held:  # another run holds the folder
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        line = user_error(["heads", *trained.base, "--output_dir", out, *SMALL_ARGS], capsys)
+    assert str(out) in line and "to be free" in line
+    assert snapshot(out) == before
+
+
+# ----------------------------------------------------------------------------- bad input: one line, exit 2
+def test_missing_and_truncated_checkpoints(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    line = user_error(["heads", "--config", trained.config, "--ckpt_path", tmp_path / "nope.ckpt",
+                       "--output_dir", out], capsys, out)  # fmt: skip
+    assert "`ckpt_path`" in line and "nope.ckpt" in line and "does not exist" in line
+    truncated = tmp_path / "truncated.ckpt"
+    data = trained.ckpt.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    line = user_error(["heads", "--config", trained.config, "--ckpt_path", truncated, "--output_dir", out], capsys, out)
+    assert "`ckpt_path`" in line and "truncated.ckpt" in line and "cannot be read" in line
+
+
+def test_checkpoint_of_another_task(trained, glue, tokenizer_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    line = user_error(
+        ["heads", *trained.base, "--output_dir", out, "--data", "GlueDataModule", "--data.task_name", "mnli",
+         "--data.data_dir", glue, "--data.model_name_or_path", tokenizer_dir],
+        capsys, out,
+    )  # fmt: skip
+    assert str(trained.ckpt) in line
+    assert "task='synthetic'" in line and "num_labels=2" in line and "task='mnli'" in line and "num_labels=3" in line
+
+
+def test_data_dir_without_the_task(trained, glue, tokenizer_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["heads", "--config", trained.config, "--output_dir", out, "--data", "GlueDataModule",
+            "--data.model_name_or_path", tokenizer_dir, "--data.max_seq_length", "64"]  # fmt: skip
+    line = user_error([*base, "--data.task_name", "qnli", "--data.data_dir", glue], capsys, out)  # QNLI: no dev.tsv
+    assert "`data_dir`" in line and glue in line and "dev.tsv" in line and "'qnli'" in line
+    empty = tmp_path / "empty_glue"
+    empty.mkdir()
+    line = user_error([*base, "--data.task_name", "rte", "--data.data_dir", empty], capsys, out)
+    assert "`data_dir`" in line and str(empty) in line and "'rte'" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--n_examples", "1000"], ["`n_examples`", f"at most {N_VAL}", "1000"]),
+        (["--n_examples", "8", "--max_eval_examples", "121"], ["`max_eval_examples`", f"at most {N_VAL}", "121"]),
+        (["--n_examples", "8", "--methods", "[attattr, shapley]"], ["`methods`", "'shapley'", "'attattr'", "'taylor'"]),
+        (["--n_examples", "8", "--fractions", "[0, 1.5]"], ["`fractions`", "[0, 1]", "1.5"]),
+        (["--n_examples", "8", "--fractions", "[0.5, 0]"], ["`fractions`", "increasing from 0"]),
+    ],
+)
+def test_bad_heads_options(trained, tmp_path, capsys, args, expected):
+    out = tmp_path / "out"
+    line = user_error(["heads", *trained.base, "--output_dir", out, *args], capsys, out)
+    for text in expected:
+        assert text in line, line
+
+
+def test_effectiveness_n_examples_beyond_the_dev_set(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    line = user_error(["effectiveness", *trained.base, "--output_dir", out, "--n_examples", "500"], capsys, out)
+    assert "`n_examples`" in line and f"at most {N_VAL}" in line
+
+
+# ----------------------------------------------------------------------------- effectiveness, attribute, universality
+def test_effectiveness_curves(trained, tmp_path):
+    out = tmp_path / "effectiveness"
+    analyze(["effectiveness", *trained.base, "--output_dir", out, "--n_examples", "12",
+             "--trainer.enable_progress_bar=false"])  # fmt: skip
+    data = read_json(out / "effectiveness.json")
+    assert data["n_examples"] == 12 and data["heads_pruned_per_layer"] == [0, 1, 2, 3, 4]
+    curves = data["curves"]
+    assert len(curves) == 4 and all(len(c) == 4 + 1 for c in curves.values())
+    assert len({c[0] for c in curves.values()}) == 1  # nothing pruned: the same accuracy for every ranking
+    assert len({c[-1] for c in curves.values()}) == 1  # every head pruned: the same again
+    assert (out / "effectiveness.csv").is_file() and (out / "plots" / "effectiveness.png").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents*"))
+    assert read_json(out / "summary.json")["status"] == "complete"
+
+
+def test_attribute_completeness(trained, tmp_path):
+    out = tmp_path / "attribute"
+    analyze(["attribute", *trained.base, "--output_dir", out, "--indices", "[0]", "--text", '["a0 w3 b1 w7 w2"]',
+             "--trainer.enable_progress_bar=false"])  # fmt: skip
+    index = read_json(out / "attributions.json")["examples"]
+    assert [e["name"] for e in index] == ["validation-000000", "text-000"]
+    model, datamodule = load_trained(trained)
+    inputs = [dict(datamodule.dataset("validation")[0]), dict(datamodule.tokenizer("a0 w3 b1 w7 w2"))]
+    for item, example in zip(index, inputs):
+        saved = torch.load(out / item["file"], weights_only=False)
+        assert (out / "plots" / f"{item['name']}.png").is_file()
+        ids = torch.tensor([example["input_ids"]])
+        assert saved["tokens"] == datamodule.tokenizer.convert_ids_to_tokens(example["input_ids"])
+        attributions = saved["attributions"]  # [layer, head, query, key]
+        assert tuple(attributions.shape) == (3, 4, ids.shape[1], ids.shape[1])
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        with torch.no_grad():
+            probs = torch.softmax(model_logits(model, batch), -1)[0]
+        target = saved["target"]
+        assert target == int(probs.argmax()) == item["predicted"]  # default target: the prediction
+        assert saved["probs"] == pytest.approx(probs.tolist(), abs=1e-6)
+        n = ids.shape[1]
+        for layer in range(3):  # F(A) - F(A^l := 0), the baseline computed here
+            with torch.no_grad(), attention_scope(model) as ctrl, ctrl.replacing(layer, torch.zeros(1, 4, n, n)):
+                baseline = float(torch.softmax(model_logits(model, batch), -1)[0, target])
+            gap = float(probs[target]) - baseline
+            total = float(attributions[layer].double().sum())
+            error = saved["completeness_error"][layer]
+            assert error <= 1e-3  # the default tolerance of n_steps="auto", met on this model
+            assert abs(total - gap) <= error * max(abs(gap), 1e-6) + 1e-5
+            assert saved["convergence_delta"][layer] == pytest.approx(total - gap, abs=1e-5)
+
+
+def test_universality(heads_dir, small_heads_dir, tmp_path, capsys):
+    out = tmp_path / "universality"
+    analyze(["universality", "--results", json.dumps([str(heads_dir), str(small_heads_dir)]), "--output_dir", out])
+    data = read_json(out / "universality.json")
+    pearson = torch.tensor(data["pearson"])
+    assert pearson.shape == (2, 2)
+    torch.testing.assert_close(pearson.diagonal(), torch.ones(2, dtype=pearson.dtype))
+    a = torch.tensor(read_json(heads_dir / "importance.json")["importance"]["attattr"], dtype=torch.float64).flatten()
+    b = torch.tensor(read_json(small_heads_dir / "importance.json")["importance"]["attattr"], dtype=torch.float64)
+    expected = float(torch.corrcoef(torch.stack([a, b.flatten()]))[0, 1])
+    assert pearson[0, 1] == pytest.approx(expected, abs=1e-9) and pearson[1, 0] == pytest.approx(expected, abs=1e-9)
+    assert read_json(out / "summary.json")["command"][:2] == ["analyze.py", "universality"]
+
+    alone = tmp_path / "alone"
+    args = ["universality", "--results", json.dumps([str(heads_dir)]), "--output_dir", alone]
+    line = user_error(args, capsys, alone, prog="analyze.py universality")
+    assert "`results`" in line and "at least two" in line
+
+
+# ----------------------------------------------------------------------------- known answers
+def test_trained_model_importance_is_where_the_planted_interaction_is(trained, heads_dir):
+    assert trained.val_acc >= 0.99, f"the quickstart model did not learn the task (dev accuracy {trained.val_acc})"
+    attattr = torch.tensor(read_json(heads_dir / "importance.json")["importance"]["attattr"])
+    # README: layer 0 holds nearly all the importance
+    assert attattr[0].sum() > 0.5 * attattr.sum()
+    order = pruning_order(attattr)
+    assert order[-1].layer == 0 and order[-2].layer == 0
+    # removing the two top-ranked heads costs far more than removing the two lowest-ranked ones
+    model, datamodule = load_trained(trained)
+    base_acc, base_loss = evaluate(model, datamodule)
+    top_acc, top_loss = evaluate(silence_heads(model, order[-2:]), datamodule)
+    low_acc, low_loss = evaluate(silence_heads(model, order[:2]), datamodule)
+    assert low_acc == base_acc and top_acc <= low_acc
+    assert top_loss - base_loss > 0.01 and top_loss - base_loss > 100 * abs(low_loss - base_loss)
+    # pruning lowest-AttAttr heads first keeps the accuracy longer than random orders do
+    pruning = read_json(heads_dir / "pruning.json")
+    assert pruning["curves"]["attattr"]["acc"][FRACTIONS.index(0.5)] == pruning["unpruned"]["acc"]
+    assert pruning["summary"]["attattr"]["acc"]["auc"] > pruning["summary"]["random"]["acc"]["auc"]
+
+
+def test_a_head_with_zero_output_gets_the_lowest_importance():
+    model = make_model("bert")  # 3 layers x 4 heads, random
+    dead = (1, 2)
+    model = silence_heads(model, [dead])
+    batch = text_batch()
+    result = AttentionIntegratedGradients(model).attribute(batch, n_steps=20, method="riemann_left")
+    for pooling in ("max", "mean", "sum"):
+        scores = attribution_head_scores(result, pooling)  # [batch, layer, head]
+        assert torch.all(scores[:, dead[0], dead[1]] == 0), pooling  # zero gradient: exactly zero attribution
+        others = scores.abs().flatten(1)[:, torch.arange(12) != dead[0] * 4 + dead[1]]
+        assert torch.all(others.max(1).values > 0)
+        mean = scores.mean(0).abs()
+        assert mean[dead] == mean.min()
+    for maps in result.attributions:
+        assert torch.all(maps[dead[0], dead[1]] == 0)
+    for variant, kwargs in (("official", {}), ("michel", {"labels": torch.tensor([0, 1, 2])})):
+        taylor = taylor_importance(model, batch, variant=variant, **kwargs)
+        assert torch.all(taylor[:, dead[0], dead[1]] == 0), variant
+        total = taylor.sum(0)
+        assert total[dead] == 0 and int(total.flatten().argmin()) == dead[0] * 4 + dead[1]
+        assert (total > 0).sum() == 11, variant
