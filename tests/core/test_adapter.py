@@ -111,7 +111,8 @@ def test_head_mask_of_ones_changes_nothing_and_zero_mask_is_total(bert):
 
 def test_head_mask_validation(bert):
     with attention_scope(bert) as ctrl:
-        with pytest.raises(ValueError, match=r"`head_mask` of shape \[layer, head\] = \[3, 4\] or \[row, 3, 4\], but got \[4, 3\]"):
+        expected = r"`head_mask` of shape \[layer, head\] = \[3, 4\] or \[row, 3, 4\], but got \[4, 3\]"
+        with pytest.raises(ValueError, match=expected):
             ctrl.set_head_mask(torch.ones(4, 3))
         with pytest.raises(TypeError, match="`head_mask` to be a tensor or None"):
             ctrl.set_head_mask([[1.0]])
