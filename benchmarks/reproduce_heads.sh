@@ -13,6 +13,7 @@ RUNS=${RUNS:-runs/minilm}
 OUT=${OUT:-results/minilm}
 TASKS=${TASKS:-"sst2 rte mrpc cola"}
 EFFECTIVENESS_TASKS=${EFFECTIVENESS_TASKS:-"sst2 rte"}
+TRANSFER_TASKS=${TRANSFER_TASKS:-$TASKS}  # tasks pruned with the other tasks' rankings
 COMMON=(--trainer.enable_progress_bar=false)
 
 run_of() {  # the run directory and best checkpoint of a task
@@ -21,11 +22,13 @@ run_of() {  # the run directory and best checkpoint of a task
   echo "$dir" "$(ls "$dir"/checkpoints/best-*.ckpt | head -1)"
 }
 
-for task in $TASKS; do
-  read -r dir ckpt < <(run_of "$task")
-  "$PY" analyze.py heads --config "$dir/config.yaml" --ckpt_path "$ckpt" --output_dir "$OUT/$task-heads" \
-    --structural true "${COMMON[@]}"
-done
+if [ -z "${SKIP_HEADS:-}" ]; then  # SKIP_HEADS=1: the heads folders are done already
+  for task in $TASKS; do
+    read -r dir ckpt < <(run_of "$task")
+    "$PY" analyze.py heads --config "$dir/config.yaml" --ckpt_path "$ckpt" --output_dir "$OUT/$task-heads" \
+      --structural true "${COMMON[@]}"
+  done
+fi
 
 for task in $EFFECTIVENESS_TASKS; do
   read -r dir ckpt < <(run_of "$task")
@@ -33,8 +36,8 @@ for task in $EFFECTIVENESS_TASKS; do
     --output_dir "$OUT/$task-effectiveness" "${COMMON[@]}"
 done
 
-# universality: prune every task with the other tasks' AttAttr rankings, next to its own
-for task in $TASKS; do
+# universality: prune tasks with the other tasks' AttAttr rankings, next to their own
+for task in $TRANSFER_TASKS; do
   read -r dir ckpt < <(run_of "$task")
   others=()
   for other in $TASKS; do [ "$other" != "$task" ] && others+=("$OUT/$other-heads"); done
@@ -42,5 +45,8 @@ for task in $TASKS; do
   "$PY" analyze.py heads --config "$dir/config.yaml" --ckpt_path "$ckpt" --output_dir "$OUT/$task-transfer" \
     --methods "[attattr]" --transfer_from "[$list]" "${COMMON[@]}"
 done
-results=$(for task in $TASKS; do printf '%s,' "$OUT/$task-transfer"; done)
+# the transfer folders hold each task's own AttAttr importance too; tasks without one use their heads folder
+results=$(for task in $TASKS; do
+  if [ -d "$OUT/$task-transfer" ]; then printf '%s,' "$OUT/$task-transfer"; else printf '%s,' "$OUT/$task-heads"; fi
+done)
 "$PY" analyze.py universality --results "[${results%,}]" --output_dir "$OUT/universality"
