@@ -480,3 +480,24 @@ def test_a_head_with_zero_output_gets_the_lowest_importance():
         total = taylor.sum(0)
         assert total[dead] == 0 and int(total.flatten().argmin()) == dead[0] * 4 + dead[1]
         assert (total > 0).sum() == 11, variant
+
+
+# ----------------------------------------------------------------------------- transfer (universality)
+def test_transfer_from_prunes_with_another_folders_ranking(trained, heads_dir, small_heads_dir, tmp_path):
+    """`--transfer_from` adds a curve pruned with the other folder's AttAttr ranking; universality collects it."""
+    out = tmp_path / "transfer"
+    analyze(["heads", *trained.base, "--output_dir", out, *SMALL_ARGS, "--transfer_from", json.dumps([str(heads_dir)])])
+    pruning = read_json(out / "pruning.json")
+    name = next(k for k in pruning["curves"] if k.startswith("transfer:"))
+    other = read_json(heads_dir / "importance.json")["importance"]["attattr"]
+    mine = read_json(out / "importance.json")["importance"]
+    assert mine[name] == other
+    # same model, same dev set, same ranking: the transferred curve is the other folder's AttAttr curve
+    theirs = read_json(heads_dir / "pruning.json")
+    for fraction, acc in zip(pruning["fractions"], pruning["curves"][name]["acc"]):
+        assert acc == theirs["curves"]["attattr"]["acc"][theirs["fractions"].index(fraction)]
+    universality = tmp_path / "universality"
+    analyze(["universality", "--results", json.dumps([str(small_heads_dir), str(out)]), "--output_dir", universality])
+    transfer = read_json(universality / "universality.json")["transfer"]
+    assert len(transfer) == 1 and set(next(iter(transfer.values()))["acc"]) == {"attattr", name}
+    assert list((universality / "plots").glob("transfer_*.png"))
