@@ -181,8 +181,6 @@ class AnalysisTrainer(pl.Trainer):
         check_bool("plots", plots)
         if target not in ("predicted", "labels") and not (isinstance(target, int) and not isinstance(target, bool)):
             raise ArgumentError(f"Expected `target` to be 'predicted', 'labels' or a class index, but got {target!r}.")
-        net, datamodule = self._prepare(model, datamodule, ckpt_path)
-        tokenizer = datamodule.tokenizer
         if text_pair is not None and (text is None or len(text_pair) != len(text)):
             raise ArgumentError(
                 f"Expected `text_pair` to give one second segment per `text` ({0 if text is None else len(text)}), "
@@ -193,6 +191,8 @@ class AnalysisTrainer(pl.Trainer):
                 "Expected `target` 'predicted' or a class index for `text` inputs (they have no gold label), "
                 "but got 'labels'."
             )
+        net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        tokenizer = datamodule.tokenizer
         items: list[dict[str, Any]] = []
         names: list[str] = []
         if indices or not text:

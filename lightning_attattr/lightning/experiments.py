@@ -194,12 +194,7 @@ def run_heads(
     )
     timings["importance_s"] = time.perf_counter() - start
     importances = importance_from_records(records, methods, n_layers, n_heads, random_seeds)
-    for name, vector in transfer_from.items():
-        if tuple(vector.shape) != (n_layers, n_heads):
-            raise ArgumentError(
-                f"Expected `transfer_from` importance of shape [layer, head] = {[n_layers, n_heads]} (this model), "
-                f"but {name!r} has {list(vector.shape)}."
-            )
+    for name, vector in transfer_from.items():  # shapes checked by the caller before any work
         importances[f"transfer:{name}"] = vector.double()
 
     # ---- stage 2: the dev set under every pruning mask
