@@ -5,7 +5,11 @@ Subcommands on one model (LightningCLI, exactly like ``train.py``: ``--config``,
 
 - ``attribute``: AttAttr maps of chosen dev examples (``--indices``) or raw text (``--text``);
 - ``heads``: head importance by every method, pruning curves, optional structural pruning;
-- ``effectiveness``: per-example AttAttr vs attention rankings, ``k`` heads pruned per layer.
+- ``effectiveness``: per-example AttAttr vs attention rankings, ``k`` heads pruned per layer;
+- ``tree``: attribution trees of dev examples or raw text;
+- ``faithfulness``: deletion curves of four edge explanations against random deletions, trees, and the
+  planted pair of the synthetic task;
+- ``attack``: adversarial triggers mined from training examples, per-class accuracy against random insertions.
 
 and one over several ``heads`` results folders:
 
@@ -34,8 +38,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from lightning_attattr.analysis.edges import EDGE_METHODS
+from lightning_attattr.analysis.faithfulness import DEFAULT_KS, check_ks, check_ks_fit
 from lightning_attattr.analysis.heads import METHODS
 from lightning_attattr.analysis.store import ResultsFolder, write_json
+from lightning_attattr.analysis.trees import ROOT_RULES
 from lightning_attattr.cli import AttAttrCLI
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
 from lightning_attattr.core.checks import (
@@ -44,6 +51,7 @@ from lightning_attattr.core.checks import (
     check_choice,
     check_existing_dir,
     check_fractions,
+    check_int,
     check_number,
     check_positive_int,
     check_seed,
@@ -53,7 +61,7 @@ from lightning_attattr.lightning.checkpoints import read_checkpoint
 from lightning_attattr.lightning.classifier import AttAttrClassifier
 
 PROG = "analyze.py"
-SUBCOMMANDS = ("attribute", "heads", "effectiveness")
+SUBCOMMANDS = ("attribute", "tree", "heads", "effectiveness", "faithfulness", "attack")
 # the trainer settings an analysis uses; the rest of a training config's `trainer:` is ignored
 HARDWARE_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision")
 _COMMAND: list[str] | None = None  # set by `cli_main` while it runs: the command line (its `args`, or sys.argv)
@@ -181,39 +189,14 @@ class AnalysisTrainer(pl.Trainer):
         check_bool("plots", plots)
         if target not in ("predicted", "labels") and not (isinstance(target, int) and not isinstance(target, bool)):
             raise ArgumentError(f"Expected `target` to be 'predicted', 'labels' or a class index, but got {target!r}.")
-        if text_pair is not None and (text is None or len(text_pair) != len(text)):
-            raise ArgumentError(
-                f"Expected `text_pair` to give one second segment per `text` ({0 if text is None else len(text)}), "
-                f"but got {len(text_pair)}."
-            )
+        _check_text(text, text_pair)
         if text and target == "labels":
             raise ArgumentError(
                 "Expected `target` 'predicted' or a class index for `text` inputs (they have no gold label), "
                 "but got 'labels'."
             )
         net, datamodule = self._prepare(model, datamodule, ckpt_path)
-        tokenizer = datamodule.tokenizer
-        items: list[dict[str, Any]] = []
-        names: list[str] = []
-        if indices or not text:
-            from lightning_attattr.lightning.experiments import dev_split
-
-            split = dev_split(datamodule)
-            dev = datamodule.dataset(split)
-            for i in indices or [0]:
-                if not 0 <= i < len(dev):
-                    raise ArgumentError(f"Expected `indices` in [0, {len(dev) - 1}] (the {split} set), but got {i}.")
-                items.append(dict(dev[i]))
-                names.append(f"{split}-{i:06d}")
-        for k, sentence in enumerate(text or []):
-            args = (sentence,) if text_pair is None else (sentence, text_pair[k])
-            encoded = tokenizer(*args, truncation=True, max_length=getattr(datamodule, "max_length", 512))
-            items.append({key: list(v) for key, v in encoded.items()})
-            names.append(f"text-{k:03d}")
-        gold = [item.get("labels") for item in items]
-        if text:  # one batch may mix dev examples and texts: labels only in the index, not in the batch
-            items = [{k: v for k, v in item.items() if k != "labels"} for item in items]
-        tokens = [tokenizer.convert_ids_to_tokens(item["input_ids"]) for item in items]
+        items, names, gold, tokens = _chosen_examples(datamodule, indices, text, text_pair)
         from lightning_attattr.lightning.experiments import run_attribute
 
         options = dict(indices=indices, text=text, text_pair=text_pair, target=target, layers=layers, n_steps=n_steps,
@@ -380,6 +363,264 @@ class AnalysisTrainer(pl.Trainer):
             extra={"task": task},
         )  # fmt: skip
 
+    def faithfulness(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        weights_only: bool | None = None,
+        output_dir: str = "results/faithfulness",
+        overwrite: bool = False,
+        n_examples: int | None = 100,
+        edge_methods: list[str] = list(EDGE_METHODS),  # noqa: B006 (jsonargparse shows the default)
+        ks: list[int] = list(DEFAULT_KS),  # noqa: B006
+        n_random: int = 3,
+        tau: float = 0.4,
+        seed: int = 0,
+        n_steps: int | Literal["auto"] = "auto",
+        method: str = "gausslegendre",
+        completeness_tol: float = 1e-3,
+        batch_size: int = 8,
+    ) -> dict[str, Any]:
+        """Is the explanation faithful? Delete each edge method's top-k attention connections; compare with random.
+
+        For the first ``n_examples`` dev examples, every edge method (``attattr``, raw ``attention``,
+        attention ``rollout``, ``grad_attention`` of Chefer et al.) scores every (layer, query, key)
+        connection; the top ``k`` over all layers are removed (their probabilities set to 0 in every
+        head of their layer) and the drop of the predicted class's probability and the flips are
+        recorded, against ``k`` random connections (``n_random`` seeds) and, for each method's
+        attribution tree, against random connections of the tree's layers. On the synthetic task the
+        planted pair's rank is checked too (``groundtruth.json``).
+
+        Args:
+            model: the classifier (built from ``--config``/``--model``).
+            datamodule: the data module (dev set, tokenizer).
+            ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
+            weights_only: unused (accepted so that training configs parse).
+            output_dir: results folder (``faithfulness.json/md``, ``deletion_curves.csv``, ``plots/``).
+            overwrite: replace a results folder that holds results of other arguments.
+            n_examples: the first N dev examples (``null``: the whole dev set).
+            edge_methods: edge explanations to compare (any of attattr, attention, rollout, grad_attention).
+            ks: numbers of connections to delete (each at most layers x n x n of the shortest example).
+            n_random: random-deletion seeds.
+            tau: tree threshold, a fraction of each layer's largest score, in (0, 1].
+            seed: seed of the random deletions (per example: the same whatever the batch or process).
+            n_steps: AttAttr integration: ``"auto"`` (adaptive) or a fixed count.
+            method: AttAttr integration rule.
+            completeness_tol: relative completeness tolerance of ``n_steps="auto"``.
+            batch_size: examples per batch.
+        """
+        check_positive_int("n_examples", n_examples, optional=True)
+        if not isinstance(edge_methods, list) or not edge_methods:
+            raise ArgumentError(
+                f"Expected `edge_methods` to be a non-empty list of {list(EDGE_METHODS)}, but got {edge_methods!r}."
+            )
+        for name in edge_methods:
+            check_choice("edge_methods", name, EDGE_METHODS)
+        ks = check_ks("ks", ks)
+        check_positive_int("n_random", n_random)
+        check_number("tau", tau, 0.0, 1.0, low_open=True)
+        check_seed("seed", seed)
+        validate_n_steps(n_steps, allow_auto=True)
+        validate_method(method)
+        check_positive_int("batch_size", batch_size)
+        net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        _check_dev_size(datamodule, n_examples=n_examples)
+        from lightning_attattr.lightning.experiments import dev_split, model_shape
+        from lightning_attattr.lightning.faithfulness import planted_pairs, run_faithfulness
+
+        split = dev_split(datamodule)
+        dev = datamodule.dataset(split)
+        indices = list(range(len(dev) if n_examples is None else n_examples))
+        check_ks_fit("ks", ks, model_shape(net)[0], min(len(dev[i]["input_ids"]) for i in indices))
+        task, _ = _task(datamodule, model)
+        options = dict(n_examples=n_examples, edge_methods=list(dict.fromkeys(edge_methods)), ks=ks,
+                       n_random=n_random, tau=tau, seed=seed, n_steps=n_steps, method=method,
+                       completeness_tol=completeness_tol)  # fmt: skip
+        attattr_options = dict(n_steps=n_steps, method=method, completeness_tol=completeness_tol)
+        return self._run_analysis(
+            "faithfulness", output_dir, overwrite, options,
+            lambda folder: run_faithfulness(
+                self, net, datamodule, folder, dataset=dev, indices=indices, edge_methods=options["edge_methods"],
+                ks=ks, n_random=n_random, seed=seed, tau=tau, attattr_options=attattr_options,
+                batch_size=batch_size, planted=planted_pairs(datamodule, split),
+            ),
+            extra={"task": task},
+        )  # fmt: skip
+
+    def tree(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        weights_only: bool | None = None,
+        output_dir: str = "results/tree",
+        overwrite: bool = False,
+        index: list[int] | None = None,
+        text: list[str] | None = None,
+        text_pair: list[str] | None = None,
+        tau: float = 0.4,
+        root: Literal["cls", "official"] = "cls",
+        words: bool = False,
+        n_steps: int | Literal["auto"] = "auto",
+        method: str = "gausslegendre",
+        completeness_tol: float = 1e-3,
+        batch_size: int = 8,
+    ) -> dict[str, Any]:
+        """Attribution trees (paper section 5): how information flows between tokens, layer by layer, into [CLS].
+
+        Per example, AttAttr of the predicted class for every layer, summed over heads; in each layer
+        the connections above ``tau`` times the layer's largest attribution are candidates, and from
+        the top layer down a token joins the tree under the first token already in it that attends
+        to it (one parent per token). Writes JSON, GraphML, DOT, a text rendering (also printed)
+        and a PNG/SVG drawing per example.
+
+        Args:
+            model: the classifier (built from ``--config``/``--model``).
+            datamodule: the data module (dev examples, tokenizer).
+            ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
+            weights_only: unused (accepted so that training configs parse).
+            output_dir: results folder (``trees/``, ``plots/``, ``trees.json``, ``summary.json``).
+            overwrite: replace a results folder that holds results of other arguments.
+            index: dev-set example indices (0-based, file order); default ``[0]`` when no ``text`` is given.
+            text: raw input texts (first segments).
+            text_pair: second segments for pair tasks, one per ``text``.
+            tau: threshold in (0, 1], a fraction of each layer's largest attribution (paper: 0.4).
+            root: ``cls``: [CLS] is the root with its last-layer edges (the paper); ``official``: the official
+                script's root heuristic (the token with the largest total attribution, last layer unused).
+            words: merge WordPiece/BPE tokens into words first (attributions summed over a word's pieces on
+                both axes, so each layer's total is kept).
+            n_steps: AttAttr integration: ``"auto"`` (adaptive) or a fixed count.
+            method: AttAttr integration rule.
+            completeness_tol: relative completeness tolerance of ``n_steps="auto"``.
+            batch_size: examples per attribution batch.
+        """
+        check_number("tau", tau, 0.0, 1.0, low_open=True)
+        check_choice("root", root, ROOT_RULES)
+        check_bool("words", words)
+        check_positive_int("batch_size", batch_size)
+        validate_n_steps(n_steps, allow_auto=True)
+        validate_method(method)
+        _check_text(text, text_pair)
+        net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        items, names, _, tokens = _chosen_examples(datamodule, index, text, text_pair)
+        from lightning_attattr.lightning.trees import run_trees
+
+        tokenizer = datamodule.tokenizer
+        specials = [t for t in tokenizer.all_special_tokens if t != tokenizer.unk_token]
+        options = dict(index=index, text=text, text_pair=text_pair, tau=tau, root=root, words=words,
+                       n_steps=n_steps, method=method, completeness_tol=completeness_tol)  # fmt: skip
+        attattr_options = dict(n_steps=n_steps, method=method, completeness_tol=completeness_tol)
+        return self._run_analysis(
+            "tree", output_dir, overwrite, options,
+            lambda folder: run_trees(
+                self, net, datamodule, folder, items=items, names=names, tokens=tokens, tau=tau, root=root,
+                words=words, attattr_options=attattr_options, batch_size=batch_size, special_tokens=specials,
+            ),
+        )  # fmt: skip
+
+    def attack(
+        self,
+        model: pl.LightningModule,
+        datamodule: pl.LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        weights_only: bool | None = None,
+        output_dir: str = "results/attack",
+        overwrite: bool = False,
+        n_source: int = 500,
+        min_tokens: int | None = None,
+        n_eval: int | None = None,
+        top: int = 3,
+        threshold: float = 0.02,
+        ratio: float = 0.2,
+        use_both: bool = False,
+        n_random: int = 3,
+        seed: int = 0,
+        n_steps: int | Literal["auto"] = "auto",
+        method: str = "gausslegendre",
+        completeness_tol: float = 1e-3,
+        batch_size: int = 8,
+    ) -> dict[str, Any]:
+        """Adversarial triggers (paper section 6): attribution patterns mined from training examples, pasted into dev.
+
+        Each of the first ``n_source`` training examples gives a pattern: in the head holding its
+        largest AttAttr entry (predicted class), the two strongest (query, key) connections. The
+        patterns are ranked by the sum of the two; the ``top`` best make triggers, whose wordpieces
+        are inserted into every dev example at the same relative positions of the same segment.
+        Accuracy per gold class: clean, under each trigger, and under random tokens inserted at the
+        same positions (``n_random`` seeds). Writes ``attack.json`` and ``attack.md``.
+
+        Args:
+            model: the classifier (built from ``--config``/``--model``).
+            datamodule: the data module (train and dev sets, tokenizer).
+            ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
+            weights_only: unused (accepted so that training configs parse).
+            output_dir: results folder (``attack.json``, ``attack.md``, ``summary.json``).
+            overwrite: replace a results folder that holds results of other arguments.
+            n_source: mine the first N training examples (file order; official: 500).
+            min_tokens: skip source examples with fewer wordpieces (special tokens included); default 15
+                for single-sentence tasks (the official SST-2 setting), 0 for pairs.
+            n_eval: attack the first N dev examples (``null``: all).
+            top: number of triggers (the paper reports 3).
+            threshold: patterns scoring below this are not used (official: 0.02).
+            ratio: use the second pair too when its value is at least this fraction of the first's (official: 0.2).
+            use_both: always use both pairs.
+            n_random: random-control seeds per trigger.
+            seed: seed of the random controls.
+            n_steps: AttAttr integration: ``"auto"`` (adaptive) or a fixed count (official: 64, riemann_right).
+            method: AttAttr integration rule.
+            completeness_tol: relative completeness tolerance of ``n_steps="auto"``.
+            batch_size: examples per batch.
+        """
+        check_positive_int("n_source", n_source)
+        check_positive_int("n_eval", n_eval, optional=True)
+        if min_tokens is not None:
+            check_int("min_tokens", min_tokens, 0)
+        check_positive_int("top", top)
+        check_number("threshold", threshold, 0.0, float("inf"))
+        check_number("ratio", ratio, 0.0, 1.0)
+        check_bool("use_both", use_both)
+        check_positive_int("n_random", n_random)
+        check_seed("seed", seed)
+        validate_n_steps(n_steps, allow_auto=True)
+        validate_method(method)
+        check_positive_int("batch_size", batch_size)
+        net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        from lightning_attattr.lightning.experiments import dev_split
+
+        examples = getattr(datamodule, "examples", None)
+        if examples is None or not hasattr(examples("train"), "text_a"):
+            raise ArgumentError(
+                "Expected a text data module with raw training and dev texts (e.g. GlueDataModule) for `attack`, "
+                f"but got {type(datamodule).__name__}."
+            )
+        _check_dev_size(datamodule, n_eval=n_eval)
+        train, dev = examples("train"), examples(dev_split(datamodule))
+        pair = dev.text_b is not None
+        min_tokens = (0 if pair else 15) if min_tokens is None else min_tokens
+        source = _source_examples(datamodule, train, n_source, min_tokens)
+        if n_eval is not None:
+            dev = type(dev)(dev.split, dev.text_a[:n_eval], None if dev.text_b is None else dev.text_b[:n_eval],
+                            dev.labels[:n_eval])  # fmt: skip
+        task, _ = _task(datamodule, model)
+        label_names = list(getattr(datamodule, "label_names", None) or [])
+        from lightning_attattr.lightning.attack import run_attack
+
+        options = dict(n_source=n_source, min_tokens=min_tokens, n_eval=n_eval, top=top, threshold=threshold,
+                       ratio=ratio, use_both=use_both, n_random=n_random, seed=seed, n_steps=n_steps, method=method,
+                       completeness_tol=completeness_tol)  # fmt: skip
+        attattr_options = dict(n_steps=n_steps, method=method, completeness_tol=completeness_tol)
+        names = label_names or [str(k) for k in range(int(net.config.num_labels))]
+        return self._run_analysis(
+            "attack", output_dir, overwrite, options,
+            lambda folder: run_attack(
+                self, net, datamodule, folder, source=source, dev=dev, label_names=names, top=top,
+                threshold=threshold, ratio=ratio, use_both=use_both, n_random=n_random, seed=seed,
+                attattr_options=attattr_options, batch_size=batch_size,
+            ),
+            extra={"task": task},
+        )  # fmt: skip
+
     # ----------------------------------------------------------------- shared
     def _prepare(
         self, model: pl.LightningModule, datamodule: Any, ckpt_path: str | None
@@ -433,6 +674,89 @@ class AnalysisTrainer(pl.Trainer):
                 write_json(folder.file("summary.json"), summary)
                 folder.log(f"{kind}: complete in {summary['seconds']} s; results in {folder.path}")
         return result
+
+
+def _source_examples(datamodule: Any, train: Any, n_source: int, min_tokens: int) -> list[dict[str, Any]]:
+    """The first ``n_source`` training examples, tokenized, without those shorter than ``min_tokens`` wordpieces."""
+    tokenizer = datamodule.tokenizer
+    n = min(n_source, len(train))
+    texts = (train.text_a[:n],) if train.text_b is None else (train.text_a[:n], train.text_b[:n])
+    encoded = tokenizer(*texts, truncation=True, max_length=datamodule.max_length)
+    out = []
+    for i in range(n):
+        ids = list(encoded["input_ids"][i])
+        if len(ids) < min_tokens:
+            continue
+        item = {k: list(v[i]) for k, v in encoded.items()}
+        out.append({**item, "labels": int(train.labels[i]), "tokens": tokenizer.convert_ids_to_tokens(ids)})
+    if not out:
+        raise ArgumentError(
+            f"Expected some of the first {n} training examples to have at least `min_tokens` ({min_tokens}) "
+            "wordpieces, but none has; lower `min_tokens`."
+        )
+    return out
+
+
+def _check_text(text: list[str] | None, text_pair: list[str] | None) -> None:
+    """``text``/``text_pair`` checks that need no model: non-empty texts, one pair per text."""
+    for name, values in (("text", text), ("text_pair", text_pair)):
+        for k, value in enumerate(values or []):
+            if not isinstance(value, str) or not value.strip():
+                raise ArgumentError(f"Expected every `{name}` to be a non-empty string, but item {k} is {value!r}.")
+    if text_pair is not None and (text is None or len(text_pair) != len(text)):
+        raise ArgumentError(
+            f"Expected `text_pair` to give one second segment per `text` ({0 if text is None else len(text)}), "
+            f"but got {len(text_pair)}."
+        )
+
+
+def _chosen_examples(
+    datamodule: Any, indices: list[int] | None, text: list[str] | None, text_pair: list[str] | None
+) -> tuple[list[dict[str, Any]], list[str], list[int | None], list[list[str]]]:
+    """Dev examples ``indices`` (default ``[0]`` without ``text``) and raw texts, tokenized: items, names, gold, tokens.
+
+    Raises:
+        ArgumentError: an index outside the dev set, or ``text_pair`` for a single-sentence task.
+    """
+    from lightning_attattr.lightning.experiments import dev_split
+
+    tokenizer = datamodule.tokenizer
+    split = dev_split(datamodule)
+    items: list[dict[str, Any]] = []
+    names: list[str] = []
+    if indices or not text:
+        dev = datamodule.dataset(split)
+        for i in indices or [0]:
+            if not 0 <= i < len(dev):
+                raise ArgumentError(f"Expected `indices` in [0, {len(dev) - 1}] (the {split} set), but got {i}.")
+            items.append(dict(dev[i]))
+            names.append(f"{split}-{i:06d}")
+    if text_pair is not None and not _is_pair_task(datamodule, split):
+        raise ArgumentError(
+            f"Expected no `text_pair`: the task of this data module has single sentences, but got {len(text_pair)} "
+            "second segment(s)."
+        )
+    for k, sentence in enumerate(text or []):
+        args = (sentence,) if text_pair is None else (sentence, text_pair[k])
+        encoded = tokenizer(*args, truncation=True, max_length=getattr(datamodule, "max_length", 512))
+        items.append({key: list(v) for key, v in encoded.items()})
+        names.append(f"text-{k:03d}")
+    gold = [item.get("labels") for item in items]
+    if text:  # one batch may mix dev examples and texts: labels only in the index, not in the batch
+        items = [{k: v for k, v in item.items() if k != "labels"} for item in items]
+    tokens = [tokenizer.convert_ids_to_tokens(item["input_ids"]) for item in items]
+    return items, names, gold, tokens
+
+
+def _is_pair_task(datamodule: Any, split: str) -> bool:
+    """Whether the data module's examples have a second segment (GLUE pair tasks); ``True`` when it cannot tell."""
+    examples = getattr(datamodule, "examples", None)
+    if examples is None:
+        return True
+    data = examples(split)
+    if isinstance(data, list):  # the synthetic task: single sequences
+        return False
+    return getattr(data, "text_b", None) is not None
 
 
 def _check_dev_size(datamodule: Any, **counts: int | None) -> None:
@@ -652,8 +976,11 @@ _OVERVIEW = f"""usage: {PROG} SUBCOMMAND [options]   ({PROG} SUBCOMMAND --help f
 
 The paper's experiments on a trained model, offline. Subcommands:
   attribute      AttAttr maps of dev examples (--indices) or raw text (--text), saved per example
+  tree           attribution trees of dev examples (--index) or raw text (--text): JSON/GraphML/DOT/PNG/text
   heads          head importance by every method + pruning curves (+ structural pruning)
   effectiveness  per-example AttAttr vs attention rankings, k heads pruned per layer (paper 4.1)
+  faithfulness   deletion curves of AttAttr, attention, rollout, gradxattention vs random; trees; planted pair
+  attack         adversarial triggers mined from training examples, accuracy per class vs random insertions
   universality   importance correlations across tasks + transferred pruning curves (--results DIR ...)
 
 Read a training run: --config runs/NAME/version_N/config.yaml --ckpt_path .../checkpoints/last.ckpt

@@ -490,3 +490,129 @@ def correlation_heatmap(matrix: Sequence[Sequence[float]], names: Sequence[str],
     if title is not None:
         ax.set_title(_check_title(title))
     return fig
+
+
+def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None = None) -> Figure:
+    """Draw an attribution tree over the input: tokens left to right, layers bottom to top.
+
+    Every token of the input gets an x position and a tick label (rotated); the tokens in the tree
+    are drawn as nodes at the height of their ``layer`` (the layer of the edge that attached them;
+    the root sits on the top row) and their labels are dark and bold, the others faint. Each edge is
+    an arrow from the child (key) up to the parent (query), the direction in which information
+    flows, coloured and widened by its normalised score (``tau`` .. 1). The figure widens with the
+    number of tokens and stays readable for 40-token inputs; a root-only tree is drawn too.
+
+    Args:
+        graph: An attribution tree from :func:`lightning_attattr.analysis.trees.build_tree`.
+        tokens: All ``n`` token strings of the input (the ``tokens`` given to ``build_tree``);
+            ``None`` labels the tree tokens with their text and the others with their index.
+        title: Axes title; by default ``tau`` and the root rule.
+
+    Returns:
+        A new figure with one axes (and a colorbar when the tree has edges).
+
+    Raises:
+        TypeError: If ``graph`` is not an attribution tree, ``tokens`` is not a sequence of strings or
+            ``title`` is not a string.
+        ValueError: If ``tokens`` does not have one entry per input position.
+    """
+    import networkx as nx
+
+    if not isinstance(graph, nx.DiGraph) or not {"root", "n_layers"} <= set(graph.graph):
+        raise ArgumentTypeError(
+            f"Expected `graph` to be an attribution tree from build_tree, but got {type(graph).__name__}."
+        )
+    n_layers = int(graph.graph["n_layers"])
+    root = graph.graph["root"]
+    n = int(graph.graph.get("n_tokens", max(graph.nodes) + 1))
+    if tokens is None:
+        labels = [str(graph.nodes[i]["token"]) if i in graph else str(i) for i in range(n)]
+    elif isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
+        raise ArgumentTypeError(
+            f"Expected `tokens` to be a sequence of strings or None, but got {type(tokens).__name__}."
+        )
+    elif len(tokens) != n:
+        raise ArgumentError(
+            f"Expected `tokens` to have one entry per input position of the tree ({n}), but got {len(tokens)}."
+        )
+    else:
+        labels = [str(t) for t in tokens]
+    title = _check_title(title)
+    if title is None:
+        title = (
+            f"attribution tree (tau={float(graph.graph.get('tau', 0.0)):g}, root {graph.graph.get('root_rule', '?')})"
+        )
+
+    import matplotlib as mpl
+    from matplotlib.colors import Normalize
+
+    width = float(np.clip(0.3 * n + 2.5, 5.0, 40.0))
+    height = float(np.clip(0.42 * (n_layers + 1) + 2.4, 3.5, 14.0))
+    fig = _new_figure((width, height))
+    ax = fig.add_subplot()
+    from matplotlib.colors import ListedColormap
+
+    # plasma without its palest end, so that the weakest edges still show on white
+    cmap = ListedColormap(mpl.colormaps.get_cmap("plasma_r")(np.linspace(0.2, 1.0, 256)))
+    tau = float(graph.graph.get("tau", 0.0))
+    norm = Normalize(vmin=tau, vmax=max(1.0, max((float(s) for *_, s in graph.edges(data="score")), default=1.0)))
+
+    for layer in range(n_layers + 1):  # faint rows, one per layer
+        ax.axhline(layer, color="0.9", linewidth=0.6, zorder=0)
+    for x in range(n):  # faint columns: every input token, in or out of the tree
+        ax.axvline(x, color="0.93", linewidth=0.6, linestyle=":", zorder=0)
+
+    def position(node: int) -> tuple[float, float]:
+        return float(node), float(graph.nodes[node]["layer"])
+
+    for parent, child, data in graph.edges(data=True):
+        start, end = position(child), position(parent)
+        score = float(data["score"])
+        t = float(np.clip((score - norm.vmin) / max(norm.vmax - norm.vmin, 1e-12), 0.0, 1.0))
+        ax.annotate(
+            "",
+            xy=end,
+            xytext=start,
+            arrowprops={
+                "arrowstyle": "-|>",
+                "color": cmap(norm(score)),
+                "linewidth": 0.8 + 2.2 * t,
+                "shrinkA": 4,
+                "shrinkB": 5,
+                "mutation_scale": 9,
+                # same-layer edges (a token attached earlier in the layer is the parent) bow, others are straight
+                "connectionstyle": "arc3,rad=0.3" if start[1] == end[1] else "arc3,rad=0.0",
+            },
+            zorder=2,
+        )
+
+    nodes = sorted(graph.nodes)
+    xs = [position(v)[0] for v in nodes]
+    ys = [position(v)[1] for v in nodes]
+    ax.scatter(xs, ys, s=28, color="tab:blue", edgecolor="black", linewidth=0.5, zorder=3)
+    ax.scatter([root], [n_layers], s=120, marker="*", color="gold", edgecolor="black", linewidth=0.6, zorder=4)
+    label_size = float(np.clip(9.5 - 0.08 * n, 6.0, 9.0))
+    for v, x, y in zip(nodes, xs, ys):
+        ax.annotate(
+            labels[v], (x, y), xytext=(3, 4), textcoords="offset points", fontsize=label_size, rotation=30, zorder=5
+        )
+
+    tick_size = _fontsize((width - 2.5) / max(n, 1), lo=6.0, hi=9.0)
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=tick_size)
+    for k, tick in enumerate(ax.get_xticklabels()):
+        in_tree = k in graph
+        tick.set_color("black" if in_tree else "0.65")
+        tick.set_fontweight("bold" if in_tree else "normal")
+    ax.set_yticks(range(n_layers + 1), [f"L{layer}" for layer in range(n_layers)] + ["root"])
+    ax.tick_params(axis="y", labelsize=float(np.clip(9 - 0.1 * n_layers, 6, 9)))
+    ax.set_xlim(-0.8, n - 0.2)
+    ax.set_ylim(-0.7, n_layers + 0.9)
+    ax.set_ylabel("layer")
+    ax.set_xlabel("arrows: child (key) \u2192 parent (query)", fontsize=8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if graph.number_of_edges():
+        mappable = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
+        fig.colorbar(mappable, ax=ax, label="normalised score", shrink=0.8, pad=0.01)
+    ax.set_title(title)
+    return fig

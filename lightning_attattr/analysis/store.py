@@ -74,6 +74,11 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda f: json.dump(_jsonable(obj), f, indent=2, sort_keys=False) or f.write("\n"))
 
 
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write(path, lambda f: f.write(text))
+
+
 def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
     """Atomically write a CSV table with a header row."""
 

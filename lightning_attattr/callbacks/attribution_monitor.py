@@ -22,6 +22,7 @@ from lightning_attattr.callbacks._protocol import (
     tokens_of,
     world,
 )
+from lightning_attattr.core.adapter import layer_modules
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
 from lightning_attattr.core.attribution import (
     DEFAULT_METHOD,
@@ -35,6 +36,7 @@ from lightning_attattr.core.checks import (
     check_choice,
     check_int,
     check_layers,
+    check_number,
     check_positive_int,
 )
 
@@ -55,6 +57,11 @@ class AttributionMonitor(EpochEndAnalysis):
     - ``attr/steps_layer{l}``: mean integration nodes used per probe example (scalar; with the
       adaptive default it shows where the integrand got harder),
     - ``attr/values_layer{l}``: histogram of the attribution values,
+
+    and, with ``log_trees=True``, per image example ``attr_tree/example{i}``: a figure of the attribution
+    tree (:func:`~lightning_attattr.analysis.trees.build_tree` with the paper's ``[CLS]`` root and
+    ``tau=tree_tau``) built from the head-summed maps of all layers. Trees need every layer, so they
+    are skipped (with one warning) when ``layers`` names only some of them.
 
     and writes ``<save_dir>/epoch={epoch:03d}.pt`` (only on rank zero), a dict with ``epoch``,
     ``global_step``, ``layers``, ``tokens`` (per example), ``attributions`` (per example,
@@ -77,6 +84,9 @@ class AttributionMonitor(EpochEndAnalysis):
         log_images: log heatmaps and head grids (needs a TensorBoard logger; else skipped with a warning).
         log_histograms: log histograms of attribution values.
         max_image_examples: log images for at most this many probe examples.
+        log_trees: also log an attribution-tree figure per image example (needs a TensorBoard logger
+            and all layers attributed). Default ``False``.
+        tree_tau: threshold of the attribution tree, in ``(0, 1]``. Default ``0.4``.
         save_dir: where maps are written; default ``<trainer.log_dir>/attributions``. Nothing is
             written under ``fast_dev_run`` (as Lightning does for checkpoints).
     """
@@ -94,6 +104,8 @@ class AttributionMonitor(EpochEndAnalysis):
         log_histograms: bool = True,
         max_image_examples: int = 2,
         save_dir: str | None = None,
+        log_trees: bool = False,
+        tree_tau: float = 0.4,
     ) -> None:
         super().__init__(every_n_epochs)
         check_positive_int("n_examples", n_examples)
@@ -105,8 +117,9 @@ class AttributionMonitor(EpochEndAnalysis):
         validate_n_steps(n_steps, allow_auto=True)
         validate_method(method)
         check_choice("target", target, _TARGETS)
-        for name, flag in (("log_images", log_images), ("log_histograms", log_histograms)):
+        for name, flag in (("log_images", log_images), ("log_histograms", log_histograms), ("log_trees", log_trees)):
             check_bool(name, flag)
+        tree_tau = check_number("tree_tau", tree_tau, 0.0, 1.0, low_open=True)
         if save_dir is not None and (not isinstance(save_dir, str) or not save_dir):
             raise ArgumentTypeError(f"Expected `save_dir` to be a directory path or None, but got {save_dir!r}.")
         self.n_examples = n_examples
@@ -120,6 +133,10 @@ class AttributionMonitor(EpochEndAnalysis):
         self.log_histograms = log_histograms
         self.max_image_examples = max_image_examples
         self.save_dir = save_dir
+        self.log_trees = log_trees
+        self.tree_tau = tree_tau
+        self._n_model_layers: int | None = None
+        self._tree_warned = False
         self.analyses_done = 0
         self.last_result: dict[str, Any] | None = None
 
@@ -136,7 +153,8 @@ class AttributionMonitor(EpochEndAnalysis):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)  # model, architecture and layer range, before any training
-        if self.log_images and tensorboard(trainer) is None:
+        self._n_model_layers = len(layer_modules(resolve_model(pl_module)))
+        if (self.log_images or self.log_trees) and tensorboard(trainer) is None:
             rank_zero_warn("AttributionMonitor: no TensorBoardLogger, so no images are logged (maps are still saved).")
 
     def _directory(self, trainer: pl.Trainer) -> Path:
@@ -225,6 +243,27 @@ class AttributionMonitor(EpochEndAnalysis):
                 writer.add_image(f"attr/layer{layer}/example{i}", figure_to_array(heat), step, dataformats="HWC")
                 grid = head_grid(attr[li], tokens=tokens, title=f"layer {layer}, example {i}")
                 writer.add_image(f"attr_heads/layer{layer}/example{i}", figure_to_array(grid), step, dataformats="HWC")
+        if self.log_trees:
+            self._log_trees(writer, result, step)
+
+    def _log_trees(self, writer: Any, result: dict[str, Any], step: int) -> None:
+        """Log ``attr_tree/example{i}``: the attribution tree of each image example (all layers needed)."""
+        if self._n_model_layers is not None and list(result["layers"]) != list(range(self._n_model_layers)):
+            if not self._tree_warned:
+                rank_zero_warn(
+                    f"AttributionMonitor: `log_trees` needs all {self._n_model_layers} layers attributed, but "
+                    f"`layers` is {result['layers']}; no attribution trees are logged."
+                )
+                self._tree_warned = True
+            return
+        from lightning_attattr.analysis.trees import build_tree
+        from lightning_attattr.plotting import figure_to_array, tree_figure
+
+        for i, attr in enumerate(result["attributions"][: self.max_image_examples]):
+            tokens = result["tokens"][i] or None
+            tree = build_tree(attr.sum(1), tokens, tau=self.tree_tau)  # [layer, query_pos, key_pos]
+            fig = tree_figure(tree, tokens, title=f"attribution tree, example {i}, epoch {result['epoch']}")
+            writer.add_image(f"attr_tree/example{i}", figure_to_array(fig), step, dataformats="HWC")
 
     @override
     def state_dict(self) -> dict[str, Any]:

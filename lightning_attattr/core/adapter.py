@@ -236,6 +236,9 @@ class AttentionController:
         self._kept: dict[int, Tensor] = {}  # layer -> original indices of the heads left after pruning
         self._context: frozenset[int] = frozenset()
         self._contexts: dict[int, Tensor] = {}
+        self._edge_masks: dict[int, Tensor] = {}
+        self._probe: frozenset[int] = frozenset()
+        self._probed: dict[int, tuple[Tensor, Tensor]] = {}
 
     # ----------------------------------------------------------------- public helpers
     def set_head_mask(self, head_mask: Tensor | None) -> None:
@@ -296,6 +299,47 @@ class AttentionController:
             raise ArgumentError(f"Expected `layer` in [0, {self.n_layers - 1}], but got {layer!r}.")
         with self._state(_replace_layer=int(layer), _replacement=probs):
             yield
+
+    @contextlib.contextmanager
+    def removing_edges(self, masks: dict[int, Tensor]) -> Iterator[None]:
+        """Multiply chosen layers' attention probabilities by edge masks in the forwards run inside this block.
+
+        ``masks`` maps a layer to a multiplier ``[rows, query_pos, key_pos]`` (every head of the layer)
+        or ``[rows, head, query_pos, key_pos]``, with ``rows`` 1 or the batch size; 0 removes the
+        connection "query attends to key" (the probability is set to 0, the others are not
+        renormalised, as with a head mask). Applied after the head mask.
+
+        Raises:
+            ArgumentError: a layer outside ``0 .. n_layers - 1`` or a mask that is not 3- or 4-D.
+        """
+        checked = {}
+        for layer, mask in masks.items():
+            if not 0 <= int(layer) < self.n_layers:
+                raise ArgumentError(f"Expected edge-mask layers in [0, {self.n_layers - 1}], but got {layer!r}.")
+            if not isinstance(mask, Tensor) or mask.dim() not in (3, 4):
+                shape = list(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+                raise ArgumentError(
+                    f"Expected the edge mask of layer {layer} to be a [rows, query, key] or [rows, head, query, key] "
+                    f"tensor, but got {shape}."
+                )
+            checked[int(layer)] = mask if mask.dim() == 4 else mask[:, None]
+        with self._state(_edge_masks=checked):
+            yield
+
+    @contextlib.contextmanager
+    def probing(self, layers: Iterable[int] | None = None) -> Iterator[dict[int, tuple[Tensor, Tensor]]]:
+        """Make the attention probabilities of chosen layers differentiable in the next forward.
+
+        Yields a dict ``layer -> (probabilities, handle)``: the probabilities
+        ``[batch, head, query_pos, key_pos]`` (detached, in at least float32) and a zero tensor of the
+        same shape that was added to them in the forward, so that
+        ``torch.autograd.grad(output, handle)`` is the total derivative of ``output`` with respect to
+        that layer's probabilities, through every path above it (the layers above still recompute
+        their own attention). Needs grad mode; in a pruned model the head axis holds the heads left.
+        """
+        store: dict[int, tuple[Tensor, Tensor]] = {}
+        with self._state(_probe=frozenset(range(self.n_layers) if layers is None else layers), _probed=store):
+            yield store
 
     def check_all_layers_ran(self) -> None:
         """Raise unless the last forward ran every layer's attention through the interface exactly once.
@@ -376,7 +420,9 @@ class AttentionController:
             mask_row = self.head_mask[layer][None] if self.head_mask.dim() == 2 else self.head_mask[:, layer]
             if kept is not None:
                 mask_row = mask_row.index_select(1, kept.to(mask_row.device))
-        if self.use_sdpa and layer not in self._capture and mask_row is None:
+        edge_mask = self._edge_masks.get(layer)
+        plain = mask_row is None and edge_mask is None and layer not in self._probe
+        if self.use_sdpa and layer not in self._capture and plain:
             attn_mask = _expand_rows(attention_mask, query.shape[0])
             if attn_mask is not None and attn_mask.dtype != torch.bool:
                 attn_mask = attn_mask.to(query.dtype)
@@ -397,6 +443,17 @@ class AttentionController:
                     f"{mask_row.shape[0]} rows."
                 )
             probs = probs * mask_row.to(device=probs.device, dtype=probs.dtype)[:, :, None, None]
+        if edge_mask is not None:
+            if edge_mask.shape[0] not in (1, probs.shape[0]) or edge_mask.shape[2:] != probs.shape[2:]:
+                raise ArgumentError(
+                    f"Expected the edge mask of layer {layer} to have 1 or {probs.shape[0]} rows and "
+                    f"{list(probs.shape[2:])} (query, key) positions, but got {list(edge_mask.shape)}."
+                )
+            probs = probs * edge_mask.to(device=probs.device, dtype=probs.dtype)
+        if layer in self._probe:
+            handle = torch.zeros_like(probs, requires_grad=True)
+            self._probed[layer] = (probs.detach(), handle)
+            probs = probs + handle
         if layer in self._capture:
             captured = probs.detach()
             if kept is not None:  # removed heads attend nowhere: zeros at their original index

@@ -68,8 +68,8 @@ class ExampleStep(pl.LightningModule):
         self.fn = fn
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Any]:
-        """``{"index": [batch], **fn(model, batch)}``."""
-        index = batch.pop(INDEX_KEY)
+        """``{"index": [batch], **fn(model, batch)}``; ``fn`` sees the indices as ``batch["example_index"]``."""
+        index = batch[INDEX_KEY]
         return {"index": index, **self.fn(self.model, batch)}
 
 

@@ -136,3 +136,38 @@ def test_adaptive_monitor_keeps_the_logged_completeness_gap_below_the_tolerance(
         assert len(steps) == 2 and all(3 <= s <= 63 for s in steps)  # mean nodes over the probe examples
     saved = monitor.last_result
     assert saved["n_steps"] == "auto" and not bool(saved["unconverged"].any())
+
+
+def test_log_trees_logs_attribution_tree_images(tmp_path):
+    monitor = AttributionMonitor(
+        n_examples=2, n_steps=2, log_images=False, log_histograms=False, log_trees=True, tree_tau=0.3
+    )
+    module, data, trainer = setup_run(tmp_path, [monitor], max_epochs=1)
+    trainer.fit(module, data)
+    images = events(trainer).Tags()["images"]
+    assert sorted(t for t in images if t.startswith("attr_tree/")) == ["attr_tree/example0", "attr_tree/example1"]
+    assert not any(t.startswith("attr/layer") for t in images)  # log_images=False still holds
+    tree = events(trainer).Images("attr_tree/example0")
+    assert len(tree) == 1 and tree[0].width > 100 and tree[0].height > 100
+
+
+def test_log_trees_needs_all_layers(tmp_path):
+    monitor = AttributionMonitor(n_examples=1, n_steps=2, layers=[1], log_images=False, log_trees=True)
+    module, data, trainer = setup_run(tmp_path, [monitor], max_epochs=2)
+    with pytest.warns(UserWarning, match="`log_trees` needs all 2 layers") as record:
+        trainer.fit(module, data)
+    assert sum("log_trees" in str(w.message) for w in record) == 1  # warned once over two analyses
+    assert not any(t.startswith("attr_tree/") for t in events(trainer).Tags()["images"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"tree_tau": 0}, r"Expected `tree_tau` to be a number in \(0, 1\], but got 0\."),
+        ({"tree_tau": 2.0}, r"`tree_tau`"),
+        ({"log_trees": "yes"}, r"`log_trees` to be True or False"),
+    ],
+)
+def test_bad_tree_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        AttributionMonitor(**kwargs)

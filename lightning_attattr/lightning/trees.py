@@ -1,0 +1,103 @@
+"""``analyze.py tree``: attribution trees (paper section 5) of dev examples or raw text.
+
+AttAttr of the predicted class for every layer (resumable and distributed through
+:func:`~lightning_attattr.lightning.analysis.run_examples`), summed over heads, optionally merged
+from wordpieces into words (:func:`lightning_attattr.analysis.trees.merge_units`), then
+:func:`~lightning_attattr.analysis.trees.build_tree`. Per example the folder gets
+``trees/<name>.json``, ``.graphml``, ``.dot`` and ``.txt`` and a drawing ``plots/<name>.png/.svg``;
+``trees.json`` indexes them, and the text rendering is printed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from lightning_attattr.analysis.store import ResultsFolder, save_figure, write_json, write_text
+from lightning_attattr.analysis.trees import (
+    build_tree,
+    merge_units,
+    render_text,
+    to_dot,
+    tree_to_json,
+    units_from_tokens,
+    write_graphml,
+)
+from lightning_attattr.core.attribution import AttentionIntegratedGradients, model_logits
+
+_MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def run_trees(
+    trainer: pl.Trainer,
+    model: nn.Module,
+    datamodule: Any,
+    folder: ResultsFolder,
+    *,
+    items: Sequence[dict[str, Any]],
+    names: Sequence[str],
+    tokens: Sequence[list[str]],
+    tau: float,
+    root: str,
+    words: bool,
+    attattr_options: dict[str, Any],
+    batch_size: int,
+    special_tokens: Sequence[str],
+) -> dict[str, Any]:
+    """Trees of ``items`` (tokenized examples), saved per example under ``names``."""
+    ig = AttentionIntegratedGradients(model)
+
+    def step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
+        inputs = {k: v for k, v in batch.items() if k in _MODEL_KEYS}
+        with torch.no_grad():
+            probs = torch.softmax(model_logits(net, inputs).float(), -1).cpu()
+        result = ig.attribute(inputs, target=probs.argmax(-1), return_convergence_delta=True, **attattr_options)
+        return {
+            "maps": [a.sum(1).float().cpu() for a in result.attributions],
+            "probs": probs,
+            "completeness_error": result.completeness_error.float().cpu(),
+        }
+
+    start = time.perf_counter()
+    records = run_examples_(trainer, model, folder, items, datamodule.collator, batch_size, step)
+    seconds = time.perf_counter() - start
+    if not folder.main:
+        return {}
+    from lightning_attattr.plotting import tree_figure
+
+    index = []
+    for row, name in enumerate(names):
+        maps, labels = records["maps"][row], list(tokens[row])
+        if words:
+            maps, labels = merge_units(maps, labels, units_from_tokens(labels, special_tokens))
+        graph = build_tree(maps, labels, tau=tau, root=root)
+        probs = records["probs"][row]
+        pred = int(probs.argmax())
+        payload = {"name": name, "predicted": pred, "prob": float(probs[pred]), **tree_to_json(graph)}
+        write_json(folder.file(f"trees/{name}.json"), payload)
+        write_graphml(graph, folder.file(f"trees/{name}.graphml"))
+        write_text(folder.file(f"trees/{name}.dot"), to_dot(graph))
+        text = render_text(graph)
+        write_text(folder.file(f"trees/{name}.txt"), text + "\n")
+        fig = tree_figure(graph, labels, title=f"{name}: class {pred} (p={float(probs[pred]):.3f}), tau={tau}")
+        save_figure(fig, folder.file(f"plots/{name}"))
+        print(f"\n{name} (predicted {pred}, p={float(probs[pred]):.3f}):\n{text}")
+        index.append({"name": name, "tokens": labels, "predicted": pred, "n_edges": graph.number_of_edges(),
+                      "max_completeness_error": float(records["completeness_error"][row].max()),
+                      "file": f"trees/{name}.json"})  # fmt: skip
+    write_json(folder.file("trees.json"), {"tau": tau, "root": root, "words": words, "examples": index})
+    return {"timings": {"attribute_s": seconds}, "n_examples": len(index)}
+
+
+def run_examples_(trainer: pl.Trainer, model: nn.Module, folder: ResultsFolder, items: Sequence[dict[str, Any]],
+                  collator: Any, batch_size: int, step: Any) -> dict[str, Any]:  # fmt: skip
+    """:func:`run_examples` over all of ``items`` (stage ``attribute``)."""
+    from lightning_attattr.lightning.analysis import run_examples
+
+    return run_examples(trainer, model, folder, "attribute", list(items), list(range(len(items))), collator,
+                        batch_size, step)  # fmt: skip
