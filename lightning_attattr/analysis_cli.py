@@ -460,7 +460,7 @@ class AnalysisTrainer(pl.Trainer):
         text: list[str] | None = None,
         text_pair: list[str] | None = None,
         tau: float = 0.4,
-        root: Literal["cls", "official"] = "cls",
+        root: str = "cls",
         words: bool = False,
         n_steps: int | Literal["auto"] = "auto",
         method: str = "gausslegendre",

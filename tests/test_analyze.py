@@ -501,3 +501,127 @@ def test_transfer_from_prunes_with_another_folders_ranking(trained, heads_dir, s
     transfer = read_json(universality / "universality.json")["transfer"]
     assert len(transfer) == 1 and set(next(iter(transfer.values()))["acc"]) == {"attattr", name}
     assert list((universality / "plots").glob("transfer_*.png"))
+
+
+# ----------------------------------------------------------------- part 2: tree, faithfulness, attack
+
+
+@pytest.fixture(scope="module")
+def faithfulness_dir(trained, tmp_path_factory):
+    """`analyze.py faithfulness` on the trained quickstart run (planted pairs known)."""
+    out = tmp_path_factory.mktemp("faithfulness") / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [sys.argv[0]])
+        analyze(["faithfulness", *trained.base, "--output_dir", out, "--n_examples", "48", "--ks", "[1, 2, 4, 8, 16]",
+                 "--n_random", "2", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    return out
+
+
+def test_faithfulness_attattr_beats_random_deletions(faithfulness_dir):
+    summary = read_json(faithfulness_dir / "faithfulness.json")
+    curves = summary["curves"]
+    assert set(curves) == {"attattr", "attention", "rollout", "grad_attention", "random"}
+    assert summary["n_examples"] == 48 and summary["ks"] == [1, 2, 4, 8, 16]
+    # deleting AttAttr's top connections hurts the prediction far more than deleting random ones
+    assert curves["attattr"]["drop_area"] > 0.2 > 10 * max(curves["random"]["drop_area"], 0.0)
+    assert curves["attattr"]["drop"][-1] >= curves["attattr"]["drop"][0]
+    # the tree's own edges matter more than as many random connections of the same layers
+    tree = summary["trees"]["attattr"]
+    assert tree["mean_edges"] > 0 and tree["drop"] > tree["random_drop"] + 0.01
+    assert set(summary["seconds_per_example"]) == {"attattr", "attention", "rollout", "grad_attention"}
+    rows = (faithfulness_dir / "deletion_curves.csv").read_text().splitlines()
+    assert rows[0] == "method,k,mean_prob_drop,flip_rate" and len(rows) == 1 + 5 * 5
+    assert "| attattr |" in (faithfulness_dir / "faithfulness.md").read_text()
+    assert (faithfulness_dir / "plots" / "deletion_curves.png").stat().st_size > 0
+
+
+def test_attattr_finds_the_planted_pair(faithfulness_dir):
+    """The synthetic task's label is the XOR of two planted words: AttAttr ranks their connection near the top."""
+    truth = read_json(faithfulness_dir / "groundtruth.json")
+    assert truth["n_examples"] == 48
+    attattr = truth["methods"]["attattr"]
+    # ~14 tokens x 3 layers: ~600 connections, 2 of them planted; chance of a top-3 hit is about 1 %
+    assert attattr["best_layer_top3_rate"] >= 0.25, attattr
+    assert attattr["top3"] >= 0.15, attattr
+    assert set(truth["methods"]) == {"attattr", "attention", "rollout", "grad_attention"}
+    # over all layers, the other explanations rank [CLS]/[SEP] connections first and miss the pair far more often
+    for name in ("attention", "rollout", "grad_attention"):
+        assert attattr["top3"] > truth["methods"][name]["top3"], truth["methods"]
+    assert 0 <= attattr["tree_connects"] <= 1
+
+
+def test_tree_outputs_for_dev_examples_and_text(trained, tmp_path, capsys):
+    import networkx as nx
+
+    out = tmp_path / "trees"
+    capsys.readouterr()
+    analyze(["tree", *trained.base, "--output_dir", out, "--index", "[0, 5]", "--text", '["w1 a1 w2 w3 b0 w4"]',
+             "--trainer.enable_progress_bar=false"])  # fmt: skip
+    printed = capsys.readouterr().out
+    index = read_json(out / "trees.json")
+    assert [e["name"] for e in index["examples"]] == ["validation-000000", "validation-000005", "text-000"]
+    for item in index["examples"]:
+        name = item["name"]
+        data = read_json(out / "trees" / f"{name}.json")
+        assert data["root"] == 0 and data["tau"] == 0.4
+        graph = nx.read_graphml(out / "trees" / f"{name}.graphml")
+        assert graph.number_of_edges() == len(data["edges"]) == item["n_edges"]
+        assert all(d <= 1 for _, d in graph.in_degree())  # one parent per token
+        assert (out / "trees" / f"{name}.dot").read_text().startswith("digraph")
+        assert (out / "plots" / f"{name}.png").stat().st_size > 0 and (out / "plots" / f"{name}.svg").exists()
+        assert f"{name} (predicted" in printed
+    assert "[CLS]" in printed and "(root)" in printed
+    assert index["examples"][2]["tokens"] == ["[CLS]", "w1", "a1", "w2", "w3", "b0", "w4", "[SEP]"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["tree", "--tau", "0"], ["`tau`", "(0, 1]", "0"]),
+        (["tree", "--tau", "1.5"], ["`tau`", "1.5"]),
+        (["tree", "--root", "top"], ["`root`", "'cls'", "'official'", "'top'"]),
+        (["tree", "--index", f"[{N_VAL}]"], ["`indices`", f"[0, {N_VAL - 1}]", str(N_VAL)]),
+        (["tree", "--text", '["  "]'], ["`text`", "non-empty", "item 0"]),
+        (["tree", "--text", '["a0 b1"]', "--text_pair", '["w1"]'], ["`text_pair`", "single sentences"]),
+        (["faithfulness", "--ks", "[1, 100000]"], ["`ks`", "shortest example", "100000"]),
+        (["faithfulness", "--ks", "[0]"], ["`ks`", ">= 1"]),
+        (["faithfulness", "--edge_methods", "[attattr, lime]"], ["`edge_methods`", "'lime'", "'rollout'"]),
+        (["faithfulness", "--n_examples", "1000"], ["`n_examples`", f"at most {N_VAL}"]),
+        (["attack"], ["text data module", "SyntheticDataModule"]),
+    ],
+)
+def test_bad_part2_options(trained, tmp_path, capsys, args, expected):
+    out = tmp_path / "out"
+    line = user_error([args[0], *trained.base, "--output_dir", out, *args[1:]], capsys, out)
+    for text in expected:
+        assert text in line, line
+
+
+TINY_BERT = json.dumps({"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                        "intermediate_size": 32, "max_position_embeddings": 64})  # fmt: skip
+
+
+@pytest.mark.parametrize("task", ["sst2", "rte"])
+def test_attack_end_to_end_on_glue_files(glue, tokenizer_dir, tmp_path, task):
+    """Mining on the training file, insertion into every dev example, per-class table with a random control."""
+    out = tmp_path / "attack"
+    analyze(["attack", "--model.model_config", TINY_BERT, "--data", "GlueDataModule", "--data.task_name", task,
+             "--data.data_dir", glue, "--data.model_name_or_path", tokenizer_dir, "--data.max_seq_length", "48",
+             "--output_dir", out, "--min_tokens", "0", "--threshold", "0", "--n_random", "2", "--n_steps", "4",
+             "--method", "riemann_left", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    report = read_json(out / "attack.json")
+    assert 1 <= len(report["triggers"]) <= 3
+    assert all(t["tokens"] and not {"[CLS]", "[SEP]"} & set(t["tokens"]) for t in report["triggers"])
+    if task == "sst2":
+        assert all(s == "a" for t in report["triggers"] for s in t["segments"])
+    table = report["table"]
+    assert table["classes"] == (["0", "1"] if task == "sst2" else ["entailment", "not_entailment"])
+    for row in table["rows"]:
+        assert len(row["triggers"]) == len(report["triggers"])
+        if row["clean"] is not None:
+            assert row["control"]["n"] == 2 * len(report["triggers"])
+    overall = report["overall_accuracy"]
+    assert 0 <= overall["clean"] <= 1 and len(overall["controls"][0]) == 2
+    md = (out / "attack.md").read_text()
+    assert "random control" in md and "mean change" in md
+    assert read_json(out / "summary.json")["status"] == "complete"
