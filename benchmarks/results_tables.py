@@ -101,6 +101,77 @@ def universality_table(root: Path) -> str:
     return "\n".join(out)
 
 
+EDGE_ORDER = ("attattr", "grad_attention", "rollout", "attention", "random")
+
+
+def faithfulness_table(root: Path, tasks: list[str]) -> str:
+    """Per task and method: drop at k = 1, 4, 16, 64, areas under the drop and flip curves; the tree test."""
+    out = [
+        "| task | method | drop k=1 | k=4 | k=16 | k=64 | drop area | flip area |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    trees = ["| task | tree of | edges | drop | flips | random same layers: drop (± over seeds) | flips |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    cost = ["| task | tokens (mean) | " + " | ".join(EDGE_ORDER[:-1]) + " | attattr / grad_attention |",
+            "|---|---|" + "---|" * len(EDGE_ORDER)]  # fmt: skip
+    for task in tasks:
+        data = load(root / f"{task}-faithfulness" / "faithfulness.json")
+        if data is None:
+            continue
+        ks = data["ks"]
+        at = [ks.index(k) for k in (1, 4, 16, 64) if k in ks]
+        for name in EDGE_ORDER:
+            c = data["curves"][name]
+            cells = [f"{c['drop'][i]:.3f}" for i in at] + [f"{c['drop_area']:.3f}", f"{c['flip_area']:.3f}"]
+            out.append(f"| {task} ({data['n_examples']}) | {name} | " + " | ".join(cells) + " |")
+        for name in EDGE_ORDER[:-1]:
+            t = data["trees"][name]
+            trees.append(f"| {task} | {name} | {t['mean_edges']:.1f} | {t['drop']:.3f} | {t['flip']:.3f} | "
+                         f"{t['random_drop']:.3f} ± {t['random_drop_std']:.3f} | {t['random_flip']:.3f} |")  # fmt: skip
+        sec = data["seconds_per_example"]
+        cost.append(f"| {task} | {data['mean_tokens']:.1f} | " + " | ".join(f"{sec[m] * 1000:.0f} ms" for m in
+                    EDGE_ORDER[:-1]) + f" | {sec['attattr'] / sec['grad_attention']:.0f}x |")  # fmt: skip
+    paired = ["| task | AttAttr vs | mean difference of drop areas ± s.e. | share of examples AttAttr larger |",
+              "|---|---|---|---|"]  # fmt: skip
+    for task in tasks:
+        data = load(root / f"{task}-faithfulness" / "faithfulness.json")
+        for other in EDGE_ORDER[1:]:
+            p = (data or {}).get("paired", {}).get(f"attattr vs {other}")
+            if p:
+                paired.append(f"| {task} | {other} | {p['mean_difference']:+.3f} ± {p['stderr']:.3f} | "
+                              f"{p['share_larger']:.2f} |")  # fmt: skip
+    return "\n\n".join("\n".join(t) for t in (out, paired, trees, cost))
+
+
+def groundtruth_table(folder: Path) -> str:
+    data = load(folder / "groundtruth.json")
+    if data is None:
+        return ""
+    out = [f"{data['n_examples']} dev examples.", "",
+           "| method | top-1 (all layers) | top-3 (all layers) | top-1 best layer | top-3 best layer | tree connects |",
+           "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in data["methods"].items():
+        out.append(f"| {name} | {r['top1']:.3f} | {r['top3']:.3f} | {r['best_layer_top1_rate']:.3f} (layer "
+                   f"{r['best_layer_top1']}) | {r['best_layer_top3_rate']:.3f} (layer {r['best_layer_top3']}) | "
+                   f"{r['tree_connects']:.3f} |")  # fmt: skip
+    return "\n".join(out)
+
+
+def attack_tables(root: Path, tasks: list[str]) -> str:
+    out = []
+    for task in tasks:
+        path = root / f"{task}-attack" / "attack.md"
+        if path.is_file():
+            data = load(root / f"{task}-attack" / "attack.json")
+            overall = data["overall_accuracy"]
+            controls = [a for row in overall["controls"] for a in row]
+            out.append(f"\n**{task}**: overall accuracy clean {overall['clean']:.3f}; with triggers "
+                       + ", ".join(f"{a:.3f}" for a in overall["triggers"])
+                       + f"; random controls {min(controls):.3f}-{max(controls):.3f}\n")  # fmt: skip
+            out.append(path.read_text().strip())
+    return "\n".join(out)
+
+
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "results/minilm")
     tasks = [t for t in ("sst2", "rte", "mrpc", "cola") if (root / f"{t}-heads").exists()]
@@ -108,6 +179,10 @@ def main() -> None:
     print("\n## Structural pruning\n\n" + structural_table(root, tasks))
     print("\n## Effectiveness\n" + effectiveness_table(root, tasks))
     print("\n## Universality\n" + universality_table(root))
+    part2 = [t for t in ("sst2", "rte", "mrpc", "cola") if (root / f"{t}-faithfulness").exists()]
+    print("\n## Faithfulness\n\n" + faithfulness_table(root, part2))
+    print("\n## Ground truth\n\n" + groundtruth_table(root.parent / "quickstart-faithfulness"))
+    print("\n## Attack\n" + attack_tables(root, ["sst2", "rte", "mrpc"]))
 
 
 if __name__ == "__main__":

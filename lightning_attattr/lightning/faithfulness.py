@@ -229,6 +229,7 @@ def summarize(records: Mapping[str, Any], methods: Sequence[str], ks: Sequence[i
     return {
         "ks": list(ks),
         "methods": list(methods),
+        "paired": paired_areas(records, methods),
         "n_examples": int(records["drop"].shape[0]),
         "mean_tokens": _mean(records["n_tokens"]),
         "mean_predicted_prob": _mean(records["prob"]),
@@ -236,6 +237,26 @@ def summarize(records: Mapping[str, Any], methods: Sequence[str], ks: Sequence[i
         "trees": trees,
         "seconds_per_example": {name: _mean(records["seconds"][:, m]) for m, name in enumerate(methods)},
     }
+
+
+def paired_areas(records: Mapping[str, Any], methods: Sequence[str]) -> dict[str, Any]:
+    """Per-example comparison of drop-curve areas: each method against every other and against random.
+
+    For a pair (a, b): the mean over examples of ``area_a - area_b``, its standard error, and the
+    share of examples where ``a``'s area is larger (ties count half). Random uses the mean over seeds.
+    """
+    areas = {name: [curve_area(row) for row in records["drop"][:, m].tolist()] for m, name in enumerate(methods)}
+    areas["random"] = [curve_area(row) for row in records["random_drop"].mean(1).tolist()]
+    out: dict[str, Any] = {}
+    names = list(areas)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            diff = [x - y for x, y in zip(areas[a], areas[b])]
+            n = len(diff)
+            stderr = statistics.stdev(diff) / n**0.5 if n > 1 else 0.0
+            wins = sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in diff) / n
+            out[f"{a} vs {b}"] = {"mean_difference": statistics.fmean(diff), "stderr": stderr, "share_larger": wins}
+    return out
 
 
 def ground_truth(records: Mapping[str, Any], methods: Sequence[str]) -> dict[str, Any]:
@@ -268,6 +289,10 @@ def faithfulness_markdown(summary: Mapping[str, Any]) -> str:
             f"| {name} | {t['mean_edges']:.1f} | {t['drop']:.3f} | {t['flip']:.3f} | "
             f"{t['random_drop']:.3f} ± {t['random_drop_std']:.3f} | {t['random_flip']:.3f} |"
         )
+    lines += ["", "| per example: drop areas | mean difference ± s.e. | share of examples where the first is larger |",
+              "|---|---|---|"]  # fmt: skip
+    for pair, p in summary["paired"].items():
+        lines.append(f"| {pair} | {p['mean_difference']:+.3f} ± {p['stderr']:.3f} | {p['share_larger']:.2f} |")
     cost = ", ".join(f"{m} {s * 1000:.0f} ms" for m, s in summary["seconds_per_example"].items())
     lines += ["", f"{summary['n_examples']} examples; cost per example: {cost}.", ""]
     return "\n".join(lines)
