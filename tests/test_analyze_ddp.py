@@ -84,3 +84,26 @@ def test_two_processes_equal_one(trained_run, tmp_path):
     pa, pb = load("ddp", "pruning.json"), load("single", "pruning.json")
     assert pa["n_eval_examples"] == pb["n_eval_examples"] == 71
     assert pa["curves"] == pb["curves"]
+
+
+def test_faithfulness_two_processes_equal_one(trained_run, tmp_path):
+    """Random deletions are seeded per example, so splitting the examples across ranks changes nothing."""
+    config, ckpt = trained_run
+    common = ["faithfulness", "--config", str(config), "--ckpt_path", str(ckpt), "--n_examples=9",
+              "--ks=[1, 4, 16]", "--n_random=2", "--n_steps=6", "--method=riemann_left",
+              "--trainer.enable_progress_bar=false"]  # fmt: skip
+    _analyze([*common, f"--output_dir={tmp_path / 'ddp'}", "--trainer.accelerator=cpu", "--trainer.devices=2",
+              "--trainer.strategy=ddp"], tmp_path)  # fmt: skip
+    _analyze([*common, f"--output_dir={tmp_path / 'single'}"], tmp_path)
+    ranks = {p.name.split("-")[2] for p in (tmp_path / "ddp" / "parts" / "faithfulness").glob("part-*.pt")}
+    assert ranks == {"r0", "r1"}
+    a, b = (json.loads((tmp_path / name / "faithfulness.json").read_text()) for name in ("ddp", "single"))
+    assert a["n_examples"] == b["n_examples"] == 9
+    for name, curve in b["curves"].items():
+        for key in ("drop", "flip"):
+            assert a["curves"][name][key] == pytest.approx(curve[key], abs=1e-5), (name, key)
+    for name, tree in b["trees"].items():
+        assert a["trees"][name]["mean_edges"] == tree["mean_edges"]
+        assert a["trees"][name]["random_drop"] == pytest.approx(tree["random_drop"], abs=1e-5)
+    for name, row in json.loads((tmp_path / "single" / "groundtruth.json").read_text())["methods"].items():
+        assert json.loads((tmp_path / "ddp" / "groundtruth.json").read_text())["methods"][name] == row

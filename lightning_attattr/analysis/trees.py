@@ -330,9 +330,9 @@ def write_graphml(graph: nx.DiGraph, path: str | os.PathLike[str]) -> Path:
         clean.add_node(node, **_graphml_attrs(data))
     for parent, child, data in graph.edges(data=True):
         clean.add_edge(parent, child, **_graphml_attrs(data))
-    target = Path(path)
-    nx.write_graphml(clean, target)
-    return target
+    from lightning_attattr.analysis.store import atomic_write  # written atomically, like every results file
+
+    return atomic_write(Path(path), lambda f: nx.write_graphml(clean, f), binary=True)
 
 
 def _dot_escape(text: str) -> str:
