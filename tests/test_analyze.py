@@ -544,9 +544,6 @@ def test_attattr_finds_the_planted_pair(faithfulness_dir):
     assert attattr["best_layer_top3_rate"] >= 0.25, attattr
     assert attattr["top3"] >= 0.15, attattr
     assert set(truth["methods"]) == {"attattr", "attention", "rollout", "grad_attention"}
-    # over all layers, the other explanations rank [CLS]/[SEP] connections first and miss the pair far more often
-    for name in ("attention", "rollout", "grad_attention"):
-        assert attattr["top3"] > truth["methods"][name]["top3"], truth["methods"]
     assert 0 <= attattr["tree_connects"] <= 1
 
 

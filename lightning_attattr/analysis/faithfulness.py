@@ -147,7 +147,8 @@ def planted_hits(scores: Tensor, pair: tuple[int, int], ks: Sequence[int] = (1, 
     """Whether the connection between the tokens ``pair`` (either direction) is among the top edges.
 
     Returns:
-        ``{"top{k}": bool over all layers, "layer_top{k}": [layer] bool within each layer}`` per ``k``.
+        ``{"top{k}": bool over all layers, "layer_top{k}": [layer] bool within each layer, "touch{k}": bool,
+        one of the top ``k`` edges over all layers has a planted token at either end}`` per ``k``.
     """
     a, b = pair
     n_layers, n, _ = scores.shape
@@ -158,6 +159,8 @@ def planted_hits(scores: Tensor, pair: tuple[int, int], ks: Sequence[int] = (1, 
     for k in ks:
         edges = top_edges(scores, min(k, scores.numel()))
         out[f"top{k}"] = hit[edges[:, 0], edges[:, 1], edges[:, 2]].any()
+        ends = torch.cat([edges[:, 1], edges[:, 2]])
+        out[f"touch{k}"] = ((ends == a) | (ends == b)).any()
         per_layer = []
         for layer in range(n_layers):
             e = top_edges(scores[layer : layer + 1], min(k, n * n))

@@ -267,6 +267,7 @@ def ground_truth(records: Mapping[str, Any], methods: Sequence[str]) -> dict[str
         for k in (1, 3):
             per_layer = records[f"gt_layer_top{k}"][:, m].mean(0)  # [layer]
             row[f"top{k}"] = _mean(records[f"gt_top{k}"][:, m])
+            row[f"touch{k}"] = _mean(records[f"gt_touch{k}"][:, m])
             row[f"layer_top{k}"] = per_layer.tolist()
             row[f"best_layer_top{k}"] = int(per_layer.argmax())
             row[f"best_layer_top{k}_rate"] = float(per_layer.max())

@@ -207,6 +207,9 @@ def test_curve_area_and_planted_hits():
     scores[1, 3, 1] = 0.5
     hits = planted_hits(scores, (1, 3))
     assert not bool(hits["top1"]) and bool(hits["top3"])
+    assert not bool(hits["touch1"]) and bool(hits["touch3"])  # top-1 is (0, 0): no planted token
+    scores[0, 0, 3] = 5.0
+    assert bool(planted_hits(scores, (1, 3))["touch1"])
 
 
 def test_ks_checks():
