@@ -64,6 +64,9 @@ PROG = "analyze.py"
 SUBCOMMANDS = ("attribute", "tree", "heads", "effectiveness", "faithfulness", "attack")
 # the trainer settings an analysis uses; the rest of a training config's `trainer:` is ignored
 HARDWARE_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision")
+#: Layout version of a subcommand's per-example parts, when it changed since its first release: a folder
+#: written with another version is refused (or replaced with ``--overwrite true``) instead of resumed.
+RESULTS_FORMATS = {"faithfulness": 2}
 _COMMAND: list[str] | None = None  # set by `cli_main` while it runs: the command line (its `args`, or sys.argv)
 
 
@@ -648,6 +651,8 @@ class AnalysisTrainer(pl.Trainer):
     ) -> dict[str, Any]:
         check_bool("overwrite", overwrite)
         arguments = {**(self.analysis_arguments or {}), "options": options}
+        if kind in RESULTS_FORMATS:  # parts written by an older layout are never mixed with new ones
+            arguments["format"] = RESULTS_FORMATS[kind]
         folder = ResultsFolder(output_dir, kind, arguments, overwrite=overwrite, main=_is_main())
         start = time.time()
         with folder:

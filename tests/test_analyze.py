@@ -622,3 +622,17 @@ def test_attack_end_to_end_on_glue_files(glue, tokenizer_dir, tmp_path, task):
     md = (out / "attack.md").read_text()
     assert "random control" in md and "mean change" in md
     assert read_json(out / "summary.json")["status"] == "complete"
+
+
+def test_parts_of_an_older_layout_are_not_resumed(trained, faithfulness_dir, tmp_path, capsys):
+    """A folder whose manifest records another parts layout is refused (its parts lack newer keys)."""
+    old = tmp_path / "old"
+    shutil.copytree(faithfulness_dir, old, ignore=shutil.ignore_patterns(".lock"))
+    manifest = read_json(old / "manifest.json")
+    assert manifest["arguments"]["format"] == 2
+    manifest["arguments"]["format"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    args = ["faithfulness", *trained.base, "--output_dir", old, "--n_examples", "48", "--ks", "[1, 2, 4, 8, 16]",
+            "--n_random", "2", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    line = user_error(args, capsys)
+    assert "format" in line and "--overwrite true" in line
