@@ -1,6 +1,7 @@
 """Markdown tables for docs/results.md from the results folders of benchmarks/reproduce_heads.sh.
 
 python benchmarks/results_tables.py results/minilm > /tmp/tables.md
+python benchmarks/results_tables.py results/minilm --fill=docs/results.md   # refresh the tables in place
 """
 
 from __future__ import annotations
@@ -173,17 +174,42 @@ def attack_tables(root: Path, tasks: list[str]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "results/minilm")
+def tables(root: Path) -> dict[str, str]:
+    """Every table, by the marker name that encloses it in docs/results.md."""
     tasks = [t for t in ("sst2", "rte", "mrpc", "cola") if (root / f"{t}-heads").exists()]
-    print("## Pruning curves\n" + heads_tables(root, tasks))
-    print("\n## Structural pruning\n\n" + structural_table(root, tasks))
-    print("\n## Effectiveness\n" + effectiveness_table(root, tasks))
-    print("\n## Universality\n" + universality_table(root))
     part2 = [t for t in ("sst2", "rte", "mrpc", "cola") if (root / f"{t}-faithfulness").exists()]
-    print("\n## Faithfulness\n\n" + faithfulness_table(root, part2))
-    print("\n## Ground truth\n\n" + groundtruth_table(root.parent / "quickstart-faithfulness"))
-    print("\n## Attack\n" + attack_tables(root, ["sst2", "rte", "mrpc"]))
+    return {
+        "TABLES_HEADS": heads_tables(root, tasks),
+        "TABLE_STRUCTURAL": structural_table(root, tasks),
+        "TABLE_EFFECTIVENESS": effectiveness_table(root, tasks),
+        "TABLE_UNIVERSALITY": universality_table(root),
+        "TABLE_FAITHFULNESS": faithfulness_table(root, part2),
+        "TABLE_GROUNDTRUTH": groundtruth_table(root.parent / "quickstart-faithfulness"),
+        "TABLES_ATTACK": attack_tables(root, ["sst2", "rte", "mrpc"]),
+    }
+
+
+def fill(document: Path, found: dict[str, str]) -> None:
+    """Replace the text between ``<!-- NAME -->`` and ``<!-- /NAME -->`` in ``document`` by the table NAME."""
+    text = document.read_text(encoding="utf-8")
+    for name, table in found.items():
+        start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+        if start in text and end in text and table.strip():
+            head, rest = text.split(start, 1)
+            text = head + start + "\n" + table.strip() + "\n" + end + rest.split(end, 1)[1]
+    document.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if not a.startswith("--fill=")]
+    root = Path(args[0] if args else "results/minilm")
+    found = tables(root)
+    target = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--fill=")), None)
+    if target:
+        fill(Path(target), found)
+        return
+    for name, table in found.items():
+        print(f"\n## {name}\n\n{table}")
 
 
 if __name__ == "__main__":

@@ -166,13 +166,16 @@ def run_attack(
         return framing.frame(tokenizer.convert_tokens_to_ids(a), ids_b)
 
     def evaluate(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
+        index = batch[INDEX_KEY].tolist()
+        rows = [encode(i, t) for i in index for t in variants]  # example-major: [example, variant]
+        device = next(net.parameters()).device
         preds = []
-        for i in batch[INDEX_KEY].tolist():
-            rows = datamodule.collator([encode(i, t) for t in variants])
-            inputs = {k: v.to(next(net.parameters()).device) for k, v in rows.items() if k in _MODEL_KEYS}
+        for start in range(0, len(rows), 256):
+            padded = datamodule.collator(rows[start : start + 256])
+            inputs = {k: v.to(device) for k, v in padded.items() if k in _MODEL_KEYS}
             with torch.no_grad():
                 preds.append(model_logits(net, inputs).argmax(-1).cpu())
-        return {"preds": torch.stack(preds), "labels": batch["labels"].cpu()}
+        return {"preds": torch.cat(preds).view(len(index), len(variants)), "labels": batch["labels"].cpu()}
 
     start = time.perf_counter()
     dev_items = [{"input_ids": [0], "labels": int(y)} for y in dev.labels]
