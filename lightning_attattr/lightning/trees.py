@@ -29,6 +29,7 @@ from lightning_attattr.analysis.trees import (
     write_graphml,
 )
 from lightning_attattr.core.attribution import AttentionIntegratedGradients, model_logits
+from lightning_attattr.lightning.analysis import run_examples
 
 _MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -64,7 +65,8 @@ def run_trees(
         }
 
     start = time.perf_counter()
-    records = run_examples_(trainer, model, folder, items, datamodule.collator, batch_size, step)
+    records = run_examples(trainer, model, folder, "attribute", list(items), list(range(len(items))),
+                           datamodule.collator, batch_size, step)  # fmt: skip
     seconds = time.perf_counter() - start
     if not folder.main:
         return {}
@@ -92,12 +94,3 @@ def run_trees(
                       "file": f"trees/{name}.json"})  # fmt: skip
     write_json(folder.file("trees.json"), {"tau": tau, "root": root, "words": words, "examples": index})
     return {"timings": {"attribute_s": seconds}, "n_examples": len(index)}
-
-
-def run_examples_(trainer: pl.Trainer, model: nn.Module, folder: ResultsFolder, items: Sequence[dict[str, Any]],
-                  collator: Any, batch_size: int, step: Any) -> dict[str, Any]:  # fmt: skip
-    """:func:`run_examples` over all of ``items`` (stage ``attribute``)."""
-    from lightning_attattr.lightning.analysis import run_examples
-
-    return run_examples(trainer, model, folder, "attribute", list(items), list(range(len(items))), collator,
-                        batch_size, step)  # fmt: skip
