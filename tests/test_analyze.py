@@ -402,8 +402,10 @@ def test_attribute_completeness(trained, tmp_path):
         attributions = saved["attributions"]  # [layer, head, query, key]
         assert tuple(attributions.shape) == (3, 4, ids.shape[1], ids.shape[1])
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        with torch.no_grad():
+        with torch.no_grad(), attention_scope(model) as ctrl, ctrl.capturing() as clean:
             probs = torch.softmax(model_logits(model, batch), -1)[0]
+        # the raw attention of every layer is saved beside the maps (the report shows both)
+        torch.testing.assert_close(saved["attention"], torch.stack([clean[layer][0] for layer in range(3)]))
         target = saved["target"]
         assert target == int(probs.argmax()) == item["predicted"]  # default target: the prediction
         assert saved["probs"] == pytest.approx(probs.tolist(), abs=1e-6)

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from lightning_attattr.analysis.edges import real_positions
 from lightning_attattr.analysis.effectiveness import CURVES, effectiveness_curves, effectiveness_masks
 from lightning_attattr.analysis.heads import (
     RECORD_KEYS,
@@ -486,13 +487,19 @@ def run_attribute(
     batch_size: int,
     plots: bool,
 ) -> dict[str, Any]:
-    """AttAttr maps of chosen examples, saved per example (``examples/<name>.pt``) with an index and plots."""
+    """AttAttr maps of chosen examples, saved per example (``examples/<name>.pt``) with an index and plots.
+
+    Each example file also holds ``attention``: the raw attention probabilities of the attributed
+    layers, ``[layer, head, n, n]`` over the real tokens (what the report shows beside the maps).
+    """
     ig = AttentionIntegratedGradients(model)
 
     def step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
         inputs = _inputs(batch)
-        with torch.no_grad():
+        with torch.no_grad(), attention_scope(net) as ctrl, ctrl.capturing() as captured:
             probs = torch.softmax(model_logits(net, inputs).float(), -1).cpu()
+        attention = torch.stack([captured[layer] for layer in sorted(captured)], 1)  # [batch, layer, head, q, k]
+        positions = real_positions(inputs)
         chosen: Any = target
         if target == "labels":
             chosen = batch["labels"]
@@ -500,6 +507,10 @@ def run_attribute(
                               completeness_tol=completeness_tol, return_convergence_delta=True)  # fmt: skip
         return {
             "attributions": [a.float().cpu() for a in result.attributions],
+            "attention": [
+                attention[row][list(result.layers)][:, :, pos][:, :, :, pos].float().cpu()
+                for row, pos in enumerate(positions)
+            ],  # fmt: skip
             "target": result.target.cpu(),
             "probs": probs,
             "convergence_delta": result.convergence_delta.float().cpu(),
@@ -529,7 +540,7 @@ def run_attribute(
         }
         if labels[row] is not None:
             item["label"] = int(labels[row])
-        payload = {**item, "attributions": records["attributions"][row]}
+        payload = {**item, "attributions": records["attributions"][row], "attention": records["attention"][row]}
         atomic_write(folder.file(item["file"]), lambda f, p=payload: torch.save(p, f), binary=True)
         index.append(item)
         if plots:
