@@ -638,3 +638,26 @@ def test_parts_of_an_older_layout_are_not_resumed(trained, faithfulness_dir, tmp
             "--n_random", "2", "--trainer.enable_progress_bar=false"]  # fmt: skip
     line = user_error(args, capsys)
     assert "format" in line and "--overwrite true" in line
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_trigger_framing_reproduces_the_tokenizer(tokenizer_dir, pair):
+    """Wordpieces framed by `Framing` equal the tokenizer's own encoding: ids, token types and pair truncation."""
+    from transformers import AutoTokenizer
+
+    from lightning_attattr.analysis.triggers import Trigger, insert_trigger
+    from lightning_attattr.lightning.attack import Framing
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    framing = Framing(tok)
+    texts = [("the ride is fun", "very good"), ("hello world " * 9, "very bad " * 4), ("nan", "the ride " * 20)]
+    for a, b in texts:
+        for max_length in (8, 13, 64):
+            args = (a, b) if pair else (a,)
+            expected = tok(*args, truncation=True, max_length=max_length, return_token_type_ids=True)
+            pieces_a, pieces_b = insert_trigger(tok.tokenize(a), tok.tokenize(b) if pair else None, Trigger((), (), ()),
+                                                max_tokens=max_length - framing.n_special(pair))  # fmt: skip
+            ids_b = None if pieces_b is None else tok.convert_tokens_to_ids(pieces_b)
+            got = framing.frame(tok.convert_tokens_to_ids(pieces_a), ids_b)
+            assert got["input_ids"] == expected["input_ids"], (a, b, max_length)
+            assert got["token_type_ids"] == expected["token_type_ids"], (a, b, max_length)

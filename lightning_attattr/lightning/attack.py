@@ -57,21 +57,24 @@ class Framing:
                                     tokenizer.eos_token) if t is not None]  # fmt: skip
         self.parts = {pair: self._learn(pair) for pair in (False, True)}
 
-    def _learn(self, pair: bool) -> tuple[list[list[int]], list[list[int]]]:
+    def _learn(self, pair: bool) -> tuple[list[list[int]], list[list[int]], list[int]]:
+        """Special-token pieces around the segments, their token types, and each segment's token type."""
         tok = self.tokenizer
         a = tok("a", add_special_tokens=False)["input_ids"]
         b = tok("b", add_special_tokens=False)["input_ids"]
         enc = tok("a", "b", return_token_type_ids=True) if pair else tok("a", return_token_type_ids=True)
-        ids, types = list(enc["input_ids"]), list(enc.get("token_type_ids") or [0] * len(enc["input_ids"]))
-        pieces, kinds, pos = [], [], 0
+        ids = list(enc["input_ids"])
+        types = list(enc.get("token_type_ids") or [0] * len(ids))
+        pieces, piece_types, segment_types, pos = [], [], [], 0
         for segment in [a, b] if pair else [a]:
             at = next(i for i in range(pos, len(ids)) if ids[i : i + len(segment)] == segment)
             pieces.append(ids[pos:at])
-            kinds.append(types[pos : at + len(segment)])
+            piece_types.append(types[pos:at])
+            segment_types.append(types[at])
             pos = at + len(segment)
         pieces.append(ids[pos:])
-        kinds.append(types[pos:])
-        return pieces, kinds
+        piece_types.append(types[pos:])
+        return pieces, piece_types, segment_types
 
     def n_special(self, pair: bool) -> int:
         """How many special tokens the template adds."""
@@ -79,13 +82,14 @@ class Framing:
 
     def frame(self, ids_a: list[int], ids_b: list[int] | None) -> dict[str, list[int]]:
         """``input_ids``, ``token_type_ids`` and ``attention_mask`` of the framed sequence(s)."""
-        pieces, kinds = self.parts[ids_b is not None]
-        ids, types = list(pieces[0]), []
-        segments = [ids_a] if ids_b is None else [ids_a, ids_b]
-        for k, segment in enumerate(segments):
-            types += [kinds[k][-1] if kinds[k] else 0] * (len(pieces[k]) + len(segment))
-            ids += list(segment) + list(pieces[k + 1])
-        types += [kinds[-1][-1] if kinds[-1] else types[-1]] * len(pieces[-1])
+        pieces, piece_types, segment_types = self.parts[ids_b is not None]
+        ids: list[int] = []
+        types: list[int] = []
+        for k, segment in enumerate([ids_a] if ids_b is None else [ids_a, ids_b]):
+            ids += pieces[k] + list(segment)
+            types += piece_types[k] + [segment_types[k]] * len(segment)
+        ids += pieces[-1]
+        types += piece_types[-1]
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": [1] * len(ids)}
 
 
