@@ -165,6 +165,7 @@ class AnalysisTrainer(pl.Trainer):
         completeness_tol: float = 1e-3,
         batch_size: int = 8,
         plots: bool = True,
+        report: bool = False,
     ) -> dict[str, Any]:
         """AttAttr maps of chosen dev examples or raw text, saved per example with plots.
 
@@ -185,11 +186,13 @@ class AnalysisTrainer(pl.Trainer):
             completeness_tol: relative completeness tolerance of ``n_steps="auto"``.
             batch_size: examples per attribution batch.
             plots: write one PNG/SVG per example (head-summed map of every layer).
+            report: also write the interactive page ``output_dir/report.html`` (``analyze.py report``).
         """
         check_positive_int("batch_size", batch_size)
         validate_n_steps(n_steps, allow_auto=True)
         validate_method(method)
         check_bool("plots", plots)
+        check_bool("report", report)
         if target not in ("predicted", "labels") and not (isinstance(target, int) and not isinstance(target, bool)):
             raise ArgumentError(f"Expected `target` to be 'predicted', 'labels' or a class index, but got {target!r}.")
         _check_text(text, text_pair)
@@ -204,7 +207,7 @@ class AnalysisTrainer(pl.Trainer):
 
         options = dict(indices=indices, text=text, text_pair=text_pair, target=target, layers=layers, n_steps=n_steps,
                        method=method, completeness_tol=completeness_tol)  # fmt: skip
-        return self._run_analysis(
+        result = self._run_analysis(
             "attribute", output_dir, overwrite, options,
             lambda folder: run_attribute(
                 self, net, datamodule, folder, dataset=items, indices=list(range(len(items))), names=names,
@@ -212,6 +215,9 @@ class AnalysisTrainer(pl.Trainer):
                 completeness_tol=completeness_tol, batch_size=batch_size, plots=plots,
             ),
         )  # fmt: skip
+        if report and _is_main():
+            write_report(output_dir)
+        return result
 
     def heads(
         self,
@@ -917,6 +923,31 @@ def universality(
     return {"pearson": matrices["pearson"], "spearman": matrices["spearman"], "tasks": labels}
 
 
+def write_report(
+    results_dir: str, output: str | None = None, max_examples: int | None = 50, attention: bool = True
+) -> str:
+    """Write the interactive HTML report of a results folder: one offline page that opens by double-click.
+
+    Per example of an ``attribute`` folder: the AttAttr map of any layer and head (or all heads summed)
+    with the raw attention beside it, hover values, top edges, the attribution tree, prediction and
+    completeness; per model: whatever ``heads``, ``effectiveness``, ``universality``, ``attack`` and
+    ``faithfulness`` wrote. ``results_dir`` may also be a folder of such folders (e.g. ``results/minilm``).
+
+    Args:
+        results_dir: the results folder (or a parent of several).
+        output: where to write the page (default ``RESULTS_DIR/report.html``).
+        max_examples: show at most this many examples of ``attribute`` folders (``null``: all).
+        attention: show the raw attention maps beside the AttAttr maps.
+    """
+    from lightning_attattr.report import build_report
+
+    check_positive_int("max_examples", max_examples, optional=True)
+    check_bool("attention", attention)
+    path = build_report(results_dir, max_examples=max_examples, include_attention=attention).save(output)
+    print(f"report written: {path}\nopen it in a browser: xdg-open {path}   (macOS: open {path})")
+    return str(path)
+
+
 def _file_name(name: str) -> str:
     """``name`` with every character other than letters, digits, ``-`` and ``_`` replaced by ``_``."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
@@ -955,6 +986,11 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> Any:
 def _dispatch(argv: list[str], args: list[str] | None, run: bool) -> Any:
     from lightning_attattr.core.checks import exit_on_user_error
 
+    if argv and argv[0] == "report":
+        from jsonargparse import CLI
+
+        prog = f"{PROG} report"
+        return exit_on_user_error(lambda: CLI(write_report, args=argv[1:], prog=prog), prog=prog)
     if argv and argv[0] == "universality":
         from jsonargparse import CLI
 
@@ -987,6 +1023,7 @@ The paper's experiments on a trained model, offline. Subcommands:
   faithfulness   deletion curves of AttAttr, attention, rollout, gradxattention vs random; trees; planted pair
   attack         adversarial triggers mined from training examples, accuracy per class vs random insertions
   universality   importance correlations across tasks + transferred pruning curves (--results DIR ...)
+  report         the interactive HTML report of a results folder: analyze.py report RESULTS_DIR
 
 Read a training run: --config runs/NAME/version_N/config.yaml --ckpt_path .../checkpoints/last.ckpt
 Results: --output_dir DIR (JSON, CSV, PNG/SVG, TensorBoard events, summary.json); rerun to resume.

@@ -661,3 +661,18 @@ def test_trigger_framing_reproduces_the_tokenizer(tokenizer_dir, pair):
             got = framing.frame(tok.convert_tokens_to_ids(pieces_a), ids_b)
             assert got["input_ids"] == expected["input_ids"], (a, b, max_length)
             assert got["token_type_ids"] == expected["token_type_ids"], (a, b, max_length)
+
+
+def test_report_subcommand_and_attribute_report(trained, tmp_path, capsys):
+    """`attribute --report true` writes report.html beside the maps; `analyze.py report DIR` rewrites it."""
+    out = tmp_path / "attribute"
+    analyze(["attribute", *trained.base, "--output_dir", out, "--indices", "[0, 1]", "--report", "true",
+             "--plots", "false", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "validation-000001" in page and "http://" not in page.replace("http://www.w3.org", "")
+    assert f"xdg-open {out / 'report.html'}" in capsys.readouterr().out
+    (out / "report.html").unlink()
+    analyze(["report", out, "--output", tmp_path / "elsewhere.html"])
+    assert (tmp_path / "elsewhere.html").read_text(encoding="utf-8") == page
+    line = user_error(["report", tmp_path / "missing"], capsys, prog="analyze.py report")
+    assert "`results_dir`" in line and "missing" in line
