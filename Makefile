@@ -17,12 +17,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 setup: $(VENV)/.installed
 
+LAST_QUICKSTART = $$(ls -d runs/quickstart/version_* | sort -V | tail -1)
+
 quickstart: setup  ## main job: train a tiny BERT on the synthetic task with LightningCLI (offline, ~3 min from a fresh clone incl. install)
 	$(PY) train.py fit --config configs/quickstart.yaml
+	@# the interactive report of three dev examples of the run just trained; prints how to open it
+	$(PY) analyze.py attribute --config $(LAST_QUICKSTART)/config.yaml --ckpt_path $(LAST_QUICKSTART)/checkpoints/last.ckpt \
+		--indices "[0, 1, 2]" --plots false --report true --overwrite true --output_dir results/quickstart-attribute \
+		--trainer.enable_progress_bar false
 
 analyze: setup  ## after `make quickstart`: the head experiments on its last checkpoint (results/quickstart-heads)
-	$(PY) analyze.py heads --config runs/quickstart/version_0/config.yaml \
-		--ckpt_path runs/quickstart/version_0/checkpoints/last.ckpt --output_dir results/quickstart-heads
+	$(PY) analyze.py heads --config $(LAST_QUICKSTART)/config.yaml \
+		--ckpt_path $(LAST_QUICKSTART)/checkpoints/last.ckpt --output_dir results/quickstart-heads --overwrite true
 
 demo: setup  ## attribute a sentence with a tiny random BERT (seconds, offline)
 	$(PY) -m lightning_attattr.demos.attribute
