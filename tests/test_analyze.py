@@ -571,6 +571,34 @@ def test_tree_outputs_for_dev_examples_and_text(trained, tmp_path, capsys):
         assert f"{name} (predicted" in printed
     assert "[CLS]" in printed and "(root)" in printed
     assert index["examples"][2]["tokens"] == ["[CLS]", "w1", "a1", "w2", "w3", "b0", "w4", "[SEP]"]
+    saved = torch.load(out / "trees" / "text-000.pt", weights_only=True)
+    assert saved["tokens"] == index["examples"][2]["tokens"] and tuple(saved["maps"].shape) == (3, 8, 8)
+    for edge in read_json(out / "trees" / "text-000.json")["edges"]:  # the edges come from these maps
+        assert saved["maps"][edge["layer"], edge["parent"], edge["child"]] == pytest.approx(edge["attribution"])
+
+
+def test_tree_on_words_merges_wordpieces(glue, tmp_path):
+    """`--words true`: maps summed over a word's pieces (each layer's total kept), tree on words."""
+    from transformers import BertTokenizer
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "ride", "##s", "are", "fun",
+                                 "un", "##bel", "##iev", "##able"]) + "\n", encoding="utf-8")  # fmt: skip
+    BertTokenizer(vocab=str(vocab)).save_pretrained(str(tmp_path / "tok"))
+    out = tmp_path / "words"
+    base = ["tree", "--model.model_config", TINY_BERT, "--data", "GlueDataModule", "--data.task_name", "sst2",
+            "--data.data_dir", glue, "--data.model_name_or_path", tmp_path / "tok",
+            "--data.max_seq_length", "48", "--text", '["the rides are unbelievable fun"]',
+            "--n_steps", "4", "--method", "riemann_left", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    analyze([*base, "--output_dir", out, "--words", "true", "--seed_everything", "3"])
+    analyze([*base, "--output_dir", tmp_path / "pieces", "--seed_everything", "3"])
+    words = torch.load(out / "trees" / "text-000.pt", weights_only=True)
+    pieces = torch.load(tmp_path / "pieces" / "trees" / "text-000.pt", weights_only=True)
+    assert pieces["tokens"] == ["[CLS]", "the", "ride", "##s", "are", "un", "##bel", "##iev", "##able", "fun", "[SEP]"]
+    assert words["tokens"] == ["[CLS]", "the", "rides", "are", "unbelievable", "fun", "[SEP]"]
+    assert words["words"] and not pieces["words"]
+    assert "".join(words["tokens"]) == "".join(t.removeprefix("##") for t in pieces["tokens"])
+    torch.testing.assert_close(words["maps"].sum((1, 2)), pieces["maps"].sum((1, 2)), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

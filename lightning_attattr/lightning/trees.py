@@ -4,7 +4,9 @@ AttAttr of the predicted class for every layer (resumable and distributed throug
 :func:`~lightning_attattr.lightning.analysis.run_examples`), summed over heads, optionally merged
 from wordpieces into words (:func:`lightning_attattr.analysis.trees.merge_units`), then
 :func:`~lightning_attattr.analysis.trees.build_tree`. Per example the folder gets
-``trees/<name>.json``, ``.graphml``, ``.dot`` and ``.txt`` and a drawing ``plots/<name>.png/.svg``;
+``trees/<name>.json``, ``.graphml``, ``.dot`` and ``.txt``, the head-summed maps the tree was built
+from (``trees/<name>.pt``: ``tokens``, ``maps`` ``[layer, n, n]``, on words with ``words=True``) and
+a drawing ``plots/<name>.png/.svg``;
 ``trees.json`` indexes them, and the text rendering is printed.
 """
 
@@ -18,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_attattr.analysis.store import ResultsFolder, save_figure, write_json, write_text
+from lightning_attattr.analysis.store import ResultsFolder, atomic_write, save_figure, write_json, write_text
 from lightning_attattr.analysis.trees import (
     build_tree,
     merge_units,
@@ -82,6 +84,8 @@ def run_trees(
         pred = int(probs.argmax())
         payload = {"name": name, "predicted": pred, "prob": float(probs[pred]), **tree_to_json(graph)}
         write_json(folder.file(f"trees/{name}.json"), payload)
+        maps_file = {"tokens": labels, "maps": torch.as_tensor(maps).float(), "words": words}
+        atomic_write(folder.file(f"trees/{name}.pt"), lambda f, m=maps_file: torch.save(m, f), binary=True)
         write_graphml(graph, folder.file(f"trees/{name}.graphml"))
         write_text(folder.file(f"trees/{name}.dot"), to_dot(graph))
         text = render_text(graph)
