@@ -512,7 +512,7 @@ class AnalysisTrainer(pl.Trainer):
         validate_method(method)
         _check_text(text, text_pair)
         net, datamodule = self._prepare(model, datamodule, ckpt_path)
-        items, names, _, tokens = _chosen_examples(datamodule, index, text, text_pair)
+        items, names, _, tokens = _chosen_examples(datamodule, index, text, text_pair, indices_name="index")
         from lightning_attattr.lightning.trees import run_trees
 
         tokenizer = datamodule.tokenizer
@@ -722,7 +722,11 @@ def _check_text(text: list[str] | None, text_pair: list[str] | None) -> None:
 
 
 def _chosen_examples(
-    datamodule: Any, indices: list[int] | None, text: list[str] | None, text_pair: list[str] | None
+    datamodule: Any,
+    indices: list[int] | None,
+    text: list[str] | None,
+    text_pair: list[str] | None,
+    indices_name: str = "indices",
 ) -> tuple[list[dict[str, Any]], list[str], list[int | None], list[list[str]]]:
     """Dev examples ``indices`` (default ``[0]`` without ``text``) and raw texts, tokenized: items, names, gold, tokens.
 
@@ -739,7 +743,7 @@ def _chosen_examples(
         dev = datamodule.dataset(split)
         for i in indices or [0]:
             if not 0 <= i < len(dev):
-                raise ArgumentError(f"Expected `indices` in [0, {len(dev) - 1}] (the {split} set), but got {i}.")
+                raise ArgumentError(f"Expected `{indices_name}` in [0, {len(dev) - 1}] (the {split} set), but got {i}.")
             items.append(dict(dev[i]))
             names.append(f"{split}-{i:06d}")
     if text_pair is not None and not _is_pair_task(datamodule, split):

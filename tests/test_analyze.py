@@ -607,7 +607,7 @@ def test_tree_on_words_merges_wordpieces(glue, tmp_path):
         (["tree", "--tau", "0"], ["`tau`", "(0, 1]", "0"]),
         (["tree", "--tau", "1.5"], ["`tau`", "1.5"]),
         (["tree", "--root", "top"], ["`root`", "'cls'", "'official'", "'top'"]),
-        (["tree", "--index", f"[{N_VAL}]"], ["`indices`", f"[0, {N_VAL - 1}]", str(N_VAL)]),
+        (["tree", "--index", f"[{N_VAL}]"], ["`index`", f"[0, {N_VAL - 1}]", str(N_VAL)]),
         (["tree", "--text", '["  "]'], ["`text`", "non-empty", "item 0"]),
         (["tree", "--text", '["a0 b1"]', "--text_pair", '["w1"]'], ["`text_pair`", "single sentences"]),
         (["faithfulness", "--ks", "[1, 100000]"], ["`ks`", "shortest example", "100000"]),
