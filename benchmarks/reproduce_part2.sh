@@ -39,8 +39,8 @@ read -r dir ckpt < <(run_of sst2)
 read -r dir ckpt < <(run_of mrpc)
 "$PY" analyze.py tree --config "$dir/config.yaml" --ckpt_path "$ckpt" --output_dir "$OUT/mrpc-trees" \
   --index "[0,1,2,3]" "${COMMON[@]}"
-# triggers: mined from the first N training examples (official: 500; fewer for the long pairs)
-for spec in sst2:500 mrpc:150 rte:100; do
+# triggers: mined from the first 500 training examples (the official setting)
+for spec in sst2:500 mrpc:500 rte:500; do
   task=${spec%%:*}
   read -r dir ckpt < <(run_of "$task")
   "$PY" analyze.py attack --config "$dir/config.yaml" --ckpt_path "$ckpt" --output_dir "$OUT/$task-attack" \
