@@ -39,7 +39,7 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from lightning_attattr.analysis.edges import EDGE_METHODS
-from lightning_attattr.analysis.faithfulness import DEFAULT_KS, check_ks, check_ks_fit
+from lightning_attattr.analysis.faithfulness import DEFAULT_KS, check_ks_fit
 from lightning_attattr.analysis.heads import METHODS
 from lightning_attattr.analysis.store import ResultsFolder, write_json
 from lightning_attattr.analysis.trees import ROOT_RULES
@@ -55,6 +55,7 @@ from lightning_attattr.core.checks import (
     check_number,
     check_positive_int,
     check_seed,
+    check_sizes,
 )
 from lightning_attattr.core.importance import PRUNING_FRACTIONS
 from lightning_attattr.lightning.checkpoints import read_checkpoint
@@ -426,7 +427,7 @@ class AnalysisTrainer(pl.Trainer):
             )
         for name in edge_methods:
             check_choice("edge_methods", name, EDGE_METHODS)
-        ks = check_ks("ks", ks)
+        ks = check_sizes("ks", ks)
         check_positive_int("n_random", n_random)
         check_number("tau", tau, 0.0, 1.0, low_open=True)
         check_seed("seed", seed)

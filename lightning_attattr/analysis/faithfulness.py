@@ -26,24 +26,10 @@ from torch import Tensor, nn
 
 from lightning_attattr.core.adapter import attention_scope
 from lightning_attattr.core.attribution import model_logits
-from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
+from lightning_attattr.core.checks import ArgumentError
 
 #: Default deletion sizes.
 DEFAULT_KS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-
-
-def check_ks(name: str, ks: object) -> list[int]:
-    """``ks`` as a sorted list of distinct positive ints.
-
-    Raises:
-        ArgumentTypeError: not a list of ints.
-        ArgumentError: empty or a value below 1.
-    """
-    if not isinstance(ks, (list, tuple)) or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
-        raise ArgumentTypeError(f"Expected `{name}` to be a list of positive integers, but got {ks!r}.")
-    if not ks or min(ks) < 1:
-        raise ArgumentError(f"Expected `{name}` to be a non-empty list of integers >= 1, but got {list(ks)!r}.")
-    return sorted(set(ks))
 
 
 def check_ks_fit(name: str, ks: Sequence[int], n_layers: int, shortest: int) -> None:

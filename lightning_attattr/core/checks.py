@@ -168,6 +168,20 @@ def check_fractions(name: str, value: object) -> list[float]:
 
 
 # ----------------------------------------------------------------------------- choices and layers
+def check_sizes(name: str, ks: object) -> list[int]:
+    """``ks`` as a sorted list of distinct positive ints (e.g. how many edges to delete).
+
+    Raises:
+        ArgumentTypeError: not a list of ints.
+        ArgumentError: empty or a value below 1.
+    """
+    if not isinstance(ks, (list, tuple)) or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
+        raise ArgumentTypeError(f"Expected `{name}` to be a list of positive integers, but got {ks!r}.")
+    if not ks or min(ks) < 1:
+        raise ArgumentError(f"Expected `{name}` to be a non-empty list of integers >= 1, but got {list(ks)!r}.")
+    return sorted(set(ks))
+
+
 def check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
     """Return ``value`` if it is one of ``allowed``, else raise an error listing them."""
     if not isinstance(value, str) or value not in allowed:

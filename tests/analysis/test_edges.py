@@ -13,7 +13,6 @@ from lightning_attattr.analysis.edges import (
     rollout_edges,
 )
 from lightning_attattr.analysis.faithfulness import (
-    check_ks,
     check_ks_fit,
     curve_area,
     layer_matched_random,
@@ -25,7 +24,7 @@ from lightning_attattr.analysis.faithfulness import (
 from lightning_attattr.analysis.trees import units_from_tokens
 from lightning_attattr.core.adapter import attention_scope
 from lightning_attattr.core.attribution import AttentionIntegratedGradients, model_logits
-from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
+from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, check_sizes
 from tests.conftest import make_model, text_batch
 
 LENGTHS = (7, 4, 6)
@@ -213,11 +212,11 @@ def test_curve_area_and_planted_hits():
 
 
 def test_ks_checks():
-    assert check_ks("ks", [4, 1, 4, 2]) == [1, 2, 4]
+    assert check_sizes("ks", [4, 1, 4, 2]) == [1, 2, 4]
     with pytest.raises(ArgumentTypeError, match="`ks`"):
-        check_ks("ks", "1,2")
+        check_sizes("ks", "1,2")
     with pytest.raises(ArgumentError, match="`ks`.*>= 1"):
-        check_ks("ks", [0, 1])
+        check_sizes("ks", [0, 1])
     check_ks_fit("ks", [1, 48], n_layers=3, shortest=4)
     with pytest.raises(ArgumentError, match="3 layers x 4 x 4 tokens = 48\\), but got 49"):
         check_ks_fit("ks", [1, 49], n_layers=3, shortest=4)
