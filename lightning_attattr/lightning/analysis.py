@@ -23,9 +23,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_attattr.analysis.store import PartStore, ResultsFolder
 
+#: The batch entries a Hugging Face classifier takes (``model_inputs`` keeps these).
+MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values")
+
 # fn(model, batch) -> {key: [batch, ...] tensor or list of length batch}
 ExampleFn = Callable[[nn.Module, dict[str, Tensor]], Mapping[str, Any]]
 INDEX_KEY = "example_index"
+
+
+def model_inputs(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The model's own inputs of a collated batch (no ``labels``, no ``example_index``)."""
+    return {k: v for k, v in batch.items() if k in MODEL_KEYS}
 
 
 class IndexedExamples(Dataset):

@@ -39,9 +39,7 @@ from lightning_attattr.analysis.triggers import (
 )
 from lightning_attattr.core.attribution import AttentionIntegratedGradients, model_logits
 from lightning_attattr.core.checks import ArgumentError
-from lightning_attattr.lightning.analysis import INDEX_KEY, run_examples
-
-_MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+from lightning_attattr.lightning.analysis import INDEX_KEY, MODEL_KEYS, model_inputs, run_examples
 
 
 class Framing:
@@ -123,11 +121,11 @@ def run_attack(
     framing = Framing(tokenizer)
     specials = tuple(framing.special)
     ig = AttentionIntegratedGradients(model)
-    items = [{k: v for k, v in item.items() if k in (*_MODEL_KEYS, "labels")} for item in source]
+    items = [{k: v for k, v in item.items() if k in (*MODEL_KEYS, "labels")} for item in source]
 
     def mine(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
         index = batch[INDEX_KEY].tolist()
-        inputs = {k: v for k, v in batch.items() if k in _MODEL_KEYS}
+        inputs = model_inputs(batch)
         with torch.no_grad():
             pred = model_logits(net, inputs).argmax(-1).cpu()
         result = ig.attribute(inputs, target=pred, **attattr_options)
@@ -176,7 +174,7 @@ def run_attack(
         preds = []
         for start in range(0, len(rows), 256):
             padded = datamodule.collator(rows[start : start + 256])
-            inputs = {k: v.to(device) for k, v in padded.items() if k in _MODEL_KEYS}
+            inputs = {k: v.to(device) for k, v in model_inputs(padded).items()}
             with torch.no_grad():
                 preds.append(model_logits(net, inputs).argmax(-1).cpu())
         return {"preds": torch.cat(preds).view(len(index), len(variants)), "labels": batch["labels"].cpu()}

@@ -42,13 +42,7 @@ from lightning_attattr.core.importance import (
     taylor_importance,
 )
 from lightning_attattr.core.pruning import count_parameters, prune_heads
-from lightning_attattr.lightning.analysis import run_examples
-
-MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values")
-
-
-def _inputs(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v for k, v in batch.items() if k in MODEL_KEYS}
+from lightning_attattr.lightning.analysis import model_inputs, run_examples
 
 
 def model_shape(model: nn.Module) -> tuple[int, int]:
@@ -73,7 +67,7 @@ def check_n_examples(name: str, n: int | None, available: int, split: str) -> in
 
 def _predict_all(model: nn.Module, batch: Mapping[str, Tensor], masks: Tensor, chunk_rows: int = 512) -> Tensor:
     """Predicted class ``[batch, mask]`` under each ``[mask, layer, head]`` head mask (int16)."""
-    inputs = _inputs(batch)
+    inputs = model_inputs(batch)
     n, m = len(next(iter(inputs.values()))), len(masks)
     per_chunk = max(1, chunk_rows // max(n, 1))
     preds = []
@@ -157,7 +151,7 @@ def run_heads(
 
     def importance_step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
         labels = batch["labels"]
-        inputs = _inputs(batch)
+        inputs = model_inputs(batch)
         out: dict[str, Any] = {}
         if keys & {"attattr_max", "attattr_mean", "attattr_sum"}:
             result = ig.attribute(
@@ -338,7 +332,7 @@ def structural_pruning(
     batches = []
     for start in range(0, min(len(dataset), latency_batches * batch_size), batch_size):
         batch = collator([dict(dataset[i]) for i in range(start, min(len(dataset), start + batch_size))])
-        batches.append(_inputs(batch))
+        batches.append(model_inputs(batch))
     device = next(model.parameters()).device
     variants = []
     skipped = []
@@ -411,7 +405,7 @@ def run_effectiveness(
 
     def step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
         labels = batch["labels"]
-        inputs = _inputs(batch)
+        inputs = model_inputs(batch)
         result = ig.attribute(
             {**inputs, "labels": labels}, target="labels", n_steps=n_steps, method=method,
             completeness_tol=completeness_tol, return_convergence_delta=True,
@@ -495,7 +489,7 @@ def run_attribute(
     ig = AttentionIntegratedGradients(model)
 
     def step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
-        inputs = _inputs(batch)
+        inputs = model_inputs(batch)
         with torch.no_grad(), attention_scope(net) as ctrl, ctrl.capturing() as captured:
             probs = torch.softmax(model_logits(net, inputs).float(), -1).cpu()
         attention = torch.stack([captured[layer] for layer in sorted(captured)], 1)  # [batch, layer, head, q, k]

@@ -34,9 +34,7 @@ from lightning_attattr.analysis.faithfulness import (
 from lightning_attattr.analysis.store import ResultsFolder, save_figure, write_csv, write_json, write_text
 from lightning_attattr.analysis.trees import build_tree
 from lightning_attattr.core.attribution import model_logits
-from lightning_attattr.lightning.analysis import INDEX_KEY, run_examples
-
-_MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+from lightning_attattr.lightning.analysis import INDEX_KEY, model_inputs, run_examples
 
 
 def tree_edges(graph: Any) -> Tensor:
@@ -82,7 +80,7 @@ def run_faithfulness(
 
     def step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
         index = batch[INDEX_KEY].tolist()
-        inputs = {k: v for k, v in batch.items() if k in _MODEL_KEYS}
+        inputs = model_inputs(batch)
         with torch.no_grad():
             probs = torch.softmax(model_logits(net, inputs).float(), -1).cpu()
         pred = probs.argmax(-1)

@@ -31,9 +31,7 @@ from lightning_attattr.analysis.trees import (
     write_graphml,
 )
 from lightning_attattr.core.attribution import AttentionIntegratedGradients, model_logits
-from lightning_attattr.lightning.analysis import run_examples
-
-_MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+from lightning_attattr.lightning.analysis import model_inputs, run_examples
 
 
 def run_trees(
@@ -56,7 +54,7 @@ def run_trees(
     ig = AttentionIntegratedGradients(model)
 
     def step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
-        inputs = {k: v for k, v in batch.items() if k in _MODEL_KEYS}
+        inputs = model_inputs(batch)
         with torch.no_grad():
             probs = torch.softmax(model_logits(net, inputs).float(), -1).cpu()
         result = ig.attribute(inputs, target=probs.argmax(-1), return_convergence_delta=True, **attattr_options)
