@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_attattr.core.adapter import attention_scope
-from lightning_attattr.core.attribution import AttentionIntegratedGradients, model_logits
+from lightning_attattr.core.attribution import AttentionIntegratedGradients, frozen_eval, model_logits
 
 #: Edge methods, in the order reports list them.
 EDGE_METHODS: tuple[str, ...] = ("attattr", "attention", "rollout", "grad_attention")
@@ -105,22 +105,12 @@ def grad_attention_edges(
     inputs = _inputs(inputs)
     with torch.inference_mode(False), torch.enable_grad():
         batch = {k: v.clone() for k, v in inputs.items()}
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        training = model.training
-        model.eval()
-        for p in trainable:
-            p.requires_grad_(False)
-        try:
-            with attention_scope(model) as ctrl, ctrl.probing() as store:
-                logits = model_logits(model, batch).float()
-                chosen = _resolve_target(logits.detach(), target)
-                layers = sorted(store)
-                handles = [store[layer][1] for layer in layers]
-                grads = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), handles)
-        finally:
-            for p in trainable:
-                p.requires_grad_(True)
-            model.train(training)
+        with frozen_eval(model), attention_scope(model) as ctrl, ctrl.probing() as store:
+            logits = model_logits(model, batch).float()
+            chosen = _resolve_target(logits.detach(), target)
+            layers = sorted(store)
+            handles = [store[layer][1] for layer in layers]
+            grads = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), handles)
     relevance = torch.stack([(g * store[layer][0]).clamp(min=0).mean(1) for layer, g in zip(layers, grads)], 1)
     return _crop(relevance, real_positions(inputs))
 

@@ -570,7 +570,7 @@ class AttentionIntegratedGradients:
                 owned, total = [], None
             progress = _progress(total, show_progress)
             try:
-                with _frozen_eval(model), attention_scope(model) as ctrl:
+                with frozen_eval(model), attention_scope(model) as ctrl:
                     result = self._attribute(
                         ctrl,
                         batch,
@@ -995,8 +995,12 @@ def attribute(model: nn.Module, inputs: Mapping[str, Any], **kwargs: Any) -> Att
 
 
 @contextlib.contextmanager
-def _frozen_eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode and ``requires_grad=False`` on all parameters; both restored on exit."""
+def frozen_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and ``requires_grad=False`` on all parameters; both restored on exit (per module and parameter).
+
+    Gradients then flow only to inputs that ask for them (replaced or probed attention), and ``.grad`` of
+    the parameters is never touched.
+    """
     modes = [(m, m.training) for m in model.modules()]
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.eval()

@@ -45,9 +45,9 @@ from lightning_attattr.core.adapter import AttentionController, _compute_dtype, 
 from lightning_attattr.core.attribution import (
     AttributionResult,
     _Batch,
-    _frozen_eval,
     _prepare_inputs,
     _progress,
+    frozen_eval,
     model_logits,
 )
 from lightning_attattr.core.checks import (
@@ -326,7 +326,7 @@ def taylor_importance(
         gold = None
         if variant == "michel":
             gold = _resolve_labels(labels, batch, int(model.config.num_labels)).to(device)
-        with _frozen_eval(model), attention_scope(model) as ctrl:
+        with frozen_eval(model), attention_scope(model) as ctrl:
             return _taylor(model, ctrl, batch, variant, gold, n_layers)
 
 
@@ -420,7 +420,7 @@ def attention_weight_importance(model: nn.Module, inputs: Mapping[str, Any]) -> 
     batch = _prepare_inputs(inputs, device)
     with (
         torch.no_grad(),
-        _frozen_eval(model),
+        frozen_eval(model),
         attention_scope(model) as ctrl,
         ctrl.capturing() as probs,
     ):
