@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lightning_attattr.core.arrays import as_array, check_square
 from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
 
 if TYPE_CHECKING:
@@ -51,33 +52,6 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)  # attaches itself as fig.canvas
     return fig
-
-
-def _as_array(name: str, value: Any, dims: Sequence[str]) -> np.ndarray:
-    """Convert ``value`` to a float64 array with ``len(dims)`` non-empty axes, or raise naming ``name``."""
-    expected = "[" + ", ".join(dims) + "]"
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, without importing torch
-        value = value.detach().cpu().float()  # float(): bfloat16/half have no (exact) numpy dtype
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ArgumentTypeError(
-            f"Expected `{name}` to be a tensor or array of shape {expected}, but could not convert "
-            f"{type(value).__name__}: {err}"
-        ) from err
-    if arr.ndim != len(dims) or 0 in arr.shape:
-        raise ArgumentError(
-            f"Expected `{name}` to have shape {expected} ({len(dims)} non-empty dims), but got shape {list(arr.shape)}."
-        )
-    return arr
-
-
-def _check_square(name: str, arr: np.ndarray, dims: Sequence[str]) -> None:
-    if arr.shape[-1] != arr.shape[-2]:
-        raise ArgumentError(
-            f"Expected `{name}` of shape [{', '.join(dims)}] to have query_pos == key_pos (self-attention), "
-            f"but got shape {list(arr.shape)}."
-        )
 
 
 def _check_tokens(tokens: object, n: int, shape: Sequence[int]) -> list[str]:
@@ -153,8 +127,8 @@ def token_heatmap(
             (a plain ``str`` is rejected), or ``title`` is not a string.
     """
     dims = ("query_pos", "key_pos")
-    arr = _as_array("attr", attr, dims)
-    _check_square("attr", arr, dims)
+    arr = as_array("attr", attr, dims)
+    check_square("attr", arr, dims)
     n = arr.shape[0]
     labels = _check_tokens(tokens, n, arr.shape)
     title = _check_title(title)
@@ -205,8 +179,8 @@ def head_grid(
             strings, ``max_cols`` is not an integer, or ``title`` is not a string.
     """
     dims = ("head", "query_pos", "key_pos")
-    arr = _as_array("attr", attr, dims)
-    _check_square("attr", arr, dims)
+    arr = as_array("attr", attr, dims)
+    check_square("attr", arr, dims)
     if isinstance(max_cols, bool) or not isinstance(max_cols, int):
         raise ArgumentTypeError(f"Expected `max_cols` to be a positive integer, but got {max_cols!r}.")
     if max_cols < 1:
@@ -273,7 +247,7 @@ def importance_heatmap(
         TypeError: If ``importance`` cannot be converted to an array, ``annotate`` is not a bool or
             None, or ``title`` is not a string.
     """
-    arr = _as_array("importance", importance, ("layer", "head"))
+    arr = as_array("importance", importance, ("layer", "head"))
     n_layers, n_heads = arr.shape
     if annotate is not None and not isinstance(annotate, bool):
         raise ArgumentTypeError(f"Expected `annotate` to be a bool or None, but got {annotate!r}.")
@@ -360,7 +334,7 @@ def pruning_curve(
         TypeError: If ``curves`` is not a mapping, a value cannot be converted to an array, or
             ``title`` is not a string.
     """
-    x = _as_array("fractions", fractions, ("n_points",))
+    x = as_array("fractions", fractions, ("n_points",))
     if percent and (not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1):
         raise ArgumentError(
             f"Expected `fractions` to be fractions of heads pruned in [0, 1], but got {x.tolist()} "
@@ -374,7 +348,7 @@ def pruning_curve(
         raise ArgumentError("Expected `curves` to contain at least one method, but got an empty mapping.")
     ys = {}
     for name, values in curves.items():
-        y = _as_array(f"curves[{name!r}]", values, ("n_points",))
+        y = as_array(f"curves[{name!r}]", values, ("n_points",))
         if y.shape != x.shape:
             raise ArgumentError(
                 f"Expected `curves[{name!r}]` to have one value per fraction (shape {list(x.shape)}, as "

@@ -57,6 +57,7 @@ from typing import Any, Literal
 import networkx as nx
 import numpy as np
 
+from lightning_attattr.core.arrays import as_array
 from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, check_choice, check_number
 
 __all__ = [
@@ -80,16 +81,8 @@ _WORD_START_MARKS = ("Ġ", "▁")
 # ----------------------------------------------------------------------------- inputs
 def _maps_array(maps: Any) -> np.ndarray:
     """``maps`` as a float64 ``[layer, query_pos, key_pos]`` array, or raise naming ``maps``."""
-    if hasattr(maps, "detach") and hasattr(maps, "cpu"):  # torch.Tensor, any device or dtype
-        maps = maps.detach().cpu().double().numpy()
-    try:
-        arr = np.asarray(maps, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ArgumentTypeError(
-            f"Expected `maps` to be a tensor or array of shape [layer, query_pos, key_pos], but could not convert "
-            f"{type(maps).__name__}: {err}"
-        ) from err
-    if arr.ndim != 3 or 0 in arr.shape or arr.shape[1] != arr.shape[2]:
+    arr = as_array("maps", maps, ("layer", "query_pos", "key_pos"))
+    if arr.shape[1] != arr.shape[2]:
         raise ArgumentError(
             "Expected `maps` to have shape [layer, query_pos, key_pos] with query_pos == key_pos and no empty "
             f"axis, but got shape {list(arr.shape)}."
