@@ -92,10 +92,13 @@ class Framing:
 
 
 def vocabulary(tokenizer: Any) -> list[str]:
-    """Candidate tokens of the random control: the vocabulary without special, unused and ``##`` pieces, sorted."""
+    """Candidate tokens of the random control: the vocabulary without special and ``##`` pieces, sorted.
+
+    (:func:`~lightning_attattr.analysis.triggers.random_control` itself leaves out ``[...]`` tokens
+    such as BERT's ``[unused0]``.)
+    """
     special = set(tokenizer.all_special_tokens)
-    words = [t for t in tokenizer.get_vocab() if t not in special and not t.startswith("##") and t.isprintable()]
-    return sorted(t for t in words if not (t.startswith("[") and t.endswith("]")))
+    return sorted(t for t in tokenizer.get_vocab() if t not in special and not t.startswith("##") and t.isprintable())
 
 
 def run_attack(
@@ -215,20 +218,10 @@ def run_attack(
     }
     write_json(folder.file("attack.json"), report)
     lines = [f"Triggers mined from {len(source)} training examples, evaluated on {len(dev)} dev examples.", ""]
-    lines += [
-        f"{j + 1}. `{t.describe()}` (pattern score {ranked_score(ranked, t):.4f})" for j, t in enumerate(triggers)
-    ]
+    lines += [f"{j + 1}. `{t.describe()}` (pattern score {t.source.score:.4f})" for j, t in enumerate(triggers)]
     write_text(folder.file("attack.md"), "\n".join([*lines, "", table_markdown(table), ""]))
     return {
         "timings": {"mine_s": mine_s, "evaluate_s": evaluate_s},
         "triggers": [t.describe() for t in triggers],
         "overall_accuracy": overall,
     }
-
-
-def ranked_score(ranked: Sequence[Pattern], trigger: Trigger) -> float:
-    """The score of the pattern a trigger was built from."""
-    source = trigger.source
-    if isinstance(source, Pattern):
-        return source.score
-    return next((p.score for p in ranked if p.example == source), float("nan"))
