@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_attattr.callbacks._protocol import collect_examples, first_val_loader, pad_examples, resolve_model, world
 from lightning_attattr.core.adapter import layer_modules
 from lightning_attattr.core.checks import check_layers, check_positive_int
+from lightning_attattr.lightning.compat import dual_base, pl
 
 
 class ValExamples:
@@ -51,7 +50,7 @@ class ValExamples:
             yield pad_examples(mine[start : start + batch_size])
 
 
-class EpochEndAnalysis(Callback):
+class EpochEndAnalysis(*dual_base("callbacks.Callback")):
     """Base of the callbacks: runs :meth:`analyse` at the end of chosen epochs.
 
     That is every ``every_n_epochs``-th validation epoch (never during the sanity check) and every

@@ -26,12 +26,12 @@ selection, file names, ``every_n_*`` triggers, ``save_last="link"``, state dict)
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
 from typing_extensions import override
 
+from lightning_attattr.lightning.compat import dual_base, pl
 
-class EpochCheckpoint(ModelCheckpoint):
+
+class EpochCheckpoint(*dual_base("callbacks.ModelCheckpoint")):  # either Lightning package's Trainer
     """``ModelCheckpoint`` whose ``last.ckpt`` always holds the end of the most recent epoch.
 
     Takes the same arguments as :class:`~pytorch_lightning.callbacks.ModelCheckpoint` and behaves

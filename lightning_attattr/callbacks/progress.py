@@ -33,21 +33,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_attattr.core.checks import ArgumentTypeError
+from lightning_attattr.lightning.compat import dual_base, pl, rank_zero_warn
 
 _SKIPPED = ("importance/", "prune/")  # per-head importance scores and pruning curves: too many for one line
 _FIRST = ("loss", "acc", "f1", "mcc")  # these come first within a stage, in this order
 _MAX_METRICS = 8  # more are summarised as "+N more"
 
 
-class EpochSummary(Callback):
+class EpochSummary(*dual_base("callbacks.Callback")):  # works in a Trainer of either Lightning package
     """Print one line of the main metrics per epoch (and per ``validate`` / ``test`` run).
 
     During ``fit``, at the end of every training epoch (after that epoch's validation), the line
@@ -113,7 +110,7 @@ class EpochSummary(Callback):
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == TrainerFn.VALIDATING:
+        if trainer.state.fn == "validate":
             self._started = time.monotonic()
 
     @override
@@ -125,9 +122,9 @@ class EpochSummary(Callback):
         """Note the validated epoch during ``fit``; print the line of a ``validate`` run."""
         if trainer.sanity_checking:
             return
-        if trainer.state.fn == TrainerFn.FITTING:
+        if trainer.state.fn == "fit":
             self._validated_epoch = trainer.current_epoch
-        elif trainer.state.fn == TrainerFn.VALIDATING:
+        elif trainer.state.fn == "validate":
             self._emit(trainer, "validate", ("val",))
 
     @override

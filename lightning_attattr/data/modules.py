@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -52,6 +51,7 @@ from lightning_attattr.core.checks import (
 )
 from lightning_attattr.data.glue import GlueTask, get_task, read_glue_split, split_path
 from lightning_attattr.data.synthetic import SyntheticExample, make_synthetic, synthetic_vocab
+from lightning_attattr.lightning.compat import pl
 
 if TYPE_CHECKING:
     import datasets

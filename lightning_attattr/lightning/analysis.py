@@ -15,13 +15,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_attattr.analysis.store import PartStore, ResultsFolder
+from lightning_attattr.lightning.compat import pl
 
 #: The batch entries a Hugging Face classifier takes (``model_inputs`` keeps these).
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values")
@@ -81,7 +80,7 @@ class ExampleStep(pl.LightningModule):
         return {"index": index, **self.fn(self.model, batch)}
 
 
-class PartWriter(BasePredictionWriter):
+class PartWriter(pl.callbacks.BasePredictionWriter):
     """Writes each predicted batch to the stage's part store at once, and a progress line to ``progress.log``."""
 
     def __init__(self, store: PartStore, folder: ResultsFolder, label: str, total: int, already: int) -> None:

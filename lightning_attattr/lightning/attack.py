@@ -20,7 +20,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
@@ -40,6 +39,7 @@ from lightning_attattr.analysis.triggers import (
 from lightning_attattr.core.attribution import AttentionIntegratedGradients, model_logits
 from lightning_attattr.core.checks import ArgumentError
 from lightning_attattr.lightning.analysis import INDEX_KEY, MODEL_KEYS, model_inputs, run_examples
+from lightning_attattr.lightning.compat import pl
 
 
 class Framing:

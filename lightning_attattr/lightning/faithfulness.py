@@ -18,7 +18,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
@@ -35,6 +34,7 @@ from lightning_attattr.analysis.store import ResultsFolder, save_figure, write_c
 from lightning_attattr.analysis.trees import build_tree
 from lightning_attattr.core.attribution import model_logits
 from lightning_attattr.lightning.analysis import INDEX_KEY, model_inputs, run_examples
+from lightning_attattr.lightning.compat import pl
 
 
 def tree_edges(graph: Any) -> Tensor:

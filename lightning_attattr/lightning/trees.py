@@ -16,7 +16,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
@@ -32,6 +31,7 @@ from lightning_attattr.analysis.trees import (
 )
 from lightning_attattr.core.attribution import AttentionIntegratedGradients, model_logits
 from lightning_attattr.lightning.analysis import model_inputs, run_examples
+from lightning_attattr.lightning.compat import pl
 
 
 def run_trees(

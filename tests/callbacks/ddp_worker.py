@@ -1,17 +1,18 @@
 """Run the three callbacks under `trainer.validate` with N CPU processes; rank 0 saves what they computed.
 
 Used by tests/callbacks/test_ddp.py as `python ddp_worker.py DEVICES OUT` (Lightning's `ddp` strategy
-re-executes this script for rank 1, so it must be a standalone script, not a pytest process).
+re-executes this script for rank 1, so it must be a standalone script, not a pytest process). The
+Lightning package (`lightning.pytorch` or `pytorch_lightning`) is the one `ATTATTR_LIGHTNING` names.
 """
 
 import sys
 
-import pytorch_lightning as pl
 import torch
 
 from lightning_attattr.callbacks import AttributionMonitor, HeadImportanceCallback, HeadPruningCallback
 from lightning_attattr.data.modules import SyntheticDataModule
 from lightning_attattr.lightning.classifier import AttAttrClassifier
+from lightning_attattr.lightning.compat import pl
 
 TINY = {"model_type": "bert", "vocab_size": 29, "hidden_size": 32, "num_hidden_layers": 2,
         "num_attention_heads": 4, "intermediate_size": 37, "max_position_embeddings": 32}  # fmt: skip
@@ -40,6 +41,7 @@ def main(devices: int, out: str) -> None:
         torch.save(
             {
                 "world_size": trainer.world_size,
+                "package": type(trainer).__module__.split(".trainer")[0],
                 "maps": monitor.last_result["attributions"],
                 "delta": monitor.last_result["convergence_delta"],
                 "steps_used": monitor.last_result["n_steps_used"],
