@@ -590,3 +590,27 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
         fig.colorbar(mappable, ax=ax, label="normalised score", shrink=0.8, pad=0.01)
     ax.set_title(title)
     return fig
+
+
+def value_histogram(values: Any, title: str | None = None, bins: int = 50) -> Figure:
+    """Histogram of the values of an array (for loggers without a native histogram).
+
+    Args:
+        values: a 1-D array-like of numbers.
+        title: optional title.
+        bins: number of bins.
+
+    Returns:
+        The figure (count against value, log-scaled counts).
+    """
+    arr = as_array("values", values, ("value",))
+    title = _check_title(title)
+    fig = _new_figure((5.0, 3.0))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.hist(arr, bins=bins, color="tab:blue", log=True)
+    ax.set_xlabel("value")
+    ax.set_ylabel("count")
+    ax.grid(True, alpha=0.3)
+    if title is not None:
+        ax.set_title(title)
+    return fig

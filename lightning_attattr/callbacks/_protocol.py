@@ -167,16 +167,6 @@ def tokens_of(tokenizer: Any | None, input_ids: Tensor) -> list[str]:
     return [str(t) for t in tokenizer.convert_ids_to_tokens(ids)]
 
 
-def tensorboard(trainer: pl.Trainer) -> Any | None:
-    """The ``SummaryWriter`` of the first TensorBoard logger, or ``None``."""
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
-
-
 def world(trainer: pl.Trainer) -> tuple[int, int]:
     """``(global_rank, world_size)``."""
     return int(trainer.global_rank), int(trainer.world_size)

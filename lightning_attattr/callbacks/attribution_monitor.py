@@ -6,19 +6,17 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples
+from lightning_attattr.callbacks._figures import FigureLogger
 from lightning_attattr.callbacks._protocol import (
     pad_examples,
     reduce_sum,
     resolve_model,
     resolve_tokenizer,
-    tensorboard,
     tokens_of,
     world,
 )
@@ -39,6 +37,7 @@ from lightning_attattr.core.checks import (
     check_number,
     check_positive_int,
 )
+from lightning_attattr.lightning.compat import pl, rank_zero_warn
 
 _TARGETS = ("predicted", "labels")
 
@@ -154,8 +153,6 @@ class AttributionMonitor(EpochEndAnalysis):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)  # model, architecture and layer range, before any training
         self._n_model_layers = len(layer_modules(resolve_model(pl_module)))
-        if (self.log_images or self.log_trees) and tensorboard(trainer) is None:
-            rank_zero_warn("AttributionMonitor: no TensorBoardLogger, so no images are logged (maps are still saved).")
 
     def _directory(self, trainer: pl.Trainer) -> Path:
         root = self.save_dir or os.path.join(trainer.log_dir or trainer.default_root_dir, "attributions")
@@ -224,29 +221,30 @@ class AttributionMonitor(EpochEndAnalysis):
             pl_module.log(f"attr/completeness_layer{layer}", float(gap[:, li].mean()), rank_zero_only=True)
             steps = result["n_steps_used"][:, li].double()  # integration nodes per probe example (adaptive: 3..63)
             pl_module.log(f"attr/steps_layer{layer}", float(steps.mean()), rank_zero_only=True)
-        writer = tensorboard(trainer)
-        if writer is None or not trainer.is_global_zero:
+        if not trainer.is_global_zero:
             return
-        from lightning_attattr.plotting import figure_to_array, head_grid, token_heatmap
+        from lightning_attattr.plotting import head_grid, token_heatmap
+
+        figures = FigureLogger(trainer)
 
         step = trainer.global_step
         for li, layer in enumerate(result["layers"]):
             if self.log_histograms:
                 values = torch.cat([a[li].flatten() for a in result["attributions"]])
-                writer.add_histogram(f"attr/values_layer{layer}", values, step)
+                figures.histogram(f"attr/values_layer{layer}", values, step)
             if not self.log_images:
                 continue
             for i, attr in enumerate(result["attributions"][: self.max_image_examples]):
                 tokens = result["tokens"][i] or None
                 heat = token_heatmap(attr[li].sum(0), tokens or [str(j) for j in range(attr.shape[-1])],
                                      title=f"layer {layer}, example {i}, epoch {result['epoch']}")  # fmt: skip
-                writer.add_image(f"attr/layer{layer}/example{i}", figure_to_array(heat), step, dataformats="HWC")
+                figures.image(f"attr/layer{layer}/example{i}", heat, step)
                 grid = head_grid(attr[li], tokens=tokens, title=f"layer {layer}, example {i}")
-                writer.add_image(f"attr_heads/layer{layer}/example{i}", figure_to_array(grid), step, dataformats="HWC")
+                figures.image(f"attr_heads/layer{layer}/example{i}", grid, step)
         if self.log_trees:
-            self._log_trees(writer, result, step)
+            self._log_trees(figures, result, step)
 
-    def _log_trees(self, writer: Any, result: dict[str, Any], step: int) -> None:
+    def _log_trees(self, figures: FigureLogger, result: dict[str, Any], step: int) -> None:
         """Log ``attr_tree/example{i}``: the attribution tree of each image example (all layers needed)."""
         if self._n_model_layers is not None and list(result["layers"]) != list(range(self._n_model_layers)):
             if not self._tree_warned:
@@ -257,13 +255,13 @@ class AttributionMonitor(EpochEndAnalysis):
                 self._tree_warned = True
             return
         from lightning_attattr.analysis.trees import build_tree
-        from lightning_attattr.plotting import figure_to_array, tree_figure
+        from lightning_attattr.plotting import tree_figure
 
         for i, attr in enumerate(result["attributions"][: self.max_image_examples]):
             tokens = result["tokens"][i] or None
             tree = build_tree(attr.sum(1), tokens, tau=self.tree_tau)  # [layer, query_pos, key_pos]
             fig = tree_figure(tree, tokens, title=f"attribution tree, example {i}, epoch {result['epoch']}")
-            writer.add_image(f"attr_tree/example{i}", figure_to_array(fig), step, dataformats="HWC")
+            figures.image(f"attr_tree/example{i}", fig, step)
 
     @override
     def state_dict(self) -> dict[str, Any]:

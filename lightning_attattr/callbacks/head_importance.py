@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_attattr.analysis.universality import spearman
 from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples
-from lightning_attattr.callbacks._protocol import resolve_model, tensorboard
+from lightning_attattr.callbacks._figures import FigureLogger
+from lightning_attattr.callbacks._protocol import resolve_model
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
 from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, AttentionIntegratedGradients
 from lightning_attattr.core.checks import ArgumentError, check_bool, check_choice, check_positive_int
@@ -21,6 +20,7 @@ from lightning_attattr.core.importance import (
     normalize_per_layer,
     taylor_importance,
 )
+from lightning_attattr.lightning.compat import pl
 from lightning_attattr.metrics import HeadImportance
 
 _TARGETS = ("labels", "predicted")
@@ -156,8 +156,6 @@ class HeadImportanceCallback(EpochEndAnalysis):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if tensorboard(trainer) is None:
-            rank_zero_warn("HeadImportanceCallback: no TensorBoardLogger, so the importance heatmap is not logged.")
 
     @override
     def analyse(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -189,14 +187,15 @@ class HeadImportanceCallback(EpochEndAnalysis):
             for layer in range(importance.shape[0]):
                 for head in range(importance.shape[1]):
                     pl_module.log(f"importance/L{layer}H{head}", float(importance[layer, head]), rank_zero_only=True)
-        writer = tensorboard(trainer)
-        if writer is not None and trainer.is_global_zero:
-            from lightning_attattr.plotting import figure_to_array, importance_heatmap
+        if trainer.is_global_zero:
+            from lightning_attattr.plotting import importance_heatmap
+
+            figures = FigureLogger(trainer)
 
             for name in ("attattr", "taylor"):
                 if name in record:
                     fig = importance_heatmap(record[name], title=f"{name} head importance, epoch {record['epoch']}")
-                    writer.add_image(f"importance/{name}", figure_to_array(fig), trainer.global_step, dataformats="HWC")
+                    figures.image(f"importance/{name}", fig, trainer.global_step)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples
-from lightning_attattr.callbacks._protocol import reduce_sum, resolve_inputs, resolve_model, tensorboard
+from lightning_attattr.callbacks._figures import FigureLogger
+from lightning_attattr.callbacks._protocol import reduce_sum, resolve_inputs, resolve_model
 from lightning_attattr.callbacks.head_importance import attattr_importance, taylor_head_importance
 from lightning_attattr.core.adapter import attention_scope
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
@@ -29,6 +29,7 @@ from lightning_attattr.core.checks import (
 )
 from lightning_attattr.core.importance import POOLINGS, PRUNING_FRACTIONS, heads_to_prune, prune_mask, random_importance
 from lightning_attattr.core.pruning import prune_heads
+from lightning_attattr.lightning.compat import pl, rank_zero_info
 
 _IMPORTANCE = ("attattr", "taylor", "random")
 _MODES = ("mask", "structural")
@@ -45,7 +46,8 @@ class HeadPruningCallback(EpochEndAnalysis):
 
     With ``schedule`` (``{epoch: fraction}``) it also prunes during training: at the start of
     that training epoch the least important heads (from the latest analysis, or computed then) are
-    masked (``mode="mask"``: the module must have ``set_head_mask``, e.g. ``AttAttrClassifier``) or
+    masked (``mode="mask"``: any module; one with ``set_head_mask``, such as ``AttAttrClassifier``,
+    keeps the mask itself, every other gets it from this callback in each batch of every loop) or
     removed (``mode="structural"``, single process only: the optimizer is rebuilt). Importance is
     identical on every rank (metric states are summed across ranks) and the chosen mask is broadcast
     from rank zero, so every rank removes the same heads, as Lightning's ``ModelPruning`` does.
@@ -123,6 +125,7 @@ class HeadPruningCallback(EpochEndAnalysis):
         self.curves: list[dict[str, Any]] = []
         self.applied: list[dict[str, Any]] = []  # scheduled pruning done so far
         self.pruned_mask: Tensor | None = None
+        self._mask_scope: contextlib.ExitStack | None = None  # open during a batch (mask-mode pruning)
 
     @property
     @override
@@ -132,17 +135,10 @@ class HeadPruningCallback(EpochEndAnalysis):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if self.schedule and self.mode == "mask" and not callable(getattr(pl_module, "set_head_mask", None)):
-            raise ArgumentError(
-                f"`mode='mask'` scheduled pruning needs `set_head_mask` on {type(pl_module).__name__} "
-                "(AttAttrClassifier has it); use `mode='structural'` or no schedule."
-            )
         if self.schedule and self.mode == "structural" and trainer.world_size > 1:
             raise ArgumentError(
                 "`mode='structural'` scheduled pruning runs in a single process only; use `mode='mask'`."
             )
-        if tensorboard(trainer) is None:
-            rank_zero_warn("HeadPruningCallback: no TensorBoardLogger, so the pruning-curve figure is not logged.")
 
     # ----------------------------------------------------------------- importance and evaluation
     def compute_importance(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
@@ -219,13 +215,12 @@ class HeadPruningCallback(EpochEndAnalysis):
         self.curves.append(curve)
         for fraction, acc in zip(self.fractions, accuracies):
             pl_module.log(f"prune/acc_r{fraction:.2f}", acc, rank_zero_only=True)
-        writer = tensorboard(trainer)
-        if writer is not None and trainer.is_global_zero:
-            from lightning_attattr.plotting import figure_to_array, pruning_curve
+        if trainer.is_global_zero:
+            from lightning_attattr.plotting import pruning_curve
 
             fig = pruning_curve(self.fractions, {self.importance_kind: accuracies},
                                 title=f"pruning curve, epoch {trainer.current_epoch}")  # fmt: skip
-            writer.add_image("prune/curve", figure_to_array(fig), trainer.global_step, dataformats="HWC")
+            FigureLogger(trainer).image("prune/curve", fig, trainer.global_step)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -244,8 +239,9 @@ class HeadPruningCallback(EpochEndAnalysis):
 
     def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule, mask: Tensor) -> None:
         if self.mode == "mask":
-            pl_module.set_head_mask(mask)  # type: ignore[operator]
-            return
+            if _sets_its_own_mask(pl_module):
+                pl_module.set_head_mask(mask)  # type: ignore[attr-defined]
+            return  # otherwise the batch hooks below mask every forward of the module's model
         model = resolve_model(pl_module)
         prune_heads(model, mask)
         trainer.strategy.setup_optimizers(trainer)  # the optimizer must hold the new, smaller parameters
@@ -271,5 +267,102 @@ class HeadPruningCallback(EpochEndAnalysis):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # a resumed run re-applies the mask pruning it had done (structural pruning is in the checkpoint)
-        if self.pruned_mask is not None and self.mode == "mask":
-            pl_module.set_head_mask(self.pruned_mask)  # type: ignore[operator]
+        if self.pruned_mask is not None and self.mode == "mask" and _sets_its_own_mask(pl_module):
+            pl_module.set_head_mask(self.pruned_mask)  # type: ignore[attr-defined]
+
+    # ----------------------------------------------------------------- mask-mode pruning of any module
+    # A module without `set_head_mask` gets the mask from here: every batch of every loop runs inside
+    # an attention scope with the pruned heads masked, entered at the batch start and left at its end
+    # (or on an exception), so no hook stays on the model between batches, as with `attention_scope`.
+    def _enter_mask(self, pl_module: pl.LightningModule) -> None:
+        if self.mode != "mask" or self.pruned_mask is None or _sets_its_own_mask(pl_module):
+            return
+        self._leave_mask()
+        stack = contextlib.ExitStack()
+        try:
+            ctrl = stack.enter_context(attention_scope(resolve_model(pl_module)))
+            stack.enter_context(ctrl.masked(self.pruned_mask.to(pl_module.device)))
+        except BaseException:
+            stack.close()
+            raise
+        self._mask_scope = stack
+
+    def _leave_mask(self) -> None:
+        if self._mask_scope is not None:
+            scope, self._mask_scope = self._mask_scope, None
+            scope.close()
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._enter_mask(pl_module)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._leave_mask()
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._enter_mask(pl_module)
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._leave_mask()
+
+    @override
+    def on_test_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._enter_mask(pl_module)
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._leave_mask()
+
+    @override
+    def on_predict_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._enter_mask(pl_module)
+
+    @override
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._leave_mask()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._leave_mask()
+
+
+def _sets_its_own_mask(pl_module: pl.LightningModule) -> bool:
+    """Whether the module keeps a head mask itself (``set_head_mask``, as :class:`AttAttrClassifier`)."""
+    return callable(getattr(pl_module, "set_head_mask", None))

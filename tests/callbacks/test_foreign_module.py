@@ -1,17 +1,24 @@
-"""The callbacks on somebody else's LightningModule: a RoBERTa config, tuple batches, its own names."""
+"""The callbacks on somebody else's LightningModule: a RoBERTa config, tuple batches, its own names.
 
-import pytorch_lightning as pl
+Run under both Lightning packages: the user's module, Trainer and logger all come from
+``lightning.pytorch`` or all from ``pytorch_lightning``, and the same callback classes serve both.
+"""
+
+import lightning.pytorch
+import pytest
+import pytorch_lightning
 import torch
 import transformers
-from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_attattr.callbacks import AttributionMonitor, HeadImportanceCallback, HeadPruningCallback
 from tests.callbacks.test_attribution_monitor import events
 
+PACKAGES = {"pytorch_lightning": pytorch_lightning, "lightning.pytorch": lightning.pytorch}
 
-class TheirModule(pl.LightningModule):
-    """Written without this project in mind, except for the two protocol methods."""
+
+class TheirModule(torch.nn.Module):
+    """Written without this project in mind, except for the two protocol methods (a mixin: see `their_module`)."""
 
     def __init__(self):
         super().__init__()
@@ -49,6 +56,11 @@ class TheirModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+def their_module(pl):
+    """``TheirModule`` as a LightningModule of the Lightning package ``pl``."""
+    return type("TheirModule", (TheirModule, pl.LightningModule), {})()
+
+
 def loader(seed):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 40, (24, 10), generator=g)
@@ -60,9 +72,11 @@ def loader(seed):
     return DataLoader(TensorDataset(ids, mask, labels), batch_size=8)
 
 
-def test_callbacks_on_a_foreign_roberta_module(tmp_path):
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_callbacks_on_a_foreign_roberta_module(tmp_path, package):
+    pl = PACKAGES[package]
     torch.manual_seed(0)
-    module = TheirModule()
+    module = their_module(pl)
     callbacks = [
         AttributionMonitor(n_examples=2, n_steps=3),
         HeadImportanceCallback(n_examples=6, n_steps=3, taylor=True),
@@ -70,7 +84,7 @@ def test_callbacks_on_a_foreign_roberta_module(tmp_path):
     ]
     trainer = pl.Trainer(
         default_root_dir=tmp_path,
-        logger=TensorBoardLogger(tmp_path, name="tb"),
+        logger=pl.loggers.TensorBoardLogger(tmp_path, name="tb"),
         max_epochs=1,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -87,4 +101,39 @@ def test_callbacks_on_a_foreign_roberta_module(tmp_path):
     assert pruning.curves[0]["accuracy"][0] == trainer.callback_metrics["their_val_acc"].item()
     tags = events(trainer).Tags()
     assert {"attr/layer0/example0", "importance/attattr", "prune/curve"} <= set(tags["images"])
+    assert {"attr/values_layer0", "attr/values_layer1"} <= set(tags["histograms"])
     assert module.encoder.config._attn_implementation != "attattr"
+
+
+def test_mask_mode_pruning_needs_no_method_on_the_module(tmp_path):
+    """Scheduled mask-mode pruning of a module without `set_head_mask`: the pruned heads are masked in
+    every training forward (their query/key/value rows get no gradient and do not move) and in
+    validation, and no attention scope is left on the model after fit."""
+    pl = pytorch_lightning
+    torch.manual_seed(0)
+    module = their_module(pl)
+    assert not hasattr(module, "set_head_mask")
+    layers = module.encoder.roberta.encoder.layer
+    before = {name: [getattr(layer.attention.self, name).weight.detach().clone() for layer in layers]
+              for name in ("query", "key", "value")}  # fmt: skip
+    pruning = HeadPruningCallback(fractions=[0.0], importance="random", schedule={0: 0.5}, mode="mask")
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, logger=False, max_epochs=1, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", callbacks=[pruning],
+    )  # fmt: skip
+    trainer.fit(module, loader(0), loader(1))
+    mask = pruning.pruned_mask  # [layer, head]
+    assert mask is not None and int((mask == 0).sum()) == 4  # half of the 8 heads
+    size = 32 // 4
+    for name, weights in before.items():
+        for li, layer in enumerate(layers):
+            after = getattr(layer.attention.self, name).weight.detach()
+            for head in range(4):
+                rows = slice(head * size, (head + 1) * size)
+                moved = not torch.equal(after[rows], weights[li][rows])
+                assert moved == bool(mask[li, head]), (name, li, head)
+    assert module.encoder.config._attn_implementation != "attattr"  # scopes left after each batch
+    assert pruning._mask_scope is None
+    # validation of the pruned model: the accuracy the callback measured with the same mask applied
+    trainer.validate(module, loader(1), verbose=False)
+    assert trainer.callback_metrics["their_val_acc"].item() == pytest.approx(pruning.curves[-1]["accuracy"][0])
