@@ -1,4 +1,4 @@
-"""The ``analyze.py`` command line: the paper's experiments on a trained model, offline.
+"""The ``analyze.py`` command line (``attattr-analyze``): the paper's experiments on a trained model, offline.
 
 Subcommands on one model (LightningCLI, exactly like ``train.py``: ``--config``, ``--print_config``,
 ``--model.*``, ``--data.*``, ``--trainer.*``):
@@ -56,6 +56,7 @@ from lightning_attattr.core.checks import (
     check_positive_int,
     check_seed,
     check_sizes,
+    program_name,
 )
 from lightning_attattr.core.importance import PRUNING_FRACTIONS
 from lightning_attattr.lightning.checkpoints import read_checkpoint
@@ -977,32 +978,49 @@ def _fingerprint(config: Any) -> dict[str, Any]:
     return data
 
 
-def cli_main(args: list[str] | None = None, run: bool = True) -> Any:
-    """``analyze.py``: dispatch to ``universality`` or the LightningCLI subcommands; user errors are one line."""
+def cli_main(args: list[str] | None = None, run: bool = True, prog: str | None = None) -> Any:
+    """``analyze.py``: dispatch to ``universality`` or the LightningCLI subcommands; user errors are one line.
+
+    The same command is installed as ``attattr-analyze`` and runs as ``python -m lightning_attattr.analysis_cli``
+    or ``python -m lightning_attattr analyze``; ``--config`` also takes the name of a shipped config.
+
+    Args:
+        args: the command line without the program (default ``sys.argv[1:]``).
+        run: run the subcommand.
+        prog: the program name of usage and error lines (default: the one the user ran; ``analyze.py``
+            for in-process calls with ``args``).
+    """
     argv = list(sys.argv[1:] if args is None else args)
+    if prog is None:
+        prog = program_name(PROG) if args is None else PROG
     global _COMMAND
-    _COMMAND = [PROG, *argv]  # what summary.json records (also when called in-process with `args`)
+    _COMMAND = [prog, *argv]  # what summary.json records (also when called in-process with `args`)
     try:
-        return _dispatch(argv, args, run)
+        return _dispatch(argv, args, run, prog)
     finally:
         _COMMAND = None
 
 
-def _dispatch(argv: list[str], args: list[str] | None, run: bool) -> Any:
+def main() -> None:
+    """The ``attattr-analyze`` console script (``cli_main`` returns results, which are no exit status)."""
+    cli_main()
+
+
+def _dispatch(argv: list[str], args: list[str] | None, run: bool, prog: str) -> Any:
+    from jsonargparse import auto_cli
+
     from lightning_attattr.core.checks import exit_on_user_error
 
     if argv and argv[0] == "report":
-        from jsonargparse import CLI
-
-        prog = f"{PROG} report"
-        return exit_on_user_error(lambda: CLI(write_report, args=argv[1:], prog=prog), prog=prog)
+        sub = f"{prog} report"
+        return exit_on_user_error(lambda: auto_cli(write_report, args=argv[1:], prog=sub), prog=sub)
     if argv and argv[0] == "universality":
-        from jsonargparse import CLI
-
-        prog = f"{PROG} universality"
-        return exit_on_user_error(lambda: CLI(universality, args=argv[1:], as_positional=False, prog=prog), prog=prog)
+        sub = f"{prog} universality"
+        return exit_on_user_error(
+            lambda: auto_cli(universality, args=argv[1:], as_positional=False, prog=sub), prog=sub
+        )
     if not argv or argv[0] in ("-h", "--help"):
-        print(_OVERVIEW)
+        print(overview(prog))
         if not argv:
             return None
     return exit_on_user_error(
@@ -1012,13 +1030,19 @@ def _dispatch(argv: list[str], args: list[str] | None, run: bool) -> Any:
         trainer_class=AnalysisTrainer,
         subclass_mode_data=True,
         save_config_callback=None,
+        parser_kwargs={"prog": prog},
         args=None if args is None else argv,
         run=run,
-        prog=PROG,
+        prog=prog,
     )
 
 
-_OVERVIEW = f"""usage: {PROG} SUBCOMMAND [options]   ({PROG} SUBCOMMAND --help for every option)
+def overview(prog: str = PROG) -> str:
+    """The overview of the subcommands (``analyze.py --help`` and no arguments)."""
+    return _OVERVIEW.replace("{PROG}", prog)
+
+
+_OVERVIEW = """usage: {PROG} SUBCOMMAND [options]   ({PROG} SUBCOMMAND --help for every option)
 
 The paper's experiments on a trained model, offline. Subcommands:
   attribute      AttAttr maps of dev examples (--indices) or raw text (--text), saved per example
@@ -1028,8 +1052,14 @@ The paper's experiments on a trained model, offline. Subcommands:
   faithfulness   deletion curves of AttAttr, attention, rollout, gradxattention vs random; trees; planted pair
   attack         adversarial triggers mined from training examples, accuracy per class vs random insertions
   universality   importance correlations across tasks + transferred pruning curves (--results DIR ...)
-  report         the interactive HTML report of a results folder: analyze.py report RESULTS_DIR
+  report         the interactive HTML report of a results folder: {PROG} report RESULTS_DIR
 
 Read a training run: --config runs/NAME/version_N/config.yaml --ckpt_path .../checkpoints/last.ckpt
 Results: --output_dir DIR (JSON, CSV, PNG/SVG, TensorBoard events, summary.json); rerun to resume.
 """
+
+
+if __name__ == "__main__":  # python -m lightning_attattr.analysis_cli: run the package's module, not a second copy
+    from lightning_attattr.analysis_cli import main as _main
+
+    _main()

@@ -1,6 +1,9 @@
 """The ``train.py`` command line: LightningCLI over :class:`AttAttrClassifier` and the data modules.
 
-``python train.py fit --config configs/quickstart.yaml`` and every LightningCLI flag
+The same command is installed as ``attattr-train`` and runs as ``python -m lightning_attattr.cli``
+or ``python -m lightning_attattr train``; ``--config`` also takes the name of a shipped config
+(``attattr-train fit --config quickstart``). ``python train.py fit --config configs/quickstart.yaml``
+and every LightningCLI flag
 (``--trainer.max_epochs 3``, ``--trainer.devices 2 --trainer.strategy ddp``,
 ``--trainer.callbacks+=...``, ``--print_config``) work as in any Lightning project. ``--data``
 picks a data module by class name (``GlueDataModule``, ``SyntheticDataModule`` or any other
@@ -30,6 +33,7 @@ by a run that failed on a user error is removed.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,13 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 import lightning_attattr.callbacks  # noqa: F401  (registers our callbacks for `--trainer.callbacks+=Name`)
 import lightning_attattr.data.modules  # noqa: F401  (registers the data modules for `--data Name`)
 from lightning_attattr.core.adapter import max_sequence_length
-from lightning_attattr.core.checks import ArgumentError, check_int, exit_on_user_error, find_user_error
+from lightning_attattr.core.checks import (
+    ArgumentError,
+    check_int,
+    exit_on_user_error,
+    find_user_error,
+    program_name,
+)
 from lightning_attattr.data.synthetic import synthetic_vocab
 from lightning_attattr.lightning.checkpoints import (
     MODEL_CONFIG_KEY,
@@ -49,7 +59,10 @@ from lightning_attattr.lightning.checkpoints import (
     tokenizer_from_files,
 )
 from lightning_attattr.lightning.classifier import AttAttrClassifier
+from lightning_attattr.shipped_configs import resolve_config_args
 
+#: The program name of usage and error lines of in-process calls (``cli_main(args=[...])``).
+PROG = "train.py"
 # Lightning's symbolic `ckpt_path` values: resolved by the trainer, not files we can read up front
 _SYMBOLIC_CKPT = ("last", "best", "hpc", "registry")
 
@@ -67,6 +80,21 @@ class AttAttrCLI(LightningCLI):
             if find_user_error(err) is not None:
                 self._remove_new_dirs()
             raise
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Lightning's parsing of ``args`` (default ``sys.argv[1:]``), where ``--config NAME`` is a shipped config.
+
+        Raises:
+            PathNotFoundError: a ``--config`` value that is neither a file nor a shipped name.
+        """
+        if args is None:
+            resolved = resolve_config_args(sys.argv[1:])
+            if resolved != sys.argv[1:]:  # parsed here: Lightning warns about `args` next to a command line
+                self.config = parser.parse_args(resolved)
+                return
+        elif isinstance(args, (list, tuple)):
+            args = resolve_config_args(args)
+        super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
         """Read ``--ckpt_path`` ourselves first: a missing or broken file is a user error, not a traceback.
@@ -244,13 +272,22 @@ def link_data_and_model(data: Any, model: Any) -> None:
         init.model_name_or_path = model.model_name_or_path
 
 
-def cli_main(args: Any = None, run: bool = True) -> AttAttrCLI:
+def cli_main(args: Any = None, run: bool = True, prog: str | None = None) -> AttAttrCLI:
     """Build (and by default run) the CLI; ``args`` replaces ``sys.argv[1:]`` (in-process tests).
 
     TensorBoard is Lightning's default logger here (``tensorboard`` is a dependency); the config
-    is saved next to the logs of each run. A user error exits with status 2 after one line on
-    stderr (see :func:`~lightning_attattr.core.checks.exit_on_user_error`).
+    is saved next to the logs of each run. ``--config`` takes a file or the name of a shipped
+    config (``--config quickstart``, see :mod:`lightning_attattr.shipped_configs`). A user error exits
+    with status 2 after one line on stderr (see :func:`~lightning_attattr.core.checks.exit_on_user_error`).
+
+    Args:
+        args: the command line without the program (default ``sys.argv[1:]``).
+        run: run the subcommand (``False``: only parse and instantiate, no subcommand in ``args``).
+        prog: the program name of usage and error lines (default: the one the user ran, see
+            :func:`~lightning_attattr.core.checks.program_name`; ``train.py`` for in-process calls with ``args``).
     """
+    if prog is None:
+        prog = program_name(PROG) if args is None else PROG
     return exit_on_user_error(
         AttAttrCLI,
         AttAttrClassifier,
@@ -258,13 +295,25 @@ def cli_main(args: Any = None, run: bool = True) -> AttAttrCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"callbacks": [_epoch_summary()]},
+        parser_kwargs={"prog": prog},
         args=args,
         run=run,
-        prog="train.py",
+        prog=prog,
     )
+
+
+def main() -> None:
+    """The ``attattr-train`` console script (``cli_main`` returns the CLI, which is no exit status)."""
+    cli_main()
 
 
 def _epoch_summary() -> Any:
     from lightning_attattr.callbacks import EpochSummary
 
     return EpochSummary()
+
+
+if __name__ == "__main__":  # python -m lightning_attattr.cli: run the package's module, not a second copy
+    from lightning_attattr.cli import main as _main
+
+    _main()

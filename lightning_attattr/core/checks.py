@@ -320,6 +320,23 @@ def check_pretrained_source(name: str, value: object, required_file: str | None 
     return text
 
 
+def program_name(default: str) -> str:
+    """The name the user ran this command by, for usage and error lines.
+
+    ``attattr-train`` or ``train.py`` (``sys.argv[0]``), ``python -m lightning_attattr.cli`` (a module
+    run with ``-m``); ``default`` when the process tells nothing (``python -c``, an interactive session).
+    """
+    import sys
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return f"python -m {spec.name.removesuffix('.__main__')}"
+    argv0 = sys.argv[0] if sys.argv else ""
+    if argv0 in ("", "-c", "-"):
+        return default
+    return Path(argv0).name.removesuffix(".exe")
+
+
 def exit_on_user_error(main: Any, *args: Any, prog: str | None = None, **kwargs: Any) -> Any:
     """Run ``main(*args, **kwargs)`` and turn a user error into one line on stderr and exit status 2.
 
@@ -335,7 +352,7 @@ def exit_on_user_error(main: Any, *args: Any, prog: str | None = None, **kwargs:
         user_error = find_user_error(err)
         if user_error is None or show_tracebacks():
             raise
-        name = prog or Path(sys.argv[0]).name or "lightning_attattr"
+        name = prog or program_name("lightning_attattr")
         message = " ".join(str(user_error).split())  # one line, whatever the message held
         print(f"{name}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None

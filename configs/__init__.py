@@ -1,0 +1,1 @@
+"""The shipped configs: installed as the package data folder ``lightning_attattr/configs`` (see pyproject.toml)."""
