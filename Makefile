@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup quickstart analyze demo test lint bench clean
+.PHONY: setup quickstart analyze demo test wheel-smoke lint bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ demo: setup  ## attribute a sentence with a tiny random BERT (seconds, offline)
 
 test: setup
 	$(PY) -m pytest -q
+
+wheel-smoke:  ## the wheel in a fresh venv outside the checkout: attattr-train, attattr-analyze, python -m lightning_attattr (~2 min)
+	PYTHON="$(PYTHON)" TORCH="$(TORCH)" bash .ci/wheel_smoke.sh
 
 lint: setup
 	$(PY) -m ruff check lightning_attattr tests benchmarks train.py analyze.py
