@@ -11,7 +11,7 @@ none of those         PNG files ``<log_dir>/figures/<tag>/step_<N>.png``, histog
 
 "None of those" covers the CSV logger, no logger at all, and other loggers (their scalars still go
 through ``self.log``): the figures are then files under ``trainer.log_dir`` (the CSV logger's
-version folder, or ``default_root_dir`` without a logger). Loggers are recognised in both Lightning
+version folder, or ``default_root_dir`` without a logger); none under ``fast_dev_run``. Loggers are recognised in both Lightning
 packages (:func:`~lightning_attattr.lightning.compat.logger_classes`). Only rank zero writes.
 """
 
@@ -39,7 +39,8 @@ class FigureLogger:
         self.wandb = [lg for lg in loggers if isinstance(lg, logger_classes("WandbLogger"))]
         self.mlflow = [lg for lg in loggers if isinstance(lg, logger_classes("MLFlowLogger"))]
         self.directory: Path | None = None
-        if not (self.tensorboard or self.wandb or self.mlflow):
+        # like Lightning's logging and checkpoints, no files in a `fast_dev_run` dry run
+        if not (self.tensorboard or self.wandb or self.mlflow or trainer.fast_dev_run):
             self.directory = Path(_log_dir(trainer)) / "figures"
 
     def image(self, tag: str, fig: Figure, step: int) -> None:
