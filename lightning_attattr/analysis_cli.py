@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -82,8 +81,8 @@ def _is_main() -> bool:
     return rank_zero_only.rank == 0
 
 
-def _load_weights(model: pl.LightningModule, ckpt_path: str | None) -> None:
-    checkpoint = read_checkpoint(ckpt_path, name="ckpt_path")
+def _load_weights(model: pl.LightningModule, ckpt_path: str | None, weights_only: bool = True) -> None:
+    checkpoint = read_checkpoint(ckpt_path, name="ckpt_path", weights_only=weights_only)
     hook = getattr(model, "on_load_checkpoint", None)
     if callable(hook):
         hook(checkpoint)  # e.g. rebuilds the pruned structure before the weights load
@@ -124,15 +123,26 @@ def _versions() -> dict[str, str]:
 
 
 def _commit() -> str | None:
-    root = Path(__file__).resolve().parents[1]
+    """The commit the installed ``lightning-attattr`` was built from, or ``None`` when it is not recorded.
+
+    Read from the install metadata: the PEP 610 ``direct_url.json`` that pip writes for an install
+    from a VCS URL (``pip install git+https://...@COMMIT``) holds ``vcs_info.commit_id``. Git is
+    never run: the files next to the installed package need not be the package's repository (a
+    wheel, a virtual environment inside another repository).
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
+        text = distribution("lightning-attattr").read_text("direct_url.json")
+    except (PackageNotFoundError, OSError):
         return None
-    if done.returncode != 0:
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
         return None
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
-    return done.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    vcs = data.get("vcs_info") if isinstance(data, dict) else None
+    commit = vcs.get("commit_id") if isinstance(vcs, dict) else None
+    return commit if isinstance(commit, str) and commit else None
 
 
 class AnalysisTrainer(pl.Trainer):
@@ -154,7 +164,7 @@ class AnalysisTrainer(pl.Trainer):
         model: pl.LightningModule,
         datamodule: pl.LightningDataModule | None = None,
         ckpt_path: str | None = None,
-        weights_only: bool | None = None,
+        weights_only: bool = True,
         output_dir: str = "results/attribute",
         overwrite: bool = False,
         indices: list[int] | None = None,
@@ -175,7 +185,9 @@ class AnalysisTrainer(pl.Trainer):
             model: the classifier (built from ``--config``/``--model``).
             datamodule: the data module (dev examples, tokenizer).
             ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
-            weights_only: unused (accepted so that training configs parse).
+            weights_only: read ``ckpt_path`` with ``torch.load(weights_only=True)`` (tensors and plain values
+                only; a file with other objects is refused unread). ``false`` unpickles it fully, which
+                executes code from the file: only for checkpoints you trust.
             output_dir: results folder (``examples/*.pt``, ``attributions.json``, ``plots/``, ``summary.json``).
             overwrite: replace a results folder that holds results of other arguments.
             indices: dev-set example indices (0-based, file order); default ``[0]`` when no ``text`` is given.
@@ -203,7 +215,7 @@ class AnalysisTrainer(pl.Trainer):
                 "Expected `target` 'predicted' or a class index for `text` inputs (they have no gold label), "
                 "but got 'labels'."
             )
-        net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        net, datamodule = self._prepare(model, datamodule, ckpt_path, weights_only)
         items, names, gold, tokens = _chosen_examples(datamodule, indices, text, text_pair)
         from lightning_attattr.lightning.experiments import run_attribute
 
@@ -226,7 +238,7 @@ class AnalysisTrainer(pl.Trainer):
         model: pl.LightningModule,
         datamodule: pl.LightningDataModule | None = None,
         ckpt_path: str | None = None,
-        weights_only: bool | None = None,
+        weights_only: bool = True,
         output_dir: str = "results/heads",
         overwrite: bool = False,
         methods: list[str] = list(METHODS),  # noqa: B006 (jsonargparse shows the default)
@@ -250,7 +262,9 @@ class AnalysisTrainer(pl.Trainer):
             model: the classifier (built from ``--config``/``--model``).
             datamodule: the data module (dev set, tokenizer).
             ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
-            weights_only: unused (accepted so that training configs parse).
+            weights_only: read ``ckpt_path`` with ``torch.load(weights_only=True)`` (tensors and plain values
+                only; a file with other objects is refused unread). ``false`` unpickles it fully, which
+                executes code from the file: only for checkpoints you trust.
             output_dir: results folder (``importance.json/csv``, ``pruning.json/csv``, ``plots/``, ``tensorboard/``,
                 ``summary.json``).
             overwrite: replace a results folder that holds results of other arguments.
@@ -295,7 +309,7 @@ class AnalysisTrainer(pl.Trainer):
         check_positive_int("latency_batches", latency_batches)
         check_positive_int("latency_repeats", latency_repeats)
         transfer = _read_transfer(transfer_from)
-        net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        net, datamodule = self._prepare(model, datamodule, ckpt_path, weights_only)
         _check_dev_size(datamodule, n_examples=n_examples, max_eval_examples=max_eval_examples)
         from lightning_attattr.lightning.experiments import model_shape
 
@@ -331,7 +345,7 @@ class AnalysisTrainer(pl.Trainer):
         model: pl.LightningModule,
         datamodule: pl.LightningDataModule | None = None,
         ckpt_path: str | None = None,
-        weights_only: bool | None = None,
+        weights_only: bool = True,
         output_dir: str = "results/effectiveness",
         overwrite: bool = False,
         n_examples: int | None = 200,
@@ -346,7 +360,9 @@ class AnalysisTrainer(pl.Trainer):
             model: the classifier (built from ``--config``/``--model``).
             datamodule: the data module (dev set, tokenizer).
             ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
-            weights_only: unused (accepted so that training configs parse).
+            weights_only: read ``ckpt_path`` with ``torch.load(weights_only=True)`` (tensors and plain values
+                only; a file with other objects is refused unread). ``false`` unpickles it fully, which
+                executes code from the file: only for checkpoints you trust.
             output_dir: results folder (``effectiveness.json/csv``, ``plots/``, ``tensorboard/``, ``summary.json``).
             overwrite: replace a results folder that holds results of other arguments.
             n_examples: the first N dev examples (``null``: the whole dev set).
@@ -359,7 +375,7 @@ class AnalysisTrainer(pl.Trainer):
         validate_n_steps(n_steps, allow_auto=True)
         validate_method(method)
         check_positive_int("batch_size", batch_size)
-        net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        net, datamodule = self._prepare(model, datamodule, ckpt_path, weights_only)
         _check_dev_size(datamodule, n_examples=n_examples)
         task, _ = _task(datamodule, model)
         from lightning_attattr.lightning.experiments import run_effectiveness
@@ -379,7 +395,7 @@ class AnalysisTrainer(pl.Trainer):
         model: pl.LightningModule,
         datamodule: pl.LightningDataModule | None = None,
         ckpt_path: str | None = None,
-        weights_only: bool | None = None,
+        weights_only: bool = True,
         output_dir: str = "results/faithfulness",
         overwrite: bool = False,
         n_examples: int | None = 100,
@@ -407,7 +423,9 @@ class AnalysisTrainer(pl.Trainer):
             model: the classifier (built from ``--config``/``--model``).
             datamodule: the data module (dev set, tokenizer).
             ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
-            weights_only: unused (accepted so that training configs parse).
+            weights_only: read ``ckpt_path`` with ``torch.load(weights_only=True)`` (tensors and plain values
+                only; a file with other objects is refused unread). ``false`` unpickles it fully, which
+                executes code from the file: only for checkpoints you trust.
             output_dir: results folder (``faithfulness.json/md``, ``deletion_curves.csv``, ``plots/``).
             overwrite: replace a results folder that holds results of other arguments.
             n_examples: the first N dev examples (``null``: the whole dev set).
@@ -435,7 +453,7 @@ class AnalysisTrainer(pl.Trainer):
         validate_n_steps(n_steps, allow_auto=True)
         validate_method(method)
         check_positive_int("batch_size", batch_size)
-        net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        net, datamodule = self._prepare(model, datamodule, ckpt_path, weights_only)
         _check_dev_size(datamodule, n_examples=n_examples)
         from lightning_attattr.lightning.experiments import dev_split, model_shape
         from lightning_attattr.lightning.faithfulness import planted_pairs, run_faithfulness
@@ -464,7 +482,7 @@ class AnalysisTrainer(pl.Trainer):
         model: pl.LightningModule,
         datamodule: pl.LightningDataModule | None = None,
         ckpt_path: str | None = None,
-        weights_only: bool | None = None,
+        weights_only: bool = True,
         output_dir: str = "results/tree",
         overwrite: bool = False,
         index: list[int] | None = None,
@@ -490,7 +508,9 @@ class AnalysisTrainer(pl.Trainer):
             model: the classifier (built from ``--config``/``--model``).
             datamodule: the data module (dev examples, tokenizer).
             ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
-            weights_only: unused (accepted so that training configs parse).
+            weights_only: read ``ckpt_path`` with ``torch.load(weights_only=True)`` (tensors and plain values
+                only; a file with other objects is refused unread). ``false`` unpickles it fully, which
+                executes code from the file: only for checkpoints you trust.
             output_dir: results folder (``trees/``, ``plots/``, ``trees.json``, ``summary.json``).
             overwrite: replace a results folder that holds results of other arguments.
             index: dev-set example indices (0-based, file order); default ``[0]`` when no ``text`` is given.
@@ -513,7 +533,7 @@ class AnalysisTrainer(pl.Trainer):
         validate_n_steps(n_steps, allow_auto=True)
         validate_method(method)
         _check_text(text, text_pair)
-        net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        net, datamodule = self._prepare(model, datamodule, ckpt_path, weights_only)
         items, names, _, tokens = _chosen_examples(datamodule, index, text, text_pair, indices_name="index")
         from lightning_attattr.lightning.trees import run_trees
 
@@ -535,7 +555,7 @@ class AnalysisTrainer(pl.Trainer):
         model: pl.LightningModule,
         datamodule: pl.LightningDataModule | None = None,
         ckpt_path: str | None = None,
-        weights_only: bool | None = None,
+        weights_only: bool = True,
         output_dir: str = "results/attack",
         overwrite: bool = False,
         n_source: int = 500,
@@ -565,7 +585,9 @@ class AnalysisTrainer(pl.Trainer):
             model: the classifier (built from ``--config``/``--model``).
             datamodule: the data module (train and dev sets, tokenizer).
             ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
-            weights_only: unused (accepted so that training configs parse).
+            weights_only: read ``ckpt_path`` with ``torch.load(weights_only=True)`` (tensors and plain values
+                only; a file with other objects is refused unread). ``false`` unpickles it fully, which
+                executes code from the file: only for checkpoints you trust.
             output_dir: results folder (``attack.json``, ``attack.md``, ``summary.json``).
             overwrite: replace a results folder that holds results of other arguments.
             n_source: mine the first N training examples (file order; official: 500).
@@ -596,7 +618,7 @@ class AnalysisTrainer(pl.Trainer):
         validate_n_steps(n_steps, allow_auto=True)
         validate_method(method)
         check_positive_int("batch_size", batch_size)
-        net, datamodule = self._prepare(model, datamodule, ckpt_path)
+        net, datamodule = self._prepare(model, datamodule, ckpt_path, weights_only)
         from lightning_attattr.lightning.experiments import dev_split
 
         examples = getattr(datamodule, "examples", None)
@@ -634,12 +656,12 @@ class AnalysisTrainer(pl.Trainer):
 
     # ----------------------------------------------------------------- shared
     def _prepare(
-        self, model: pl.LightningModule, datamodule: Any, ckpt_path: str | None
+        self, model: pl.LightningModule, datamodule: Any, ckpt_path: str | None, weights_only: bool = True
     ) -> tuple[torch.nn.Module, Any]:
         if datamodule is None:
             raise ArgumentError("Expected a data module (`--data ...` or a `--config` that has one), but got none.")
         if ckpt_path is not None:
-            _load_weights(model, ckpt_path)
+            _load_weights(model, ckpt_path, weights_only=weights_only is not False)
         net = _hf_model(model)
         from lightning_attattr.lightning.experiments import model_shape
 

@@ -21,6 +21,9 @@ Links between data and model, applied before anything is instantiated:
 With ``--ckpt_path`` (``validate``, ``test``, ``predict``, resuming ``fit``) the model is built from
 the config stored in the checkpoint and the tokenizer comes from the checkpoint when the data
 module names none of its own, so no hub access and no original model folder are needed.
+The checkpoint is read without unpickling anything but tensors and plain values (``--weights_only``
+defaults to ``true``, here and in Lightning's own loading); ``--weights_only false`` is the explicit
+opt-in to full unpickling, which executes code from the file.
 
 Before the trainer starts (and so before any run directory is written) the CLI checks what can
 be checked: the checkpoint fits the task and label count, the data files exist and parse, the
@@ -65,6 +68,12 @@ from lightning_attattr.shipped_configs import resolve_config_args
 PROG = "train.py"
 # Lightning's symbolic `ckpt_path` values: resolved by the trainer, not files we can read up front
 _SYMBOLIC_CKPT = ("last", "best", "hpc", "registry")
+#: help of ``--weights_only`` in both CLIs (default ``true``)
+WEIGHTS_ONLY_HELP = (
+    "Read --ckpt_path with torch.load(weights_only=True): tensors and plain values only, which is all "
+    "the checkpoints of this project hold; a file with other objects is refused unread. `false` "
+    "unpickles the file fully, which executes code from the file: only for checkpoints you trust."
+)
 
 
 class AttAttrCLI(LightningCLI):
@@ -96,16 +105,40 @@ class AttAttrCLI(LightningCLI):
             args = resolve_config_args(args)
         super().parse_arguments(parser, args)
 
-    def _parse_ckpt_path(self) -> None:
-        """Read ``--ckpt_path`` ourselves first: a missing or broken file is a user error, not a traceback.
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        """The subcommand's parser, with ``--weights_only`` defaulting to ``true`` (no unpickling of code)."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        action = next((a for a in parser._actions if a.dest == "weights_only"), None)
+        if action is not None:
+            parser.set_defaults(weights_only=True)
+            action.help = WEIGHTS_ONLY_HELP
+        return parser
 
-        Lightning then copies the checkpoint's hyperparameters into the model's arguments.
+    def _parse_ckpt_path(self) -> None:
+        """Read ``--ckpt_path`` ourselves first: a missing, broken or unsafe file is a user error, not a traceback.
+
+        The file is read with ``torch.load(weights_only=True)`` unless ``--weights_only false``; the
+        checkpoint's hyperparameters then go into the model's arguments, as Lightning does.
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path is not None and str(ckpt_path) not in _SYMBOLIC_CKPT:
-            self._checkpoint = read_checkpoint(ckpt_path, name="ckpt_path")
-        super()._parse_ckpt_path()
+        if ckpt_path is None or str(ckpt_path) in _SYMBOLIC_CKPT:
+            super()._parse_ckpt_path()
+            return
+        weights_only = self.config[subcommand].get("weights_only", True)
+        self._checkpoint = read_checkpoint(ckpt_path, name="ckpt_path", weights_only=weights_only)
+        # Lightning's `_parse_ckpt_path`, on the checkpoint read above (it would load the file again)
+        hparams = dict(self._checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """The trainer, with one ``EpochSummary`` (the default one unless the config lists its own)."""

@@ -228,7 +228,7 @@ def crash_on_write(monkeypatch, at: int) -> None:
                 raise RuntimeError("simulated crash while writing a part")
 
             self.path.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path / "part-crash.pt", half, binary=True)
+            atomic_write(self.path / "part-crash.safetensors", half, binary=True)
         return original(self, index, record, rank)
 
     monkeypatch.setattr(PartStore, "write", write)
@@ -244,7 +244,7 @@ def test_resume_after_crashes_recomputes_only_missing_examples(trained, heads_di
             analyze(args)
     assert not tmp_files(out)  # nothing half-written
     assert not (out / "importance.json").exists() and not (out / "pruning.json").exists()
-    assert len(list((out / "parts" / "importance").glob("part-*.pt"))) == 2
+    assert len(list((out / "parts" / "importance").glob("part-*.safetensors"))) == 2
     # 2. crash in the pruning stage: importance needs 2 more writes, the pruning stage's 2nd batch fails
     with monkeypatch.context() as patch:
         crash_on_write(patch, at=4)
@@ -252,8 +252,8 @@ def test_resume_after_crashes_recomputes_only_missing_examples(trained, heads_di
             analyze(args)
     assert not tmp_files(out)
     assert not (out / "importance.json").exists() and not (out / "pruning.json").exists()
-    assert len(list((out / "parts" / "importance").glob("part-*.pt"))) == 4
-    assert len(list((out / "parts" / "pruning").glob("part-*.pt"))) == 1
+    assert len(list((out / "parts" / "importance").glob("part-*.safetensors"))) == 4
+    assert len(list((out / "parts" / "pruning").glob("part-*.safetensors"))) == 1
     # 3. the same command completes, computing only what is missing
     analyze(args)
     log = (out / "progress.log").read_text(encoding="utf-8")
@@ -261,8 +261,8 @@ def test_resume_after_crashes_recomputes_only_missing_examples(trained, heads_di
     assert "importance: 32 of 64 examples already done" in log
     assert "importance: 64 of 64 examples already done" in log
     assert "pruning: 64 of 120 examples already done" in log
-    assert len(list((out / "parts" / "importance").glob("part-*.pt"))) == 4  # no batch computed twice
-    assert len(list((out / "parts" / "pruning").glob("part-*.pt"))) == 2
+    assert len(list((out / "parts" / "importance").glob("part-*.safetensors"))) == 4  # no batch computed twice
+    assert len(list((out / "parts" / "pruning").glob("part-*.safetensors"))) == 2
     assert not tmp_files(out)
     # ... with the results of an uninterrupted run
     resumed, reference = read_json(out / "importance.json"), read_json(heads_dir / "importance.json")
@@ -299,13 +299,12 @@ def test_other_arguments_in_a_used_folder_are_refused_and_overwrite_replaces(
 
 
 def test_a_folder_in_use_is_refused(trained, small_heads_dir, tmp_path, capsys):
-    import fcntl
+    from filelock import FileLock
 
     out = tmp_path / "busy"
     shutil.copytree(small_heads_dir, out)
     before = snapshot(out)
-    with open(out / ".lock", "a+") as held:  # another run holds the folder
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with FileLock(str(out / ".lock")).acquire(blocking=False):  # another run holds the folder
         line = user_error(["heads", *trained.base, "--output_dir", out, *SMALL_ARGS], capsys)
     assert str(out) in line and "to be free" in line
     assert snapshot(out) == before
@@ -395,7 +394,7 @@ def test_attribute_completeness(trained, tmp_path):
     model, datamodule = load_trained(trained)
     inputs = [dict(datamodule.dataset("validation")[0]), dict(datamodule.tokenizer("a0 w3 b1 w7 w2"))]
     for item, example in zip(index, inputs):
-        saved = torch.load(out / item["file"], weights_only=False)
+        saved = torch.load(out / item["file"], weights_only=True)  # tensors and plain values only
         assert (out / "plots" / f"{item['name']}.png").is_file()
         ids = torch.tensor([example["input_ids"]])
         assert saved["tokens"] == datamodule.tokenizer.convert_ids_to_tokens(example["input_ids"])

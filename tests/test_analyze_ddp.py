@@ -75,7 +75,8 @@ def test_two_processes_equal_one(trained_run, tmp_path):
     assert load("ddp", "summary.json")["world_size"] == 2
     assert load("single", "summary.json")["world_size"] == 1
     # both ranks wrote parts of the per-example work
-    assert {p.name.split("-")[2] for p in (tmp_path / "ddp" / "parts" / "importance").glob("part-*.pt")} == {"r0", "r1"}
+    parts = (tmp_path / "ddp" / "parts" / "importance").glob("part-*.safetensors")
+    assert {p.name.split("-")[2] for p in parts} == {"r0", "r1"}
     a, b = load("ddp", "importance.json"), load("single", "importance.json")
     assert a["importance"].keys() == b["importance"].keys()
     for method in a["importance"]:
@@ -95,7 +96,7 @@ def test_faithfulness_two_processes_equal_one(trained_run, tmp_path):
     _analyze([*common, f"--output_dir={tmp_path / 'ddp'}", "--trainer.accelerator=cpu", "--trainer.devices=2",
               "--trainer.strategy=ddp"], tmp_path)  # fmt: skip
     _analyze([*common, f"--output_dir={tmp_path / 'single'}"], tmp_path)
-    ranks = {p.name.split("-")[2] for p in (tmp_path / "ddp" / "parts" / "faithfulness").glob("part-*.pt")}
+    ranks = {p.name.split("-")[2] for p in (tmp_path / "ddp" / "parts" / "faithfulness").glob("part-*.safetensors")}
     assert ranks == {"r0", "r1"}
     a, b = (json.loads((tmp_path / name / "faithfulness.json").read_text()) for name in ("ddp", "single"))
     assert a["n_examples"] == b["n_examples"] == 9

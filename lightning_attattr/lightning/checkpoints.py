@@ -9,17 +9,22 @@ hyperparameters), every checkpoint written by the classifier holds
 - ``attattr_tokenizer_files``: the tokenizer's files (``save_pretrained`` output, a few hundred
   KB for BERT) when the data module had a tokenizer, for token labels in the analysis.
 
-This module reads checkpoints (with a clear error for a missing file or a file that is not a
-checkpoint), checks that a checkpoint fits the current run (same task and label count) before
-anything is written, and exports a checkpoint as a Hugging Face directory
-(``python -m lightning_attattr.export CKPT OUT_DIR``).
+Every value above is a tensor or a plain container (dict, list, str, bytes, numbers), so a
+checkpoint loads with ``torch.load(weights_only=True)``, and this module reads checkpoints that way
+by default: a file whose pickle holds other objects is refused, never unpickled (``weights_only=False``
+is the explicit opt-in, for checkpoints you trust). It reads checkpoints with a clear error for a
+missing file or a file that is not a checkpoint, checks that a checkpoint fits the current run
+(same task and label count) before anything is written, and exports a checkpoint as a Hugging Face
+directory (``python -m lightning_attattr.export CKPT OUT_DIR``).
 """
 
 from __future__ import annotations
 
+import pickle
+import re
 import tempfile
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
@@ -45,6 +50,31 @@ def model_config_dict(model: nn.Module) -> dict[str, Any]:
     config.pop(PRUNED_HEADS_KEY, None)
     config.pop("transformers_version", None)
     return config
+
+
+#: checkpoint keys where Lightning stores the arguments of the module and the data module
+HPARAMS_KEYS = ("hyper_parameters", "datamodule_hyper_parameters")
+
+
+def plain_hyperparameters(checkpoint: dict[str, Any]) -> None:
+    """Store path arguments of the module and data module as ``str`` (in place).
+
+    ``save_hyperparameters`` keeps arguments as given; a ``pathlib.Path`` would make the checkpoint
+    need full unpickling, while everything else this project stores loads with ``weights_only=True``.
+    """
+    for key in HPARAMS_KEYS:
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint[key] = _paths_as_str(checkpoint[key])
+
+
+def _paths_as_str(value: Any) -> Any:
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: _paths_as_str(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_paths_as_str(v) for v in value)
+    return value
 
 
 def tokenizer_files(tokenizer: Any) -> dict[str, bytes] | None:
@@ -76,29 +106,63 @@ def write_files(files: Mapping[str, bytes], directory: str | Path) -> None:
         (target / Path(name).name).write_bytes(data)  # names only: no path components from the file
 
 
-def read_checkpoint(path: str | Path, name: str = "checkpoint_path") -> dict[str, Any]:
+def read_checkpoint(
+    path: str | Path, name: str = "checkpoint_path", *, weights_only: bool | None = True
+) -> dict[str, Any]:
     """Load a Lightning checkpoint on the CPU (memory-mapped, so large weights are not read yet).
+
+    By default nothing in the file is unpickled beyond tensors and plain containers (``torch.load``
+    with ``weights_only=True``): every checkpoint this project writes loads that way, and a file
+    that holds other objects (which full unpickling would create by running code from the file) is
+    refused. ``weights_only=False`` is the explicit opt-in to full unpickling, for checkpoints you
+    trust that hold other objects.
+
+    Args:
+        path: the ``.ckpt`` file.
+        name: the argument named in error messages.
+        weights_only: ``True`` (default; ``None`` means the same): tensors and plain containers
+            only. ``False``: full unpickling, which executes code from the file.
 
     Raises:
         PathNotFoundError: the file does not exist.
-        CheckpointError: the file cannot be read by ``torch.load`` or is not a Lightning checkpoint.
+        CheckpointError: the file cannot be read by ``torch.load``, holds objects that only full
+            unpickling can create, or is not a Lightning checkpoint.
     """
     file = check_existing_file(name, path, "a Lightning checkpoint (.ckpt)")
+    safe = weights_only is None or bool(weights_only)
     try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=False, mmap=True)
+        checkpoint = torch.load(file, map_location="cpu", weights_only=safe, mmap=True)
+    except pickle.UnpicklingError as err:
+        raise _load_error(name, path, err, safe) from err
     except Exception:  # an old (non-zip) torch.save file cannot be memory-mapped: read it whole
         try:
-            checkpoint = torch.load(file, map_location="cpu", weights_only=False)
+            checkpoint = torch.load(file, map_location="cpu", weights_only=safe)
         except Exception as err:  # pickle or zip errors: not a file torch can read
-            raise CheckpointError(
-                f"Expected `{name}` to be a Lightning checkpoint, but {str(path)!r} cannot be read by torch.load "
-                f"({type(err).__name__}: {err})."
-            ) from err
+            raise _load_error(name, path, err, safe) from err
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise CheckpointError(
             f"Expected `{name}` to be a Lightning checkpoint (a dict with a 'state_dict'), but {str(path)!r} is not."
         )
     return dict(checkpoint)
+
+
+def _load_error(name: str, path: str | Path, err: Exception, safe: bool) -> CheckpointError:
+    """The one-line error for a file ``torch.load`` refused: unsafe content, or not a torch file at all."""
+    message = str(err)
+    weights_only_refusal = safe and isinstance(err, pickle.UnpicklingError) and "weights only" in message.lower()
+    found = re.search(r"GLOBAL ([\w.]+)", message) if weights_only_refusal else None
+    if found is not None:
+        return CheckpointError(
+            f"Expected `{name}` to hold only tensors and plain Python values, but {str(path)!r} holds other objects "
+            f"(e.g. `{found.group(1)}`) that only full unpickling can create, which runs code from the file: it was "
+            "not loaded. Pass `--weights_only false` (Python: `weights_only=False`) only for a checkpoint you trust."
+        )
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message) if weights_only_refusal else None
+    first = detail.group(1) if detail else (message.strip().splitlines() or [""])[0]
+    return CheckpointError(
+        f"Expected `{name}` to be a Lightning checkpoint, but {str(path)!r} cannot be read by torch.load "
+        f"({type(err).__name__}: {first.strip()})."
+    )
 
 
 def checkpoint_task(checkpoint: Mapping[str, Any]) -> tuple[str | None, int | None]:

@@ -42,6 +42,7 @@ from lightning_attattr.lightning.checkpoints import (
     PRUNED_HEADS_CHECKPOINT_KEY,
     TOKENIZER_KEY,
     model_config_dict,
+    plain_hyperparameters,
     read_checkpoint,
     tokenizer_files,
     tokenizer_from_files,
@@ -229,9 +230,12 @@ class AttAttrClassifier(pl.LightningModule):
 
         ``load_from_checkpoint`` then rebuilds the model from the stored config (no hub, no original
         folder, no "newly initialized" report) and the pruned structure before loading the weights.
+        Everything added is plain (dicts, lists, str, bytes, numbers), so the checkpoint loads with
+        ``torch.load(weights_only=True)``.
         """
         checkpoint[PRUNED_HEADS_CHECKPOINT_KEY] = self.pruned_heads
         checkpoint[MODEL_CONFIG_KEY] = model_config_dict(self.model)
+        plain_hyperparameters(checkpoint)  # e.g. a Path argument: stored as str, so weights_only loads work
         files = self._tokenizer_files or tokenizer_files(self._datamodule_tokenizer())
         if files:
             self._tokenizer_files = files  # serialised once per run
@@ -253,7 +257,7 @@ class AttAttrClassifier(pl.LightningModule):
         map_location: Any = None,
         hparams_file: str | Path | None = None,
         strict: bool | None = None,
-        weights_only: bool | None = None,
+        weights_only: bool | None = True,
         **kwargs: Any,
     ) -> AttAttrClassifier:
         """Load a checkpoint written by this module: needs no hub access and no original model folder.
@@ -269,15 +273,20 @@ class AttAttrClassifier(pl.LightningModule):
             map_location: as ``torch.load``.
             hparams_file: as ``LightningModule.load_from_checkpoint``.
             strict: as ``LightningModule.load_from_checkpoint``.
-            weights_only: as ``torch.load``; default ``False`` (the checkpoint holds the config dict and
-                tokenizer bytes; load only checkpoints you trust).
+            weights_only: ``True`` (default; ``None`` means the same): the file is read with
+                ``torch.load(weights_only=True)``, tensors and plain containers only, which is all
+                this module's checkpoints hold; a file with other objects is refused unread.
+                ``False`` unpickles the file fully, which executes code from it: only for a
+                checkpoint you trust.
             **kwargs: hyperparameter overrides.
 
         Raises:
             PathNotFoundError: the file does not exist.
-            CheckpointError: the file is not a Lightning checkpoint of this module.
+            CheckpointError: the file is not a Lightning checkpoint of this module, or (with
+                ``weights_only=True``) holds objects that only full unpickling can create.
         """
-        checkpoint = read_checkpoint(checkpoint_path)
+        weights_only = True if weights_only is None else bool(weights_only)
+        checkpoint = read_checkpoint(checkpoint_path, weights_only=weights_only)
         config = checkpoint.get(MODEL_CONFIG_KEY)
         if config is not None and "model_config" not in kwargs:
             kwargs = {**kwargs, "model_config": config}
@@ -286,7 +295,7 @@ class AttAttrClassifier(pl.LightningModule):
             map_location=map_location,
             hparams_file=hparams_file,
             strict=strict,
-            weights_only=False if weights_only is None else weights_only,
+            weights_only=weights_only,
             **kwargs,
         )
 

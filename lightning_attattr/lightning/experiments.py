@@ -30,7 +30,15 @@ from lightning_attattr.analysis.heads import (
     random_name,
     task_metrics,
 )
-from lightning_attattr.analysis.store import ResultsFolder, atomic_write, save_figure, write_csv, write_json
+from lightning_attattr.analysis.store import (
+    ResultsFolder,
+    atomic_write,
+    load_tensors,
+    save_figure,
+    save_tensors,
+    write_csv,
+    write_json,
+)
 from lightning_attattr.core.adapter import attention_scope, layer_modules
 from lightning_attattr.core.attribution import AttentionIntegratedGradients, model_logits
 from lightning_attattr.core.checks import ArgumentError
@@ -196,12 +204,12 @@ def run_heads(
     masks, mask_index, removed = pruning_plan(importances, fractions)
     store = folder.parts("pruning")
     if folder.main:
-        plan_file = store.path / "masks.pt"
-        if plan_file.exists() and not torch.equal(torch.load(plan_file, weights_only=True), masks):
+        plan_file = store.path / "masks.safetensors"
+        if plan_file.exists() and not torch.equal(load_tensors(plan_file).get("masks", torch.empty(0)), masks):
             store.clear()  # the ranking changed (other importance): earlier predictions do not apply
         if not plan_file.exists():
             store.path.mkdir(parents=True, exist_ok=True)
-            atomic_write(plan_file, lambda f: torch.save(masks, f), binary=True)
+            save_tensors(plan_file, {"masks": masks})
 
     def pruning_step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
         return {"preds": _predict_all(net, batch, masks), "labels": batch["labels"].cpu()}

@@ -27,6 +27,7 @@ from lightning_attattr.analysis.heads import (
     task_metrics,
 )
 from lightning_attattr.analysis.store import (
+    PARTS_FORMAT,
     FolderInUseError,
     FolderMismatchError,
     PartStore,
@@ -131,7 +132,7 @@ def test_part_store_duplicates_keep_one_copy(tmp_path):
     store.write(torch.tensor([0, 1]), {"x": torch.tensor([0.0, 1.0])}, rank=0)
     store.write(torch.tensor([1, 2]), {"x": torch.tensor([1.0, 2.0])}, rank=1)  # example 1 again (another rank)
     store.write(torch.tensor([2]), {"x": torch.tensor([2.0])}, rank=0)  # and example 2 again (a rerun)
-    assert len(list(store.path.glob("part-*.pt"))) == 3
+    assert len(list(store.path.glob("part-*.safetensors"))) == 3
     assert store.done() == {0, 1, 2}
     out = store.load([0, 1, 2])
     assert torch.equal(out["x"], torch.tensor([0.0, 1.0, 2.0]))
@@ -177,7 +178,7 @@ def test_folder_reopen_same_arguments_keeps_parts(tmp_path):
         folder.file("sub/notes.txt").write_text("keep me")
         folder.log("stage 1 done")
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest == {"kind": "heads", "arguments": ARGS}
+    assert manifest == {"kind": "heads", "parts_format": PARTS_FORMAT, "arguments": ARGS}
     with ResultsFolder(path, "heads", json.loads(json.dumps(ARGS))) as folder:
         assert folder.parts("importance").done() == {0, 1}
         assert (path / "sub" / "notes.txt").read_text() == "keep me"
@@ -215,7 +216,11 @@ def test_folder_overwrite_clears_old_results(tmp_path):
     with ResultsFolder(path, "heads", new_args, overwrite=True) as folder:
         assert _names(path) == [".lock", "manifest.json"]
         assert folder.parts("importance").done() == set()
-    assert json.loads((path / "manifest.json").read_text()) == {"kind": "heads", "arguments": new_args}
+    assert json.loads((path / "manifest.json").read_text()) == {
+        "kind": "heads",
+        "parts_format": PARTS_FORMAT,
+        "arguments": new_args,
+    }
 
 
 def test_folder_unreadable_manifest_is_refused(tmp_path):
@@ -265,7 +270,11 @@ def test_folder_non_main_neither_locks_nor_writes_manifest(tmp_path):
         assert main.parts("s").done() == {4}
         with pytest.raises(FolderInUseError):  # while the main lock is held
             ResultsFolder(path, "heads", ARGS).open()
-    assert json.loads((path / "manifest.json").read_text()) == {"kind": "heads", "arguments": ARGS}
+    assert json.loads((path / "manifest.json").read_text()) == {
+        "kind": "heads",
+        "parts_format": PARTS_FORMAT,
+        "arguments": ARGS,
+    }
 
 
 # ============================================================================= heads: pruning plan
