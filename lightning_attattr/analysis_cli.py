@@ -33,9 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from lightning_attattr.analysis.edges import EDGE_METHODS
 from lightning_attattr.analysis.faithfulness import DEFAULT_KS, check_ks_fit
@@ -60,6 +58,7 @@ from lightning_attattr.core.checks import (
 from lightning_attattr.core.importance import PRUNING_FRACTIONS
 from lightning_attattr.lightning.checkpoints import read_checkpoint
 from lightning_attattr.lightning.classifier import AttAttrClassifier
+from lightning_attattr.lightning.compat import pl, rank_zero_only
 
 PROG = "analyze.py"
 SUBCOMMANDS = ("attribute", "tree", "heads", "effectiveness", "faithfulness", "attack")
@@ -114,11 +113,13 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for package in ("torch", "transformers", "pytorch-lightning", "lightning-attattr"):
+    lightning = "lightning" if pl.__name__ == "lightning.pytorch" else "pytorch-lightning"
+    for package in ("torch", "transformers", lightning, "lightning-attattr"):
         try:
             out[package] = version(package)
         except PackageNotFoundError:
             pass
+    out["lightning_package"] = pl.__name__  # the Lightning package the run used (see lightning/compat.py)
     return out
 
 

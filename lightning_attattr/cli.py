@@ -35,13 +35,14 @@ by a run that failed on a user error is removed.
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+import yaml
+from jsonargparse import get_loader, set_loader
 
 import lightning_attattr.callbacks  # noqa: F401  (registers our callbacks for `--trainer.callbacks+=Name`)
 import lightning_attattr.data.modules  # noqa: F401  (registers the data modules for `--data Name`)
@@ -62,7 +63,12 @@ from lightning_attattr.lightning.checkpoints import (
     tokenizer_from_files,
 )
 from lightning_attattr.lightning.classifier import AttAttrClassifier
+from lightning_attattr.lightning.compat import pl, to_this_package
 from lightning_attattr.shipped_configs import resolve_config_args
+
+# the LightningCLI of the package chosen in `compat` (both Lightning packages are supported)
+LightningCLI = importlib.import_module(f"{pl.__name__}.cli").LightningCLI
+LightningArgumentParser = importlib.import_module(f"{pl.__name__}.cli").LightningArgumentParser
 
 #: The program name of usage and error lines of in-process calls (``cli_main(args=[...])``).
 PROG = "train.py"
@@ -74,6 +80,22 @@ WEIGHTS_ONLY_HELP = (
     "the checkpoints of this project hold; a file with other objects is refused unread. `false` "
     "unpickles the file fully, which executes code from the file: only for checkpoints you trust."
 )
+
+
+def _load_config(text: str) -> Any:
+    """YAML as LightningCLI reads it, with the other Lightning package's class paths moved to this one's.
+
+    A run trained under ``pytorch_lightning`` saves ``class_path: pytorch_lightning.loggers...`` in its
+    ``config.yaml``; analysing or resuming it under ``lightning.pytorch`` (or the other way round) reads
+    the same classes from the package this process runs on.
+    """
+    return _YAML_LOADER(to_this_package(text))
+
+
+#: jsonargparse parser mode of both CLIs: YAML with :func:`to_this_package` applied first
+CONFIG_MODE = "attattr_yaml"
+_YAML_LOADER = get_loader("yaml")
+set_loader(CONFIG_MODE, _load_config, exceptions=(yaml.YAMLError,))
 
 
 class AttAttrCLI(LightningCLI):
@@ -89,6 +111,10 @@ class AttAttrCLI(LightningCLI):
             if find_user_error(err) is not None:
                 self._remove_new_dirs()
             raise
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """Lightning's parser, reading configs in :data:`CONFIG_MODE` (Lightning class paths of either package)."""
+        return super().init_parser(**{"parser_mode": CONFIG_MODE, **kwargs})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Lightning's parsing of ``args`` (default ``sys.argv[1:]``), where ``--config NAME`` is a shipped config.

@@ -40,8 +40,8 @@ def trained_run(tmp_path_factory):
     return run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
 
 
-def _analyze(args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+def _analyze(args, cwd, package="pytorch_lightning"):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ATTATTR_LIGHTNING": package}
     done = subprocess.run(
         [sys.executable, str(ROOT / "analyze.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
@@ -49,7 +49,9 @@ def _analyze(args, cwd):
     return done
 
 
-def test_two_processes_equal_one(trained_run, tmp_path):
+@pytest.mark.parametrize("package", ["pytorch_lightning", "lightning"])
+def test_two_processes_equal_one(trained_run, tmp_path, package):
+    """2 processes under either Lightning package equal one `pytorch_lightning` process."""
     config, ckpt = trained_run
     common = [
         "heads",
@@ -65,6 +67,7 @@ def test_two_processes_equal_one(trained_run, tmp_path):
         [*common, f"--output_dir={tmp_path / 'ddp'}", "--trainer.accelerator=cpu", "--trainer.devices=2",
          "--trainer.strategy=ddp"],
         tmp_path,
+        package,
     )  # fmt: skip
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in ddp.stderr + ddp.stdout
     _analyze([*common, f"--output_dir={tmp_path / 'single'}"], tmp_path)
@@ -73,6 +76,8 @@ def test_two_processes_equal_one(trained_run, tmp_path):
         return json.loads((tmp_path / name / file).read_text())
 
     assert load("ddp", "summary.json")["world_size"] == 2
+    used = load("ddp", "summary.json")["versions"]["lightning_package"]
+    assert used == {"lightning": "lightning.pytorch"}.get(package, package)
     assert load("single", "summary.json")["world_size"] == 1
     # both ranks wrote parts of the per-example work
     parts = (tmp_path / "ddp" / "parts" / "importance").glob("part-*.safetensors")

@@ -14,7 +14,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torchmetrics import MetricCollection
@@ -47,6 +46,7 @@ from lightning_attattr.lightning.checkpoints import (
     tokenizer_files,
     tokenizer_from_files,
 )
+from lightning_attattr.lightning.compat import pl
 
 # keys of a stored config dict that AutoConfig.for_model must not receive again
 _CONFIG_KEYS_NOT_PASSED = ("transformers_version", "architectures")

@@ -16,7 +16,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
@@ -51,6 +50,7 @@ from lightning_attattr.core.importance import (
 )
 from lightning_attattr.core.pruning import count_parameters, prune_heads
 from lightning_attattr.lightning.analysis import model_inputs, run_examples
+from lightning_attattr.lightning.compat import pl
 
 
 def model_shape(model: nn.Module) -> tuple[int, int]:
