@@ -11,8 +11,9 @@ none of those         PNG files ``<log_dir>/figures/<tag>/step_<N>.png``, histog
 
 "None of those" covers the CSV logger, no logger at all, and other loggers (their scalars still go
 through ``self.log``): the figures are then files under ``trainer.log_dir`` (the CSV logger's
-version folder, or ``default_root_dir`` without a logger); none under ``fast_dev_run``. Loggers are recognised in both Lightning
-packages (:func:`~lightning_attattr.lightning.compat.logger_classes`). Only rank zero writes.
+version folder, or ``default_root_dir`` without a logger); none under ``fast_dev_run``. Loggers are
+recognised in both Lightning packages (:func:`~lightning_attattr.lightning.compat.logger_classes`).
+Only rank zero writes.
 """
 
 from __future__ import annotations
