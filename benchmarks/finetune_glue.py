@@ -97,7 +97,7 @@ def main() -> None:
                 "learning_rate": lr,
                 "batch_size": args.train_batch_size,
                 "seconds_fit": round(seconds, 1),
-                "best_epoch": int(torch.load(checkpoint.best_model_path, weights_only=False)["epoch"]),
+                "best_epoch": int(torch.load(checkpoint.best_model_path, weights_only=True)["epoch"]),
                 "dev": {k: round(float(v), 4) for k, v in trainer_metrics.items()},
                 "checkpoint": checkpoint.best_model_path,
                 "exported": str(export),
