@@ -467,7 +467,7 @@ def correlation_heatmap(matrix: Sequence[Sequence[float]], names: Sequence[str],
 
 
 def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None = None) -> Figure:
-    """Draw an attribution tree over the input: tokens left to right, layers bottom to top.
+    """Draw an attribution tree or graph over the input: tokens left to right, layers bottom to top.
 
     Every token of the input gets an x position and a tick label (rotated); the tokens in the tree
     are drawn as nodes at the height of their ``layer`` (the layer of the edge that attached them;
@@ -476,8 +476,14 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
     flows, coloured and widened by its normalised score (``tau`` .. 1). The figure widens with the
     number of tokens and stays readable for 40-token inputs; a root-only tree is drawn too.
 
+    A graph (:func:`lightning_attattr.analysis.trees.build_graph`) is drawn as its layered view
+    (:func:`~lightning_attattr.analysis.trees.layered_dag`): an edge of layer ``l`` goes from the
+    key at height ``l`` up to the query at height ``l + 1``, a token's positions on several rows are
+    joined by a faint vertical line, and the edges the tree would drop are dashed.
+
     Args:
-        graph: An attribution tree from :func:`lightning_attattr.analysis.trees.build_tree`.
+        graph: An attribution tree from :func:`lightning_attattr.analysis.trees.build_tree` or a
+            graph from :func:`~lightning_attattr.analysis.trees.build_graph`.
         tokens: All ``n`` token strings of the input (the ``tokens`` given to ``build_tree``);
             ``None`` labels the tree tokens with their text and the others with their index.
         title: Axes title; by default ``tau`` and the root rule.
@@ -494,8 +500,10 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
 
     if not isinstance(graph, nx.DiGraph) or not {"root", "n_layers"} <= set(graph.graph):
         raise ArgumentTypeError(
-            f"Expected `graph` to be an attribution tree from build_tree, but got {type(graph).__name__}."
+            "Expected `graph` to be an attribution tree or graph from build_tree / build_graph, "
+            f"but got {type(graph).__name__}."
         )
+    is_graph = graph.is_multigraph()
     n_layers = int(graph.graph["n_layers"])
     root = graph.graph["root"]
     n = int(graph.graph.get("n_tokens", max(graph.nodes) + 1))
@@ -513,8 +521,9 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
         labels = [str(t) for t in tokens]
     title = _check_title(title)
     if title is None:
+        kind = "graph" if is_graph else "tree"
         title = (
-            f"attribution tree (tau={float(graph.graph.get('tau', 0.0)):g}, root {graph.graph.get('root_rule', '?')})"
+            f"attribution {kind} (tau={float(graph.graph.get('tau', 0.0)):g}, root {graph.graph.get('root_rule', '?')})"
         )
 
     import matplotlib as mpl
@@ -539,8 +548,21 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
     def position(node: int) -> tuple[float, float]:
         return float(node), float(graph.nodes[node]["layer"])
 
-    for parent, child, data in graph.edges(data=True):
-        start, end = position(child), position(parent)
+    if is_graph:  # the layered view: (rank, token) nodes, layer-l edges from rank l up to rank l + 1
+        from lightning_attattr.analysis.trees import layered_dag
+
+        dag = layered_dag(graph)
+        arrows = [(float(c[1]), float(c[0]), float(p[1]), float(p[0]), d)
+                  for p, c, d in dag.edges(data=True) if d["kind"] == "attention"]  # fmt: skip
+        for high, low in ((p, c) for p, c, d in dag.edges(data=True) if d["kind"] == "residual"):
+            ax.plot([high[1], low[1]], [high[0], low[0]], color="0.75", linewidth=1.0, zorder=1)
+        nodes_xy = sorted((float(token), float(rank), token) for rank, token in dag.nodes)
+    else:
+        arrows = [(*position(child), *position(parent), data) for parent, child, data in graph.edges(data=True)]
+        nodes_xy = [(*position(v), v) for v in sorted(graph.nodes)]
+
+    for x0, y0, x1, y1, data in arrows:
+        start, end = (x0, y0), (x1, y1)
         score = float(data["score"])
         t = float(np.clip((score - norm.vmin) / max(norm.vmax - norm.vmin, 1e-12), 0.0, 1.0))
         ax.annotate(
@@ -556,17 +578,22 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
                 "mutation_scale": 9,
                 # same-layer edges (a token attached earlier in the layer is the parent) bow, others are straight
                 "connectionstyle": "arc3,rad=0.3" if start[1] == end[1] else "arc3,rad=0.0",
+                # in a graph, the edges the one-parent tree drops are dashed
+                "linestyle": "-" if not is_graph or data.get("in_tree") else (0, (3, 2)),
             },
             zorder=2,
         )
 
-    nodes = sorted(graph.nodes)
-    xs = [position(v)[0] for v in nodes]
-    ys = [position(v)[1] for v in nodes]
+    xs = [x for x, _, _ in nodes_xy]
+    ys = [y for _, y, _ in nodes_xy]
     ax.scatter(xs, ys, s=28, color="tab:blue", edgecolor="black", linewidth=0.5, zorder=3)
     ax.scatter([root], [n_layers], s=120, marker="*", color="gold", edgecolor="black", linewidth=0.6, zorder=4)
     label_size = float(np.clip(9.5 - 0.08 * n, 6.0, 9.0))
-    for v, x, y in zip(nodes, xs, ys):
+    labelled: set[int] = set()  # a graph's token can sit on several rows: label it once, on its top row
+    for x, y, v in sorted(nodes_xy, key=lambda item: (item[0], -item[1])):
+        if v in labelled:
+            continue
+        labelled.add(v)
         ax.annotate(
             labels[v], (x, y), xytext=(3, 4), textcoords="offset points", fontsize=label_size, rotation=30, zorder=5
         )
@@ -582,7 +609,9 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
     ax.set_xlim(-0.8, n - 0.2)
     ax.set_ylim(-0.7, n_layers + 0.9)
     ax.set_ylabel("layer")
-    ax.set_xlabel("arrows: child (key) \u2192 parent (query)", fontsize=8)
+    ax.set_xlabel(
+        "arrows: child (key) \u2192 parent (query)" + ("; dashed: not in the tree" if is_graph else ""), fontsize=8
+    )
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     if graph.number_of_edges():

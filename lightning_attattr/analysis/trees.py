@@ -41,6 +41,27 @@ that attached the token; the root gets ``n_layers``) and ``attribution`` (raw sc
 absent on the root). Edge attributes: ``layer``, ``attribution`` (raw ``a^l[i, j]``) and ``score``
 (normalised). Graph attributes: ``root``, ``tau``, ``root_rule``, ``n_layers`` and ``n_tokens``.
 
+**The attribution graph** (:func:`build_graph`, ``analyze.py tree --mode graph``) is the same
+top-down scan without the one-parent rule: a candidate edge ``(i, j)`` of layer ``l`` is kept
+whenever the query ``i`` is already in, also when the key ``j`` is in already (has a parent from a
+higher layer, or is the root). It has exactly the tree's tokens, with the same node attributes,
+and every tree edge (marked ``in_tree=True``) plus the edges the one-parent rule drops
+(``in_tree=False``). Self-connections ``(i, i)`` are left out, as in the tree: they link no two
+tokens. Example of the difference: two words that both hang from ``[CLS]`` in the last layer and
+interact in layer 2 keep their layer-2 edge in the graph, not in the tree.
+
+*Representation.* The graph is a :class:`networkx.MultiDiGraph` over the same token-index nodes as
+the tree, one edge per (parent, child, layer) with key ``layer``: the JSON, GraphML and text
+exports keep the tree's layout, and code that reads a tree's ``(parent, child, layer)`` edges
+(e.g. edge-deletion tests) reads a graph unchanged. As a token-level graph it can hold a cycle
+(``i -> j`` in layer 3, ``j -> i`` in layer 1); its *layered view* (:func:`layered_dag`) is the
+DAG: nodes ``(rank, token)``, an edge of layer ``l`` going from the query at rank ``l + 1`` to the
+key at rank ``l`` (the representation entering layer ``l``), the root on rank ``n_layers``. The DOT
+export and the drawing show that view.
+
+:func:`connects` answers "does this tree or graph link these two tokens?" (either direction, any
+layer or one layer) for both.
+
 Word-level trees: :func:`merge_units` sums the maps over the word pieces of each word (on both the
 query and the key axis) so a tree can be built over words; :func:`word_units` derives the grouping
 from a fast tokenizer's ``word_ids()`` / ``sequence_ids()``.
@@ -58,21 +79,29 @@ import networkx as nx
 import numpy as np
 
 from lightning_attattr.core.arrays import as_array
-from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, check_choice, check_number
+from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, check_choice, check_int, check_number
 
 __all__ = [
+    "MODES",
     "ROOT_RULES",
+    "build_graph",
     "build_tree",
+    "connects",
+    "layered_dag",
     "merge_units",
     "render_text",
     "to_dot",
+    "tree_from_json",
     "tree_to_json",
     "word_units",
     "write_graphml",
 ]
 
-#: Allowed values of ``build_tree(root=...)``.
+#: Allowed values of ``build_tree(root=...)`` / ``build_graph(root=...)``.
 ROOT_RULES = ("cls", "official")
+
+#: What ``analyze.py tree --mode`` builds: the paper's tree (:func:`build_tree`) or the graph (:func:`build_graph`).
+MODES = ("tree", "graph")
 
 # prefixes that mark a word start in RoBERTa (byte-level BPE) and SentencePiece vocabularies
 _WORD_START_MARKS = ("Ġ", "▁")
@@ -125,6 +154,65 @@ def _official_top_token(arr: np.ndarray) -> int:
     return 1 + int(np.argmax(total[1:].sum(1)))  # first index wins a tie
 
 
+def _grow(maps: Any, tokens: Sequence[str] | None, tau: float, root: str, *, one_parent: bool) -> nx.DiGraph:
+    """The top-down scan of :func:`build_tree` (``one_parent=True``) or :func:`build_graph` (``False``)."""
+    tau = check_number("tau", tau, 0.0, 1.0, low_open=True)
+    check_choice("root", root, ROOT_RULES)
+    arr = _maps_array(maps)
+    n_layers, n = arr.shape[0], arr.shape[1]
+    labels = _token_list(tokens, n)
+
+    if root == "official":
+        if n_layers < 2:
+            raise ArgumentError(
+                "Expected `maps` to hold at least 2 layers for root='official' (its last layer is unused), "
+                f"but got {n_layers}; use root='cls'."
+            )
+        if n < 2:
+            raise ArgumentError(
+                f"Expected `maps` to hold at least 2 tokens for root='official' (the top token is not [CLS]), "
+                f"but got {n}."
+            )
+        rows, top = slice(1, None), _official_top_token(arr)
+    else:
+        rows, top = slice(None), 0
+
+    meta = dict(root=top, tau=tau, root_rule=root, n_layers=n_layers, n_tokens=n)
+    graph = nx.DiGraph(**meta, mode="tree") if one_parent else nx.MultiDiGraph(**meta, mode="graph")
+    graph.add_node(top, token=labels[top], index=top, layer=n_layers)
+
+    def attach(layer: int, i: int, j: int, norm: np.ndarray) -> None:
+        raw = float(arr[layer, i, j])
+        new = j not in graph
+        if new:  # the edge that brings a token in is its tree edge; its layer and attribution describe the node
+            graph.add_node(j, token=labels[j], index=j, layer=layer, attribution=raw)
+        if one_parent:
+            graph.add_edge(i, j, layer=layer, attribution=raw, score=float(norm[i, j]))
+        else:
+            graph.add_edge(i, j, key=layer, layer=layer, attribution=raw, score=float(norm[i, j]), in_tree=new)
+
+    # the root's children: the last layer's [CLS] row ("cls") or layer L-2's top-token row ("official")
+    first = n_layers - 1 if root == "cls" else n_layers - 2
+    norm = _normalise(arr[first], rows)
+    if norm is not None:
+        for j in range(n):
+            if j != top and norm[top, j] > tau:
+                attach(first, top, j, norm)
+
+    queries = range(n) if root == "cls" else range(1, n)  # "official": [CLS] never a parent here
+    for layer in range(first - 1, -1, -1):
+        norm = _normalise(arr[layer], rows)
+        if norm is None:
+            continue
+        for i in queries:
+            for j in range(n):
+                # membership is re-read for every pair: a token attached just now can be a parent next;
+                # the tree takes a key only while it has no parent, the graph any key but the query itself
+                if norm[i, j] > tau and i in graph and (j not in graph if one_parent else j != i):
+                    attach(layer, i, j, norm)
+    return graph
+
+
 def build_tree(
     maps: Any,
     tokens: Sequence[str] | None = None,
@@ -152,8 +240,8 @@ def build_tree(
         A :class:`networkx.DiGraph` with edges parent (query) -> child (key); nodes are token
         indices with attributes ``token``, ``index``, ``layer`` and (except the root)
         ``attribution``; edges carry ``layer``, ``attribution`` and ``score``; the graph has ``root``,
-        ``tau``, ``root_rule``, ``n_layers`` and ``n_tokens``. When no score passes ``tau`` the graph
-        holds only the root.
+        ``tau``, ``root_rule``, ``n_layers``, ``n_tokens`` and ``mode`` (``"tree"``). When no score
+        passes ``tau`` the graph holds only the root.
 
     Raises:
         ArgumentError: ``tau`` outside ``(0, 1]``, an unknown ``root``, ``maps`` not a finite
@@ -170,63 +258,176 @@ def build_tree(
         >>> sorted(tree.edges(data="layer"))
         [(0, 2, 1), (2, 1, 0)]
     """
-    tau = check_number("tau", tau, 0.0, 1.0, low_open=True)
-    check_choice("root", root, ROOT_RULES)
-    arr = _maps_array(maps)
-    n_layers, n = arr.shape[0], arr.shape[1]
-    labels = _token_list(tokens, n)
+    return _grow(maps, tokens, tau, root, one_parent=True)
 
-    if root == "official":
-        if n_layers < 2:
-            raise ArgumentError(
-                "Expected `maps` to hold at least 2 layers for root='official' (its last layer is unused), "
-                f"but got {n_layers}; use root='cls'."
-            )
-        if n < 2:
-            raise ArgumentError(
-                f"Expected `maps` to hold at least 2 tokens for root='official' (the top token is not [CLS]), "
-                f"but got {n}."
-            )
-        rows, top = slice(1, None), _official_top_token(arr)
-    else:
-        rows, top = slice(None), 0
 
-    graph = nx.DiGraph(root=top, tau=tau, root_rule=root, n_layers=n_layers, n_tokens=n)
-    graph.add_node(top, token=labels[top], index=top, layer=n_layers)
+def build_graph(
+    maps: Any,
+    tokens: Sequence[str] | None = None,
+    *,
+    tau: float = 0.4,
+    root: Literal["cls", "official"] = "cls",
+) -> nx.MultiDiGraph:
+    """Build the attribution graph of one example: the tree's scan keeping every candidate edge.
 
-    def attach(layer: int, i: int, j: int, norm: np.ndarray) -> None:
-        raw = float(arr[layer, i, j])
-        graph.add_node(j, token=labels[j], index=j, layer=layer, attribution=raw)
-        graph.add_edge(i, j, layer=layer, attribution=raw, score=float(norm[i, j]))
+    Same arguments, thresholds and scan as :func:`build_tree` (see the module docstring), without
+    the one-parent rule: in every layer each candidate edge whose query is already in is kept, also
+    when its key is already in. The graph has the tree's tokens and every tree edge, plus the edges
+    the tree drops; self-connections are left out.
 
-    # the root's children: the last layer's [CLS] row ("cls") or layer L-2's top-token row ("official")
-    first = n_layers - 1 if root == "cls" else n_layers - 2
-    norm = _normalise(arr[first], rows)
-    if norm is not None:
-        for j in range(n):
-            if j != top and norm[top, j] > tau:
-                attach(first, top, j, norm)
+    Args:
+        maps: ``[layer, query_pos, key_pos]`` head-summed attribution maps of one example (as for
+            :func:`build_tree`).
+        tokens: ``query_pos`` token strings; default ``"0" .. "n-1"``.
+        tau: Threshold on the normalised score, in ``(0, 1]`` (strictly above); default ``0.4``.
+        root: ``"cls"`` (default) or ``"official"``, as for :func:`build_tree`.
 
-    queries = range(n) if root == "cls" else range(1, n)  # "official": [CLS] never a parent here
-    for layer in range(first - 1, -1, -1):
-        norm = _normalise(arr[layer], rows)
-        if norm is None:
+    Returns:
+        A :class:`networkx.MultiDiGraph` over token indices, edges parent (query) -> child (key),
+        at most one per (parent, child, layer), keyed by ``layer``. Nodes and graph attributes as
+        in :func:`build_tree` (``mode`` is ``"graph"``); edges carry ``layer``, ``attribution``,
+        ``score`` and ``in_tree`` (``True`` for the edges :func:`build_tree` keeps). Its DAG view is
+        :func:`layered_dag`.
+
+    Raises:
+        ArgumentError: as :func:`build_tree`.
+        ArgumentTypeError: as :func:`build_tree`.
+
+    Example:
+        >>> import numpy as np
+        >>> maps = np.zeros((2, 3, 3))
+        >>> maps[1, 0, 1:] = 1.0  # last layer: [CLS] gathers from "a" and from "b"
+        >>> maps[0, 2, 1] = 0.5  # layer 0: "b" gathers from "a", but "a" has a parent already
+        >>> sorted(build_tree(maps, ["[CLS]", "a", "b"]).edges(data="layer"))
+        [(0, 1, 1), (0, 2, 1)]
+        >>> sorted(build_graph(maps, ["[CLS]", "a", "b"]).edges(data="layer"))
+        [(0, 1, 1), (0, 2, 1), (2, 1, 0)]
+    """
+    return _grow(maps, tokens, tau, root, one_parent=False)
+
+
+def _check_pair(pair: Any, n: int) -> tuple[int, int]:
+    ok = (
+        isinstance(pair, Sequence)
+        and not isinstance(pair, (str, bytes))
+        and len(pair) == 2
+        and all(isinstance(p, (int, np.integer)) and not isinstance(p, (bool, np.bool_)) for p in pair)
+    )
+    if not ok or not all(0 <= int(p) < n for p in pair):
+        raise ArgumentError(
+            f"Expected `pair` to be two token positions in [0, {n - 1}] (the graph's {n} positions), but got {pair!r}."
+        )
+    return int(pair[0]), int(pair[1])
+
+
+def connects(graph: nx.DiGraph, pair: tuple[int, int], *, layer: int | None = None) -> bool:
+    """Whether a tree or graph has an edge between the two tokens of ``pair``, in either direction.
+
+    The one test of "does the explanation link these two tokens?" for both :func:`build_tree` and
+    :func:`build_graph` results (a graph holds every candidate edge, so it connects a pair at least
+    whenever the tree does).
+
+    Args:
+        graph: A tree from :func:`build_tree` or a graph from :func:`build_graph`.
+        pair: Two positions ``(a, b)`` of the maps the graph was built from (tokens, or words for maps
+            merged with :func:`merge_units`); order does not matter. ``a == b`` is never connected.
+        layer: Only an edge of this layer counts (``0 .. n_layers - 1``); ``None`` (default): any layer.
+
+    Returns:
+        ``True`` when an edge ``a -> b`` or ``b -> a`` (of ``layer``, when given) is in ``graph``.
+
+    Raises:
+        ArgumentError: ``pair`` is not two positions inside the graph's tokens, or ``layer`` is out of range.
+        ArgumentTypeError: ``graph`` is not a tree or graph from this module.
+
+    Example:
+        >>> import numpy as np
+        >>> maps = np.zeros((2, 3, 3))
+        >>> maps[1, 0, 1:] = 1.0
+        >>> maps[0, 2, 1] = 0.5
+        >>> connects(build_tree(maps), (1, 2)), connects(build_graph(maps), (1, 2))
+        (False, True)
+        >>> connects(build_graph(maps), (1, 2), layer=1)
+        False
+    """
+    graph = _check_graph(graph)
+    a, b = _check_pair(pair, int(graph.graph.get("n_tokens", max(graph.nodes) + 1)))
+    if layer is not None:
+        check_int("layer", layer, 0, int(graph.graph["n_layers"]) - 1)
+    for u, v in ((a, b), (b, a)):
+        if not graph.has_edge(u, v):
             continue
-        for i in queries:
-            for j in range(n):
-                # membership is re-read for every pair: a token attached just now can be a parent next
-                if norm[i, j] > tau and i in graph and j not in graph:
-                    attach(layer, i, j, norm)
-    return graph
+        data = graph[u][v].values() if graph.is_multigraph() else (graph[u][v],)
+        if layer is None or any(int(d["layer"]) == layer for d in data):
+            return True
+    return False
+
+
+def layered_dag(graph: nx.DiGraph) -> nx.DiGraph:
+    """The layered view of a tree or graph: a DAG over ``(rank, token)``, its layers as ranks.
+
+    Rank ``r`` holds the tokens' representations entering layer ``r`` (rank ``n_layers``: the last
+    layer's output, where the root sits). An edge of layer ``l`` between parent (query) ``i`` and
+    child (key) ``j`` becomes ``(l + 1, i) -> (l, j)`` with the edge's attributes and
+    ``kind="attention"``. The positions of one token are chained from rank to rank by
+    ``kind="residual"`` edges (downwards, top to bottom), so the view stays connected; the root
+    ``(n_layers, root)`` is always a node. Edges go from a higher to a lower rank only, hence the
+    result is acyclic. (The scan reads membership as it goes, so a token brought in by an edge of
+    layer ``l`` can be the query of a later edge of the same layer, as in the tree; that query's
+    node on rank ``l + 1`` is then linked to the rest by its residual chain only.)
+
+    Args:
+        graph: A tree from :func:`build_tree` or a graph from :func:`build_graph`.
+
+    Returns:
+        A :class:`networkx.DiGraph` with nodes ``(rank, token)`` (attributes ``rank``, ``index``,
+        ``token``) and the graph attributes of ``graph``.
+
+    Raises:
+        ArgumentTypeError: ``graph`` is not a tree or graph from this module.
+    """
+    graph = _check_graph(graph)
+    top = int(graph.graph["n_layers"])
+    dag = nx.DiGraph(**graph.graph)
+
+    def node(rank: int, token: int) -> tuple[int, int]:
+        if (rank, token) not in dag:
+            dag.add_node((rank, token), rank=rank, index=token, token=graph.nodes[token]["token"])
+        return rank, token
+
+    root = graph.graph["root"]
+    node(top, root)
+    for parent, child, data in graph.edges(data=True):
+        layer = int(data["layer"])
+        dag.add_edge(node(layer + 1, parent), node(layer, child), kind="attention", **data)
+    ranks: dict[int, list[int]] = {}
+    for rank, token in dag.nodes:
+        ranks.setdefault(token, []).append(rank)
+    for token, found in ranks.items():
+        found.sort(reverse=True)
+        for high, low in zip(found, found[1:]):
+            dag.add_edge((high, token), (low, token), kind="residual")
+    return dag
 
 
 # ----------------------------------------------------------------------------- export
 def _check_graph(graph: object) -> nx.DiGraph:
     if not isinstance(graph, nx.DiGraph) or "root" not in graph.graph:
         raise ArgumentTypeError(
-            f"Expected `graph` to be an attribution tree from build_tree, but got {type(graph).__name__}."
+            "Expected `graph` to be an attribution tree or graph from build_tree / build_graph, "
+            f"but got {type(graph).__name__}."
         )
     return graph
+
+
+def _mode(graph: nx.DiGraph) -> str:
+    """``"graph"`` for a :func:`build_graph` result, ``"tree"`` for a tree (also one built before ``mode`` existed)."""
+    return str(graph.graph.get("mode", "graph" if graph.is_multigraph() else "tree"))
+
+
+def _graph_edges(graph: nx.DiGraph) -> list[tuple[int, int, dict[str, Any]]]:
+    """A graph's edges, top layer first, then by parent and child index."""
+    return sorted(graph.edges(data=True), key=lambda e: (-int(e[2]["layer"]), int(e[0]), int(e[1])))
 
 
 def _json_float(value: Any) -> float | None:
@@ -237,21 +438,24 @@ def _json_float(value: Any) -> float | None:
 
 
 def tree_to_json(graph: nx.DiGraph) -> dict[str, Any]:
-    """A JSON-serialisable description of an attribution tree.
+    """A JSON-serialisable description of an attribution tree or graph.
 
     Args:
-        graph: A tree from :func:`build_tree`.
+        graph: A tree from :func:`build_tree` or a graph from :func:`build_graph`.
 
     Returns:
-        ``{"root", "tau", "rule", "n_layers", "n_tokens", "nodes", "edges"}``: ``nodes`` sorted by
-        index, each ``{"index", "token", "layer", "attribution"}`` (``attribution`` is ``None`` for the
-        root); ``edges`` in the order they were added (top layer first), each ``{"parent", "child",
-        "layer", "attribution", "score"}`` with token indices as ``parent`` / ``child``.
+        ``{"mode", "root", "tau", "rule", "n_layers", "n_tokens", "nodes", "edges"}``: ``mode`` is
+        ``"tree"`` or ``"graph"``; ``nodes`` sorted by index, each ``{"index", "token", "layer",
+        "attribution"}`` (``attribution`` is ``None`` for the root); ``edges`` each ``{"parent", "child",
+        "layer", "attribution", "score"}`` with token indices as ``parent`` / ``child``, for a tree in
+        the order they were added (top layer first), for a graph sorted by layer (top first), parent
+        and child, each with ``"in_tree"`` too. :func:`tree_from_json` reads it back.
 
     Raises:
-        ArgumentTypeError: ``graph`` is not a tree from :func:`build_tree`.
+        ArgumentTypeError: ``graph`` is not a tree or graph from this module.
     """
     graph = _check_graph(graph)
+    mode = _mode(graph)
     nodes = [
         {
             "index": int(data["index"]),
@@ -261,18 +465,21 @@ def tree_to_json(graph: nx.DiGraph) -> dict[str, Any]:
         }
         for _, data in sorted(graph.nodes(data=True), key=lambda item: item[0])
     ]
-    edges = [
-        {
+    edges = []
+    for parent, child, data in _graph_edges(graph) if mode == "graph" else graph.edges(data=True):
+        edge = {
             "parent": int(parent),
             "child": int(child),
             "layer": int(data["layer"]),
             "attribution": _json_float(data["attribution"]),
             "score": _json_float(data["score"]),
         }
-        for parent, child, data in graph.edges(data=True)
-    ]
+        if mode == "graph":
+            edge["in_tree"] = bool(data.get("in_tree", False))
+        edges.append(edge)
     meta = graph.graph
     return {
+        "mode": mode,
         "root": int(meta["root"]),
         "tau": float(meta["tau"]),
         "rule": str(meta["root_rule"]),
@@ -281,6 +488,51 @@ def tree_to_json(graph: nx.DiGraph) -> dict[str, Any]:
         "nodes": nodes,
         "edges": edges,
     }
+
+
+def tree_from_json(data: Any) -> nx.DiGraph:
+    """The tree or graph of a :func:`tree_to_json` dict (e.g. a ``trees/<name>.json`` file of ``analyze.py tree``).
+
+    Extra keys (``name``, ``predicted``, completeness errors, ...) are ignored; a dict without
+    ``mode`` is a tree.
+
+    Args:
+        data: The dict.
+
+    Returns:
+        A :class:`networkx.DiGraph` (tree) or :class:`networkx.MultiDiGraph` (graph) equal to the one
+        written, except that ``None`` scores come back as ``nan``.
+
+    Raises:
+        ArgumentError: ``data`` lacks a key of the layout, or has an unknown ``mode``.
+    """
+    needed = ("root", "tau", "rule", "n_layers", "nodes", "edges")
+    if not isinstance(data, dict) or any(k not in data for k in needed):
+        have = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ArgumentError(f"Expected `data` to be a dict from tree_to_json with keys {list(needed)}, but got {have}.")
+    mode = data.get("mode", "tree")
+    check_choice("mode", mode, MODES)
+    n_tokens = int(data.get("n_tokens", len(data["nodes"])))
+    meta = dict(root=int(data["root"]), tau=float(data["tau"]), root_rule=str(data["rule"]),
+                n_layers=int(data["n_layers"]), n_tokens=n_tokens, mode=mode)  # fmt: skip
+    graph = nx.DiGraph(**meta) if mode == "tree" else nx.MultiDiGraph(**meta)
+
+    def number(value: Any) -> float:
+        return float("nan") if value is None else float(value)
+
+    for node in data["nodes"]:
+        attrs = {"token": str(node["token"]), "index": int(node["index"]), "layer": int(node["layer"])}
+        if node.get("attribution") is not None:
+            attrs["attribution"] = float(node["attribution"])
+        graph.add_node(int(node["index"]), **attrs)
+    for edge in data["edges"]:
+        layer = int(edge["layer"])
+        attrs = {"layer": layer, "attribution": number(edge["attribution"]), "score": number(edge["score"])}
+        if mode == "graph":
+            graph.add_edge(int(edge["parent"]), int(edge["child"]), key=layer, in_tree=bool(edge["in_tree"]), **attrs)
+        else:
+            graph.add_edge(int(edge["parent"]), int(edge["child"]), **attrs)
+    return graph
 
 
 def _graphml_value(value: Any) -> Any:
@@ -301,28 +553,34 @@ def _graphml_attrs(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_graphml(graph: nx.DiGraph, path: str | os.PathLike[str]) -> Path:
-    """Write an attribution tree as GraphML (readable with ``networkx.read_graphml``, Gephi, yEd).
+    """Write an attribution tree or graph as GraphML (readable with ``networkx.read_graphml``, Gephi, yEd).
 
     Attribute values are made GraphML-safe: numpy scalars become Python numbers, anything else
     non-numeric becomes a string, and ``None`` values are left out. Node ids are written as strings
-    (``"0"``, ``"3"``, ...); ``index`` keeps the integer.
+    (``"0"``, ``"3"``, ...); ``index`` keeps the integer. A graph's edges get their layer as GraphML
+    edge id (read it back with ``networkx.read_graphml(path, force_multigraph=True)``).
 
     Args:
-        graph: A tree from :func:`build_tree`.
+        graph: A tree from :func:`build_tree` or a graph from :func:`build_graph`.
         path: Target file (``.graphml``); its folder must exist.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ArgumentTypeError: ``graph`` is not a tree from :func:`build_tree`.
+        ArgumentTypeError: ``graph`` is not a tree or graph from this module.
     """
     graph = _check_graph(graph)
-    clean = nx.DiGraph(**_graphml_attrs(graph.graph))
+    meta = _graphml_attrs({**graph.graph, "mode": _mode(graph)})
+    clean = nx.MultiDiGraph(**meta) if graph.is_multigraph() else nx.DiGraph(**meta)
     for node, data in graph.nodes(data=True):
         clean.add_node(node, **_graphml_attrs(data))
-    for parent, child, data in graph.edges(data=True):
-        clean.add_edge(parent, child, **_graphml_attrs(data))
+    if graph.is_multigraph():
+        for parent, child, key, data in graph.edges(keys=True, data=True):
+            clean.add_edge(parent, child, key=key, **_graphml_attrs(data))
+    else:
+        for parent, child, data in graph.edges(data=True):
+            clean.add_edge(parent, child, **_graphml_attrs(data))
     from lightning_attattr.analysis.store import atomic_write  # written atomically, like every results file
 
     return atomic_write(Path(path), lambda f: nx.write_graphml(clean, f), binary=True)
@@ -335,23 +593,34 @@ def _dot_escape(text: str) -> str:
     return text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n")
 
 
+def _dot_width(score: Any) -> float:
+    return 1.0 + 2.0 * min(max(float(score), 0.0), 1.0)
+
+
 def to_dot(graph: nx.DiGraph) -> str:
-    """The tree in Graphviz DOT, root at the top, edges parent -> child labelled with layer and score.
+    """A tree or graph in Graphviz DOT, edges parent -> child labelled with layer and score.
+
+    A tree is drawn root at the top, one node per token. A graph is drawn as its layered view
+    (:func:`layered_dag`): one row per rank (``root`` on top, then ``L{n-1}`` .. ``L0``), a node per
+    (rank, token) used, attention edges solid when they are tree edges and dashed otherwise, and the
+    rank-to-rank chain of one token as dotted grey lines.
 
     Written by hand (no pydot/pygraphviz needed): token text is quoted and escaped (backslashes,
     quotes, newlines, ``&``, ``<`` and ``>``), so any token renders literally. Render it with e.g.
     ``dot -Tsvg tree.dot -o tree.svg``.
 
     Args:
-        graph: A tree from :func:`build_tree`.
+        graph: A tree from :func:`build_tree` or a graph from :func:`build_graph`.
 
     Returns:
         The DOT source, ending with a newline.
 
     Raises:
-        ArgumentTypeError: ``graph`` is not a tree from :func:`build_tree`.
+        ArgumentTypeError: ``graph`` is not a tree or graph from this module.
     """
     graph = _check_graph(graph)
+    if _mode(graph) == "graph":
+        return _graph_dot(graph)
     root = graph.graph["root"]
     caption = _dot_escape(f"tau={float(graph.graph['tau']):g}, root rule {graph.graph['root_rule']}")
     lines = [
@@ -365,15 +634,60 @@ def to_dot(graph: nx.DiGraph) -> str:
         style = ", style=bold" if node == root else ""
         lines.append(f'  n{node} [label="{label}"{style}];')
     for parent, child, data in graph.edges(data=True):
-        width = 1.0 + 2.0 * min(max(float(data["score"]), 0.0), 1.0)
         label = _dot_escape(f"L{data['layer']} {float(data['score']):.2f}")
-        lines.append(f'  n{parent} -> n{child} [label="{label}", penwidth={width:.2f}];')
+        lines.append(f'  n{parent} -> n{child} [label="{label}", penwidth={_dot_width(data["score"]):.2f}];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
+def _graph_dot(graph: nx.MultiDiGraph) -> str:
+    """The layered DOT drawing of a graph (see :func:`to_dot`)."""
+    dag = layered_dag(graph)
+    top = int(graph.graph["n_layers"])
+    root = graph.graph["root"]
+    caption = _dot_escape(
+        f"attribution graph: tau={float(graph.graph['tau']):g}, root rule {graph.graph['root_rule']}; "
+        "dashed: edges the tree drops"
+    )
+    lines = [
+        "digraph attribution_graph {",
+        f'  graph [label="{caption}", rankdir=TB, newrank=true];',
+        "  node [shape=box, fontname=Helvetica];",
+    ]
+    ranks = list(range(top, -1, -1))  # a column of rank labels, chained invisibly to keep the rows in order
+    lines += [f'  r{r} [label="{"root" if r == top else f"L{r}"}", shape=plaintext, fontcolor=gray40];' for r in ranks]
+    lines.append("  " + " -> ".join(f"r{r}" for r in ranks) + " [style=invis];")
+
+    def name(node: tuple[int, int]) -> str:
+        return f"n{node[1]}_r{node[0]}"
+
+    for r in ranks:
+        members = sorted(token for rank, token in dag.nodes if rank == r)
+        if not members:
+            continue
+        body = []
+        for token in members:
+            label = _dot_escape(f"{dag.nodes[(r, token)]['token']} #{token}")
+            style = ", style=bold" if (r, token) == (top, root) else ""
+            body.append(f'{name((r, token))} [label="{label}"{style}];')
+        lines.append(f"  {{ rank=same; r{r}; " + " ".join(body) + " }")
+    for u, v, data in sorted(dag.edges(data=True), key=lambda e: (-e[0][0], e[0][1], e[1][1])):
+        if data["kind"] == "residual":
+            lines.append(f"  {name(u)} -> {name(v)} [style=dotted, color=gray60, arrowhead=none];")
+            continue
+        label = _dot_escape(f"L{data['layer']} {float(data['score']):.2f}")
+        style = "" if data.get("in_tree") else ", style=dashed"
+        lines.append(f'  {name(u)} -> {name(v)} [label="{label}", penwidth={_dot_width(data["score"]):.2f}{style}];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _show_token(graph: nx.DiGraph, node: int) -> str:
+    return str(graph.nodes[node]["token"]).replace("\n", "\\n").replace("\r", "\\r") + f" #{node}"
+
+
 def render_text(graph: nx.DiGraph) -> str:
-    """A plain-text drawing of the tree for the terminal, children ordered by token index.
+    """A plain-text drawing of a tree (children ordered by token index) or a graph (its edges layer by layer).
 
     Example:
         >>> import numpy as np
@@ -383,30 +697,53 @@ def render_text(graph: nx.DiGraph) -> str:
         [CLS] #0 (root)
         └── b #2  layer 1  attr 1
             └── a #1  layer 0  attr 0.5
+        >>> maps[1, 0, 1] = 1.0
+        >>> print(render_text(build_graph(maps, ["[CLS]", "a", "b"])))
+        [CLS] #0 (root): 3 edges, 1 not in the tree (marked +); parent <- child
+        layer 1
+          [CLS] #0 <- a #1  attr 1
+          [CLS] #0 <- b #2  attr 1
+        layer 0
+        + b #2 <- a #1  attr 0.5
 
     Args:
-        graph: A tree from :func:`build_tree`.
+        graph: A tree from :func:`build_tree` or a graph from :func:`build_graph`.
 
     Returns:
-        One line per tree node (no trailing newline): ``token #index  layer l  attr a``.
+        For a tree, one line per tree node (no trailing newline): ``token #index  layer l  attr a``.
+        For a graph, a heading line, then per layer with edges (top first) a ``layer l`` line and one
+        line per edge ``parent #i <- child #j  attr a``, prefixed ``+`` when the tree drops the edge.
 
     Raises:
-        ArgumentTypeError: ``graph`` is not a tree from :func:`build_tree`.
+        ArgumentTypeError: ``graph`` is not a tree or graph from this module.
     """
     graph = _check_graph(graph)
-
-    def show(node: int) -> str:
-        return str(graph.nodes[node]["token"]).replace("\n", "\\n").replace("\r", "\\r") + f" #{node}"
-
     root = graph.graph["root"]
-    lines = [f"{show(root)} (root)"]
+    if _mode(graph) == "graph":
+        edges = _graph_edges(graph)
+        extra = sum(1 for *_, d in edges if not d.get("in_tree"))
+        lines = [f"{_show_token(graph, root)} (root): {len(edges)} edges, {extra} not in the tree (marked +); "
+                 "parent <- child"]  # fmt: skip
+        layer = None
+        for parent, child, data in edges:
+            if data["layer"] != layer:
+                layer = data["layer"]
+                lines.append(f"layer {layer}")
+            mark = "  " if data.get("in_tree") else "+ "
+            edge = f"{_show_token(graph, parent)} <- {_show_token(graph, child)}"
+            lines.append(f"{mark}{edge}  attr {float(data['attribution']):.3g}")
+        return "\n".join(lines)
+
+    lines = [f"{_show_token(graph, root)} (root)"]
     # iterative depth-first walk over (node, prefix of its line, is the last child); reversed so index order pops
     stack = [(child, "", k == 0) for k, child in enumerate(sorted(graph.successors(root), reverse=True))]
     while stack:
         node, prefix, last = stack.pop()
         data = graph.nodes[node]
         branch = "└── " if last else "├── "
-        lines.append(f"{prefix}{branch}{show(node)}  layer {data['layer']}  attr {float(data['attribution']):.3g}")
+        lines.append(
+            f"{prefix}{branch}{_show_token(graph, node)}  layer {data['layer']}  attr {float(data['attribution']):.3g}"
+        )
         inner = prefix + ("    " if last else "│   ")
         for k, child in enumerate(sorted(graph.successors(node), reverse=True)):
             stack.append((child, inner, k == 0))

@@ -9,11 +9,16 @@ import torch
 
 from lightning_attattr.analysis.store import save_figure
 from lightning_attattr.analysis.trees import (
+    build_graph,
     build_tree,
+    connects,
+    layered_dag,
     merge_units,
     render_text,
     to_dot,
+    tree_from_json,
     tree_to_json,
+    units_from_tokens,
     word_units,
     write_graphml,
 )
@@ -43,7 +48,7 @@ def edges(graph):
 def test_cls_tree_on_a_hand_made_example():
     graph = build_tree(cls_maps(), TOKENS)
     assert edges(graph) == [(0, 2, 2), (0, 4, 2), (1, 3, 0), (2, 1, 1)]
-    assert graph.graph == {"root": 0, "tau": 0.4, "root_rule": "cls", "n_layers": 3, "n_tokens": 5}
+    assert graph.graph == {"root": 0, "tau": 0.4, "root_rule": "cls", "n_layers": 3, "n_tokens": 5, "mode": "tree"}
     assert graph.nodes[0] == {"token": "[CLS]", "index": 0, "layer": 3}  # the root has no attribution
     assert graph.nodes[1] == {"token": "a", "index": 1, "layer": 1, "attribution": 0.8}
     assert graph.edges[2, 1] == {"layer": 1, "attribution": 0.8, "score": 1.0}
@@ -239,3 +244,164 @@ def test_trees_do_not_import_lightning():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     roots = {name.split(".")[0] for name in out.stdout.split()}
     assert "lightning_attattr" in roots and not roots & {"lightning", "pytorch_lightning", "matplotlib"}
+
+
+# ----------------------------------------------------------------------------- the graph mode
+def sibling_maps():
+    """[CLS] gathers from "a" and "b" in the last layer; "a" <- "b" in layer 1, "b" <- "c" in layer 0."""
+    maps = np.zeros((3, 5, 5))
+    maps[2, 0, 1] = 1.0
+    maps[2, 0, 2] = 0.9
+    maps[1, 1, 2] = 0.8  # "a" gathers from "b": both hang from [CLS] already, so the tree cannot take it
+    maps[1, 4, 3] = 1.0  # [SEP] is not in: its row is never read (but it sets the layer's maximum)
+    maps[1, 2, 2] = 0.7  # a self-connection: never an edge
+    maps[0, 2, 3] = 0.5  # "c" has no parent yet: in the tree and in the graph
+    maps[0, 3, 0] = 0.45  # into the root: only the graph keeps it
+    maps[0, 4, 1] = 1.0  # [SEP] again
+    return maps
+
+
+def multi_edges(graph):
+    return sorted((p, c, d["layer"], d["in_tree"]) for p, c, d in graph.edges(data=True))
+
+
+def test_the_graph_keeps_the_edge_that_the_one_parent_rule_drops():
+    tree, graph = build_tree(sibling_maps(), TOKENS), build_graph(sibling_maps(), TOKENS)
+    assert edges(tree) == [(0, 1, 2), (0, 2, 2), (2, 3, 0)]
+    assert multi_edges(graph) == [(0, 1, 2, True), (0, 2, 2, True), (1, 2, 1, False), (2, 3, 0, True),
+                                  (3, 0, 0, False)]  # fmt: skip
+    assert graph.edges[1, 2, 1] == {"layer": 1, "attribution": 0.8, "score": 0.8, "in_tree": False}
+    assert dict(graph.nodes(data=True)) == dict(tree.nodes(data=True))  # the same tokens, the same attributes
+    assert graph.graph == {**tree.graph, "mode": "graph"}
+    # the planted-pair test, one function for both
+    assert not connects(tree, (1, 2)) and not connects(tree, (2, 1))
+    assert connects(graph, (1, 2)) and connects(graph, (2, 1))
+    assert connects(graph, (2, 1), layer=1) and not connects(graph, (1, 2), layer=0)
+    assert connects(tree, (3, 2)) and connects(tree, (2, 3), layer=0) and not connects(tree, (2, 3), layer=1)
+    assert not connects(graph, (2, 2)) and not connects(graph, (1, 4))
+
+
+@pytest.mark.parametrize(
+    ("n_layers", "root"), [(n, r) for n in (1, 2, 5, 12) for r in ("cls", "official") if (n, r) != (1, "official")]
+)
+def test_the_graph_holds_the_tree_and_every_candidate_edge_of_its_tokens(n_layers, root):
+    rng = np.random.default_rng(10 + n_layers)
+    maps = rng.normal(size=(n_layers, 9, 9)) ** 3
+    maps[-1, 0, 1:] = np.abs(maps[-1]).max() + 1.0
+    tree, graph = build_tree(maps, tau=0.3, root=root), build_graph(maps, tau=0.3, root=root)
+    assert isinstance(graph, nx.MultiDiGraph) and set(graph.nodes) == set(tree.nodes)
+    in_tree = {(p, c, d["layer"]) for p, c, d in graph.edges(data=True) if d["in_tree"]}
+    assert in_tree == set(edges(tree))  # the tree edges, and only they, are marked
+    assert all(p != c for p, c in graph.edges()) and all(s > 0.3 for *_, s in graph.edges(data="score"))
+    for parent, child, layer in ((p, c, d["layer"]) for p, c, d in graph.edges(data=True)):
+        assert connects(graph, (child, parent), layer=layer)
+    # nothing left out: every candidate connection between two graph tokens whose query is in above the layer
+    top = n_layers - 1 if root == "cls" else n_layers - 2
+    for layer in range(top):
+        norm = maps[layer] / (maps[layer].max() if root == "cls" else abs(maps[layer][1:].max()))
+        for i in range(0 if root == "cls" else 1, 9):
+            reached_above = i == graph.graph["root"] or graph.nodes.get(i, {}).get("layer", -1) > layer
+            for j in range(9):
+                if reached_above and i != j and norm[i, j] > 0.3:
+                    assert graph.has_edge(i, j, key=layer), (layer, i, j)
+    assert nx.is_directed_acyclic_graph(layered_dag(graph)) and nx.is_directed_acyclic_graph(layered_dag(tree))
+    assert tree_to_json(graph) == tree_to_json(build_graph(torch.tensor(maps), tau=0.3, root=root))
+
+
+def test_layered_dag_ranks():
+    dag = layered_dag(build_graph(sibling_maps(), TOKENS))
+    attention = sorted((u, v) for u, v, k in dag.edges(data="kind") if k == "attention")
+    # an edge of layer l goes from the query on rank l + 1 to the key on rank l
+    assert attention == [((1, 2), (0, 3)), ((1, 3), (0, 0)), ((2, 1), (1, 2)), ((3, 0), (2, 1)), ((3, 0), (2, 2))]
+    residual = sorted((u, v) for u, v, k in dag.edges(data="kind") if k == "residual")
+    assert residual == [((1, 3), (0, 3)), ((2, 2), (1, 2)), ((3, 0), (0, 0))]  # one token's rows, chained downwards
+    assert dag.nodes[(2, 1)] == {"rank": 2, "index": 1, "token": "a"}
+    assert list(layered_dag(build_graph(np.zeros((2, 3, 3)))).nodes) == [(2, 0)]  # the root alone
+
+
+def test_graph_exports_round_trip(tmp_path):
+    tokens = ["[CLS]", '"<b>', "a\\b", "x\ny", "&"]
+    graph = build_graph(sibling_maps(), tokens)
+    data = tree_to_json(graph)
+    assert json.loads(json.dumps(data)) == data and data["mode"] == "graph"
+    assert data["edges"][0] == {"parent": 0, "child": 1, "layer": 2, "attribution": 1.0, "score": 1.0,
+                                "in_tree": True}  # fmt: skip
+    assert [(e["parent"], e["child"], e["layer"]) for e in data["edges"]] == [(0, 1, 2), (0, 2, 2), (1, 2, 1),
+                                                                              (2, 3, 0), (3, 0, 0)]  # fmt: skip
+    back = tree_from_json(json.loads(json.dumps(data)))
+    assert isinstance(back, nx.MultiDiGraph) and tree_to_json(back) == data
+    assert multi_edges(back) == multi_edges(graph) and dict(back.nodes(data=True)) == dict(graph.nodes(data=True))
+    tree = build_tree(sibling_maps(), tokens)
+    assert tree_to_json(tree)["mode"] == "tree" and "in_tree" not in tree_to_json(tree)["edges"][0]
+    assert tree_to_json(tree_from_json(tree_to_json(tree))) == tree_to_json(tree)
+    assert tree_from_json({**tree_to_json(tree), "name": "x"}).graph == tree.graph  # extra keys are ignored
+
+    read = nx.read_graphml(write_graphml(graph, tmp_path / "graph.graphml"), force_multigraph=True)
+    assert sorted((u, v, d["layer"], d["in_tree"]) for u, v, d in read.edges(data=True)) == [
+        (str(p), str(c), layer, flag) for p, c, layer, flag in multi_edges(graph)
+    ]
+    assert read.graph["mode"] == "graph" and read.nodes["1"]["token"] == '"<b>' and read.nodes["3"]["token"] == "x\ny"
+    assert nx.read_graphml(write_graphml(tree, tmp_path / "tree.graphml")).graph["mode"] == "tree"
+
+    dot = to_dot(graph)
+    assert dot.startswith("digraph attribution_graph {") and dot.endswith("}\n")
+    assert '{ rank=same; r2; n1_r2 [label="\\"&lt;b&gt; #1"]; n2_r2 [label="a\\\\b #2"]; }' in dot
+    assert 'n1_r2 -> n2_r1 [label="L1 0.80", penwidth=2.60, style=dashed];' in dot  # not a tree edge
+    assert 'n2_r1 -> n3_r0 [label="L0 0.50", penwidth=2.00];' in dot
+    assert "n0_r3 -> n0_r0 [style=dotted" in dot and "r3 -> r2 -> r1 -> r0 [style=invis];" in dot
+    assert to_dot(tree).startswith("digraph attribution_tree {")
+
+
+def test_render_text_of_a_graph():
+    assert render_text(build_graph(sibling_maps(), TOKENS)) == (
+        "[CLS] #0 (root): 5 edges, 2 not in the tree (marked +); parent <- child\n"
+        "layer 2\n"
+        "  [CLS] #0 <- a #1  attr 1\n"
+        "  [CLS] #0 <- b #2  attr 0.9\n"
+        "layer 1\n"
+        "+ a #1 <- b #2  attr 0.8\n"
+        "layer 0\n"
+        "  b #2 <- c #3  attr 0.5\n"
+        "+ c #3 <- [CLS] #0  attr 0.45"
+    )
+    root_only = "0 #0 (root): 0 edges, 0 not in the tree (marked +); parent <- child"
+    assert render_text(build_graph(np.zeros((2, 3, 3)))) == root_only
+
+
+def test_graph_on_words_and_its_figure(tmp_path):
+    pieces = ["[CLS]", "un", "##believ", "##able", "film", "[SEP]"]
+    maps = np.zeros((2, 6, 6))
+    maps[1, 0, 1] = maps[1, 0, 4] = 1.0  # [CLS] gathers from "un" and "film"
+    maps[0, 4, 2] = maps[0, 4, 3] = 0.5  # "film" gathers from the rest of "unbelievable"
+    merged, words = merge_units(maps, pieces, units_from_tokens(pieces))
+    assert words == ["[CLS]", "unbelievable", "film", "[SEP]"]
+    graph = build_graph(merged, words)
+    assert multi_edges(graph) == [(0, 1, 1, True), (0, 2, 1, True), (2, 1, 0, False)] and connects(graph, (1, 2))
+    assert not connects(build_tree(merged, words), (1, 2))
+    paths = save_figure(tree_figure(graph, words), tmp_path / "graph")
+    assert all(p.stat().st_size > 1000 for p in paths)
+    fig = tree_figure(graph, None)
+    assert fig.axes[0].get_title().startswith("attribution graph") and "dashed" in fig.axes[0].get_xlabel()
+
+
+@pytest.mark.parametrize(
+    ("pair", "layer", "match"),
+    [
+        (
+            (1, 5),
+            None,
+            r"^Expected `pair` to be two token positions in \[0, 4\] \(the graph's 5 positions\), but got \(1, 5",
+        ),
+        ((1,), None, r"^Expected `pair` to be two token positions in \[0, 4\].*but got \(1,\)\.$"),
+        (("1", 2), None, r"^Expected `pair`.*but got \('1', 2\)\.$"),
+        ((True, 2), None, r"^Expected `pair`.*but got \(True, 2\)\.$"),
+        ((1, 2), 3, r"^Expected `layer` to be an integer in \[0, 2\], but got 3\.$"),
+    ],
+)
+def test_connects_errors_are_one_line(pair, layer, match):
+    with pytest.raises(ValueError, match=match):
+        connects(build_graph(sibling_maps()), pair, layer=layer)
+    with pytest.raises(TypeError, match="`graph` to be an attribution tree or graph"):
+        connects(nx.DiGraph(), (0, 1))
+    with pytest.raises(ValueError, match=r"^Expected `mode` to be one of \['tree', 'graph'\], but got 'dag'\.$"):
+        tree_from_json({**tree_to_json(build_tree(sibling_maps())), "mode": "dag"})
