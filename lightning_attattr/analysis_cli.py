@@ -6,7 +6,7 @@ Subcommands on one model (LightningCLI, exactly like ``train.py``: ``--config``,
 - ``attribute``: AttAttr maps of chosen dev examples (``--indices``) or raw text (``--text``);
 - ``heads``: head importance by every method, pruning curves, optional structural pruning;
 - ``effectiveness``: per-example AttAttr vs attention rankings, ``k`` heads pruned per layer;
-- ``tree``: attribution trees of dev examples or raw text;
+- ``tree``: attribution trees (or graphs, ``--mode graph``) of dev examples or raw text;
 - ``faithfulness``: deletion curves of four edge explanations against random deletions, trees, and the
   planted pair of the synthetic task;
 - ``attack``: adversarial triggers mined from training examples, per-class accuracy against random insertions.
@@ -39,7 +39,7 @@ from lightning_attattr.analysis.edges import EDGE_METHODS
 from lightning_attattr.analysis.faithfulness import DEFAULT_KS, check_ks_fit
 from lightning_attattr.analysis.heads import METHODS
 from lightning_attattr.analysis.store import ResultsFolder, write_json
-from lightning_attattr.analysis.trees import ROOT_RULES
+from lightning_attattr.analysis.trees import MODES, ROOT_RULES
 from lightning_attattr.cli import AttAttrCLI
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
 from lightning_attattr.core.checks import (
@@ -491,6 +491,7 @@ class AnalysisTrainer(pl.Trainer):
         text_pair: list[str] | None = None,
         tau: float = 0.4,
         root: str = "cls",
+        mode: str = "tree",
         words: bool = False,
         n_steps: int | Literal["auto"] = "auto",
         method: str = "gausslegendre",
@@ -502,8 +503,10 @@ class AnalysisTrainer(pl.Trainer):
         Per example, AttAttr of the predicted class for every layer, summed over heads; in each layer
         the connections above ``tau`` times the layer's largest attribution are candidates, and from
         the top layer down a token joins the tree under the first token already in it that attends
-        to it (one parent per token). Writes JSON, GraphML, DOT, a text rendering (also printed)
-        and a PNG/SVG drawing per example.
+        to it (one parent per token). ``--mode graph`` keeps every candidate edge whose query is in
+        (the tree's tokens and edges plus the edges the one-parent rule drops). Writes JSON, GraphML,
+        DOT, a text rendering (also printed, with the worst completeness error of the maps) and a
+        PNG/SVG drawing per example.
 
         Args:
             model: the classifier (built from ``--config``/``--model``).
@@ -520,6 +523,8 @@ class AnalysisTrainer(pl.Trainer):
             tau: threshold in (0, 1], a fraction of each layer's largest attribution (paper: 0.4).
             root: ``cls``: [CLS] is the root with its last-layer edges (the paper); ``official``: the official
                 script's root heuristic (the token with the largest total attribution, last layer unused).
+            mode: ``tree``: the paper's tree (one parent per token); ``graph``: every connection above ``tau``
+                whose query is in, a DAG with the layers as ranks (same exports).
             words: merge WordPiece/BPE tokens into words first (attributions summed over a word's pieces on
                 both axes, so each layer's total is kept).
             n_steps: AttAttr integration: ``"auto"`` (adaptive) or a fixed count.
@@ -529,6 +534,7 @@ class AnalysisTrainer(pl.Trainer):
         """
         check_number("tau", tau, 0.0, 1.0, low_open=True)
         check_choice("root", root, ROOT_RULES)
+        check_choice("mode", mode, MODES)
         check_bool("words", words)
         check_positive_int("batch_size", batch_size)
         validate_n_steps(n_steps, allow_auto=True)
@@ -540,14 +546,15 @@ class AnalysisTrainer(pl.Trainer):
 
         tokenizer = datamodule.tokenizer
         specials = [t for t in tokenizer.all_special_tokens if t != tokenizer.unk_token]
-        options = dict(index=index, text=text, text_pair=text_pair, tau=tau, root=root, words=words,
+        options = dict(index=index, text=text, text_pair=text_pair, tau=tau, root=root, mode=mode, words=words,
                        n_steps=n_steps, method=method, completeness_tol=completeness_tol)  # fmt: skip
         attattr_options = dict(n_steps=n_steps, method=method, completeness_tol=completeness_tol)
         return self._run_analysis(
             "tree", output_dir, overwrite, options,
             lambda folder: run_trees(
                 self, net, datamodule, folder, items=items, names=names, tokens=tokens, tau=tau, root=root,
-                words=words, attattr_options=attattr_options, batch_size=batch_size, special_tokens=specials,
+                mode=mode, words=words, attattr_options=attattr_options, batch_size=batch_size,
+                special_tokens=specials,
             ),
         )  # fmt: skip
 
@@ -1069,7 +1076,7 @@ _OVERVIEW = """usage: {PROG} SUBCOMMAND [options]   ({PROG} SUBCOMMAND --help fo
 
 The paper's experiments on a trained model, offline. Subcommands:
   attribute      AttAttr maps of dev examples (--indices) or raw text (--text), saved per example
-  tree           attribution trees of dev examples (--index) or raw text (--text): JSON/GraphML/DOT/PNG/text
+  tree           attribution trees or graphs (--mode) of dev examples (--index) or text: JSON/GraphML/DOT/PNG/text
   heads          head importance by every method + pruning curves (+ structural pruning)
   effectiveness  per-example AttAttr vs attention rankings, k heads pruned per layer (paper 4.1)
   faithfulness   deletion curves of AttAttr, attention, rollout, gradxattention vs random; trees; planted pair

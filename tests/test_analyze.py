@@ -574,6 +574,46 @@ def test_tree_outputs_for_dev_examples_and_text(trained, tmp_path, capsys):
     assert saved["tokens"] == index["examples"][2]["tokens"] and tuple(saved["maps"].shape) == (3, 8, 8)
     for edge in read_json(out / "trees" / "text-000.json")["edges"]:  # the edges come from these maps
         assert saved["maps"][edge["layer"], edge["parent"], edge["child"]] == pytest.approx(edge["attribution"])
+    # completeness beside the tree: per layer in each file, the worst printed and in the index
+    for item in index["examples"]:
+        data = read_json(out / "trees" / f"{item['name']}.json")
+        assert data["mode"] == "tree" and len(data["completeness_error"]) == len(data["convergence_delta"]) == 3
+        worst = max(data["completeness_error"])
+        assert data["max_completeness_error"] == item["max_completeness_error"] == worst
+        assert data["completeness_error"][data["max_completeness_error_layer"]] == worst
+        line = f"worst completeness error of these maps: {worst:.2e} (layer {data['max_completeness_error_layer']})"
+        assert line in printed
+    assert index["mode"] == "tree"
+    assert index["max_completeness_error"] == max(item["max_completeness_error"] for item in index["examples"])
+    assert read_json(out / "summary.json")["result"]["max_completeness_error"] == index["max_completeness_error"]
+
+
+def test_tree_graph_mode(trained, tmp_path, capsys):
+    """`--mode graph`: the tree's tokens and edges plus every edge the one-parent rule drops, same files."""
+    import networkx as nx
+
+    from lightning_attattr.analysis.trees import build_graph, build_tree, tree_to_json
+
+    out = tmp_path / "graphs"
+    capsys.readouterr()
+    analyze(["tree", *trained.base, "--output_dir", out, "--mode", "graph", "--text", '["w1 a1 w2 w3 b0 w4"]',
+             "--tau", "0.2", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert read_json(out / "trees.json")["mode"] == "graph"
+    data = read_json(out / "trees" / "text-000.json")
+    saved = torch.load(out / "trees" / "text-000.pt", weights_only=True)
+    graph = build_graph(saved["maps"], saved["tokens"], tau=0.2)
+    assert data["mode"] == "graph" and {k: data[k] for k in tree_to_json(graph)} == tree_to_json(graph)
+    tree_edges = {
+        (e["parent"], e["child"], e["layer"]) for e in tree_to_json(build_tree(saved["maps"], tau=0.2))["edges"]
+    }
+    assert {(e["parent"], e["child"], e["layer"]) for e in data["edges"] if e["in_tree"]} == tree_edges
+    assert len(data["edges"]) >= len(tree_edges) > 0
+    read = nx.read_graphml(out / "trees" / "text-000.graphml", force_multigraph=True)
+    assert read.number_of_edges() == len(data["edges"]) and read.graph["mode"] == "graph"
+    assert (out / "trees" / "text-000.dot").read_text().startswith("digraph attribution_graph {")
+    assert (out / "plots" / "text-000.png").stat().st_size > 0
+    assert "not in the tree (marked +)" in printed and "worst completeness error of these maps" in printed
 
 
 def test_tree_on_words_merges_wordpieces(glue, tmp_path):
@@ -589,7 +629,7 @@ def test_tree_on_words_merges_wordpieces(glue, tmp_path):
             "--data.data_dir", glue, "--data.model_name_or_path", tmp_path / "tok",
             "--data.max_seq_length", "48", "--text", '["the rides are unbelievable fun"]',
             "--n_steps", "4", "--method", "riemann_left", "--trainer.enable_progress_bar=false"]  # fmt: skip
-    analyze([*base, "--output_dir", out, "--words", "true", "--seed_everything", "3"])
+    analyze([*base, "--output_dir", out, "--words", "true", "--mode", "graph", "--seed_everything", "3"])
     analyze([*base, "--output_dir", tmp_path / "pieces", "--seed_everything", "3"])
     words = torch.load(out / "trees" / "text-000.pt", weights_only=True)
     pieces = torch.load(tmp_path / "pieces" / "trees" / "text-000.pt", weights_only=True)
@@ -598,6 +638,10 @@ def test_tree_on_words_merges_wordpieces(glue, tmp_path):
     assert words["words"] and not pieces["words"]
     assert "".join(words["tokens"]) == "".join(t.removeprefix("##") for t in pieces["tokens"])
     torch.testing.assert_close(words["maps"].sum((1, 2)), pieces["maps"].sum((1, 2)), atol=1e-6, rtol=1e-5)
+    graph = read_json(out / "trees" / "text-000.json")  # a graph over the words
+    assert graph["mode"] == "graph" and [node["token"] for node in graph["nodes"]] == [
+        words["tokens"][node["index"]] for node in graph["nodes"]
+    ]
 
 
 @pytest.mark.parametrize(
@@ -606,6 +650,7 @@ def test_tree_on_words_merges_wordpieces(glue, tmp_path):
         (["tree", "--tau", "0"], ["`tau`", "(0, 1]", "0"]),
         (["tree", "--tau", "1.5"], ["`tau`", "1.5"]),
         (["tree", "--root", "top"], ["`root`", "'cls'", "'official'", "'top'"]),
+        (["tree", "--mode", "dag"], ["`mode`", "'tree'", "'graph'", "'dag'"]),
         (["tree", "--index", f"[{N_VAL}]"], ["`index`", f"[0, {N_VAL - 1}]", str(N_VAL)]),
         (["tree", "--text", '["  "]'], ["`text`", "non-empty", "item 0"]),
         (["tree", "--text", '["a0 b1"]', "--text_pair", '["w1"]'], ["`text_pair`", "single sentences"]),

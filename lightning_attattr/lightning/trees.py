@@ -1,13 +1,22 @@
-"""``analyze.py tree``: attribution trees (paper section 5) of dev examples or raw text.
+"""``analyze.py tree``: attribution trees (paper section 5) or graphs of dev examples or raw text.
 
 AttAttr of the predicted class for every layer (resumable and distributed through
 :func:`~lightning_attattr.lightning.analysis.run_examples`), summed over heads, optionally merged
 from wordpieces into words (:func:`lightning_attattr.analysis.trees.merge_units`), then
-:func:`~lightning_attattr.analysis.trees.build_tree`. Per example the folder gets
+:func:`~lightning_attattr.analysis.trees.build_tree` (``mode="tree"``) or
+:func:`~lightning_attattr.analysis.trees.build_graph` (``mode="graph"``). Per example the folder gets
 ``trees/<name>.json``, ``.graphml``, ``.dot`` and ``.txt``, the head-summed maps the tree was built
 from (``trees/<name>.pt``: ``tokens``, ``maps`` ``[layer, n, n]``, on words with ``words=True``) and
 a drawing ``plots/<name>.png/.svg``;
 ``trees.json`` indexes them, and the text rendering is printed.
+
+**Completeness beside the tree.** Each ``trees/<name>.json`` holds the completeness error per layer of
+the maps it was built from (``completeness_error``: ``|sum of the layer's attributions - (F(A) -
+F(0))|`` relative to ``|F(A) - F(0)|``, as ``analyze.py attribute`` saves it), their
+``convergence_delta`` and the worst of the errors (``max_completeness_error``, with its layer);
+merging pieces into words keeps every layer's total, so the errors hold for word maps too. The
+worst error is printed under each tree, and ``trees.json`` and the run's result give the worst
+over all examples.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from torch import Tensor, nn
 
 from lightning_attattr.analysis.store import ResultsFolder, atomic_write, save_figure, write_json, write_text
 from lightning_attattr.analysis.trees import (
+    build_graph,
     build_tree,
     merge_units,
     render_text,
@@ -46,11 +56,13 @@ def run_trees(
     tau: float,
     root: str,
     words: bool,
+    mode: str = "tree",
     attattr_options: dict[str, Any],
     batch_size: int,
     special_tokens: Sequence[str],
 ) -> dict[str, Any]:
-    """Trees of ``items`` (tokenized examples), saved per example under ``names``."""
+    """Trees (``mode="tree"``) or graphs (``"graph"``) of ``items`` (tokenized examples), saved under ``names``."""
+    build = build_graph if mode == "graph" else build_tree
     ig = AttentionIntegratedGradients(model)
 
     def step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
@@ -61,7 +73,8 @@ def run_trees(
         return {
             "maps": [a.sum(1).float().cpu() for a in result.attributions],
             "probs": probs,
-            "completeness_error": result.completeness_error.float().cpu(),
+            "completeness_error": result.completeness_error.float().cpu(),  # [batch, layer]
+            "convergence_delta": result.convergence_delta.float().cpu(),  # [batch, layer]
         }
 
     start = time.perf_counter()
@@ -77,10 +90,18 @@ def run_trees(
         maps, labels = records["maps"][row], list(tokens[row])
         if words:
             maps, labels = merge_units(maps, labels, units_from_tokens(labels, special_tokens))
-        graph = build_tree(maps, labels, tau=tau, root=root)
+        graph = build(maps, labels, tau=tau, root=root)
         probs = records["probs"][row]
         pred = int(probs.argmax())
-        payload = {"name": name, "predicted": pred, "prob": float(probs[pred]), **tree_to_json(graph)}
+        errors = records["completeness_error"][row]  # [layer]
+        worst = int(errors.argmax())
+        completeness = {
+            "completeness_error": errors.tolist(),
+            "convergence_delta": records["convergence_delta"][row].tolist(),
+            "max_completeness_error": float(errors[worst]),
+            "max_completeness_error_layer": worst,
+        }
+        payload = {"name": name, "predicted": pred, "prob": float(probs[pred]), **tree_to_json(graph), **completeness}
         write_json(folder.file(f"trees/{name}.json"), payload)
         maps_file = {"tokens": labels, "maps": torch.as_tensor(maps).float(), "words": words}
         atomic_write(folder.file(f"trees/{name}.pt"), lambda f, m=maps_file: torch.save(m, f), binary=True)
@@ -88,11 +109,13 @@ def run_trees(
         write_text(folder.file(f"trees/{name}.dot"), to_dot(graph))
         text = render_text(graph)
         write_text(folder.file(f"trees/{name}.txt"), text + "\n")
-        fig = tree_figure(graph, labels, title=f"{name}: class {pred} (p={float(probs[pred]):.3f}), tau={tau}")
-        save_figure(fig, folder.file(f"plots/{name}"))
+        title = f"{name}: class {pred} (p={float(probs[pred]):.3f}), tau={tau}, {mode}"
+        save_figure(tree_figure(graph, labels, title=title), folder.file(f"plots/{name}"))
         print(f"\n{name} (predicted {pred}, p={float(probs[pred]):.3f}):\n{text}")
+        print(f"worst completeness error of these maps: {float(errors[worst]):.2e} (layer {worst})")
         index.append({"name": name, "tokens": labels, "predicted": pred, "n_edges": graph.number_of_edges(),
-                      "max_completeness_error": float(records["completeness_error"][row].max()),
-                      "file": f"trees/{name}.json"})  # fmt: skip
-    write_json(folder.file("trees.json"), {"tau": tau, "root": root, "words": words, "examples": index})
-    return {"timings": {"attribute_s": seconds}, "n_examples": len(index)}
+                      "max_completeness_error": float(errors[worst]), "file": f"trees/{name}.json"})  # fmt: skip
+    worst_all = max((item["max_completeness_error"] for item in index), default=None)
+    write_json(folder.file("trees.json"), {"mode": mode, "tau": tau, "root": root, "words": words,
+                                           "max_completeness_error": worst_all, "examples": index})  # fmt: skip
+    return {"timings": {"attribute_s": seconds}, "n_examples": len(index), "max_completeness_error": worst_all}
