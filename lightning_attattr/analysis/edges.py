@@ -30,7 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from lightning_attattr.core.adapter import attention_scope
-from lightning_attattr.core.attribution import AttentionIntegratedGradients, frozen_eval, model_logits
+from lightning_attattr.core.attribution import (
+    AttentionIntegratedGradients,
+    AttributionResult,
+    frozen_eval,
+    model_logits,
+)
 
 #: Edge methods, in the order reports list them.
 EDGE_METHODS: tuple[str, ...] = ("attattr", "attention", "rollout", "grad_attention")
@@ -123,11 +128,22 @@ def attattr_edges(
     **attribute_kwargs: Any,
 ) -> list[Tensor]:
     """AttAttr summed over heads, ``[layer, n, n]`` per example; keyword arguments go to ``attribute``."""
+    return attattr_edges_and_result(model, inputs, target=target, **attribute_kwargs)[0]
+
+
+def attattr_edges_and_result(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    *,
+    target: int | Sequence[int] | Tensor | None = None,
+    **attribute_kwargs: Any,
+) -> tuple[list[Tensor], AttributionResult]:
+    """:func:`attattr_edges` and the full attribution result (``completeness_error``, ``prob``, ...)."""
     inputs = _inputs(inputs)
     result = AttentionIntegratedGradients(model).attribute(
         inputs, target="predicted" if target is None else target, **attribute_kwargs
     )
-    return [a.sum(1).float().cpu() for a in result.attributions]
+    return [a.sum(1).float().cpu() for a in result.attributions], result
 
 
 #: The function of each method: ``fn(model, inputs, target=..., **options) -> list of [layer, n, n]``.
