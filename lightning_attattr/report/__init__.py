@@ -3,7 +3,8 @@
 The page opens by double-click, loads nothing from the network and renders inline in Jupyter. Per
 example of an ``attribute`` folder it shows the tokens, the AttAttr map of a chosen layer and head
 (or all heads summed) as a heatmap with the raw attention map beside it, the top edges, the
-attribution tree, the prediction and the completeness error per layer; per model it plots what the
+attribution tree or graph (a view selector) with the worst completeness error of its maps, the
+prediction and the completeness error per layer; per model it plots what the
 ``heads``, ``effectiveness``, ``universality``, ``attack`` and ``faithfulness`` subcommands wrote.
 The maps are stored as int8 with one scale per map (see :mod:`lightning_attattr.report.data` for
 the precision).

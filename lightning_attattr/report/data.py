@@ -7,7 +7,11 @@ its immediate sub-folders (in name order):
   ``examples/<name>.pt`` payload (``tokens``, ``layers``, ``attributions`` ``[layer, head, n, n]``,
   the optional raw ``attention`` of the same shape, predictions and completeness errors); the
   attribution tree of each example is built here, with :func:`~lightning_attattr.analysis.trees.build_tree`
-  on the head-summed maps (``tau=0.4``, ``[CLS]`` root), and shipped as nodes and edges;
+  on the head-summed maps (``tau=0.4``, ``[CLS]`` root), and shipped as nodes and edges, and so is
+  its attribution graph (:func:`~lightning_attattr.analysis.trees.build_graph`, the same tokens, so
+  only its edges: one row ``[parent, child, layer, attribution, score, in_tree]`` per edge, the two
+  numbers to 4 significant digits, ``in_tree`` 1 or 0); beside them the worst completeness error of
+  the maps they were built from (``max_completeness_error`` and its position in ``layers``);
 - ``importance.json`` / ``pruning.json`` (``heads``), ``effectiveness.json``, ``universality.json``,
   ``attack.json`` and ``faithfulness.json``: the numbers the page plots, copied with the bulky parts
   (mined patterns, per-example tokens) left out.
@@ -163,7 +167,7 @@ def _example(folder: Path, label: str, item: Mapping[str, Any], include_attentio
     """One example of an ``attribute`` folder: metadata, quantised maps and its attribution tree."""
     import torch
 
-    from lightning_attattr.analysis.trees import build_tree, tree_to_json
+    from lightning_attattr.analysis.trees import build_graph, build_tree, tree_to_json
 
     name = str(item.get("name", "example"))
     file = folder / str(item.get("file", f"examples/{name}.pt"))
@@ -189,12 +193,15 @@ def _example(folder: Path, label: str, item: Mapping[str, Any], include_attentio
         layers = list(range(n_layers))
     summed = attributions.sum(1)  # [layer, q, k]
     tree = tree_to_json(build_tree(summed, tokens, tau=TREE_TAU))
+    graph = _graph_rows(tree_to_json(build_graph(summed, tokens, tau=TREE_TAU)))
     attention = None
     if include_attention and payload.get("attention") is not None:
         raw = _float_array(payload["attention"])  # [layer, head, query_pos, key_pos]
         if raw.shape == attributions.shape:
             attention = quantise(raw)
     probs = _clean(payload.get("probs", item.get("probs")))
+    completeness = _clean(payload.get("completeness_error", item.get("completeness_error")))
+    worst, worst_layer = _worst(completeness)
     out = {
         "key": f"{label}/{name}" if label else name,
         "name": name,
@@ -206,15 +213,42 @@ def _example(folder: Path, label: str, item: Mapping[str, Any], include_attentio
         "predicted": _clean(payload.get("predicted", item.get("predicted"))),
         "label": _clean(payload.get("label", item.get("label"))),
         "probs": probs,
-        "completeness_error": _clean(payload.get("completeness_error", item.get("completeness_error"))),
+        "completeness_error": completeness,
+        "max_completeness_error": worst,
+        "max_completeness_error_layer": worst_layer,
         "convergence_delta": _clean(payload.get("convergence_delta", item.get("convergence_delta"))),
         "n_steps_used": _clean(payload.get("n_steps_used", item.get("n_steps_used"))),
         "attributions": quantise(attributions),
         "summed": quantise(summed),
         "attention": attention,
         "tree": tree,
+        "graph": graph,
     }
     return out
+
+
+def _significant(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.4g}")
+
+
+def _graph_rows(graph: Mapping[str, Any]) -> dict[str, Any]:
+    """A graph's ``tree_to_json`` dict, shipped compactly: its edges as rows (its nodes are the tree's)."""
+    rows = []
+    for e in graph["edges"]:
+        numbers = [_significant(e["attribution"]), _significant(e["score"])]
+        rows.append([e["parent"], e["child"], e["layer"], *numbers, int(e["in_tree"])])
+    return {"mode": "graph", "tau": graph["tau"], "n_layers": graph["n_layers"], "root": graph["root"], "edges": rows}
+
+
+def _worst(errors: Any) -> tuple[float | None, int | None]:
+    """The largest finite entry of a per-layer error list and its position, or ``(None, None)``."""
+    if not isinstance(errors, list):
+        return None, None
+    found = [(float(v), k) for k, v in enumerate(errors) if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not found:
+        return None, None
+    value, layer = max(found)
+    return value, layer
 
 
 # ----------------------------------------------------------------------------- per-model sections

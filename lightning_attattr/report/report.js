@@ -396,7 +396,7 @@
     constructor(examples) {
       this.examples = examples;
       this.cache = new Map(); // example index -> decoded arrays
-      this.state = { example: 0, layer: 0, head: SUM };
+      this.state = { example: 0, layer: 0, head: SUM, treeMode: "tree" };
       this.attr = new Heatmap({ id: "attr-canvas", "aria-label": "AttAttr map" });
       this.attn = new Heatmap({ id: "attn-canvas", "aria-label": "attention map" });
       this.root = el("section", { id: "examples" });
@@ -433,14 +433,23 @@
       this.edges = el("ol", { class: "edges", id: "top-edges" });
       this.edgesTitle = el("h3");
       this.tree = el("div", { class: "scroll", id: "tree" });
-      this.treeCaption = el("p", { class: "caption" });
+      this.treeCaption = el("p", { class: "caption", id: "tree-caption" });
+      this.treeCompleteness = el("p", { class: "caption", id: "tree-completeness" });
+      this.treeTitle = el("h3", { id: "tree-title" }, "Attribution tree");
+      // the paper's tree (one parent per token) or the graph (every edge above tau whose query is in)
+      const treeMode = select([["tree", "tree (one parent per token)"], ["graph", "graph (every edge above τ)"]],
+        (v) => {
+          this.state.treeMode = v;
+          this.drawTree(this.examples[this.state.example]);
+        }, { id: "tree-mode" });
       append(this.root,
         this.title, controls, this.tokens, this.prediction,
         el("div", { class: "row" },
           el("figure", { id: "attr-figure" }, el("div", { class: "scroll" }, this.attr.canvas), this.attrCaption),
           this.attnFigure),
         this.edgesTitle, this.edges,
-        el("h3", null, "Attribution tree"), this.treeCaption, this.tree);
+        this.treeTitle, el("div", { class: "controls" }, el("label", null, "view", treeMode)),
+        this.treeCaption, this.treeCompleteness, this.tree);
       return this.root;
     }
 
@@ -569,13 +578,20 @@
       }
     }
 
-    /** The attribution tree: tree tokens left to right (index order), layers bottom to top, root on top. */
+    /** The tree or the graph of the example (the view selector), with the completeness error of their maps. */
     drawTree(e) {
-      const tree = e.tree;
-      const L = tree.n_layers;
+      const graph = this.state.treeMode === "graph" && e.graph;
+      this.treeTitle.textContent = graph ? "Attribution graph" : "Attribution tree";
+      this.treeCompleteness.textContent = e.max_completeness_error === null || e.max_completeness_error === undefined
+        ? "" : "Worst completeness error of the maps the " + (graph ? "graph" : "tree") + " was built from: " +
+          fmt(e.max_completeness_error) + " (layer " + e.layers[e.max_completeness_error_layer] + ").";
+      if (graph) this.drawGraphView(e);
+      else this.drawTreeView(e);
+    }
+
+    /** Token boxes side by side in token order (the tree's tokens), each as wide as its shortened token. */
+    tokenColumns(tree) {
       const nodes = tree.nodes.slice().sort((a, b) => a.index - b.index);
-      const level = new Map(nodes.map((node) => [node.index, node.layer]));
-      // boxes side by side in token order, each as wide as its (shortened) token
       const label = new Map(nodes.map((node) => [node.index, shortLabel(node.token, 12)]));
       const boxW = new Map(nodes.map((node) => [node.index, Math.max(28, 7.5 * label.get(node.index).length + 12)]));
       const xOf = new Map();
@@ -584,14 +600,15 @@
         xOf.set(node.index, cursor + boxW.get(node.index) / 2);
         cursor += boxW.get(node.index) + 14;
       }
-      const rowH = 40;
-      const svgW = cursor + 10;
+      return { nodes: nodes, label: label, boxW: boxW, xOf: xOf, width: cursor + 10 };
+    }
+
+    /** An empty tree/graph SVG with one labelled row per layer (root on top); returns [svg, y(row)]. */
+    layerRows(e, L, svgW, rowH, markerId) {
       const svgH = 30 + (L + 1) * rowH;
-      const x = (index) => xOf.get(index);
       const y = (lvl) => 20 + (L - lvl) * rowH + rowH / 2;
       const svg = svgEl("svg", { class: "tree", id: "tree-svg", width: svgW, height: svgH,
         viewBox: "0 0 " + svgW + " " + svgH });
-      const markerId = "tree-arrow";
       svg.appendChild(svgEl("defs", null, svgEl("marker", { id: markerId, viewBox: "0 0 10 10", refX: 10, refY: 5,
         markerWidth: 6, markerHeight: 6, orient: "auto-start-reverse" }, svgEl("path", { d: "M0,0L10,5L0,10z",
         fill: "#cf222e" }))));
@@ -600,6 +617,85 @@
         svg.appendChild(svgEl("text", { x: 4, y: y(lvl), "dominant-baseline": "middle", "font-size": 11,
           fill: "#656d76" }, lvl === L ? "root" : "layer " + e.layers[lvl]));
       }
+      return [svg, y];
+    }
+
+    /** A token box at (x, y). */
+    tokenBox(cls, x, y, w, text, title) {
+      return svgEl("g", { class: cls, transform: "translate(" + x + "," + y + ")" },
+        svgEl("rect", { x: -w / 2, y: -10, width: w, height: 20, rx: 4 }),
+        svgEl("text", { "text-anchor": "middle", "dominant-baseline": "central" }, text),
+        svgEl("title", null, title));
+    }
+
+    edgeTitle(e, parent, child, layer, attribution, score, extra) {
+      return e.tokens[child] + " [" + child + "] → " + e.tokens[parent] + " [" + parent + "], layer " +
+        e.layers[layer] + ", attribution " + fmt(attribution) + ", score " + fmt(score) + (extra || "");
+    }
+
+    /**
+     * The attribution graph in its layered view: a layer-l edge goes from the key on row l up to the
+     * query on row l + 1; a token's boxes on several rows are joined by a grey stem; the edges the
+     * tree's one-parent rule drops are dashed (class "extra").
+     */
+    drawGraphView(e) {
+      const graph = e.graph;
+      const L = graph.n_layers;
+      const { label, boxW, xOf, width } = this.tokenColumns(e.tree);
+      const rowH = 56; // taller rows than the tree's: every edge spans exactly one row gap
+      const [svg, y] = this.layerRows(e, L, width, rowH, "graph-arrow");
+      const rows = new Map(); // token -> set of rows it sits on
+      const place = (token, row) => {
+        if (!rows.has(token)) rows.set(token, new Set());
+        rows.get(token).add(row);
+      };
+      place(graph.root, L);
+      for (const [parent, child, layer] of graph.edges) {
+        place(parent, layer + 1);
+        place(child, layer);
+      }
+      for (const [token, found] of rows) {
+        const sorted = Array.from(found).sort((a, b) => b - a);
+        if (sorted.length > 1) {
+          svg.appendChild(svgEl("line", { class: "stem", x1: xOf.get(token), x2: xOf.get(token),
+            y1: y(sorted[0]), y2: y(sorted[sorted.length - 1]) }));
+        }
+      }
+      let extra = 0;
+      for (const [parent, child, layer, attribution, score, inTree] of graph.edges) {
+        if (!inTree) extra++;
+        const d = "M" + xOf.get(child) + "," + (y(layer) - 10) + "L" + xOf.get(parent) + "," + (y(layer + 1) + 10);
+        svg.appendChild(svgEl("path", { class: inTree ? "edge" : "edge extra", d: d,
+          "stroke-width": 1 + 2.5 * clamp(score || 0, 0, 1), "marker-end": "url(#graph-arrow)" },
+        svgEl("title", null, this.edgeTitle(e, parent, child, layer, attribution, score,
+          inTree ? "" : " (not in the tree)"))));
+      }
+      for (const [token, found] of rows) {
+        for (const row of found) {
+          const isRoot = token === graph.root && row === L;
+          svg.appendChild(this.tokenBox(isRoot ? "node root" : "node", xOf.get(token), y(row), boxW.get(token),
+            label.get(token), e.tokens[token] + " [" + token + "]" + (isRoot ? " (root)" : row === L ? ", output"
+              : ", entering layer " + e.layers[row])));
+        }
+      }
+      this.tree.textContent = "";
+      this.tree.appendChild(svg);
+      this.treeCaption.textContent = graph.edges.length
+        ? graph.edges.length + " edges with normalised head-summed AttAttr > " + graph.tau + " whose query is in " +
+          "the graph, " + extra + " of them dropped by the tree's one-parent rule (dashed). An edge of layer l " +
+          "points from the key on row l to the query on row l + 1; grey stems join one token's rows."
+        : "No edge above τ = " + graph.tau + ": the graph is the root alone.";
+    }
+
+    /** The attribution tree: tree tokens left to right (index order), layers bottom to top, root on top. */
+    drawTreeView(e) {
+      const tree = e.tree;
+      const L = tree.n_layers;
+      const { nodes, label, boxW, xOf, width } = this.tokenColumns(tree);
+      const level = new Map(nodes.map((node) => [node.index, node.layer]));
+      const rowH = 40;
+      const x = (index) => xOf.get(index);
+      const [svg, y] = this.layerRows(e, L, width, rowH, "tree-arrow");
       // edges: child (key) -> parent (query), the direction information flows; a parent attached in the
       // same layer as its child sits on the same row, so that edge arcs above the row
       for (const edge of tree.edges) {
@@ -614,20 +710,14 @@
           d = "M" + xc + "," + (y(lc) - 10) + "L" + xp + "," + (y(lp) + 10);
         }
         svg.appendChild(svgEl("path", { class: "edge", d: d,
-          "stroke-width": 1 + 2.5 * clamp(edge.score || 0, 0, 1), "marker-end": "url(#" + markerId + ")" },
-        svgEl("title", null, e.tokens[edge.child] + " [" + edge.child + "] → " + e.tokens[edge.parent] + " [" +
-          edge.parent + "], layer " + e.layers[edge.layer] + ", attribution " + fmt(edge.attribution) +
-          ", score " + fmt(edge.score))));
+          "stroke-width": 1 + 2.5 * clamp(edge.score || 0, 0, 1), "marker-end": "url(#tree-arrow)" },
+        svgEl("title", null, this.edgeTitle(e, edge.parent, edge.child, edge.layer, edge.attribution, edge.score))));
       }
       for (const node of nodes) {
-        const w = boxW.get(node.index);
         const isRoot = node.index === tree.root;
-        svg.appendChild(svgEl("g", { class: isRoot ? "node root" : "node",
-          transform: "translate(" + x(node.index) + "," + y(node.layer) + ")" },
-        svgEl("rect", { x: -w / 2, y: -10, width: w, height: 20, rx: 4 }),
-        svgEl("text", { "text-anchor": "middle", "dominant-baseline": "central" }, label.get(node.index)),
-        svgEl("title", null, node.token + " [" + node.index + "]" + (isRoot ? " (root)" : ", attached in layer " +
-          e.layers[node.layer]))));
+        svg.appendChild(this.tokenBox(isRoot ? "node root" : "node", x(node.index), y(node.layer), boxW.get(node.index),
+          label.get(node.index), node.token + " [" + node.index + "]" + (isRoot ? " (root)" : ", attached in layer " +
+            e.layers[node.layer])));
       }
       this.tree.textContent = "";
       this.tree.appendChild(svg);

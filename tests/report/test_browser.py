@@ -134,6 +134,41 @@ def test_page_draws_without_errors(driver, small_page):
     assert "no nonsense" in driver.find_element(By.CSS_SELECTOR, "section[data-kind=attack]").text
 
 
+def test_tree_and_graph_views(driver, small_page):
+    """The view selector swaps the tree for the layered graph; both state the worst completeness error."""
+    path, _ = small_page
+    assert load(driver, path) == []
+    example = json.loads(driver.execute_script("return document.getElementById('report-data').textContent"))[
+        "examples"
+    ][0]
+    completeness = driver.find_element(By.ID, "tree-completeness").text
+    assert completeness.startswith("Worst completeness error of the maps the tree was built from: ")
+    worst_layer = example["layers"][example["max_completeness_error_layer"]]
+    assert completeness.endswith(f"(layer {worst_layer}).")
+    Select(driver.find_element(By.ID, "tree-mode")).select_by_value("graph")
+    rows = example["graph"]["edges"]
+    extra = sum(1 for r in rows if not r[5])
+    assert extra > 0 and driver.find_element(By.ID, "tree-title").text == "Attribution graph"
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#tree-svg path.edge")) == len(rows)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#tree-svg path.edge.extra")) == extra
+    dash = driver.find_element(By.CSS_SELECTOR, "#tree-svg path.edge.extra").value_of_css_property("stroke-dasharray")
+    assert dash not in ("none", "")
+    # one box per (row, token) an edge touches, the root on the top row
+    places = {(layer + 1, parent) for parent, _, layer, *_ in rows} | {(layer, child) for _, child, layer, *_ in rows}
+    places.add((example["graph"]["n_layers"], example["graph"]["root"]))
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#tree-svg g.node")) == len(places)
+    assert f"{extra} of them dropped by the tree's one-parent rule" in driver.find_element(By.ID, "tree-caption").text
+    assert "the graph was built from" in driver.find_element(By.ID, "tree-completeness").text
+    # the graph view stays while the example changes; the tree comes back
+    Select(driver.find_element(By.ID, "example-select")).select_by_index(1)
+    assert driver.find_element(By.ID, "tree-title").text == "Attribution graph"
+    Select(driver.find_element(By.ID, "tree-mode")).select_by_value("tree")
+    Select(driver.find_element(By.ID, "example-select")).select_by_index(0)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#tree-svg path.edge")) == len(example["tree"]["edges"])
+    assert driver.find_elements(By.CSS_SELECTOR, "#tree-svg path.edge.extra") == []
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
 def test_injection_tokens_are_text(driver, small_page):
     path, tokens = small_page
     assert load(driver, path) == []

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_attattr.analysis.trees import build_tree, tree_to_json
+from lightning_attattr.analysis.trees import build_graph, build_tree, tree_to_json
 from lightning_attattr.core.checks import ArgumentError, DataFileError
 from lightning_attattr.report import Report, build_report
 from lightning_attattr.report.data import decode_array, load_report_data, quantise
@@ -122,6 +122,30 @@ def test_example_maps_and_tree(injection_folder):
     assert ex0["label"] == 1 and ex0["predicted"] == payloads["ex0"]["predicted"]
     assert ex0["completeness_error"] == pytest.approx(payloads["ex0"]["completeness_error"])
     assert ex1["attention"] is None and ex1["label"] is None
+
+
+def test_example_graph_and_completeness(injection_folder):
+    """The graph beside the tree (edges as rows, 4 significant digits) and the worst completeness error."""
+    folder, payloads = injection_folder
+    ex0 = load_report_data(folder)["examples"][0]
+    summed = payloads["ex0"]["attributions"].double().sum(1)  # [layer, q, k]
+    graph = tree_to_json(build_graph(summed, payloads["ex0"]["tokens"], tau=0.4))
+    assert {k: ex0["graph"][k] for k in ("mode", "tau", "n_layers", "root")} == {
+        "mode": "graph", "tau": 0.4, "n_layers": 3, "root": 0
+    }  # fmt: skip
+    rows = ex0["graph"]["edges"]
+    assert [r[:3] + [r[5]] for r in rows] == [
+        [e["parent"], e["child"], e["layer"], int(e["in_tree"])] for e in graph["edges"]
+    ]
+    for row, edge in zip(rows, graph["edges"]):
+        assert row[3] == pytest.approx(edge["attribution"], rel=1e-3) and row[4] == pytest.approx(
+            edge["score"], rel=1e-3
+        )
+    tree_edges = {(e["parent"], e["child"], e["layer"]) for e in ex0["tree"]["edges"]}
+    assert {tuple(r[:3]) for r in rows if r[5]} == tree_edges and len(rows) > len(tree_edges)  # random maps: extras
+    errors = payloads["ex0"]["completeness_error"]
+    assert ex0["max_completeness_error"] == pytest.approx(max(errors))
+    assert ex0["max_completeness_error_layer"] == errors.index(max(errors))
 
 
 def test_repr_html_is_an_escaped_iframe(injection_folder):
