@@ -7,8 +7,8 @@ Subcommands on one model (LightningCLI, exactly like ``train.py``: ``--config``,
 - ``heads``: head importance by every method, pruning curves, optional structural pruning;
 - ``effectiveness``: per-example AttAttr vs attention rankings, ``k`` heads pruned per layer;
 - ``tree``: attribution trees (or graphs, ``--mode graph``) of dev examples or raw text;
-- ``faithfulness``: deletion curves of four edge explanations against random deletions, trees, and the
-  planted pair of the synthetic task;
+- ``faithfulness``: deletion curves of four edge explanations (per layer and across layers) against random
+  deletions, trees, and planted truth (the synthetic task's pairs or a ``--truth`` file);
 - ``attack``: adversarial triggers mined from training examples, per-class accuracy against random insertions.
 
 and one over several ``heads`` results folders:
@@ -25,6 +25,7 @@ TensorBoard events under ``<output_dir>/tensorboard``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -66,7 +67,7 @@ SUBCOMMANDS = ("attribute", "tree", "heads", "effectiveness", "faithfulness", "a
 HARDWARE_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision")
 #: Layout version of a subcommand's per-example parts, when it changed since its first release: a folder
 #: written with another version is refused (or replaced with ``--overwrite true``) instead of resumed.
-RESULTS_FORMATS = {"faithfulness": 2}
+RESULTS_FORMATS = {"faithfulness": 3}
 _COMMAND: list[str] | None = None  # set by `cli_main` while it runs: the command line (its `args`, or sys.argv)
 
 
@@ -409,6 +410,7 @@ class AnalysisTrainer(pl.Trainer):
         method: str = "gausslegendre",
         completeness_tol: float = 1e-3,
         batch_size: int = 8,
+        truth: str | None = None,
     ) -> dict[str, Any]:
         """Is the explanation faithful? Delete each edge method's top-k attention connections; compare with random.
 
@@ -417,8 +419,16 @@ class AnalysisTrainer(pl.Trainer):
         connection; the top ``k`` over all layers are removed (their probabilities set to 0 in every
         head of their layer) and the drop of the predicted class's probability and the flips are
         recorded, against ``k`` random connections (``n_random`` seeds) and, for each method's
-        attribution tree, against random connections of the tree's layers. On the synthetic task the
-        planted pair's rank is checked too (``groundtruth.json``).
+        attribution tree, against random connections of the tree's layers. Cross-layer removal: the
+        top ``k`` word pairs across layers (a pair's score summed over layers and over both words'
+        pieces) are removed in every layer at once, against ``k`` random word pairs. The completeness
+        error of the AttAttr maps is reported beside the rankings, and a summary table is printed.
+
+        Planted truth (``groundtruth.json``): the synthetic task's planted pairs, or a ``truth`` file
+        for any dataset. Hit rates are reported under two conventions: ``words`` (the default of
+        every summary: only edges between two distinct non-special words, word pieces merged, the
+        scores summed over a word's pieces on both axes) and ``tokens`` (every token edge, [CLS],
+        [SEP] and self-edges included).
 
         Args:
             model: the classifier (built from ``--config``/``--model``).
@@ -439,6 +449,13 @@ class AnalysisTrainer(pl.Trainer):
             method: AttAttr integration rule.
             completeness_tol: relative completeness tolerance of ``n_steps="auto"``.
             batch_size: examples per batch.
+            truth: a JSON Lines file of planted pairs, one dev example per line:
+                ``{"index": 3, "pairs": [[5, 2]], "unit": "word", "layer": 1}`` (``index`` in the dev split;
+                ``pairs`` ``[query, key]`` positions, either order counts as a hit, any number of pairs;
+                ``unit`` ``"token"``: token positions of the model input, 0 = [CLS], or ``"word"``: positions
+                over the non-special words from 0, word pieces merged; ``layer`` optional). With ``truth``
+                the examples are the file's, in file order, the first ``n_examples`` of them (``null``:
+                all); without it the first ``n_examples`` dev examples, with the synthetic task's pairs.
         """
         check_positive_int("n_examples", n_examples, optional=True)
         if not isinstance(edge_methods, list) or not edge_methods:
@@ -454,26 +471,45 @@ class AnalysisTrainer(pl.Trainer):
         validate_n_steps(n_steps, allow_auto=True)
         validate_method(method)
         check_positive_int("batch_size", batch_size)
+        from lightning_attattr.analysis.faithfulness import check_truth, read_truth
+
+        planted_truth = None if truth is None else read_truth(truth)  # the file's own checks, before any loading
         net, datamodule = self._prepare(model, datamodule, ckpt_path, weights_only)
-        _check_dev_size(datamodule, n_examples=n_examples)
         from lightning_attattr.lightning.experiments import dev_split, model_shape
-        from lightning_attattr.lightning.faithfulness import planted_pairs, run_faithfulness
+        from lightning_attattr.lightning.faithfulness import example_layout, planted_pairs, run_faithfulness
 
         split = dev_split(datamodule)
         dev = datamodule.dataset(split)
-        indices = list(range(len(dev) if n_examples is None else n_examples))
-        check_ks_fit("ks", ks, model_shape(net)[0], min(len(dev[i]["input_ids"]) for i in indices))
+        n_layers = model_shape(net)[0]
+        if planted_truth is None:
+            _check_dev_size(datamodule, n_examples=n_examples)
+            indices = list(range(len(dev) if n_examples is None else n_examples))
+            planted = planted_pairs(datamodule, split)
+            source = None if planted is None else "the data module's planted pairs"
+        else:
+
+            def size(i: int) -> tuple[int, int]:
+                ids = dev[i]["input_ids"]
+                return len(ids), len(example_layout(datamodule.tokenizer, ids).words)
+
+            check_truth(planted_truth, truth, n_dev=len(dev), split=split, n_layers=n_layers, size=size)
+            chosen = planted_truth if n_examples is None else planted_truth[:n_examples]
+            indices = [t.index for t in chosen]
+            planted = {t.index: t for t in chosen}
+            source = f"truth file {truth}"
+        check_ks_fit("ks", ks, n_layers, min(len(dev[i]["input_ids"]) for i in indices))
         task, _ = _task(datamodule, model)
+        digest = None if truth is None else hashlib.sha256(Path(truth).read_bytes()).hexdigest()  # resume: same file
         options = dict(n_examples=n_examples, edge_methods=list(dict.fromkeys(edge_methods)), ks=ks,
                        n_random=n_random, tau=tau, seed=seed, n_steps=n_steps, method=method,
-                       completeness_tol=completeness_tol)  # fmt: skip
+                       completeness_tol=completeness_tol, truth=truth, truth_sha256=digest)  # fmt: skip
         attattr_options = dict(n_steps=n_steps, method=method, completeness_tol=completeness_tol)
         return self._run_analysis(
             "faithfulness", output_dir, overwrite, options,
             lambda folder: run_faithfulness(
                 self, net, datamodule, folder, dataset=dev, indices=indices, edge_methods=options["edge_methods"],
                 ks=ks, n_random=n_random, seed=seed, tau=tau, attattr_options=attattr_options,
-                batch_size=batch_size, planted=planted_pairs(datamodule, split),
+                batch_size=batch_size, planted=planted, truth_source=source,
             ),
             extra={"task": task},
         )  # fmt: skip
@@ -1079,7 +1115,7 @@ The paper's experiments on a trained model, offline. Subcommands:
   tree           attribution trees or graphs (--mode) of dev examples (--index) or text: JSON/GraphML/DOT/PNG/text
   heads          head importance by every method + pruning curves (+ structural pruning)
   effectiveness  per-example AttAttr vs attention rankings, k heads pruned per layer (paper 4.1)
-  faithfulness   deletion curves of AttAttr, attention, rollout, gradxattention vs random; trees; planted pair
+  faithfulness   deletion curves of AttAttr, attention, rollout, gradxattention vs random; trees; planted truth
   attack         adversarial triggers mined from training examples, accuracy per class vs random insertions
   universality   importance correlations across tasks + transferred pruning curves (--results DIR ...)
   report         the interactive HTML report of a results folder: {PROG} report RESULTS_DIR

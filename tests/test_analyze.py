@@ -509,12 +509,17 @@ def test_transfer_from_prunes_with_another_folders_ranking(trained, heads_dir, s
 
 @pytest.fixture(scope="module")
 def faithfulness_dir(trained, tmp_path_factory):
-    """`analyze.py faithfulness` on the trained quickstart run (planted pairs known)."""
+    """`analyze.py faithfulness` on the trained quickstart run (planted pairs known); stdout in `../stdout.txt`."""
+    import contextlib
+    import io
+
     out = tmp_path_factory.mktemp("faithfulness") / "out"
-    with pytest.MonkeyPatch.context() as patch:
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setattr(sys, "argv", [sys.argv[0]])
         analyze(["faithfulness", *trained.base, "--output_dir", out, "--n_examples", "48", "--ks", "[1, 2, 4, 8, 16]",
                  "--n_random", "2", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    (out.parent / "stdout.txt").write_text(printed.getvalue(), encoding="utf-8")
     return out
 
 
@@ -530,22 +535,119 @@ def test_faithfulness_attattr_beats_random_deletions(faithfulness_dir):
     tree = summary["trees"]["attattr"]
     assert tree["mean_edges"] > 0 and tree["drop"] > tree["random_drop"] + 0.01
     assert set(summary["seconds_per_example"]) == {"attattr", "attention", "rollout", "grad_attention"}
-    rows = (faithfulness_dir / "deletion_curves.csv").read_text().splitlines()
-    assert rows[0] == "method,k,mean_prob_drop,flip_rate" and len(rows) == 1 + 5 * 5
+    for name in ("deletion_curves.csv", "deletion_curves_all_layers.csv"):
+        rows = (faithfulness_dir / name).read_text().splitlines()
+        assert rows[0] == "method,k,mean_prob_drop,flip_rate" and len(rows) == 1 + 5 * 5
+        assert (faithfulness_dir / "plots" / name.replace(".csv", ".png")).stat().st_size > 0
     assert "| attattr |" in (faithfulness_dir / "faithfulness.md").read_text()
-    assert (faithfulness_dir / "plots" / "deletion_curves.png").stat().st_size > 0
+
+
+def test_cross_layer_removal_and_completeness_beside_the_rankings(faithfulness_dir):
+    """Word pairs removed in every layer: a curve per method and random; the completeness of the ranked maps."""
+    summary = read_json(faithfulness_dir / "faithfulness.json")
+    cross = summary["cross_layer"]
+    assert set(cross["curves"]) == set(summary["curves"]) and "sum over layers" in cross["rule"]
+    assert cross["curves"]["attattr"]["drop_area"] > 0.2 > 5 * max(cross["curves"]["random"]["drop_area"], 0.0)
+    assert len(cross["curves"]["random"]["drop_area_per_seed"]) == 2 and "attattr vs random" in cross["paired"]
+    # removing a pair in every layer removes at least what removing it in one layer does: at k = 1 the
+    # cross-layer curve starts at or above the per-layer one for AttAttr's own ranking
+    assert cross["curves"]["attattr"]["drop"][0] >= summary["curves"]["attattr"]["drop"][0] - 0.05
+    completeness = summary["completeness"]
+    assert completeness["method"] == "attattr" and completeness["n_maps"] == 48 * 3
+    assert 0 <= completeness["median"] <= completeness["worst"] < 0.1  # adaptive integration, tolerance 1e-3
+    md = (faithfulness_dir / "faithfulness.md").read_text()
+    assert "Cross-layer removal: word pairs across layers" in md and "Completeness of the 144 AttAttr maps" in md
+    printed = (faithfulness_dir.parent / "stdout.txt").read_text()
+    assert "| method | drop area, per layer | drop area, all layers | top-1 (words) |" in printed
+    assert f"results: {faithfulness_dir}" in printed and "relative error worst" in printed
+    areas = summary["curves"]["attattr"]["drop_area"], cross["curves"]["attattr"]["drop_area"]
+    assert "| attattr | {:.3f} | {:.3f} |".format(*areas) in printed
 
 
 def test_attattr_finds_the_planted_pair(faithfulness_dir):
     """The synthetic task's label is the XOR of two planted words: AttAttr ranks their connection near the top."""
     truth = read_json(faithfulness_dir / "groundtruth.json")
-    assert truth["n_examples"] == 48
-    attattr = truth["methods"]["attattr"]
+    assert truth["n_examples"] == 48 and truth["default_convention"] == "words"
+    assert truth["source"] == "the data module's planted pairs" and "either direction" in truth["hit"]
+    assert list(truth["conventions"]) == ["words", "tokens"]
+    tokens, words = (truth["conventions"][c]["methods"] for c in ("tokens", "words"))
+    attattr = tokens["attattr"]
     # ~14 tokens x 3 layers: ~600 connections, 2 of them planted; chance of a top-3 hit is about 1 %
     assert attattr["best_layer_top3_rate"] >= 0.25, attattr
     assert attattr["top3"] >= 0.15, attattr
-    assert set(truth["methods"]) == {"attattr", "attention", "rollout", "grad_attention"}
-    assert 0 <= attattr["tree_connects"] <= 1
+    assert set(tokens) == set(words) == {"attattr", "attention", "rollout", "grad_attention"}
+    for name in tokens:
+        # one token per word here: the word maps are the token maps, the words convention only drops
+        # competitors ([CLS]/[SEP] and self-edges), so it finds the pair at least as often
+        for key in ("top1", "top3", "best_layer_top1_rate", "best_layer_top3_rate"):
+            assert words[name][key] >= tokens[name][key], (name, key)
+        assert words[name]["tree_connects"] == tokens[name]["tree_connects"]
+        assert 0 <= words[name]["touch1"] <= 1
+    removal = truth["removal"]
+    assert len(removal["per_layer"]["drop"]) == 3
+    assert removal["largest_single_layer_drop"] >= max(removal["per_layer"]["drop"]) - 1e-6
+    md = (faithfulness_dir / "faithfulness.md").read_text()
+    assert "Convention `words` (default): edges between two distinct non-special words" in md
+    assert "Convention `tokens`: every token edge" in md
+
+
+def truth_file(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_truth_file_scores_the_examples_it_names(trained, tmp_path):
+    """`--truth`: the file's examples, in its order, the first `n_examples`; word and token units agree."""
+    _, datamodule = load_trained(trained)
+    positions = [datamodule.examples("validation")[i].positions for i in range(3)]
+    lines = [
+        {"index": 1, "pairs": [[positions[1][1] + 1, positions[1][0] + 1]], "unit": "token", "layer": 0},
+        {"index": 0, "pairs": [list(positions[0])], "unit": "word"},
+        {"index": 2, "pairs": [list(positions[2])], "unit": "word"},
+    ]
+    common = [*trained.base, "--ks", "[1, 4]", "--n_random", "1", "--n_steps", "6", "--method", "riemann_left",
+              "--trainer.enable_progress_bar=false"]  # fmt: skip
+    path = truth_file(tmp_path / "truth.jsonl", lines)
+    analyze(["faithfulness", *common, "--output_dir", tmp_path / "file", "--truth", path, "--n_examples", "2"])
+    analyze(["faithfulness", *common, "--output_dir", tmp_path / "module", "--n_examples", "2"])
+    a, b = (read_json(tmp_path / name / "groundtruth.json") for name in ("file", "module"))
+    assert a["n_examples"] == b["n_examples"] == 2 and a["source"] == f"truth file {path}"
+    assert a["n_examples_with_layer"] == 1 and b["n_examples_with_layer"] == 0
+    for convention in ("words", "tokens"):
+        for name, row in b["conventions"][convention]["methods"].items():
+            mine = a["conventions"][convention]["methods"][name]
+            assert 0 <= mine["planted_layer_top1"] <= 1 and "planted_layer_top1" not in row
+            for key in ("top1", "top3", "touch1", "layer_top1", "tree_connects"):
+                assert mine[key] == pytest.approx(row[key]), (convention, name, key)
+    assert a["removal"]["all_layers"] == pytest.approx(b["removal"]["all_layers"], abs=1e-6)
+    assert a["removal"]["per_layer"]["drop"] == pytest.approx(b["removal"]["per_layer"]["drop"], abs=1e-6)
+    fa, fb = (read_json(tmp_path / name / "faithfulness.json") for name in ("file", "module"))
+    for part in ("curves", "cross_layer"):
+        for name, curve in (fb[part] if part == "curves" else fb[part]["curves"]).items():
+            other = fa[part][name] if part == "curves" else fa[part]["curves"][name]
+            assert other["drop"] == pytest.approx(curve["drop"], abs=1e-6), (part, name)
+    summary = read_json(tmp_path / "file" / "summary.json")
+    assert summary["options"]["truth"] == str(path) and len(summary["options"]["truth_sha256"]) == 64
+    assert sorted(PartStore(tmp_path / "file" / "parts" / "faithfulness").done()) == [0, 1]
+    assert "top-1 in the planted layer" in (tmp_path / "file" / "faithfulness.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("{'index': 0}", "line 2: expected one JSON object per line, but got invalid JSON"),
+        ('{"index": 0, "pairs": [[1, 2]]}', "line 2: expected the keys 'index', 'pairs' and 'unit'"),
+        ('{"index": 120, "pairs": [[1, 2]], "unit": "word"}', f"line 2: expected `index` in [0, {N_VAL - 1}]"),
+        ('{"index": 3, "pairs": [[1, 40]], "unit": "token"}', "line 2: expected token positions in [0, "),
+        ('{"index": 3, "pairs": [[1, 2]], "unit": "word", "layer": 3}', "line 2: expected `layer` in [0, 2]"),
+    ],
+)
+def test_bad_truth_files(trained, tmp_path, capsys, line, expected):
+    path = tmp_path / "truth.jsonl"
+    path.write_text('{"index": 1, "pairs": [[1, 2]], "unit": "word"}\n' + line + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    error = user_error(["faithfulness", *trained.base, "--output_dir", out, "--truth", path], capsys, out)
+    assert f"`truth` {path}, {expected}" in error, error
 
 
 def test_tree_outputs_for_dev_examples_and_text(trained, tmp_path, capsys):
@@ -703,8 +805,8 @@ def test_parts_of_an_older_layout_are_not_resumed(trained, faithfulness_dir, tmp
     old = tmp_path / "old"
     shutil.copytree(faithfulness_dir, old, ignore=shutil.ignore_patterns(".lock"))
     manifest = read_json(old / "manifest.json")
-    assert manifest["arguments"]["format"] == 2
-    manifest["arguments"]["format"] = 1
+    assert manifest["arguments"]["format"] == 3
+    manifest["arguments"]["format"] = 2
     (old / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     args = ["faithfulness", *trained.base, "--output_dir", old, "--n_examples", "48", "--ks", "[1, 2, 4, 8, 16]",
             "--n_random", "2", "--trainer.enable_progress_bar=false"]  # fmt: skip

@@ -105,11 +105,17 @@ def test_faithfulness_two_processes_equal_one(trained_run, tmp_path):
     assert ranks == {"r0", "r1"}
     a, b = (json.loads((tmp_path / name / "faithfulness.json").read_text()) for name in ("ddp", "single"))
     assert a["n_examples"] == b["n_examples"] == 9
-    for name, curve in b["curves"].items():
-        for key in ("drop", "flip"):
-            assert a["curves"][name][key] == pytest.approx(curve[key], abs=1e-5), (name, key)
+    for part in ("curves", "cross_layer"):  # per-layer and cross-layer removal, random pairs seeded per example
+        curves_a = a[part] if part == "curves" else a[part]["curves"]
+        for name, curve in (b[part] if part == "curves" else b[part]["curves"]).items():
+            for key in ("drop", "flip"):
+                assert curves_a[name][key] == pytest.approx(curve[key], abs=1e-5), (part, name, key)
     for name, tree in b["trees"].items():
         assert a["trees"][name]["mean_edges"] == tree["mean_edges"]
         assert a["trees"][name]["random_drop"] == pytest.approx(tree["random_drop"], abs=1e-5)
-    for name, row in json.loads((tmp_path / "single" / "groundtruth.json").read_text())["methods"].items():
-        assert json.loads((tmp_path / "ddp" / "groundtruth.json").read_text())["methods"][name] == row
+    assert a["completeness"]["n_maps"] == b["completeness"]["n_maps"]
+    assert a["completeness"]["worst"] == pytest.approx(b["completeness"]["worst"], rel=1e-4, abs=1e-7)
+    truth_a, truth_b = (json.loads((tmp_path / name / "groundtruth.json").read_text()) for name in ("ddp", "single"))
+    for convention, data in truth_b["conventions"].items():
+        for name, row in data["methods"].items():
+            assert truth_a["conventions"][convention]["methods"][name] == row, (convention, name)

@@ -5,10 +5,14 @@ Per dev example (resumable and split across processes by
 :mod:`lightning_attattr.analysis.edges` scores the connections of every layer; the model then runs
 with each method's top-``k`` connections removed, with ``k`` random connections removed (several
 seeds, the same for every method), with each method's attribution-tree edges removed, and with
-random connections of the tree's layers removed. The drops of the predicted class's probability and
-the flips are averaged per method (``faithfulness.json``, ``deletion_curves.csv``,
-``faithfulness.md``, plots). When the data module knows the planted interacting pair of every
-example (the synthetic task), ``groundtruth.json`` says how often each method finds it.
+random connections of the tree's layers removed. Cross-layer removal: each method's top-``k`` word
+pairs across layers (a pair's score summed over layers and over both words' pieces) are removed in
+every layer at once, against ``k`` random word pairs. The drops of the predicted class's probability
+and the flips are averaged per method (``faithfulness.json``, ``deletion_curves.csv``,
+``deletion_curves_all_layers.csv``, ``faithfulness.md``, plots), with the completeness error of the
+AttAttr maps that were ranked. When the planted interacting pairs are known (the synthetic task's
+data module, or a ``--truth`` file), ``groundtruth.json`` says how often each method finds them,
+under both scoring conventions of :mod:`lightning_attattr.analysis.faithfulness`.
 """
 
 from __future__ import annotations
@@ -16,25 +20,46 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from lightning_attattr.analysis.edges import EDGE_FUNCTIONS, real_positions
+from lightning_attattr.analysis.edges import EDGE_FUNCTIONS, attattr_edges_and_result, real_positions
 from lightning_attattr.analysis.faithfulness import (
+    CONVENTIONS,
+    HIT_RULE,
+    PlantedTruth,
+    WordLayout,
+    completeness_summary,
     curve_area,
     layer_matched_random,
+    pair_edges,
+    pair_scores,
     planted_hits,
+    planted_positions,
     random_edges,
+    random_pairs,
     removal_probabilities,
+    token_pair_edges,
     top_edges,
+    top_pairs,
+    word_edge_mask,
+    word_layout,
+    word_maps,
 )
 from lightning_attattr.analysis.store import ResultsFolder, save_figure, write_csv, write_json, write_text
-from lightning_attattr.analysis.trees import build_tree
+from lightning_attattr.analysis.trees import build_tree, connects
 from lightning_attattr.core.attribution import model_logits
 from lightning_attattr.lightning.analysis import INDEX_KEY, model_inputs, run_examples
 from lightning_attattr.lightning.compat import pl
+
+#: How cross-layer removal ranks and removes connections (faithfulness.json and .md say it).
+CROSS_LAYER_RULE = (
+    "word pairs across layers: a (query word, key word) pair's score is the sum over layers of its edge scores, "
+    "summed over both words' pieces; removing a pair zeroes every connection between their pieces in every layer "
+    "(special tokens are words of their own, self pairs included; k is capped at the example's number of pairs)"
+)
 
 
 def tree_edges(graph: Any) -> Tensor:
@@ -43,10 +68,21 @@ def tree_edges(graph: Any) -> Tensor:
     return torch.tensor(rows, dtype=torch.long).reshape(-1, 3)
 
 
-def planted_pairs(datamodule: Any, split: str) -> dict[int, tuple[int, int]] | None:
-    """Token positions of the planted interacting pair per example, if the data module has them (else ``None``).
+def special_tokens(tokenizer: Any) -> list[str]:
+    """The tokenizer's special tokens that are not words (every special token but ``[UNK]``)."""
+    return [t for t in tokenizer.all_special_tokens if t != tokenizer.unk_token]
 
-    The synthetic task records word positions; its tokenizer puts one ``[CLS]`` in front, hence ``+ 1``.
+
+def example_layout(tokenizer: Any, input_ids: Sequence[int]) -> WordLayout:
+    """The words of one example's real tokens (:func:`~lightning_attattr.analysis.faithfulness.word_layout`)."""
+    return word_layout(tokenizer.convert_ids_to_tokens([int(i) for i in input_ids]), special_tokens(tokenizer))
+
+
+def planted_pairs(datamodule: Any, split: str) -> dict[int, PlantedTruth] | None:
+    """The planted interacting pair of every example, if the data module has them (else ``None``).
+
+    The synthetic task records word positions; its tokenizer puts one ``[CLS]`` in front, hence
+    token positions ``+ 1``.
     """
     examples = getattr(datamodule, "examples", None)
     if examples is None:
@@ -54,7 +90,19 @@ def planted_pairs(datamodule: Any, split: str) -> dict[int, tuple[int, int]] | N
     items = examples(split)
     if not isinstance(items, list) or not items or not hasattr(items[0], "positions"):
         return None
-    return {i: (int(e.positions[0]) + 1, int(e.positions[1]) + 1) for i, e in enumerate(items)}
+    return {
+        i: PlantedTruth(i, ((int(e.positions[0]) + 1, int(e.positions[1]) + 1),), "token") for i, e in enumerate(items)
+    }
+
+
+class _Plan(NamedTuple):
+    """What every example does: the methods, the deletion sizes, the random control and the tree threshold."""
+
+    methods: list[str]
+    ks: list[int]
+    n_random: int
+    seed: int
+    tau: float
 
 
 def run_faithfulness(
@@ -72,11 +120,30 @@ def run_faithfulness(
     tau: float,
     attattr_options: Mapping[str, Any],
     batch_size: int,
-    planted: Mapping[int, tuple[int, int]] | None = None,
+    planted: Mapping[int, PlantedTruth] | None = None,
+    truth_source: str | None = None,
 ) -> dict[str, Any]:
-    """Deletion curves per edge method against random deletions, tree deletions and the planted-pair test."""
-    methods = list(edge_methods)
-    ks = list(ks)
+    """Deletion curves per edge method (per layer and across layers) against random deletions, trees, planted truth.
+
+    Args:
+        trainer: the analysis trainer (its strategy splits the examples across processes).
+        model: the Hugging Face classifier.
+        datamodule: the data module (``collator``, ``tokenizer``).
+        folder: the results folder.
+        dataset: the dev split; ``indices`` the examples of it to use.
+        indices: the examples of ``dataset``.
+        edge_methods: names of :data:`~lightning_attattr.analysis.edges.EDGE_FUNCTIONS`.
+        ks: deletion sizes (connections per layer-wise curve, word pairs per cross-layer curve).
+        n_random: random-control seeds.
+        seed: seed of the random controls (per example: ``seed * 1_000_003 + index``).
+        tau: tree threshold.
+        attattr_options: keyword arguments of AttAttr's ``attribute`` (``n_steps``, ``method``, ...).
+        batch_size: examples per batch.
+        planted: the planted pairs of every example of ``indices`` (``None``: no ground-truth test).
+        truth_source: where ``planted`` came from, for ``groundtruth.json``.
+    """
+    plan = _Plan(list(edge_methods), list(ks), n_random, seed, tau)
+    tokenizer = datamodule.tokenizer
 
     def step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
         index = batch[INDEX_KEY].tolist()
@@ -85,21 +152,32 @@ def run_faithfulness(
             probs = torch.softmax(model_logits(net, inputs).float(), -1).cpu()
         pred = probs.argmax(-1)
         maps: dict[str, list[Tensor]] = {}
-        seconds = torch.zeros(len(index), len(methods))
-        for m, name in enumerate(methods):
+        seconds = torch.zeros(len(index), len(plan.methods))
+        completeness = None
+        for m, name in enumerate(plan.methods):
             start = time.perf_counter()
-            options = dict(attattr_options) if name == "attattr" else {}
-            maps[name] = EDGE_FUNCTIONS[name](net, inputs, target=pred, **options)
+            if name == "attattr":
+                maps[name], result = attattr_edges_and_result(
+                    net, inputs, target=pred, return_convergence_delta=True, **attattr_options
+                )
+                completeness = result.completeness_error.float().cpu()  # [batch, layer]
+            else:
+                maps[name] = EDGE_FUNCTIONS[name](net, inputs, target=pred)
             seconds[:, m] = (time.perf_counter() - start) / len(index)
-        rows = [
-            _example(net, inputs, pos, row, index[row], pred[row], probs[row], maps, methods, ks, n_random, seed, tau,
-                     None if planted is None else planted[index[row]])
-            for row, pos in enumerate(real_positions(inputs))
-        ]  # fmt: skip
+        ids = inputs["input_ids"].cpu()
+        rows = []
+        for row, pos in enumerate(real_positions(inputs)):
+            layout = example_layout(tokenizer, ids[row, pos].tolist())
+            one = {k: v[row : row + 1].index_select(1, pos.to(v.device)) for k, v in inputs.items()}
+            row_maps = {name: maps[name][row] for name in plan.methods}
+            truth = None if planted is None else planted[index[row]]
+            rows.append(_example(net, one, layout, index[row], pred[row], probs[row], row_maps, plan, truth))
         out = {key: torch.stack([r[key] for r in rows]) for key in rows[0]}
         out["seconds"] = seconds
         out["pred"] = pred
         out["prob"] = probs.gather(1, pred[:, None]).squeeze(1)
+        if completeness is not None:
+            out["completeness_error"] = completeness
         if "labels" in batch:
             out["labels"] = batch["labels"].cpu()
         return out
@@ -111,82 +189,130 @@ def run_faithfulness(
     seconds = time.perf_counter() - start
     if not folder.main:
         return {}
-    summary = summarize(records, methods, ks)
+    summary = summarize(records, plan.methods, plan.ks)
+    truth = None if planted is None else ground_truth(records, plan.methods, truth_source)
     write_json(folder.file("faithfulness.json"), summary)
-    rows = [(name, k, curve["drop"][i], curve["flip"][i]) for name, curve in summary["curves"].items()
-            for i, k in enumerate(ks)]  # fmt: skip
-    write_csv(folder.file("deletion_curves.csv"), ("method", "k", "mean_prob_drop", "flip_rate"), rows)
-    write_text(folder.file("faithfulness.md"), faithfulness_markdown(summary))
-    _plot_curves(folder, summary)
+    for name, curves in (("deletion_curves.csv", summary["curves"]),
+                         ("deletion_curves_all_layers.csv", summary["cross_layer"]["curves"])):  # fmt: skip
+        rows = [(method, k, c["drop"][i], c["flip"][i]) for method, c in curves.items() for i, k in enumerate(ks)]
+        write_csv(folder.file(name), ("method", "k", "mean_prob_drop", "flip_rate"), rows)
+    write_text(folder.file("faithfulness.md"), faithfulness_markdown(summary, truth))
+    _plot_curves(folder, summary, summary["curves"], "deletion_curves",
+                 "connections removed (k, top-k (layer, query, key) over all layers)")  # fmt: skip
+    _plot_curves(folder, summary, summary["cross_layer"]["curves"], "deletion_curves_all_layers",
+                 "word pairs removed in every layer (k, top-k pairs across layers)")  # fmt: skip
     result: dict[str, Any] = {
         "timings": {"faithfulness_s": seconds},
         "n_examples": len(indices),
         "area": {name: c["drop_area"] for name, c in summary["curves"].items()},
+        "area_all_layers": {name: c["drop_area"] for name, c in summary["cross_layer"]["curves"].items()},
+        "completeness_error_max": (summary["completeness"] or {}).get("worst"),
     }
-    if planted is not None:
-        truth = ground_truth(records, methods)
+    if truth is not None:
         write_json(folder.file("groundtruth.json"), truth)
-        result["groundtruth"] = {m: truth["methods"][m]["top1"] for m in methods}
+        result["groundtruth"] = {m: truth["conventions"]["words"]["methods"][m]["top1"] for m in plan.methods}
+    print(summary_table(summary, truth, str(folder.path)), flush=True)
     return result
 
 
 def _example(
     net: nn.Module,
-    inputs: Mapping[str, Tensor],
-    positions: Tensor,
-    row: int,
+    one: Mapping[str, Tensor],
+    layout: WordLayout,
     index: int,
     pred: Tensor,
     probs: Tensor,
-    maps: Mapping[str, list[Tensor]],
-    methods: Sequence[str],
-    ks: Sequence[int],
-    n_random: int,
-    seed: int,
-    tau: float,
-    pair: tuple[int, int] | None,
+    maps: Mapping[str, Tensor],
+    plan: _Plan,
+    truth: PlantedTruth | None,
 ) -> dict[str, Tensor]:
     """All deletions of one example in one batched run; random draws depend only on (seed, example index)."""
-    one = {k: v[row : row + 1].index_select(1, positions.to(v.device)) for k, v in inputs.items()}
-    shape = maps[methods[0]][row].shape
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    methods, ks, n_random = plan.methods, plan.ks, plan.n_random
+    shape = maps[methods[0]].shape
+    n_layers, n_units = int(shape[0]), len(layout.special)
+    generator = torch.Generator().manual_seed(plan.seed * 1_000_003 + index)
     sets: list[Tensor] = []
     for name in methods:
-        sets += [top_edges(maps[name][row], k) for k in ks]
+        sets += [top_edges(maps[name], k) for k in ks]
     for _ in range(n_random):
         sets += [random_edges(shape, k, generator) for k in ks]
     trees, sizes = [], []
     for name in methods:
-        graph = build_tree(maps[name][row], tau=tau)
+        graph = build_tree(maps[name], tau=plan.tau)
         edges = tree_edges(graph)
         trees.append(graph)
         sizes.append(len(edges))
         sets.append(edges)
         sets += [layer_matched_random(edges, shape, generator) for _ in range(n_random)]
+    for name in methods:  # cross-layer: word pairs in every layer
+        scores = pair_scores(maps[name], layout)
+        sets += [pair_edges(top_pairs(scores, k), layout, n_layers) for k in ks]
+    for _ in range(n_random):
+        sets += [pair_edges(random_pairs(n_units, k, generator), layout, n_layers) for k in ks]
+    where = None if truth is None else planted_positions(truth, layout)
+    if where is not None:  # the planted pairs (both directions) in all layers, then in each layer alone
+        sets.append(token_pair_edges(where["tokens"], n_layers))
+        sets += [token_pair_edges(where["tokens"], n_layers, [layer]) for layer in range(n_layers)]
     after = removal_probabilities(net, one, sets)
     c = int(pred)
     drop = float(probs[c]) - after[:, c]
     flip = (after.argmax(1) != c).float()
     n_m, n_k = len(methods), len(ks)
-    top = n_m * n_k
-    rand = top + n_random * n_k
+    bounds = [n_m * n_k, n_random * n_k, n_m * (1 + n_random), n_m * n_k, n_random * n_k]
+    parts = list(zip(torch.split(drop, [*bounds, len(drop) - sum(bounds)]),
+                     torch.split(flip, [*bounds, len(flip) - sum(bounds)])))  # fmt: skip
+    (top_d, top_f), (rand_d, rand_f), (tree_d, tree_f), (cross_d, cross_f), (cross_rd, cross_rf), planted = parts
+    tree_d, tree_f = tree_d.reshape(n_m, 1 + n_random), tree_f.reshape(n_m, 1 + n_random)
     out = {
-        "drop": drop[:top].reshape(n_m, n_k),
-        "flip": flip[:top].reshape(n_m, n_k),
-        "random_drop": drop[top:rand].reshape(n_random, n_k),
-        "random_flip": flip[top:rand].reshape(n_random, n_k),
-        "tree_drop": drop[rand:].reshape(n_m, 1 + n_random)[:, 0],
-        "tree_flip": flip[rand:].reshape(n_m, 1 + n_random)[:, 0],
-        "tree_random_drop": drop[rand:].reshape(n_m, 1 + n_random)[:, 1:],
-        "tree_random_flip": flip[rand:].reshape(n_m, 1 + n_random)[:, 1:],
+        "drop": top_d.reshape(n_m, n_k),
+        "flip": top_f.reshape(n_m, n_k),
+        "random_drop": rand_d.reshape(n_random, n_k),
+        "random_flip": rand_f.reshape(n_random, n_k),
+        "tree_drop": tree_d[:, 0],
+        "tree_flip": tree_f[:, 0],
+        "tree_random_drop": tree_d[:, 1:],
+        "tree_random_flip": tree_f[:, 1:],
         "tree_size": torch.tensor(sizes, dtype=torch.float),
+        "cross_drop": cross_d.reshape(n_m, n_k),
+        "cross_flip": cross_f.reshape(n_m, n_k),
+        "cross_random_drop": cross_rd.reshape(n_random, n_k),
+        "cross_random_flip": cross_rf.reshape(n_random, n_k),
         "n_tokens": torch.tensor(float(shape[1])),
+        "n_words": torch.tensor(float(len(layout.words))),
     }
-    if pair is not None:
-        hits = [planted_hits(maps[name][row], pair) for name in methods]
+    if truth is not None and where is not None:
+        out.update(_truth_hits(maps, layout, where, trees, plan))
+        out["gt_layer"] = torch.tensor(float(-1 if truth.layer is None else truth.layer))
+        out["gt_removal_drop"], out["gt_removal_flip"] = planted  # [1 + layer]: all layers, then each alone
+    return out
+
+
+def _truth_hits(
+    maps: Mapping[str, Tensor],
+    layout: WordLayout,
+    where: Mapping[str, list[tuple[int, int]]],
+    trees: Sequence[Any],
+    plan: _Plan,
+) -> dict[str, Tensor]:
+    """The planted-truth test of one example under both conventions, ``gt_<convention>_<key>`` ``[method, ...]``."""
+    out: dict[str, Tensor] = {}
+    eligible = word_edge_mask(layout)
+    for convention in CONVENTIONS:
+        hits, joined = [], []
+        for m, name in enumerate(plan.methods):
+            pairs = where[convention]
+            if convention == "words":
+                scores = word_maps(maps[name], layout)
+                hits.append(planted_hits(scores, pairs, eligible=eligible))
+                graph = build_tree(scores, tau=plan.tau)
+                pairs = [(a, b) for a, b in pairs if eligible[a, b]]  # only edges between two distinct words
+            else:
+                hits.append(planted_hits(maps[name], pairs))
+                graph = trees[m]
+            joined.append(float(any(connects(graph, pair) for pair in pairs)))
         for key in hits[0]:
-            out[f"gt_{key}"] = torch.stack([h[key] for h in hits]).float()
-        out["gt_tree"] = torch.tensor([float(g.has_edge(*pair) or g.has_edge(*pair[::-1])) for g in trees])
+            out[f"gt_{convention}_{key}"] = torch.stack([h[key] for h in hits]).float()
+        out[f"gt_{convention}_tree"] = torch.tensor(joined)
     return out
 
 
@@ -194,15 +320,15 @@ def _mean(t: Tensor) -> float:
     return float(t.float().mean()) if t.numel() else float("nan")
 
 
-def summarize(records: Mapping[str, Any], methods: Sequence[str], ks: Sequence[int]) -> dict[str, Any]:
-    """Mean deletion curves, their areas, the random baseline and the tree test, from the per-example records."""
+def _curves(records: Mapping[str, Any], methods: Sequence[str], prefix: str = "") -> dict[str, Any]:
+    """Mean deletion curves and their areas, per method and random, from ``<prefix>drop``, ``<prefix>random_drop``..."""
     curves: dict[str, Any] = {}
     for m, name in enumerate(methods):
-        drop = records["drop"][:, m].mean(0).tolist()
-        flip = records["flip"][:, m].mean(0).tolist()
+        drop = records[f"{prefix}drop"][:, m].mean(0).tolist()
+        flip = records[f"{prefix}flip"][:, m].mean(0).tolist()
         curves[name] = {"drop": drop, "flip": flip, "drop_area": curve_area(drop), "flip_area": curve_area(flip)}
-    seeds_drop = records["random_drop"].mean(0)  # [seed, k]
-    seeds_flip = records["random_flip"].mean(0)
+    seeds_drop = records[f"{prefix}random_drop"].mean(0)  # [seed, k]
+    seeds_flip = records[f"{prefix}random_flip"].mean(0)
     drop = seeds_drop.mean(0).tolist()
     flip = seeds_flip.mean(0).tolist()
     curves["random"] = {
@@ -213,6 +339,11 @@ def summarize(records: Mapping[str, Any], methods: Sequence[str], ks: Sequence[i
         "drop_area_per_seed": [curve_area(s.tolist()) for s in seeds_drop],
         "flip_area_per_seed": [curve_area(s.tolist()) for s in seeds_flip],
     }
+    return curves
+
+
+def summarize(records: Mapping[str, Any], methods: Sequence[str], ks: Sequence[int]) -> dict[str, Any]:
+    """Mean deletion curves (per layer, across layers), areas, random baseline, tree test, AttAttr completeness."""
     trees = {}
     for m, name in enumerate(methods):
         random_drop = records["tree_random_drop"][:, m].mean(0)  # per seed
@@ -224,27 +355,39 @@ def summarize(records: Mapping[str, Any], methods: Sequence[str], ks: Sequence[i
             "random_drop_std": statistics.pstdev(random_drop.tolist()) if random_drop.numel() > 1 else 0.0,
             "random_flip": _mean(records["tree_random_flip"][:, m]),
         }
+    completeness = None
+    if "completeness_error" in records:
+        completeness = {"method": "attattr", **completeness_summary(records["completeness_error"])}
     return {
         "ks": list(ks),
         "methods": list(methods),
         "paired": paired_areas(records, methods),
         "n_examples": int(records["drop"].shape[0]),
         "mean_tokens": _mean(records["n_tokens"]),
+        "mean_words": _mean(records["n_words"]),
         "mean_predicted_prob": _mean(records["prob"]),
-        "curves": curves,
+        "curves": _curves(records, methods),
+        "cross_layer": {
+            "rule": CROSS_LAYER_RULE,
+            "curves": _curves(records, methods, "cross_"),
+            "paired": paired_areas(records, methods, "cross_"),
+        },
         "trees": trees,
+        "completeness": completeness,
         "seconds_per_example": {name: _mean(records["seconds"][:, m]) for m, name in enumerate(methods)},
     }
 
 
-def paired_areas(records: Mapping[str, Any], methods: Sequence[str]) -> dict[str, Any]:
+def paired_areas(records: Mapping[str, Any], methods: Sequence[str], prefix: str = "") -> dict[str, Any]:
     """Per-example comparison of drop-curve areas: each method against every other and against random.
 
     For a pair (a, b): the mean over examples of ``area_a - area_b``, its standard error, and the
     share of examples where ``a``'s area is larger (ties count half). Random uses the mean over seeds.
+    ``prefix`` ``"cross_"``: the cross-layer curves.
     """
-    areas = {name: [curve_area(row) for row in records["drop"][:, m].tolist()] for m, name in enumerate(methods)}
-    areas["random"] = [curve_area(row) for row in records["random_drop"].mean(1).tolist()]
+    drops = records[f"{prefix}drop"]
+    areas = {name: [curve_area(row) for row in drops[:, m].tolist()] for m, name in enumerate(methods)}
+    areas["random"] = [curve_area(row) for row in records[f"{prefix}random_drop"].mean(1).tolist()]
     out: dict[str, Any] = {}
     names = list(areas)
     for i, a in enumerate(names):
@@ -257,47 +400,143 @@ def paired_areas(records: Mapping[str, Any], methods: Sequence[str]) -> dict[str
     return out
 
 
-def ground_truth(records: Mapping[str, Any], methods: Sequence[str]) -> dict[str, Any]:
-    """How often each method puts the planted pair among its top-1 / top-3 edges, overall and in its best layer."""
-    out: dict[str, Any] = {"n_examples": int(records["gt_top1"].shape[0]), "methods": {}}
-    for m, name in enumerate(methods):
-        row: dict[str, Any] = {}
-        for k in (1, 3):
-            per_layer = records[f"gt_layer_top{k}"][:, m].mean(0)  # [layer]
-            row[f"top{k}"] = _mean(records[f"gt_top{k}"][:, m])
-            row[f"touch{k}"] = _mean(records[f"gt_touch{k}"][:, m])
-            row[f"layer_top{k}"] = per_layer.tolist()
-            row[f"best_layer_top{k}"] = int(per_layer.argmax())
-            row[f"best_layer_top{k}_rate"] = float(per_layer.max())
-        row["tree_connects"] = _mean(records["gt_tree"][:, m])
-        out["methods"][name] = row
+def ground_truth(records: Mapping[str, Any], methods: Sequence[str], source: str | None = None) -> dict[str, Any]:
+    """How often each method finds the planted pairs, under both conventions; the planted pairs' removal.
+
+    Per convention and method: top-1 / top-3 over all layers, per layer and in the best layer, the
+    share whose top edges touch a planted position, the tree test, and (for examples whose truth
+    names a layer) the hit rate within that layer.
+    """
+    layer = records["gt_layer"].long()  # [example], -1: no layer given
+    given = layer >= 0
+    out: dict[str, Any] = {
+        "n_examples": int(layer.shape[0]),
+        "source": source,
+        "hit": HIT_RULE,
+        "default_convention": next(iter(CONVENTIONS)),
+        "n_examples_with_layer": int(given.sum()),
+        "conventions": {},
+    }
+    for convention, rule in CONVENTIONS.items():
+        table: dict[str, Any] = {}
+        for m, name in enumerate(methods):
+            row: dict[str, Any] = {}
+            for k in (1, 3):
+                per_example = records[f"gt_{convention}_layer_top{k}"][:, m]  # [example, layer]
+                per_layer = per_example.mean(0)
+                row[f"top{k}"] = _mean(records[f"gt_{convention}_top{k}"][:, m])
+                row[f"touch{k}"] = _mean(records[f"gt_{convention}_touch{k}"][:, m])
+                row[f"layer_top{k}"] = per_layer.tolist()
+                row[f"best_layer_top{k}"] = int(per_layer.argmax())
+                row[f"best_layer_top{k}_rate"] = float(per_layer.max())
+                if bool(given.any()):
+                    row[f"planted_layer_top{k}"] = _mean(per_example[given, layer[given]])
+            row["tree_connects"] = _mean(records[f"gt_{convention}_tree"][:, m])
+            table[name] = row
+        out["conventions"][convention] = {"rule": rule, "methods": table}
+    drop, flip = records["gt_removal_drop"], records["gt_removal_flip"]  # [example, 1 + layer]
+    out["removal"] = {
+        "what": "every connection of the planted pairs (both directions, all pieces) removed in all layers at once, "
+        "and in each layer alone",
+        "all_layers": {"drop": _mean(drop[:, 0]), "flip": _mean(flip[:, 0])},
+        "per_layer": {"drop": drop[:, 1:].mean(0).tolist(), "flip": flip[:, 1:].mean(0).tolist()},
+        "largest_single_layer_drop": _mean(drop[:, 1:].max(1).values),
+    }
     return out
 
 
-def faithfulness_markdown(summary: Mapping[str, Any]) -> str:
-    """The faithfulness table: per method the area under the drop and flip curves, and the tree test."""
+def _cells(values: Sequence[float]) -> str:
+    return " | ".join(f"{v:.3f}" for v in values)
+
+
+def faithfulness_markdown(summary: Mapping[str, Any], truth: Mapping[str, Any] | None = None) -> str:
+    """The faithfulness tables: deletion curves per layer and across layers, trees, completeness, planted truth."""
     ks = summary["ks"]
-    head = "| method | " + " | ".join(f"drop k={k}" for k in ks) + " | drop area | flip area |"
-    lines = [head, "|" + "---|" * (len(ks) + 3)]
+    head = " | ".join(f"drop k={k}" for k in ks)
+    lines = ["Per-layer removal: the top-k (layer, query, key) connections over all layers.", "",
+             f"| method | {head} | drop area | flip area |", "|" + "---|" * (len(ks) + 3)]  # fmt: skip
     for name, c in summary["curves"].items():
-        cells = " | ".join(f"{v:.3f}" for v in c["drop"])
-        lines.append(f"| {name} | {cells} | {c['drop_area']:.3f} | {c['flip_area']:.3f} |")
+        lines.append(f"| {name} | {_cells(c['drop'])} | {c['drop_area']:.3f} | {c['flip_area']:.3f} |")
+    cross = summary["cross_layer"]
+    lines += ["", f"Cross-layer removal: {cross['rule']}.", "",
+              f"| method | {head} | drop area | flip area |", "|" + "---|" * (len(ks) + 3)]  # fmt: skip
+    for name, c in cross["curves"].items():
+        lines.append(f"| {name} | {_cells(c['drop'])} | {c['drop_area']:.3f} | {c['flip_area']:.3f} |")
     lines += ["", "| tree of | edges | drop | flips | random same layers: drop | flips |", "|---|---|---|---|---|---|"]
     for name, t in summary["trees"].items():
         lines.append(
             f"| {name} | {t['mean_edges']:.1f} | {t['drop']:.3f} | {t['flip']:.3f} | "
             f"{t['random_drop']:.3f} ± {t['random_drop_std']:.3f} | {t['random_flip']:.3f} |"
         )
-    lines += ["", "| per example: drop areas | mean difference ± s.e. | share of examples where the first is larger |",
-              "|---|---|---|"]  # fmt: skip
+    lines += ["", "| per example: drop areas (per layer) | mean difference ± s.e. | share of examples where the "
+              "first is larger |", "|---|---|---|"]  # fmt: skip
     for pair, p in summary["paired"].items():
         lines.append(f"| {pair} | {p['mean_difference']:+.3f} ± {p['stderr']:.3f} | {p['share_larger']:.2f} |")
+    lines += ["", completeness_line(summary)]
+    if truth is not None:
+        lines += ["", *truth_markdown(truth)]
     cost = ", ".join(f"{m} {s * 1000:.0f} ms" for m, s in summary["seconds_per_example"].items())
     lines += ["", f"{summary['n_examples']} examples; cost per example: {cost}.", ""]
     return "\n".join(lines)
 
 
-def _plot_curves(folder: ResultsFolder, summary: Mapping[str, Any]) -> None:
+def completeness_line(summary: Mapping[str, Any]) -> str:
+    """One sentence on the completeness error of the AttAttr maps that were ranked."""
+    c = summary.get("completeness")
+    if not c or c.get("worst") is None:
+        return "Completeness: no AttAttr maps were ranked."
+    return (
+        f"Completeness of the {c['n_maps']} AttAttr maps ranked (example x layer): relative error worst "
+        f"{c['worst']:.2e}, median {c['median']:.2e}."
+    )
+
+
+def truth_markdown(truth: Mapping[str, Any]) -> list[str]:
+    """The planted-truth tables, one per convention (the default first), and the planted pairs' removal."""
+    lines = [f"Planted truth ({truth['n_examples']} examples, {truth['source']}); a hit: {truth['hit']}."]
+    with_layer = truth["n_examples_with_layer"] > 0
+    for convention, data in truth["conventions"].items():
+        default = " (default)" if convention == truth["default_convention"] else ""
+        extra = " | top-1 in the planted layer |" if with_layer else " |"
+        lines += ["", f"Convention `{convention}`{default}: {data['rule']}.", "",
+                  "| method | top-1 | top-3 | best layer: top-1 | top-1 touches a planted position | tree connects"
+                  + extra, "|---|---|---|---|---|---|" + ("---|" if with_layer else "")]  # fmt: skip
+        for name, r in data["methods"].items():
+            cell = f" {r['planted_layer_top1']:.3f} |" if with_layer else ""
+            lines.append(
+                f"| {name} | {r['top1']:.3f} | {r['top3']:.3f} | {r['best_layer_top1_rate']:.3f} (layer "
+                f"{r['best_layer_top1']}) | {r['touch1']:.3f} | {r['tree_connects']:.3f} |{cell}"
+            )
+    removal = truth["removal"]
+    lines += [
+        "",
+        f"Removing the planted pairs in all layers: drop {removal['all_layers']['drop']:.3f}, flips "
+        f"{removal['all_layers']['flip']:.3f}; in one layer alone: largest drop "
+        f"{removal['largest_single_layer_drop']:.3f} (mean per layer {_cells(removal['per_layer']['drop'])}).",
+    ]
+    return lines
+
+
+def summary_table(summary: Mapping[str, Any], truth: Mapping[str, Any] | None, path: str) -> str:
+    """What ``analyze.py faithfulness`` prints at the end: areas per method, planted hits (default convention)."""
+    convention = None if truth is None else truth["default_convention"]
+    head = "| method | drop area, per layer | drop area, all layers |"
+    if convention is not None:
+        head += f" top-1 ({convention}) | top-3 ({convention}) | tree connects ({convention}) |"
+    lines = [f"faithfulness of {summary['n_examples']} examples (areas under the mean drop of the predicted "
+             "class's probability):", head, "|---" * head.count(" | ") + "|---|"]  # fmt: skip
+    for name, c in summary["curves"].items():
+        row = f"| {name} | {c['drop_area']:.3f} | {summary['cross_layer']['curves'][name]['drop_area']:.3f} |"
+        if truth is not None:
+            r = truth["conventions"][convention]["methods"].get(name)
+            row += " | | |" if r is None else f" {r['top1']:.3f} | {r['top3']:.3f} | {r['tree_connects']:.3f} |"
+        lines.append(row)
+    lines += [completeness_line(summary), f"results: {path}"]
+    return "\n".join(lines)
+
+
+def _plot_curves(folder: ResultsFolder, summary: Mapping[str, Any], curves: Mapping[str, Any], name: str,
+                 xlabel: str) -> None:  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,15 +544,15 @@ def _plot_curves(folder: ResultsFolder, summary: Mapping[str, Any]) -> None:
 
     ks = summary["ks"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    for name, c in summary["curves"].items():
-        style = {"color": "grey", "linestyle": "--"} if name == "random" else {}
-        axes[0].plot(ks, c["drop"], marker="o", label=f"{name} (area {c['drop_area']:.3f})", **style)
-        axes[1].plot(ks, c["flip"], marker="o", label=f"{name} (area {c['flip_area']:.3f})", **style)
+    for method, c in curves.items():
+        style = {"color": "grey", "linestyle": "--"} if method == "random" else {}
+        axes[0].plot(ks, c["drop"], marker="o", label=f"{method} (area {c['drop_area']:.3f})", **style)
+        axes[1].plot(ks, c["flip"], marker="o", label=f"{method} (area {c['flip_area']:.3f})", **style)
     for ax, what in zip(axes, ("mean drop of the predicted-class probability", "share of flipped predictions")):
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("connections removed (k, top-k over all layers)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"Deletion curves ({summary['n_examples']} examples)")
-    save_figure(fig, folder.file("plots/deletion_curves"))
+    save_figure(fig, folder.file(f"plots/{name}"))
