@@ -67,7 +67,7 @@ SUBCOMMANDS = ("attribute", "tree", "heads", "effectiveness", "faithfulness", "a
 HARDWARE_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision")
 #: Layout version of a subcommand's per-example parts, when it changed since its first release: a folder
 #: written with another version is refused (or replaced with ``--overwrite true``) instead of resumed.
-RESULTS_FORMATS = {"faithfulness": 3}
+RESULTS_FORMATS = {"faithfulness": 4}
 _COMMAND: list[str] | None = None  # set by `cli_main` while it runs: the command line (its `args`, or sys.argv)
 
 

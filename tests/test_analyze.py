@@ -582,6 +582,8 @@ def test_attattr_finds_the_planted_pair(faithfulness_dir):
         for key in ("top1", "top3", "best_layer_top1_rate", "best_layer_top3_rate"):
             assert words[name][key] >= tokens[name][key], (name, key)
         assert words[name]["tree_connects"] == tokens[name]["tree_connects"]
+        # the graph keeps every tree edge, so it joins the pair at least as often as the tree
+        assert words[name]["graph_connects"] >= words[name]["tree_connects"]
         assert 0 <= words[name]["touch1"] <= 1
     removal = truth["removal"]
     assert len(removal["per_layer"]["drop"]) == 3
@@ -617,7 +619,7 @@ def test_truth_file_scores_the_examples_it_names(trained, tmp_path):
         for name, row in b["conventions"][convention]["methods"].items():
             mine = a["conventions"][convention]["methods"][name]
             assert 0 <= mine["planted_layer_top1"] <= 1 and "planted_layer_top1" not in row
-            for key in ("top1", "top3", "touch1", "layer_top1", "tree_connects"):
+            for key in ("top1", "top3", "touch1", "layer_top1", "tree_connects", "graph_connects"):
                 assert mine[key] == pytest.approx(row[key]), (convention, name, key)
     assert a["removal"]["all_layers"] == pytest.approx(b["removal"]["all_layers"], abs=1e-6)
     assert a["removal"]["per_layer"]["drop"] == pytest.approx(b["removal"]["per_layer"]["drop"], abs=1e-6)
@@ -805,8 +807,8 @@ def test_parts_of_an_older_layout_are_not_resumed(trained, faithfulness_dir, tmp
     old = tmp_path / "old"
     shutil.copytree(faithfulness_dir, old, ignore=shutil.ignore_patterns(".lock"))
     manifest = read_json(old / "manifest.json")
-    assert manifest["arguments"]["format"] == 3
-    manifest["arguments"]["format"] = 2
+    assert manifest["arguments"]["format"] == 4
+    manifest["arguments"]["format"] = 3
     (old / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     args = ["faithfulness", *trained.base, "--output_dir", old, "--n_examples", "48", "--ks", "[1, 2, 4, 8, 16]",
             "--n_random", "2", "--trainer.enable_progress_bar=false"]  # fmt: skip

@@ -49,7 +49,7 @@ from lightning_attattr.analysis.faithfulness import (
     word_maps,
 )
 from lightning_attattr.analysis.store import ResultsFolder, save_figure, write_csv, write_json, write_text
-from lightning_attattr.analysis.trees import build_tree, connects
+from lightning_attattr.analysis.trees import build_graph, build_tree, connects
 from lightning_attattr.core.attribution import model_logits
 from lightning_attattr.lightning.analysis import INDEX_KEY, model_inputs, run_examples
 from lightning_attattr.lightning.compat import pl
@@ -294,7 +294,12 @@ def _truth_hits(
     trees: Sequence[Any],
     plan: _Plan,
 ) -> dict[str, Tensor]:
-    """The planted-truth test of one example under both conventions, ``gt_<convention>_<key>`` ``[method, ...]``."""
+    """The planted-truth test of one example under both conventions, ``gt_<convention>_<key>`` ``[method, ...]``.
+
+    Besides the top-k hits: whether the method's attribution tree and its attribution graph (the
+    tree's scan without the one-parent rule) join a planted pair, built on the token maps
+    (``tokens``) or on the word maps (``words``, word pairs only).
+    """
     out: dict[str, Tensor] = {}
     eligible = word_edge_mask(layout)
     for convention in CONVENTIONS:
@@ -304,15 +309,17 @@ def _truth_hits(
             if convention == "words":
                 scores = word_maps(maps[name], layout)
                 hits.append(planted_hits(scores, pairs, eligible=eligible))
-                graph = build_tree(scores, tau=plan.tau)
+                tree = build_tree(scores, tau=plan.tau)
                 pairs = [(a, b) for a, b in pairs if eligible[a, b]]  # only edges between two distinct words
             else:
-                hits.append(planted_hits(maps[name], pairs))
-                graph = trees[m]
-            joined.append(float(any(connects(graph, pair) for pair in pairs)))
+                scores = maps[name]
+                hits.append(planted_hits(scores, pairs))
+                tree = trees[m]
+            graph = build_graph(scores, tau=plan.tau)
+            joined.append([float(any(connects(g, pair) for pair in pairs)) for g in (tree, graph)])
         for key in hits[0]:
             out[f"gt_{convention}_{key}"] = torch.stack([h[key] for h in hits]).float()
-        out[f"gt_{convention}_tree"] = torch.tensor(joined)
+        out[f"gt_{convention}_tree"], out[f"gt_{convention}_graph"] = torch.tensor(joined).T
     return out
 
 
@@ -404,8 +411,8 @@ def ground_truth(records: Mapping[str, Any], methods: Sequence[str], source: str
     """How often each method finds the planted pairs, under both conventions; the planted pairs' removal.
 
     Per convention and method: top-1 / top-3 over all layers, per layer and in the best layer, the
-    share whose top edges touch a planted position, the tree test, and (for examples whose truth
-    names a layer) the hit rate within that layer.
+    share whose top edges touch a planted position, whether the tree and the graph join a planted
+    pair, and (for examples whose truth names a layer) the hit rate within that layer.
     """
     layer = records["gt_layer"].long()  # [example], -1: no layer given
     given = layer >= 0
@@ -432,6 +439,7 @@ def ground_truth(records: Mapping[str, Any], methods: Sequence[str], source: str
                 if bool(given.any()):
                     row[f"planted_layer_top{k}"] = _mean(per_example[given, layer[given]])
             row["tree_connects"] = _mean(records[f"gt_{convention}_tree"][:, m])
+            row["graph_connects"] = _mean(records[f"gt_{convention}_graph"][:, m])
             table[name] = row
         out["conventions"][convention] = {"rule": rule, "methods": table}
     drop, flip = records["gt_removal_drop"], records["gt_removal_flip"]  # [example, 1 + layer]
@@ -497,15 +505,21 @@ def truth_markdown(truth: Mapping[str, Any]) -> list[str]:
     with_layer = truth["n_examples_with_layer"] > 0
     for convention, data in truth["conventions"].items():
         default = " (default)" if convention == truth["default_convention"] else ""
-        extra = " | top-1 in the planted layer |" if with_layer else " |"
-        lines += ["", f"Convention `{convention}`{default}: {data['rule']}.", "",
-                  "| method | top-1 | top-3 | best layer: top-1 | top-1 touches a planted position | tree connects"
-                  + extra, "|---|---|---|---|---|---|" + ("---|" if with_layer else "")]  # fmt: skip
+        head = "| method | top-1 | top-3 | best layer: top-1 | top-1 touches a planted position | tree connects | "
+        head += "graph connects |" + (" top-1 in the planted layer |" if with_layer else "")
+        lines += [
+            "",
+            f"Convention `{convention}`{default}: {data['rule']}.",
+            "",
+            head,
+            "|---" * (head.count(" | ") + 1) + "|",
+        ]
         for name, r in data["methods"].items():
             cell = f" {r['planted_layer_top1']:.3f} |" if with_layer else ""
             lines.append(
                 f"| {name} | {r['top1']:.3f} | {r['top3']:.3f} | {r['best_layer_top1_rate']:.3f} (layer "
-                f"{r['best_layer_top1']}) | {r['touch1']:.3f} | {r['tree_connects']:.3f} |{cell}"
+                f"{r['best_layer_top1']}) | {r['touch1']:.3f} | {r['tree_connects']:.3f} | "
+                f"{r['graph_connects']:.3f} |{cell}"
             )
     removal = truth["removal"]
     lines += [
