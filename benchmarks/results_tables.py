@@ -148,14 +148,18 @@ def groundtruth_table(folder: Path) -> str:
     data = load(folder / "groundtruth.json")
     if data is None:
         return ""
-    out = [f"{data['n_examples']} dev examples.", "",
-           "| method | top-1 (all layers) | top-3 (all layers) | top-1 best layer | top-3 best layer | tree connects |"
-           " top-1 touches a planted token | top-3 touches |",
-           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for name, r in data["methods"].items():
-        out.append(f"| {name} | {r['top1']:.3f} | {r['top3']:.3f} | {r['best_layer_top1_rate']:.3f} (layer "
-                   f"{r['best_layer_top1']}) | {r['best_layer_top3_rate']:.3f} (layer {r['best_layer_top3']}) | "
-                   f"{r['tree_connects']:.3f} | {r['touch1']:.3f} | {r['touch3']:.3f} |")  # fmt: skip
+    out = [f"{data['n_examples']} dev examples; a hit: {data['hit']}."]
+    for convention, table in data["conventions"].items():
+        default = " (the default)" if convention == data["default_convention"] else ""
+        out += ["", f"Convention `{convention}`{default}: {table['rule']}.", "",
+                "| method | top-1 (all layers) | top-3 (all layers) | top-1 best layer | top-3 best layer "
+                "| tree connects | graph connects | top-1 touches a planted token | top-3 touches |",
+                "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name, r in table["methods"].items():
+            out.append(f"| {name} | {r['top1']:.3f} | {r['top3']:.3f} | {r['best_layer_top1_rate']:.3f} (layer "
+                       f"{r['best_layer_top1']}) | {r['best_layer_top3_rate']:.3f} (layer {r['best_layer_top3']}) | "
+                       f"{r['tree_connects']:.3f} | {r['graph_connects']:.3f} | {r['touch1']:.3f} | "
+                       f"{r['touch3']:.3f} |")  # fmt: skip
     return "\n".join(out)
 
 
