@@ -5,6 +5,9 @@
 #
 #   python benchmarks/finetune_glue.py --tasks rte mrpc cola sst2 --out runs/minilm
 #   make quickstart                                  # runs/quickstart/version_0
+#   python benchmarks/planted_pairs.py --out data/planted-pairs   # the planted word-pair task
+#   python benchmarks/finetune_glue.py --data-dir data/planted-pairs --tasks mrpc --out runs/planted --epochs 2 \
+#       --max-train-samples 0
 #   bash benchmarks/reproduce_part2.sh               # results in results/minilm/ and results/quickstart-*
 #
 # Every step is an analyze.py run with a results folder of its own; rerunning resumes unfinished runs.
@@ -32,6 +35,13 @@ done
 # the planted ground truth: the quickstart model's 500 dev examples
 "$PY" analyze.py faithfulness --config "$QUICKSTART/config.yaml" --ckpt_path "$QUICKSTART/checkpoints/last.ckpt" \
   --output_dir results/quickstart-faithfulness --n_examples 500 --ks "[1,2,4,8,16,32]" "${COMMON[@]}"
+# the planted word-to-word interaction of benchmarks/planted_pairs.py (MiniLM fine-tuned on it), scored with its truth file
+PLANTED=${PLANTED:-runs/planted/mrpc}
+read -r dir ckpt < <(RUNS=$(dirname "$PLANTED") run_of "$(basename "$PLANTED")")
+"$PY" analyze.py faithfulness --config "$dir/config.yaml" --ckpt_path "$ckpt" --output_dir results/planted-faithfulness \
+  --truth data/planted-pairs/truth.jsonl --n_examples 100 "${COMMON[@]}"
+"$PY" analyze.py tree --config "$dir/config.yaml" --ckpt_path "$ckpt" --output_dir results/planted-graphs \
+  --index "[0,1,2,3]" --mode graph --words true "${COMMON[@]}"
 # trees of a few dev examples
 read -r dir ckpt < <(run_of sst2)
 "$PY" analyze.py tree --config "$dir/config.yaml" --ckpt_path "$ckpt" --output_dir "$OUT/sst2-trees" \

@@ -578,10 +578,10 @@ class AnalysisTrainer(pl.Trainer):
         _check_text(text, text_pair)
         net, datamodule = self._prepare(model, datamodule, ckpt_path, weights_only)
         items, names, _, tokens = _chosen_examples(datamodule, index, text, text_pair, indices_name="index")
+        from lightning_attattr.lightning.analysis import special_tokens
         from lightning_attattr.lightning.trees import run_trees
 
-        tokenizer = datamodule.tokenizer
-        specials = [t for t in tokenizer.all_special_tokens if t != tokenizer.unk_token]
+        specials = special_tokens(datamodule.tokenizer)
         options = dict(index=index, text=text, text_pair=text_pair, tau=tau, root=root, mode=mode, words=words,
                        n_steps=n_steps, method=method, completeness_tol=completeness_tol)  # fmt: skip
         attattr_options = dict(n_steps=n_steps, method=method, completeness_tol=completeness_tol)

@@ -30,6 +30,11 @@ ExampleFn = Callable[[nn.Module, dict[str, Tensor]], Mapping[str, Any]]
 INDEX_KEY = "example_index"
 
 
+def special_tokens(tokenizer: Any) -> list[str]:
+    """The tokenizer's special tokens that are not words (every special token but ``[UNK]``)."""
+    return [t for t in tokenizer.all_special_tokens if t != tokenizer.unk_token]
+
+
 def model_inputs(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The model's own inputs of a collated batch (no ``labels``, no ``example_index``)."""
     return {k: v for k, v in batch.items() if k in MODEL_KEYS}

@@ -51,7 +51,7 @@ from lightning_attattr.analysis.faithfulness import (
 from lightning_attattr.analysis.store import ResultsFolder, save_figure, write_csv, write_json, write_text
 from lightning_attattr.analysis.trees import build_graph, build_tree, connects
 from lightning_attattr.core.attribution import model_logits
-from lightning_attattr.lightning.analysis import INDEX_KEY, model_inputs, run_examples
+from lightning_attattr.lightning.analysis import INDEX_KEY, model_inputs, run_examples, special_tokens
 from lightning_attattr.lightning.compat import pl
 
 #: How cross-layer removal ranks and removes connections (faithfulness.json and .md say it).
@@ -66,11 +66,6 @@ def tree_edges(graph: Any) -> Tensor:
     """The edges of an attribution tree as ``[m, 3]`` (layer, query = parent, key = child)."""
     rows = [(int(d["layer"]), int(parent), int(child)) for parent, child, d in graph.edges(data=True)]
     return torch.tensor(rows, dtype=torch.long).reshape(-1, 3)
-
-
-def special_tokens(tokenizer: Any) -> list[str]:
-    """The tokenizer's special tokens that are not words (every special token but ``[UNK]``)."""
-    return [t for t in tokenizer.all_special_tokens if t != tokenizer.unk_token]
 
 
 def example_layout(tokenizer: Any, input_ids: Sequence[int]) -> WordLayout:
