@@ -144,6 +144,38 @@ def faithfulness_table(root: Path, tasks: list[str]) -> str:
     return "\n\n".join("\n".join(t) for t in (out, paired, trees, cost))
 
 
+def cross_layer_table(root: Path, tasks: list[str], extra: dict[str, Path] | None = None) -> str:
+    """Per task: deletion areas per (layer, query, key) connection and per word pair across layers, and completeness."""
+    out = ["| task | method | drop area, connections | drop area, word pairs in all layers | flip area, word pairs |",
+           "|---|---|---|---|---|"]  # fmt: skip
+    worst = ["| task | AttAttr maps | worst completeness error | median |", "|---|---|---|---|"]
+    folders = {task: root / f"{task}-faithfulness" for task in tasks} | (extra or {})
+    for task, folder in folders.items():
+        data = load(folder / "faithfulness.json")
+        if data is None or "cross_layer" not in data:
+            continue
+        for name in EDGE_ORDER:
+            c, x = data["curves"][name], data["cross_layer"]["curves"][name]
+            out.append(f"| {task} ({data['n_examples']}) | {name} | {c['drop_area']:.3f} | {x['drop_area']:.3f} | "
+                       f"{x['flip_area']:.3f} |")  # fmt: skip
+        comp = data.get("completeness") or {}
+        if comp.get("worst") is not None:
+            worst.append(f"| {task} | {comp['n_maps']} | {comp['worst']:.1e} | {comp['median']:.1e} |")
+    return "\n\n".join("\n".join(t) for t in (out, worst))
+
+
+def removal_line(folder: Path) -> str:
+    """The planted pairs removed in all layers against one layer at a time (groundtruth.json's `removal`)."""
+    data = load(folder / "groundtruth.json")
+    if data is None or "removal" not in data:
+        return ""
+    r = data["removal"]
+    return (f"Removing the planted pairs' connections in all layers at once lowers the predicted probability by "
+            f"{r['all_layers']['drop']:.3f} on average and flips {r['all_layers']['flip']:.3f} of the predictions; "
+            f"removing them in one layer alone lowers it by at most {r['largest_single_layer_drop']:.3f} "
+            f"(mean per layer: {', '.join(f'{v:.3f}' for v in r['per_layer']['drop'])}).")  # fmt: skip
+
+
 def groundtruth_table(folder: Path) -> str:
     data = load(folder / "groundtruth.json")
     if data is None:
@@ -188,7 +220,20 @@ def tables(root: Path) -> dict[str, str]:
         "TABLE_EFFECTIVENESS": effectiveness_table(root, tasks),
         "TABLE_UNIVERSALITY": universality_table(root),
         "TABLE_FAITHFULNESS": faithfulness_table(root, part2),
-        "TABLE_GROUNDTRUTH": groundtruth_table(root.parent / "quickstart-faithfulness"),
+        "TABLE_GROUNDTRUTH": groundtruth_table(root.parent / "quickstart-faithfulness")
+        + "\n\n"
+        + removal_line(root.parent / "quickstart-faithfulness"),
+        "TABLE_GROUNDTRUTH_PLANTED": groundtruth_table(root.parent / "planted-faithfulness")
+        + "\n\n"
+        + removal_line(root.parent / "planted-faithfulness"),
+        "TABLE_CROSSLAYER": cross_layer_table(
+            root,
+            part2,
+            {
+                "quickstart": root.parent / "quickstart-faithfulness",
+                "planted pairs": root.parent / "planted-faithfulness",
+            },
+        ),
         "TABLES_ATTACK": attack_tables(root, ["sst2", "rte", "mrpc"]),
     }
 
