@@ -43,7 +43,7 @@ def trained_run(tmp_path_factory):
 def _analyze(args, cwd, package="pytorch_lightning"):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ATTATTR_LIGHTNING": package}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "analyze.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, str(ROOT / "analyze.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done

@@ -15,7 +15,7 @@ def chosen(code="", env=None):
     env = {k: v for k, v in os.environ.items() if k != "ATTATTR_LIGHTNING"} | (env or {})
     done = subprocess.run(
         [sys.executable, "-c", f"{code}\nfrom lightning_attattr.lightning.compat import PACKAGE; print(PACKAGE)"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()[-1]
@@ -32,7 +32,7 @@ def test_the_package_is_chosen_by_env_then_by_what_was_imported_then_pytorch_lig
 def test_a_bad_env_value_names_the_variable_and_the_choices():
     env = {**os.environ, "ATTATTR_LIGHTNING": "lightning2"}
     done = subprocess.run([sys.executable, "-c", "import lightning_attattr.lightning.compat"], capture_output=True,
-                          text=True, env=env, timeout=120)  # fmt: skip
+                          text=True, env=env, timeout=300)  # fmt: skip
     assert done.returncode != 0
     assert "Expected `ATTATTR_LIGHTNING` to be one of ['lightning', 'pytorch_lightning'], but got 'lightning2'" in (
         done.stderr
