@@ -68,12 +68,15 @@ HARDWARE_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision")
 #: Layout version of a subcommand's per-example parts, when it changed since its first release: a folder
 #: written with another version is refused (or replaced with ``--overwrite true``) instead of resumed.
 RESULTS_FORMATS = {"faithfulness": 4}
-_COMMAND: list[str] | None = None  # set by `cli_main` while it runs: the command line (its `args`, or sys.argv)
 
 
-def _command() -> list[str]:
-    """The command line of this analysis, for ``summary.json`` and ``progress.log``."""
-    return list(_COMMAND) if _COMMAND is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]
+def _command(command: list[str] | None = None) -> list[str]:
+    """The command line of this analysis, for ``summary.json`` and ``progress.log``.
+
+    ``command`` is what ``cli_main`` was given (the program and its arguments); without one (a call from
+    Python), the process' own command line.
+    """
+    return list(command) if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]
 
 
 def _is_main() -> bool:
@@ -159,6 +162,7 @@ class AnalysisTrainer(pl.Trainer):
 
     analysis_arguments: dict[str, Any] | None = None  # set by the CLI: the config that decides the results
     analysis_config: dict[str, Any] | None = None  # set by the CLI: the whole config, for summary.json
+    analysis_command: list[str] | None = None  # set by the CLI: its command line, for summary.json
 
     # ----------------------------------------------------------------- subcommands
     def attribute(
@@ -730,13 +734,13 @@ class AnalysisTrainer(pl.Trainer):
         folder = ResultsFolder(output_dir, kind, arguments, overwrite=overwrite, main=_is_main())
         start = time.time()
         with folder:
-            folder.log(f"{kind}: started ({' '.join(_command())})")
+            folder.log(f"{kind}: started ({' '.join(_command(self.analysis_command))})")
             result = work(folder)
             if folder.main:
                 summary = {
                     "subcommand": kind,
                     "status": "complete",
-                    "command": _command(),
+                    "command": _command(self.analysis_command),
                     "cwd": os.getcwd(),
                     "config": self.analysis_config,
                     "options": options,
@@ -885,6 +889,11 @@ def _read_importance(folder: Path, method: str, argument: str) -> tuple[torch.Te
 class AnalyzeCLI(AttAttrCLI):
     """LightningCLI whose subcommands are :class:`AnalysisTrainer`'s experiments (see the module docstring)."""
 
+    def __init__(self, *args: Any, command: list[str] | None = None, **kwargs: Any) -> None:
+        """``command``: the command line the trainer records in ``summary.json`` (default: the process')."""
+        self.command = command
+        super().__init__(*args, **kwargs)
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """The analysis subcommands; ``model`` and ``datamodule`` come from the config, not from flags."""
@@ -910,6 +919,7 @@ class AnalyzeCLI(AttAttrCLI):
         config = self.config[self.subcommand]
         trainer.analysis_config = _plain(config, drop=("config",))
         trainer.analysis_arguments = _fingerprint(config)
+        trainer.analysis_command = self.command
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -938,6 +948,18 @@ def universality(
         names: display names, one per folder (default: each folder's task, else its name).
         overwrite: replace a results folder that holds results of other arguments.
     """
+    return _universality(results, output_dir, method, names, overwrite)
+
+
+def _universality(
+    results: list[str],
+    output_dir: str,
+    method: str,
+    names: list[str] | None,
+    overwrite: bool,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """:func:`universality`, recording ``command`` (default: the process' command line) in ``summary.json``."""
     from lightning_attattr.analysis.store import write_csv
     from lightning_attattr.analysis.universality import correlation_matrices
     from lightning_attattr.plotting import correlation_heatmap, pruning_curve, scatter_grid
@@ -989,7 +1011,7 @@ def universality(
         write_json(out.file("universality.json"), {"method": method, "tasks": labels, **matrices, "transfer": transfer})
         write_json(
             out.file("summary.json"),
-            {"subcommand": "universality", "status": "complete", "command": _command(),
+            {"subcommand": "universality", "status": "complete", "command": _command(command),
              "arguments": arguments, "versions": _versions(), "commit": _commit()},
         )  # fmt: skip
     return {"pearson": matrices["pearson"], "spearman": matrices["spearman"], "tasks": labels}
@@ -1059,12 +1081,7 @@ def cli_main(args: list[str] | None = None, run: bool = True, prog: str | None =
     argv = list(sys.argv[1:] if args is None else args)
     if prog is None:
         prog = program_name(PROG) if args is None else PROG
-    global _COMMAND
-    _COMMAND = [prog, *argv]  # what summary.json records (also when called in-process with `args`)
-    try:
-        return _dispatch(argv, args, run, prog)
-    finally:
-        _COMMAND = None
+    return _dispatch(argv, args, run, prog)
 
 
 def main() -> None:
@@ -1080,11 +1097,10 @@ def _dispatch(argv: list[str], args: list[str] | None, run: bool, prog: str) -> 
     if argv and argv[0] == "report":
         sub = f"{prog} report"
         return exit_on_user_error(lambda: auto_cli(write_report, args=argv[1:], prog=sub), prog=sub)
+    command = [prog, *argv]  # what summary.json records (also when called in-process with `args`)
     if argv and argv[0] == "universality":
         sub = f"{prog} universality"
-        return exit_on_user_error(
-            lambda: auto_cli(universality, args=argv[1:], as_positional=False, prog=sub), prog=sub
-        )
+        return exit_on_user_error(lambda: _universality_cli(argv[1:], sub, command), prog=sub)
     if not argv or argv[0] in ("-h", "--help"):
         print(overview(prog))
         if not argv:
@@ -1100,7 +1116,19 @@ def _dispatch(argv: list[str], args: list[str] | None, run: bool, prog: str) -> 
         args=None if args is None else argv,
         run=run,
         prog=prog,
+        command=command,
     )
+
+
+def _universality_cli(args: list[str], prog: str, command: list[str]) -> dict[str, Any]:
+    """``auto_cli(universality)`` (the same parser), run with the command line it records."""
+    from jsonargparse import auto_parser
+
+    parser = auto_parser(universality, as_positional=False, prog=prog)
+    init = parser.instantiate(parser.parse_args(args))
+    init.pop("config", None)
+    init.pop("subcommand", None)
+    return _universality(**init, command=command)
 
 
 def overview(prog: str = PROG) -> str:

@@ -1,6 +1,7 @@
 """Captum's IntegratedGradients over one layer's attention probabilities equals our AttAttr maps.
 
-The Captum version is the benchmark baseline of ``benchmarks/adaptive_speed.py``. captum is in the ``dev``
+The Captum version (:mod:`lightning_attattr.core.captum_baseline`) is the benchmark baseline of
+``benchmarks/adaptive_speed.py``. captum is in the ``dev``
 extra (not a runtime dependency); without it this module is skipped.
 """
 
@@ -14,7 +15,7 @@ from tests.conftest import make_model, text_batch
 
 pytest.importorskip("captum")
 
-from benchmarks.adaptive_speed import captum_attribution  # noqa: E402
+from lightning_attattr.core.captum_baseline import captum_attribution  # noqa: E402
 
 
 def single_examples(batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:

@@ -14,8 +14,9 @@ checkpoint loads with ``torch.load(weights_only=True)``, and this module reads c
 by default: a file whose pickle holds other objects is refused, never unpickled (``weights_only=False``
 is the explicit opt-in, for checkpoints you trust). It reads checkpoints with a clear error for a
 missing file or a file that is not a checkpoint, checks that a checkpoint fits the current run
-(same task and label count) before anything is written, and exports a checkpoint as a Hugging Face
-directory (``python -m lightning_attattr.export CKPT OUT_DIR``).
+(same task and label count) before anything is written. Exporting a checkpoint as a Hugging Face
+directory lives in :mod:`lightning_attattr.export` (it loads the LightningModule, which imports this
+module, never the other way round).
 """
 
 from __future__ import annotations
@@ -198,30 +199,3 @@ def check_checkpoint_fits(
             f"Checkpoint {str(path)!r} was trained for task={saved_task!r}, but this run has task={task!r} "
             f"(both with num_labels={num_labels}): pass a checkpoint of the same task."
         )
-
-
-def export_checkpoint(checkpoint_path: str | Path, output_dir: str | Path) -> Path:
-    """Write a checkpoint's model (and tokenizer, when stored) as a Hugging Face directory.
-
-    The directory loads with ``from_pretrained_pruned`` (or plain ``from_pretrained`` when no head
-    was pruned) and ``AutoTokenizer.from_pretrained``; nothing is downloaded.
-
-    Args:
-        checkpoint_path: a ``.ckpt`` written by ``AttAttrClassifier``.
-        output_dir: target directory (created; existing files of the same names are replaced).
-
-    Returns:
-        The output directory.
-
-    Raises:
-        PathNotFoundError, CheckpointError: see :func:`read_checkpoint`.
-    """
-    from lightning_attattr.lightning.classifier import AttAttrClassifier
-
-    module = AttAttrClassifier.load_from_checkpoint(checkpoint_path, map_location="cpu")  # checks the file
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    module.model.save_pretrained(out)
-    if module.stored_tokenizer_files:
-        write_files(module.stored_tokenizer_files, out)
-    return out
