@@ -67,8 +67,9 @@ from lightning_attattr.lightning.compat import pl, to_this_package
 from lightning_attattr.shipped_configs import resolve_config_args
 
 # the LightningCLI of the package chosen in `compat` (both Lightning packages are supported)
-LightningCLI = importlib.import_module(f"{pl.__name__}.cli").LightningCLI
-LightningArgumentParser = importlib.import_module(f"{pl.__name__}.cli").LightningArgumentParser
+_lightning_cli = importlib.import_module(f"{pl.__name__}.cli")
+LightningCLI = _lightning_cli.LightningCLI
+LightningArgumentParser = _lightning_cli.LightningArgumentParser
 
 #: The program name of usage and error lines of in-process calls (``cli_main(args=[...])``).
 PROG = "train.py"
