@@ -102,8 +102,9 @@ def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
         def build() -> Any:
             pl.seed_everything(42, verbose=False)
-            data = GlueDataModule("sst2", model_name_or_path=path, data_dir=args.data_dir,
-                                  max_train_samples=args.sst2_train)  # fmt: skip
+            data = GlueDataModule(
+                "sst2", model_name_or_path=path, data_dir=args.data_dir, max_train_samples=args.sst2_train
+            )
             return AttAttrClassifier(model_name_or_path=path, num_labels=2, task="sst2", learning_rate=5e-5), data
 
     rows = {}
@@ -120,8 +121,9 @@ def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", nargs="+", default=["quickstart", "minilm_sst2"],
-                        choices=["quickstart", "minilm_sst2"])  # fmt: skip
+    parser.add_argument(
+        "--settings", nargs="+", default=["quickstart", "minilm_sst2"], choices=["quickstart", "minilm_sst2"]
+    )
     parser.add_argument("--epochs", type=int, default=3, help="quickstart epochs")
     parser.add_argument("--sst2-train", type=int, default=2000)
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))

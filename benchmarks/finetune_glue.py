@@ -66,16 +66,25 @@ def main() -> None:
         epochs = args.epochs or epochs
         cli_args = [
             "fit",
-            "--config", str(ROOT / "configs" / f"{task}.yaml"),
-            "--model.model_name_or_path", args.model,
-            "--model.learning_rate", str(lr),
-            "--data.data_dir", args.data_dir,
-            "--data.train_batch_size", str(args.train_batch_size),
-            "--trainer.max_epochs", str(epochs),
-            "--trainer.logger.init_args.save_dir", args.out,
-            "--trainer.logger.init_args.name", task,
-            "--trainer.enable_progress_bar", "false",
-        ]  # fmt: skip
+            "--config",
+            str(ROOT / "configs" / f"{task}.yaml"),
+            "--model.model_name_or_path",
+            args.model,
+            "--model.learning_rate",
+            str(lr),
+            "--data.data_dir",
+            args.data_dir,
+            "--data.train_batch_size",
+            str(args.train_batch_size),
+            "--trainer.max_epochs",
+            str(epochs),
+            "--trainer.logger.init_args.save_dir",
+            args.out,
+            "--trainer.logger.init_args.name",
+            task,
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
         if n_train is not None:
             cli_args += ["--data.max_train_samples", str(n_train)]
         start = time.perf_counter()

@@ -79,8 +79,9 @@ def main() -> None:
         scores = []
         for i in range(args.n):
             batch = pad([ids[i]], [types[i]])
-            res = reference_attattr(model, batch, labels[i : i + 1], method="riemann_left", n_steps=20, pad_to=128,
-                                    steps_per_pass=20)  # fmt: skip
+            res = reference_attattr(
+                model, batch, labels[i : i + 1], method="riemann_left", n_steps=20, pad_to=128, steps_per_pass=20
+            )
             scores.append(attribution_head_scores(res.attributions, "max"))
         return torch.cat(scores).double().mean(0)
 

@@ -58,8 +58,13 @@ def synthetic_maps(n: int, n_layers: int, n_heads: int, structured: bool, seed: 
     for layer in range(n_layers):
         for head in range(n_heads):
             kind = (layer * n_heads + head) % 5
-            keys = {0: torch.zeros_like(rows), 1: torch.full_like(rows, n - 1), 2: (rows - 1).clamp(min=0),
-                    3: (rows + 1).clamp(max=n - 1), 4: rows}[kind]  # fmt: skip
+            keys = {
+                0: torch.zeros_like(rows),
+                1: torch.full_like(rows, n - 1),
+                2: (rows - 1).clamp(min=0),
+                3: (rows + 1).clamp(max=n - 1),
+                4: rows,
+            }[kind]
             logits[layer, head, rows, keys] += 6.0
     attention = torch.softmax(logits, -1)
     attributions = attention * torch.randn(n_layers, n_heads, n, n, generator=gen) * 0.05

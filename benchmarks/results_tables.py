@@ -27,8 +27,11 @@ def heads_tables(root: Path, tasks: list[str]) -> str:
             continue
         metrics = [m for m in pruning["unpruned"]]
         fr = pruning["fractions"]
-        out.append(f"\n**{task}** ({pruning['n_eval_examples']} dev examples; unpruned "
-                   + ", ".join(f"{m} {pruning['unpruned'][m]:.3f}" for m in metrics) + ")\n")  # fmt: skip
+        out.append(
+            f"\n**{task}** ({pruning['n_eval_examples']} dev examples; unpruned "
+            + ", ".join(f"{m} {pruning['unpruned'][m]:.3f}" for m in metrics)
+            + ")\n"
+        )
         header = ["method", *[f"{m} @ {int(f * 100)}%" for m in metrics[:1] for f in fr[1:-1:2]]]
         header += [f"{m} AUC" for m in metrics] + ["largest fraction within 1 pt (acc)"]
         out.append("| " + " | ".join(header) + " |")
@@ -40,8 +43,10 @@ def heads_tables(root: Path, tasks: list[str]) -> str:
             summary = pruning["summary"][name]
             cells = [f"{curve[metrics[0]][i]:.3f}" for i in range(1, len(fr) - 1, 2)]
             if name == "random":
-                cells = [f"{curve[metrics[0]][i]:.3f} ± {curve[metrics[0] + '_std'][i]:.3f}"
-                         for i in range(1, len(fr) - 1, 2)]  # fmt: skip
+                cells = [
+                    f"{curve[metrics[0]][i]:.3f} ± {curve[metrics[0] + '_std'][i]:.3f}"
+                    for i in range(1, len(fr) - 1, 2)
+                ]
             cells += [f"{summary[m]['auc']:.3f}" for m in metrics]
             cells.append(f"{summary['acc']['max_fraction_within']:.1f}")
             out.append("| " + " | ".join([name, *cells]) + " |")
@@ -58,8 +63,10 @@ def structural_table(root: Path, tasks: list[str]) -> str:
             if "skipped" in row:
                 out.append(f"| {task} | {row['fraction']:.1f} | {row['heads_removed']} | {row['skipped']} | |")
             else:
-                out.append(f"| {task} | {row['fraction']:.1f} | {row['heads_removed']} | {row['parameters']:,} "
-                           f"({row['parameters_ratio']:.3f}) | {row['latency_ratio']:.2f} |")  # fmt: skip
+                out.append(
+                    f"| {task} | {row['fraction']:.1f} | {row['heads_removed']} | {row['parameters']:,} "
+                    f"({row['parameters_ratio']:.3f}) | {row['latency_ratio']:.2f} |"
+                )
     return "\n".join(out)
 
 
@@ -111,10 +118,14 @@ def faithfulness_table(root: Path, tasks: list[str]) -> str:
         "| task | method | drop k=1 | k=4 | k=16 | k=64 | drop area | flip area |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    trees = ["| task | tree of | edges | drop | flips | random same layers: drop (± over seeds) | flips |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    cost = ["| task | tokens (mean) | " + " | ".join(EDGE_ORDER[:-1]) + " | attattr / grad_attention |",
-            "|---|---|" + "---|" * len(EDGE_ORDER)]  # fmt: skip
+    trees = [
+        "| task | tree of | edges | drop | flips | random same layers: drop (± over seeds) | flips |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    cost = [
+        "| task | tokens (mean) | " + " | ".join(EDGE_ORDER[:-1]) + " | attattr / grad_attention |",
+        "|---|---|" + "---|" * len(EDGE_ORDER),
+    ]
     for task in tasks:
         data = load(root / f"{task}-faithfulness" / "faithfulness.json")
         if data is None:
@@ -127,27 +138,37 @@ def faithfulness_table(root: Path, tasks: list[str]) -> str:
             out.append(f"| {task} ({data['n_examples']}) | {name} | " + " | ".join(cells) + " |")
         for name in EDGE_ORDER[:-1]:
             t = data["trees"][name]
-            trees.append(f"| {task} | {name} | {t['mean_edges']:.1f} | {t['drop']:.3f} | {t['flip']:.3f} | "
-                         f"{t['random_drop']:.3f} ± {t['random_drop_std']:.3f} | {t['random_flip']:.3f} |")  # fmt: skip
+            trees.append(
+                f"| {task} | {name} | {t['mean_edges']:.1f} | {t['drop']:.3f} | {t['flip']:.3f} | "
+                f"{t['random_drop']:.3f} ± {t['random_drop_std']:.3f} | {t['random_flip']:.3f} |"
+            )
         sec = data["seconds_per_example"]
-        cost.append(f"| {task} | {data['mean_tokens']:.1f} | " + " | ".join(f"{sec[m] * 1000:.0f} ms" for m in
-                    EDGE_ORDER[:-1]) + f" | {sec['attattr'] / sec['grad_attention']:.0f}x |")  # fmt: skip
-    paired = ["| task | AttAttr vs | mean difference of drop areas ± s.e. | share of examples AttAttr larger |",
-              "|---|---|---|---|"]  # fmt: skip
+        cost.append(
+            f"| {task} | {data['mean_tokens']:.1f} | "
+            + " | ".join(f"{sec[m] * 1000:.0f} ms" for m in EDGE_ORDER[:-1])
+            + f" | {sec['attattr'] / sec['grad_attention']:.0f}x |"
+        )
+    paired = [
+        "| task | AttAttr vs | mean difference of drop areas ± s.e. | share of examples AttAttr larger |",
+        "|---|---|---|---|",
+    ]
     for task in tasks:
         data = load(root / f"{task}-faithfulness" / "faithfulness.json")
         for other in EDGE_ORDER[1:]:
             p = (data or {}).get("paired", {}).get(f"attattr vs {other}")
             if p:
-                paired.append(f"| {task} | {other} | {p['mean_difference']:+.3f} ± {p['stderr']:.3f} | "
-                              f"{p['share_larger']:.2f} |")  # fmt: skip
+                paired.append(
+                    f"| {task} | {other} | {p['mean_difference']:+.3f} ± {p['stderr']:.3f} | {p['share_larger']:.2f} |"
+                )
     return "\n\n".join("\n".join(t) for t in (out, paired, trees, cost))
 
 
 def cross_layer_table(root: Path, tasks: list[str], extra: dict[str, Path] | None = None) -> str:
     """Per task: deletion areas per (layer, query, key) connection and per word pair across layers, and completeness."""
-    out = ["| task | method | drop area, connections | drop area, word pairs in all layers | flip area, word pairs |",
-           "|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        "| task | method | drop area, connections | drop area, word pairs in all layers | flip area, word pairs |",
+        "|---|---|---|---|---|",
+    ]
     worst = ["| task | AttAttr maps | worst completeness error | median |", "|---|---|---|---|"]
     folders = {task: root / f"{task}-faithfulness" for task in tasks} | (extra or {})
     for task, folder in folders.items():
@@ -156,8 +177,10 @@ def cross_layer_table(root: Path, tasks: list[str], extra: dict[str, Path] | Non
             continue
         for name in EDGE_ORDER:
             c, x = data["curves"][name], data["cross_layer"]["curves"][name]
-            out.append(f"| {task} ({data['n_examples']}) | {name} | {c['drop_area']:.3f} | {x['drop_area']:.3f} | "
-                       f"{x['flip_area']:.3f} |")  # fmt: skip
+            out.append(
+                f"| {task} ({data['n_examples']}) | {name} | {c['drop_area']:.3f} | {x['drop_area']:.3f} | "
+                f"{x['flip_area']:.3f} |"
+            )
         comp = data.get("completeness") or {}
         if comp.get("worst") is not None:
             worst.append(f"| {task} | {comp['n_maps']} | {comp['worst']:.1e} | {comp['median']:.1e} |")
@@ -170,10 +193,12 @@ def removal_line(folder: Path) -> str:
     if data is None or "removal" not in data:
         return ""
     r = data["removal"]
-    return (f"Removing the planted pairs' connections in all layers at once lowers the predicted probability by "
-            f"{r['all_layers']['drop']:.3f} on average and flips {r['all_layers']['flip']:.3f} of the predictions; "
-            f"removing them in one layer alone lowers it by at most {r['largest_single_layer_drop']:.3f} "
-            f"(mean per layer: {', '.join(f'{v:.3f}' for v in r['per_layer']['drop'])}).")  # fmt: skip
+    return (
+        f"Removing the planted pairs' connections in all layers at once lowers the predicted probability by "
+        f"{r['all_layers']['drop']:.3f} on average and flips {r['all_layers']['flip']:.3f} of the predictions; "
+        f"removing them in one layer alone lowers it by at most {r['largest_single_layer_drop']:.3f} "
+        f"(mean per layer: {', '.join(f'{v:.3f}' for v in r['per_layer']['drop'])})."
+    )
 
 
 def groundtruth_table(folder: Path) -> str:
@@ -183,15 +208,21 @@ def groundtruth_table(folder: Path) -> str:
     out = [f"{data['n_examples']} dev examples; a hit: {data['hit']}."]
     for convention, table in data["conventions"].items():
         default = " (the default)" if convention == data["default_convention"] else ""
-        out += ["", f"Convention `{convention}`{default}: {table['rule']}.", "",
-                "| method | top-1 (all layers) | top-3 (all layers) | top-1 best layer | top-3 best layer "
-                "| tree connects | graph connects | top-1 touches a planted token | top-3 touches |",
-                "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        out += [
+            "",
+            f"Convention `{convention}`{default}: {table['rule']}.",
+            "",
+            "| method | top-1 (all layers) | top-3 (all layers) | top-1 best layer | top-3 best layer "
+            "| tree connects | graph connects | top-1 touches a planted token | top-3 touches |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in table["methods"].items():
-            out.append(f"| {name} | {r['top1']:.3f} | {r['top3']:.3f} | {r['best_layer_top1_rate']:.3f} (layer "
-                       f"{r['best_layer_top1']}) | {r['best_layer_top3_rate']:.3f} (layer {r['best_layer_top3']}) | "
-                       f"{r['tree_connects']:.3f} | {r['graph_connects']:.3f} | {r['touch1']:.3f} | "
-                       f"{r['touch3']:.3f} |")  # fmt: skip
+            out.append(
+                f"| {name} | {r['top1']:.3f} | {r['top3']:.3f} | {r['best_layer_top1_rate']:.3f} (layer "
+                f"{r['best_layer_top1']}) | {r['best_layer_top3_rate']:.3f} (layer {r['best_layer_top3']}) | "
+                f"{r['tree_connects']:.3f} | {r['graph_connects']:.3f} | {r['touch1']:.3f} | "
+                f"{r['touch3']:.3f} |"
+            )
     return "\n".join(out)
 
 
@@ -203,9 +234,11 @@ def attack_tables(root: Path, tasks: list[str]) -> str:
             data = load(root / f"{task}-attack" / "attack.json")
             overall = data["overall_accuracy"]
             controls = [a for row in overall["controls"] for a in row]
-            out.append(f"\n**{task}**: overall accuracy clean {overall['clean']:.3f}; with triggers "
-                       + ", ".join(f"{a:.3f}" for a in overall["triggers"])
-                       + f"; random controls {min(controls):.3f}-{max(controls):.3f}\n")  # fmt: skip
+            out.append(
+                f"\n**{task}**: overall accuracy clean {overall['clean']:.3f}; with triggers "
+                + ", ".join(f"{a:.3f}" for a in overall["triggers"])
+                + f"; random controls {min(controls):.3f}-{max(controls):.3f}\n"
+            )
             out.append(path.read_text().strip())
     return "\n".join(out)
 

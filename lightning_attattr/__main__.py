@@ -64,8 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if command == "configs":
         return _configs(rest, prog)
-    print(f"{prog}: error: unknown command {command!r} (commands: train, analyze, configs; see {prog} --help)",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"{prog}: error: unknown command {command!r} (commands: train, analyze, configs; see {prog} --help)",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -225,16 +225,40 @@ class AnalysisTrainer(pl.Trainer):
         items, names, gold, tokens = _chosen_examples(datamodule, indices, text, text_pair)
         from lightning_attattr.lightning.experiments import run_attribute
 
-        options = dict(indices=indices, text=text, text_pair=text_pair, target=target, layers=layers, n_steps=n_steps,
-                       method=method, completeness_tol=completeness_tol)  # fmt: skip
+        options = dict(
+            indices=indices,
+            text=text,
+            text_pair=text_pair,
+            target=target,
+            layers=layers,
+            n_steps=n_steps,
+            method=method,
+            completeness_tol=completeness_tol,
+        )
         result = self._run_analysis(
-            "attribute", output_dir, overwrite, options,
+            "attribute",
+            output_dir,
+            overwrite,
+            options,
             lambda folder: run_attribute(
-                self, net, datamodule, folder, dataset=items, indices=list(range(len(items))), names=names,
-                tokens=tokens, labels=gold, target=target, layers=layers, n_steps=n_steps, method=method,
-                completeness_tol=completeness_tol, batch_size=batch_size, plots=plots,
+                self,
+                net,
+                datamodule,
+                folder,
+                dataset=items,
+                indices=list(range(len(items))),
+                names=names,
+                tokens=tokens,
+                labels=gold,
+                target=target,
+                layers=layers,
+                n_steps=n_steps,
+                method=method,
+                completeness_tol=completeness_tol,
+                batch_size=batch_size,
+                plots=plots,
             ),
-        )  # fmt: skip
+        )
         if report and _is_main():
             write_report(output_dir)
         return result
@@ -329,22 +353,47 @@ class AnalysisTrainer(pl.Trainer):
         task, metric_names = _task(datamodule, model)
         from lightning_attattr.lightning.experiments import run_heads
 
-        options = dict(methods=methods, n_examples=n_examples, fractions=fractions, random_seeds=random_seeds,
-                       n_steps=n_steps, method=method, completeness_tol=completeness_tol,
-                       max_eval_examples=max_eval_examples,
-                       transfer_from={k: v.tolist() for k, v in transfer.items()})  # fmt: skip
+        options = dict(
+            methods=methods,
+            n_examples=n_examples,
+            fractions=fractions,
+            random_seeds=random_seeds,
+            n_steps=n_steps,
+            method=method,
+            completeness_tol=completeness_tol,
+            max_eval_examples=max_eval_examples,
+            transfer_from={k: v.tolist() for k, v in transfer.items()},
+        )
         return self._run_analysis(
-            "heads", output_dir, overwrite, options,
+            "heads",
+            output_dir,
+            overwrite,
+            options,
             lambda folder: run_heads(
-                self, net, datamodule, folder, methods=methods, n_examples=n_examples, fractions=fractions,
-                random_seeds=random_seeds, n_steps=n_steps, method=method, completeness_tol=completeness_tol,
-                batch_size=batch_size, eval_batch_size=eval_batch_size, max_eval_examples=max_eval_examples,
-                structural=structural, latency_batches=latency_batches, latency_repeats=latency_repeats,
-                transfer_from=transfer, task=task, metric_names=metric_names,
+                self,
+                net,
+                datamodule,
+                folder,
+                methods=methods,
+                n_examples=n_examples,
+                fractions=fractions,
+                random_seeds=random_seeds,
+                n_steps=n_steps,
+                method=method,
+                completeness_tol=completeness_tol,
+                batch_size=batch_size,
+                eval_batch_size=eval_batch_size,
+                max_eval_examples=max_eval_examples,
+                structural=structural,
+                latency_batches=latency_batches,
+                latency_repeats=latency_repeats,
+                transfer_from=transfer,
+                task=task,
+                metric_names=metric_names,
                 num_labels=int(net.config.num_labels),
             ),
             extra={"task": task},
-        )  # fmt: skip
+        )
 
     def effectiveness(
         self,
@@ -388,13 +437,24 @@ class AnalysisTrainer(pl.Trainer):
 
         options = dict(n_examples=n_examples, n_steps=n_steps, method=method, completeness_tol=completeness_tol)
         return self._run_analysis(
-            "effectiveness", output_dir, overwrite, options,
+            "effectiveness",
+            output_dir,
+            overwrite,
+            options,
             lambda folder: run_effectiveness(
-                self, net, datamodule, folder, n_examples=n_examples, n_steps=n_steps, method=method,
-                completeness_tol=completeness_tol, batch_size=batch_size, task=task,
+                self,
+                net,
+                datamodule,
+                folder,
+                n_examples=n_examples,
+                n_steps=n_steps,
+                method=method,
+                completeness_tol=completeness_tol,
+                batch_size=batch_size,
+                task=task,
             ),
             extra={"task": task},
-        )  # fmt: skip
+        )
 
     def faithfulness(
         self,
@@ -504,19 +564,44 @@ class AnalysisTrainer(pl.Trainer):
         check_ks_fit("ks", ks, n_layers, min(len(dev[i]["input_ids"]) for i in indices))
         task, _ = _task(datamodule, model)
         digest = None if truth is None else hashlib.sha256(Path(truth).read_bytes()).hexdigest()  # resume: same file
-        options = dict(n_examples=n_examples, edge_methods=list(dict.fromkeys(edge_methods)), ks=ks,
-                       n_random=n_random, tau=tau, seed=seed, n_steps=n_steps, method=method,
-                       completeness_tol=completeness_tol, truth=truth, truth_sha256=digest)  # fmt: skip
+        options = dict(
+            n_examples=n_examples,
+            edge_methods=list(dict.fromkeys(edge_methods)),
+            ks=ks,
+            n_random=n_random,
+            tau=tau,
+            seed=seed,
+            n_steps=n_steps,
+            method=method,
+            completeness_tol=completeness_tol,
+            truth=truth,
+            truth_sha256=digest,
+        )
         attattr_options = dict(n_steps=n_steps, method=method, completeness_tol=completeness_tol)
         return self._run_analysis(
-            "faithfulness", output_dir, overwrite, options,
+            "faithfulness",
+            output_dir,
+            overwrite,
+            options,
             lambda folder: run_faithfulness(
-                self, net, datamodule, folder, dataset=dev, indices=indices, edge_methods=options["edge_methods"],
-                ks=ks, n_random=n_random, seed=seed, tau=tau, attattr_options=attattr_options,
-                batch_size=batch_size, planted=planted, truth_source=source,
+                self,
+                net,
+                datamodule,
+                folder,
+                dataset=dev,
+                indices=indices,
+                edge_methods=options["edge_methods"],
+                ks=ks,
+                n_random=n_random,
+                seed=seed,
+                tau=tau,
+                attattr_options=attattr_options,
+                batch_size=batch_size,
+                planted=planted,
+                truth_source=source,
             ),
             extra={"task": task},
-        )  # fmt: skip
+        )
 
     def tree(
         self,
@@ -586,17 +671,41 @@ class AnalysisTrainer(pl.Trainer):
         from lightning_attattr.lightning.trees import run_trees
 
         specials = special_tokens(datamodule.tokenizer)
-        options = dict(index=index, text=text, text_pair=text_pair, tau=tau, root=root, mode=mode, words=words,
-                       n_steps=n_steps, method=method, completeness_tol=completeness_tol)  # fmt: skip
+        options = dict(
+            index=index,
+            text=text,
+            text_pair=text_pair,
+            tau=tau,
+            root=root,
+            mode=mode,
+            words=words,
+            n_steps=n_steps,
+            method=method,
+            completeness_tol=completeness_tol,
+        )
         attattr_options = dict(n_steps=n_steps, method=method, completeness_tol=completeness_tol)
         return self._run_analysis(
-            "tree", output_dir, overwrite, options,
+            "tree",
+            output_dir,
+            overwrite,
+            options,
             lambda folder: run_trees(
-                self, net, datamodule, folder, items=items, names=names, tokens=tokens, tau=tau, root=root,
-                mode=mode, words=words, attattr_options=attattr_options, batch_size=batch_size,
+                self,
+                net,
+                datamodule,
+                folder,
+                items=items,
+                names=names,
+                tokens=tokens,
+                tau=tau,
+                root=root,
+                mode=mode,
+                words=words,
+                attattr_options=attattr_options,
+                batch_size=batch_size,
                 special_tokens=specials,
             ),
-        )  # fmt: skip
+        )
 
     def attack(
         self,
@@ -681,26 +790,53 @@ class AnalysisTrainer(pl.Trainer):
         min_tokens = (0 if pair else 15) if min_tokens is None else min_tokens
         source = _source_examples(datamodule, train, n_source, min_tokens)
         if n_eval is not None:
-            dev = type(dev)(dev.split, dev.text_a[:n_eval], None if dev.text_b is None else dev.text_b[:n_eval],
-                            dev.labels[:n_eval])  # fmt: skip
+            dev = type(dev)(
+                dev.split, dev.text_a[:n_eval], None if dev.text_b is None else dev.text_b[:n_eval], dev.labels[:n_eval]
+            )
         task, _ = _task(datamodule, model)
         label_names = list(getattr(datamodule, "label_names", None) or [])
         from lightning_attattr.lightning.attack import run_attack
 
-        options = dict(n_source=n_source, min_tokens=min_tokens, n_eval=n_eval, top=top, threshold=threshold,
-                       ratio=ratio, use_both=use_both, n_random=n_random, seed=seed, n_steps=n_steps, method=method,
-                       completeness_tol=completeness_tol)  # fmt: skip
+        options = dict(
+            n_source=n_source,
+            min_tokens=min_tokens,
+            n_eval=n_eval,
+            top=top,
+            threshold=threshold,
+            ratio=ratio,
+            use_both=use_both,
+            n_random=n_random,
+            seed=seed,
+            n_steps=n_steps,
+            method=method,
+            completeness_tol=completeness_tol,
+        )
         attattr_options = dict(n_steps=n_steps, method=method, completeness_tol=completeness_tol)
         names = label_names or [str(k) for k in range(int(net.config.num_labels))]
         return self._run_analysis(
-            "attack", output_dir, overwrite, options,
+            "attack",
+            output_dir,
+            overwrite,
+            options,
             lambda folder: run_attack(
-                self, net, datamodule, folder, source=source, dev=dev, label_names=names, top=top,
-                threshold=threshold, ratio=ratio, use_both=use_both, n_random=n_random, seed=seed,
-                attattr_options=attattr_options, batch_size=batch_size,
+                self,
+                net,
+                datamodule,
+                folder,
+                source=source,
+                dev=dev,
+                label_names=names,
+                top=top,
+                threshold=threshold,
+                ratio=ratio,
+                use_both=use_both,
+                n_random=n_random,
+                seed=seed,
+                attattr_options=attattr_options,
+                batch_size=batch_size,
             ),
             extra={"task": task},
-        )  # fmt: skip
+        )
 
     # ----------------------------------------------------------------- shared
     def _prepare(
@@ -1001,8 +1137,11 @@ def _universality(
                 )
                 save_figure(fig, out.file(f"plots/transfer_{_file_name(name)}"))
         for stat in ("pearson", "spearman"):
-            write_csv(out.file(f"correlation_{stat}.csv"), ["task", *labels],
-                      [[a, *matrices[stat][i]] for i, a in enumerate(labels)])  # fmt: skip
+            write_csv(
+                out.file(f"correlation_{stat}.csv"),
+                ["task", *labels],
+                [[a, *matrices[stat][i]] for i, a in enumerate(labels)],
+            )
             save_figure(
                 correlation_heatmap(matrices[stat], labels, title=f"{stat} correlation of {method} importance"),
                 out.file(f"plots/correlation_{stat}"),
@@ -1011,9 +1150,15 @@ def _universality(
         write_json(out.file("universality.json"), {"method": method, "tasks": labels, **matrices, "transfer": transfer})
         write_json(
             out.file("summary.json"),
-            {"subcommand": "universality", "status": "complete", "command": _command(command),
-             "arguments": arguments, "versions": _versions(), "commit": _commit()},
-        )  # fmt: skip
+            {
+                "subcommand": "universality",
+                "status": "complete",
+                "command": _command(command),
+                "arguments": arguments,
+                "versions": _versions(),
+                "commit": _commit(),
+            },
+        )
     return {"pearson": matrices["pearson"], "spearman": matrices["spearman"], "tasks": labels}
 
 
@@ -1056,9 +1201,22 @@ def _plain(config: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def _fingerprint(config: Any) -> dict[str, Any]:
     """What decides an analysis' results: model, data, checkpoint (path, size, time) and seed; not the trainer."""
-    data = _plain(config, drop=("config", "trainer", "output_dir", "overwrite", "batch_size", "eval_batch_size",
-                                "latency_batches", "latency_repeats", "plots", "structural",
-                                "weights_only"))  # fmt: skip
+    data = _plain(
+        config,
+        drop=(
+            "config",
+            "trainer",
+            "output_dir",
+            "overwrite",
+            "batch_size",
+            "eval_batch_size",
+            "latency_batches",
+            "latency_repeats",
+            "plots",
+            "structural",
+            "weights_only",
+        ),
+    )
     ckpt = data.get("ckpt_path")
     if ckpt and Path(ckpt).is_file():
         stat = Path(ckpt).stat()

@@ -552,8 +552,11 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
         from lightning_attattr.analysis.trees import layered_dag
 
         dag = layered_dag(graph)
-        arrows = [(float(c[1]), float(c[0]), float(p[1]), float(p[0]), d)
-                  for p, c, d in dag.edges(data=True) if d["kind"] == "attention"]  # fmt: skip
+        arrows = [
+            (float(c[1]), float(c[0]), float(p[1]), float(p[0]), d)
+            for p, c, d in dag.edges(data=True)
+            if d["kind"] == "attention"
+        ]
         for high, low in ((p, c) for p, c, d in dag.edges(data=True) if d["kind"] == "residual"):
             ax.plot([high[1], low[1]], [high[0], low[0]], color="0.75", linewidth=1.0, zorder=1)
         nodes_xy = sorted((float(token), float(rank), token) for rank, token in dag.nodes)

@@ -33,10 +33,26 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 N_VAL = 120  # dev examples of the trained run
 FRACTIONS = [0, 0.1, 0.3, 0.5, 0.7, 1]  # 0.3 * 12 = 3.6 and 0.7 * 12 = 8.4: floor, not round
-HEADS_ARGS = ["--n_examples", "64", "--methods", "[attattr, taylor, random]", "--random_seeds", "[0, 1]",
-              "--fractions", json.dumps(FRACTIONS), "--trainer.enable_progress_bar=false"]  # fmt: skip
-SMALL_ARGS = ["--n_examples", "8", "--methods", "[attattr]", "--fractions", "[0, 0.5]",
-              "--trainer.enable_progress_bar=false"]  # fmt: skip
+HEADS_ARGS = [
+    "--n_examples",
+    "64",
+    "--methods",
+    "[attattr, taylor, random]",
+    "--random_seeds",
+    "[0, 1]",
+    "--fractions",
+    json.dumps(FRACTIONS),
+    "--trainer.enable_progress_bar=false",
+]
+SMALL_ARGS = [
+    "--n_examples",
+    "8",
+    "--methods",
+    "[attattr]",
+    "--fractions",
+    "[0, 0.5]",
+    "--trainer.enable_progress_bar=false",
+]
 
 
 def analyze(args: list[str]):
@@ -63,8 +79,11 @@ def user_error(args: list[str], capsys, output_dir: Path | None = None, prog: st
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file of a results folder (but the lock file, which each run rewrites) and its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-            and p.name != ".lock"}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def tmp_files(folder: Path) -> list[Path]:
@@ -85,17 +104,27 @@ def trained(tmp_path_factory):
     """`python train.py fit --config configs/quickstart.yaml` (120 dev examples, no AttAttr callbacks: faster)."""
     root = tmp_path_factory.mktemp("quickstart")
     config = yaml.safe_load(QUICKSTART.read_text(encoding="utf-8"))
-    config["trainer"]["callbacks"] = [cb for cb in config["trainer"]["callbacks"]
-                                      if cb["class_path"].endswith("EpochCheckpoint")]  # fmt: skip
+    config["trainer"]["callbacks"] = [
+        cb for cb in config["trainer"]["callbacks"] if cb["class_path"].endswith("EpochCheckpoint")
+    ]
     (root / "quickstart.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse fixtures have not run yet
         patch.setattr(sys, "argv", [sys.argv[0]])
         patch.chdir(root)
         runs = str(root / "runs")
         cli = train_main(
-            ["fit", "--config", str(root / "quickstart.yaml"), "--trainer.enable_progress_bar=false",
-             "--trainer.logger.init_args.save_dir", runs, "--trainer.default_root_dir", runs, f"--data.n_val={N_VAL}"]
-        )  # fmt: skip
+            [
+                "fit",
+                "--config",
+                str(root / "quickstart.yaml"),
+                "--trainer.enable_progress_bar=false",
+                "--trainer.logger.init_args.save_dir",
+                runs,
+                "--trainer.default_root_dir",
+                runs,
+                f"--data.n_val={N_VAL}",
+            ]
+        )
     run_dir = Path(cli.trainer.log_dir)
     init = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["data"]["init_args"]
     return SimpleNamespace(
@@ -113,8 +142,21 @@ def heads_dir(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("heads") / "out"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sys, "argv", [sys.argv[0]])
-        analyze(["heads", *trained.base, "--output_dir", out, *HEADS_ARGS,
-                 "--structural", "true", "--latency_batches", "1", "--latency_repeats", "1"])  # fmt: skip
+        analyze(
+            [
+                "heads",
+                *trained.base,
+                "--output_dir",
+                out,
+                *HEADS_ARGS,
+                "--structural",
+                "true",
+                "--latency_batches",
+                "1",
+                "--latency_repeats",
+                "1",
+            ]
+        )
     return out
 
 
@@ -164,8 +206,16 @@ def silence_heads(model: torch.nn.Module, heads) -> torch.nn.Module:
 # ----------------------------------------------------------------------------- heads: a real run, round trip
 def test_heads_round_trips_a_train_py_run(trained, heads_dir):
     out = heads_dir
-    for name in ("importance.json", "importance.csv", "pruning.json", "pruning.csv", "structural.json",
-                 "summary.json", "manifest.json", "progress.log"):  # fmt: skip
+    for name in (
+        "importance.json",
+        "importance.csv",
+        "pruning.json",
+        "pruning.csv",
+        "structural.json",
+        "summary.json",
+        "manifest.json",
+        "progress.log",
+    ):
         assert (out / name).is_file(), name
     for stem in ("importance_attattr", "importance_taylor", "pruning_acc"):
         assert (out / "plots" / f"{stem}.png").stat().st_size > 0 and (out / "plots" / f"{stem}.svg").is_file()
@@ -313,8 +363,9 @@ def test_a_folder_in_use_is_refused(trained, small_heads_dir, tmp_path, capsys):
 # ----------------------------------------------------------------------------- bad input: one line, exit 2
 def test_missing_and_truncated_checkpoints(trained, tmp_path, capsys):
     out = tmp_path / "out"
-    line = user_error(["heads", "--config", trained.config, "--ckpt_path", tmp_path / "nope.ckpt",
-                       "--output_dir", out], capsys, out)  # fmt: skip
+    line = user_error(
+        ["heads", "--config", trained.config, "--ckpt_path", tmp_path / "nope.ckpt", "--output_dir", out], capsys, out
+    )
     assert "`ckpt_path`" in line and "nope.ckpt" in line and "does not exist" in line
     truncated = tmp_path / "truncated.ckpt"
     data = trained.ckpt.read_bytes()
@@ -326,18 +377,42 @@ def test_missing_and_truncated_checkpoints(trained, tmp_path, capsys):
 def test_checkpoint_of_another_task(trained, glue, tokenizer_dir, tmp_path, capsys):
     out = tmp_path / "out"
     line = user_error(
-        ["heads", *trained.base, "--output_dir", out, "--data", "GlueDataModule", "--data.task_name", "mnli",
-         "--data.data_dir", glue, "--data.model_name_or_path", tokenizer_dir],
-        capsys, out,
-    )  # fmt: skip
+        [
+            "heads",
+            *trained.base,
+            "--output_dir",
+            out,
+            "--data",
+            "GlueDataModule",
+            "--data.task_name",
+            "mnli",
+            "--data.data_dir",
+            glue,
+            "--data.model_name_or_path",
+            tokenizer_dir,
+        ],
+        capsys,
+        out,
+    )
     assert str(trained.ckpt) in line
     assert "task='synthetic'" in line and "num_labels=2" in line and "task='mnli'" in line and "num_labels=3" in line
 
 
 def test_data_dir_without_the_task(trained, glue, tokenizer_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    base = ["heads", "--config", trained.config, "--output_dir", out, "--data", "GlueDataModule",
-            "--data.model_name_or_path", tokenizer_dir, "--data.max_seq_length", "64"]  # fmt: skip
+    base = [
+        "heads",
+        "--config",
+        trained.config,
+        "--output_dir",
+        out,
+        "--data",
+        "GlueDataModule",
+        "--data.model_name_or_path",
+        tokenizer_dir,
+        "--data.max_seq_length",
+        "64",
+    ]
     line = user_error([*base, "--data.task_name", "qnli", "--data.data_dir", glue], capsys, out)  # QNLI: no dev.tsv
     assert "`data_dir`" in line and glue in line and "dev.tsv" in line and "'qnli'" in line
     empty = tmp_path / "empty_glue"
@@ -372,8 +447,17 @@ def test_effectiveness_n_examples_beyond_the_dev_set(trained, tmp_path, capsys):
 # ----------------------------------------------------------------------------- effectiveness, attribute, universality
 def test_effectiveness_curves(trained, tmp_path):
     out = tmp_path / "effectiveness"
-    analyze(["effectiveness", *trained.base, "--output_dir", out, "--n_examples", "12",
-             "--trainer.enable_progress_bar=false"])  # fmt: skip
+    analyze(
+        [
+            "effectiveness",
+            *trained.base,
+            "--output_dir",
+            out,
+            "--n_examples",
+            "12",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     data = read_json(out / "effectiveness.json")
     assert data["n_examples"] == 12 and data["heads_pruned_per_layer"] == [0, 1, 2, 3, 4]
     curves = data["curves"]
@@ -387,8 +471,19 @@ def test_effectiveness_curves(trained, tmp_path):
 
 def test_attribute_completeness(trained, tmp_path):
     out = tmp_path / "attribute"
-    analyze(["attribute", *trained.base, "--output_dir", out, "--indices", "[0]", "--text", '["a0 w3 b1 w7 w2"]',
-             "--trainer.enable_progress_bar=false"])  # fmt: skip
+    analyze(
+        [
+            "attribute",
+            *trained.base,
+            "--output_dir",
+            out,
+            "--indices",
+            "[0]",
+            "--text",
+            '["a0 w3 b1 w7 w2"]',
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     index = read_json(out / "attributions.json")["examples"]
     assert [e["name"] for e in index] == ["validation-000000", "text-000"]
     model, datamodule = load_trained(trained)
@@ -517,8 +612,21 @@ def faithfulness_dir(trained, tmp_path_factory):
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setattr(sys, "argv", [sys.argv[0]])
-        analyze(["faithfulness", *trained.base, "--output_dir", out, "--n_examples", "48", "--ks", "[1, 2, 4, 8, 16]",
-                 "--n_random", "2", "--trainer.enable_progress_bar=false"])  # fmt: skip
+        analyze(
+            [
+                "faithfulness",
+                *trained.base,
+                "--output_dir",
+                out,
+                "--n_examples",
+                "48",
+                "--ks",
+                "[1, 2, 4, 8, 16]",
+                "--n_random",
+                "2",
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
     (out.parent / "stdout.txt").write_text(printed.getvalue(), encoding="utf-8")
     return out
 
@@ -607,8 +715,18 @@ def test_truth_file_scores_the_examples_it_names(trained, tmp_path):
         {"index": 0, "pairs": [list(positions[0])], "unit": "word"},
         {"index": 2, "pairs": [list(positions[2])], "unit": "word"},
     ]
-    common = [*trained.base, "--ks", "[1, 4]", "--n_random", "1", "--n_steps", "6", "--method", "riemann_left",
-              "--trainer.enable_progress_bar=false"]  # fmt: skip
+    common = [
+        *trained.base,
+        "--ks",
+        "[1, 4]",
+        "--n_random",
+        "1",
+        "--n_steps",
+        "6",
+        "--method",
+        "riemann_left",
+        "--trainer.enable_progress_bar=false",
+    ]
     path = truth_file(tmp_path / "truth.jsonl", lines)
     analyze(["faithfulness", *common, "--output_dir", tmp_path / "file", "--truth", path, "--n_examples", "2"])
     analyze(["faithfulness", *common, "--output_dir", tmp_path / "module", "--n_examples", "2"])
@@ -657,8 +775,19 @@ def test_tree_outputs_for_dev_examples_and_text(trained, tmp_path, capsys):
 
     out = tmp_path / "trees"
     capsys.readouterr()
-    analyze(["tree", *trained.base, "--output_dir", out, "--index", "[0, 5]", "--text", '["w1 a1 w2 w3 b0 w4"]',
-             "--trainer.enable_progress_bar=false"])  # fmt: skip
+    analyze(
+        [
+            "tree",
+            *trained.base,
+            "--output_dir",
+            out,
+            "--index",
+            "[0, 5]",
+            "--text",
+            '["w1 a1 w2 w3 b0 w4"]',
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     printed = capsys.readouterr().out
     index = read_json(out / "trees.json")
     assert [e["name"] for e in index["examples"]] == ["validation-000000", "validation-000005", "text-000"]
@@ -700,8 +829,21 @@ def test_tree_graph_mode(trained, tmp_path, capsys):
 
     out = tmp_path / "graphs"
     capsys.readouterr()
-    analyze(["tree", *trained.base, "--output_dir", out, "--mode", "graph", "--text", '["w1 a1 w2 w3 b0 w4"]',
-             "--tau", "0.2", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    analyze(
+        [
+            "tree",
+            *trained.base,
+            "--output_dir",
+            out,
+            "--mode",
+            "graph",
+            "--text",
+            '["w1 a1 w2 w3 b0 w4"]',
+            "--tau",
+            "0.2",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     printed = capsys.readouterr().out
     assert read_json(out / "trees.json")["mode"] == "graph"
     data = read_json(out / "trees" / "text-000.json")
@@ -725,14 +867,52 @@ def test_tree_on_words_merges_wordpieces(glue, tmp_path):
     from transformers import BertTokenizer
 
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "ride", "##s", "are", "fun",
-                                 "un", "##bel", "##iev", "##able"]) + "\n", encoding="utf-8")  # fmt: skip
+    vocab.write_text(
+        "\n".join(
+            [
+                "[PAD]",
+                "[UNK]",
+                "[CLS]",
+                "[SEP]",
+                "[MASK]",
+                "the",
+                "ride",
+                "##s",
+                "are",
+                "fun",
+                "un",
+                "##bel",
+                "##iev",
+                "##able",
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     BertTokenizer(vocab=str(vocab)).save_pretrained(str(tmp_path / "tok"))
     out = tmp_path / "words"
-    base = ["tree", "--model.model_config", TINY_BERT, "--data", "GlueDataModule", "--data.task_name", "sst2",
-            "--data.data_dir", glue, "--data.model_name_or_path", tmp_path / "tok",
-            "--data.max_seq_length", "48", "--text", '["the rides are unbelievable fun"]',
-            "--n_steps", "4", "--method", "riemann_left", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    base = [
+        "tree",
+        "--model.model_config",
+        TINY_BERT,
+        "--data",
+        "GlueDataModule",
+        "--data.task_name",
+        "sst2",
+        "--data.data_dir",
+        glue,
+        "--data.model_name_or_path",
+        tmp_path / "tok",
+        "--data.max_seq_length",
+        "48",
+        "--text",
+        '["the rides are unbelievable fun"]',
+        "--n_steps",
+        "4",
+        "--method",
+        "riemann_left",
+        "--trainer.enable_progress_bar=false",
+    ]
     analyze([*base, "--output_dir", out, "--words", "true", "--mode", "graph", "--seed_everything", "3"])
     analyze([*base, "--output_dir", tmp_path / "pieces", "--seed_everything", "3"])
     words = torch.load(out / "trees" / "text-000.pt", weights_only=True)
@@ -772,18 +952,52 @@ def test_bad_part2_options(trained, tmp_path, capsys, args, expected):
         assert text in line, line
 
 
-TINY_BERT = json.dumps({"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-                        "intermediate_size": 32, "max_position_embeddings": 64})  # fmt: skip
+TINY_BERT = json.dumps(
+    {
+        "model_type": "bert",
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 64,
+    }
+)
 
 
 @pytest.mark.parametrize("task", ["sst2", "rte"])
 def test_attack_end_to_end_on_glue_files(glue, tokenizer_dir, tmp_path, task):
     """Mining on the training file, insertion into every dev example, per-class table with a random control."""
     out = tmp_path / "attack"
-    analyze(["attack", "--model.model_config", TINY_BERT, "--data", "GlueDataModule", "--data.task_name", task,
-             "--data.data_dir", glue, "--data.model_name_or_path", tokenizer_dir, "--data.max_seq_length", "48",
-             "--output_dir", out, "--min_tokens", "0", "--threshold", "0", "--n_random", "2", "--n_steps", "4",
-             "--method", "riemann_left", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    analyze(
+        [
+            "attack",
+            "--model.model_config",
+            TINY_BERT,
+            "--data",
+            "GlueDataModule",
+            "--data.task_name",
+            task,
+            "--data.data_dir",
+            glue,
+            "--data.model_name_or_path",
+            tokenizer_dir,
+            "--data.max_seq_length",
+            "48",
+            "--output_dir",
+            out,
+            "--min_tokens",
+            "0",
+            "--threshold",
+            "0",
+            "--n_random",
+            "2",
+            "--n_steps",
+            "4",
+            "--method",
+            "riemann_left",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     report = read_json(out / "attack.json")
     assert 1 <= len(report["triggers"]) <= 3
     assert all(t["tokens"] and not {"[CLS]", "[SEP]"} & set(t["tokens"]) for t in report["triggers"])
@@ -810,8 +1024,19 @@ def test_parts_of_an_older_layout_are_not_resumed(trained, faithfulness_dir, tmp
     assert manifest["arguments"]["format"] == 4
     manifest["arguments"]["format"] = 3
     (old / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    args = ["faithfulness", *trained.base, "--output_dir", old, "--n_examples", "48", "--ks", "[1, 2, 4, 8, 16]",
-            "--n_random", "2", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    args = [
+        "faithfulness",
+        *trained.base,
+        "--output_dir",
+        old,
+        "--n_examples",
+        "48",
+        "--ks",
+        "[1, 2, 4, 8, 16]",
+        "--n_random",
+        "2",
+        "--trainer.enable_progress_bar=false",
+    ]
     line = user_error(args, capsys)
     assert "format" in line and "--overwrite true" in line
 
@@ -831,8 +1056,12 @@ def test_trigger_framing_reproduces_the_tokenizer(tokenizer_dir, pair):
         for max_length in (8, 13, 64):
             args = (a, b) if pair else (a,)
             expected = tok(*args, truncation=True, max_length=max_length, return_token_type_ids=True)
-            pieces_a, pieces_b = insert_trigger(tok.tokenize(a), tok.tokenize(b) if pair else None, Trigger((), (), ()),
-                                                max_tokens=max_length - framing.n_special(pair))  # fmt: skip
+            pieces_a, pieces_b = insert_trigger(
+                tok.tokenize(a),
+                tok.tokenize(b) if pair else None,
+                Trigger((), (), ()),
+                max_tokens=max_length - framing.n_special(pair),
+            )
             ids_b = None if pieces_b is None else tok.convert_tokens_to_ids(pieces_b)
             got = framing.frame(tok.convert_tokens_to_ids(pieces_a), ids_b)
             assert got["input_ids"] == expected["input_ids"], (a, b, max_length)
@@ -842,8 +1071,21 @@ def test_trigger_framing_reproduces_the_tokenizer(tokenizer_dir, pair):
 def test_report_subcommand_and_attribute_report(trained, tmp_path, capsys):
     """`attribute --report true` writes report.html beside the maps; `analyze.py report DIR` rewrites it."""
     out = tmp_path / "attribute"
-    analyze(["attribute", *trained.base, "--output_dir", out, "--indices", "[0, 1]", "--report", "true",
-             "--plots", "false", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    analyze(
+        [
+            "attribute",
+            *trained.base,
+            "--output_dir",
+            out,
+            "--indices",
+            "[0, 1]",
+            "--report",
+            "true",
+            "--plots",
+            "false",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "validation-000001" in page and "http://" not in page.replace("http://www.w3.org", "")
     assert f"xdg-open {out / 'report.html'}" in capsys.readouterr().out

@@ -24,7 +24,8 @@ def trained_run(tmp_path_factory):
         cli_main(
             [
                 "fit",
-                "--config", QUICKSTART,
+                "--config",
+                QUICKSTART,
                 "--trainer.max_epochs=2",
                 "--trainer.limit_val_batches=1",
                 "--trainer.enable_progress_bar=false",
@@ -33,7 +34,7 @@ def trained_run(tmp_path_factory):
                 '--trainer.callbacks=[{"class_path": "lightning_attattr.callbacks.EpochCheckpoint", '
                 '"init_args": {"save_last": true}}]',
             ]
-        )  # fmt: skip
+        )
     finally:
         os.chdir(cwd)
     run_dir = next(tmp.glob("quickstart/version_*"))
@@ -55,20 +56,27 @@ def test_two_processes_equal_one(trained_run, tmp_path, package):
     config, ckpt = trained_run
     common = [
         "heads",
-        "--config", str(config),
-        "--ckpt_path", str(ckpt),
+        "--config",
+        str(config),
+        "--ckpt_path",
+        str(ckpt),
         "--methods=[attattr, taylor, attention, accuracy_difference]",
         "--n_examples=21",  # odd: the distributed sampler must not drop or double-count an example
         "--max_eval_examples=71",
         "--fractions=[0, 0.25, 0.5, 1]",
         "--trainer.enable_progress_bar=false",
-    ]  # fmt: skip
+    ]
     ddp = _analyze(
-        [*common, f"--output_dir={tmp_path / 'ddp'}", "--trainer.accelerator=cpu", "--trainer.devices=2",
-         "--trainer.strategy=ddp"],
+        [
+            *common,
+            f"--output_dir={tmp_path / 'ddp'}",
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp",
+        ],
         tmp_path,
         package,
-    )  # fmt: skip
+    )
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in ddp.stderr + ddp.stdout
     _analyze([*common, f"--output_dir={tmp_path / 'single'}"], tmp_path)
 
@@ -95,11 +103,29 @@ def test_two_processes_equal_one(trained_run, tmp_path, package):
 def test_faithfulness_two_processes_equal_one(trained_run, tmp_path):
     """Random deletions are seeded per example, so splitting the examples across ranks changes nothing."""
     config, ckpt = trained_run
-    common = ["faithfulness", "--config", str(config), "--ckpt_path", str(ckpt), "--n_examples=9",
-              "--ks=[1, 4, 16]", "--n_random=2", "--n_steps=6", "--method=riemann_left",
-              "--trainer.enable_progress_bar=false"]  # fmt: skip
-    _analyze([*common, f"--output_dir={tmp_path / 'ddp'}", "--trainer.accelerator=cpu", "--trainer.devices=2",
-              "--trainer.strategy=ddp"], tmp_path)  # fmt: skip
+    common = [
+        "faithfulness",
+        "--config",
+        str(config),
+        "--ckpt_path",
+        str(ckpt),
+        "--n_examples=9",
+        "--ks=[1, 4, 16]",
+        "--n_random=2",
+        "--n_steps=6",
+        "--method=riemann_left",
+        "--trainer.enable_progress_bar=false",
+    ]
+    _analyze(
+        [
+            *common,
+            f"--output_dir={tmp_path / 'ddp'}",
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp",
+        ],
+        tmp_path,
+    )
     _analyze([*common, f"--output_dir={tmp_path / 'single'}"], tmp_path)
     ranks = {p.name.split("-")[2] for p in (tmp_path / "ddp" / "parts" / "faithfulness").glob("part-*.safetensors")}
     assert ranks == {"r0", "r1"}

@@ -22,9 +22,15 @@ QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 def run(args, tmp_path):
     """Run `train.py` in-process with logs under tmp_path; returns the CLI object."""
     return cli_main(
-        [*args, "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.default_root_dir", str(tmp_path),
-         "--trainer.enable_progress_bar=false"]
-    )  # fmt: skip
+        [
+            *args,
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +100,13 @@ def test_quickstart_trains_logs_tensorboard_and_checkpoints(tmp_path):
     # the AttAttr callbacks of the quickstart config
     images = EventAccumulator(str(log_dir), size_guidance={"images": 0})
     images.Reload()
-    assert {"attr/layer0/example0", "attr_heads/layer2/example1", "importance/attattr", "importance/taylor",
-            "prune/curve"} <= set(images.Tags()["images"])  # fmt: skip
+    assert {
+        "attr/layer0/example0",
+        "attr_heads/layer2/example1",
+        "importance/attattr",
+        "importance/taylor",
+        "prune/curve",
+    } <= set(images.Tags()["images"])
     scalars = set(events.Tags()["scalars"])
     assert {"attr/completeness_layer0", "importance/spearman_taylor", "prune/acc_r0.50"} <= scalars
     assert (log_dir / "attributions" / "epoch=000.pt").is_file()

@@ -34,9 +34,15 @@ TINY = TINY_BERT_CONFIG
 def run(args, runs: Path):
     """`train.py ARGS` in-process with every output under `runs`."""
     return cli_main(
-        [*args, "--trainer.logger.init_args.save_dir", str(runs), "--trainer.default_root_dir", str(runs),
-         "--trainer.enable_progress_bar=false"]
-    )  # fmt: skip
+        [
+            *args,
+            "--trainer.logger.init_args.save_dir",
+            str(runs),
+            "--trainer.default_root_dir",
+            str(runs),
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
 
 
 def user_error(args, tmp_path, capsys) -> str:
@@ -61,8 +67,14 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=160)  # fmt: skip
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=160,
+    )
     path = tmp_path_factory.mktemp("model")
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -78,11 +90,21 @@ def mnli_checkpoint(tmp_path_factory, glue, tiny_model_dir):
     with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse argv fixture has not run yet
         patch.setattr(sys, "argv", [sys.argv[0]])
         cli = run(
-        ["fit", "--config", CONFIGS["mnli"], "--model.model_name_or_path", str(model_copy), "--data.data_dir", glue,
-         "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
-         "--data.train_batch_size=2"],
+            [
+                "fit",
+                "--config",
+                CONFIGS["mnli"],
+                "--model.model_name_or_path",
+                str(model_copy),
+                "--data.data_dir",
+                glue,
+                "--trainer.max_epochs=1",
+                "--trainer.limit_train_batches=1",
+                "--trainer.limit_val_batches=1",
+                "--data.train_batch_size=2",
+            ],
             root / "runs",
-        )  # fmt: skip
+        )
     shutil.rmtree(model_copy)  # the checkpoint must be enough from here on
     return Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
 
@@ -90,10 +112,18 @@ def mnli_checkpoint(tmp_path_factory, glue, tiny_model_dir):
 # ----------------------------------------------------------------------------- arguments and files
 def test_missing_data_dir_is_one_line(tmp_path, capsys, tiny_model_dir):
     line = user_error(
-        ["fit", "--config", CONFIGS["sst2"], "--model.model_name_or_path", tiny_model_dir,
-         "--data.data_dir", str(tmp_path / "no_glue")],
-        tmp_path, capsys,
-    )  # fmt: skip
+        [
+            "fit",
+            "--config",
+            CONFIGS["sst2"],
+            "--model.model_name_or_path",
+            tiny_model_dir,
+            "--data.data_dir",
+            str(tmp_path / "no_glue"),
+        ],
+        tmp_path,
+        capsys,
+    )
     assert "`data_dir`" in line and "no_glue" in line and "does not exist" in line
 
 
@@ -101,8 +131,9 @@ def test_missing_local_model_path(tmp_path, capsys, glue):
     missing = str(tmp_path / "models" / "minilm")
     line = user_error(
         ["fit", "--config", CONFIGS["sst2"], "--model.model_name_or_path", missing, "--data.data_dir", glue],
-        tmp_path, capsys,
-    )  # fmt: skip
+        tmp_path,
+        capsys,
+    )
     assert "`model_name_or_path`" in line and missing in line and "does not exist" in line
     assert "Repo id" not in line
 
@@ -112,8 +143,9 @@ def test_model_directory_without_config(tmp_path, capsys, glue):
     empty.mkdir()
     line = user_error(
         ["fit", "--config", CONFIGS["sst2"], "--model.model_name_or_path", str(empty), "--data.data_dir", glue],
-        tmp_path, capsys,
-    )  # fmt: skip
+        tmp_path,
+        capsys,
+    )
     assert "has no config.json" in line and str(empty) in line
 
 
@@ -123,10 +155,18 @@ def test_non_utf8_data_file_names_file_and_line(tmp_path, capsys, tiny_model_dir
     (data / "SST-2" / "train.tsv").write_bytes(b"sentence\tlabel\ngood\t1\nbad \xff\xfe film\t0\n")
     (data / "SST-2" / "dev.tsv").write_bytes(b"sentence\tlabel\ngood\t1\n")
     line = user_error(
-        ["fit", "--config", CONFIGS["sst2"], "--model.model_name_or_path", tiny_model_dir,
-         "--data.data_dir", str(data)],
-        tmp_path, capsys,
-    )  # fmt: skip
+        [
+            "fit",
+            "--config",
+            CONFIGS["sst2"],
+            "--model.model_name_or_path",
+            tiny_model_dir,
+            "--data.data_dir",
+            str(data),
+        ],
+        tmp_path,
+        capsys,
+    )
     assert "train.tsv" in line and "line 3" in line
 
 
@@ -137,37 +177,72 @@ def test_cola_with_a_header_line(tmp_path, capsys, tiny_model_dir):
         (data / "CoLA").mkdir(parents=True, exist_ok=True)
         (data / "CoLA" / f"{split}.tsv").write_text(rows, encoding="utf-8")
     line = user_error(
-        ["fit", "--config", CONFIGS["sst2"], "--data.task_name", "cola", "--model.model_name_or_path", tiny_model_dir,
-         "--data.data_dir", str(data)],
-        tmp_path, capsys,
-    )  # fmt: skip
+        [
+            "fit",
+            "--config",
+            CONFIGS["sst2"],
+            "--data.task_name",
+            "cola",
+            "--model.model_name_or_path",
+            tiny_model_dir,
+            "--data.data_dir",
+            str(data),
+        ],
+        tmp_path,
+        capsys,
+    )
     assert "CoLA" in line and "no header" in line
 
 
 def test_max_seq_length_above_the_position_embeddings(tmp_path, capsys, glue, tiny_model_dir):
     line = user_error(
-        ["fit", "--config", CONFIGS["sst2"], "--model.model_name_or_path", tiny_model_dir, "--data.data_dir", glue,
-         "--data.max_seq_length", "512"],
-        tmp_path, capsys,
-    )  # fmt: skip
+        [
+            "fit",
+            "--config",
+            CONFIGS["sst2"],
+            "--model.model_name_or_path",
+            tiny_model_dir,
+            "--data.data_dir",
+            glue,
+            "--data.max_seq_length",
+            "512",
+        ],
+        tmp_path,
+        capsys,
+    )
     assert "`data.max_seq_length`" in line and "160" in line and "512" in line
 
 
 def test_synthetic_sequences_longer_than_the_model(tmp_path, capsys):
     line = user_error(
-        ["fit", "--config", CONFIGS["quickstart"], "--data.init_args.max_len", "100",
-         "--model.model_config.max_position_embeddings", "64"],
-        tmp_path, capsys,
-    )  # fmt: skip
+        [
+            "fit",
+            "--config",
+            CONFIGS["quickstart"],
+            "--data.init_args.max_len",
+            "100",
+            "--model.model_config.max_position_embeddings",
+            "64",
+        ],
+        tmp_path,
+        capsys,
+    )
     assert "`data.max_len`" in line and "64" in line and "102" in line
 
 
 def test_callback_layers_out_of_range_fail_before_training(tmp_path, capsys):
     line = user_error(
-        ["fit", "--config", CONFIGS["quickstart"], "--trainer.callbacks+=AttributionMonitor",
-         "--trainer.callbacks.layers=[99]", "--trainer.max_epochs=1"],
-        tmp_path, capsys,
-    )  # fmt: skip
+        [
+            "fit",
+            "--config",
+            CONFIGS["quickstart"],
+            "--trainer.callbacks+=AttributionMonitor",
+            "--trainer.callbacks.layers=[99]",
+            "--trainer.max_epochs=1",
+        ],
+        tmp_path,
+        capsys,
+    )
     assert "`AttributionMonitor.layers`" in line and "99" in line and "3 layers" in line
 
 
@@ -182,10 +257,17 @@ def test_callback_layers_out_of_range_fail_before_training(tmp_path, capsys):
 )
 def test_callback_option_errors_on_the_command_line(tmp_path, capsys, callback, option, value, match):
     line = user_error(
-        ["fit", "--config", CONFIGS["quickstart"], f"--trainer.callbacks+={callback}",
-         f"--trainer.callbacks.{option}={value}", "--trainer.max_epochs=1"],
-        tmp_path, capsys,
-    )  # fmt: skip
+        [
+            "fit",
+            "--config",
+            CONFIGS["quickstart"],
+            f"--trainer.callbacks+={callback}",
+            f"--trainer.callbacks.{option}={value}",
+            "--trainer.max_epochs=1",
+        ],
+        tmp_path,
+        capsys,
+    )
     assert f"`{match}`" in line
 
 
@@ -216,14 +298,22 @@ def test_callback_arguments_are_checked_at_construction(make, error, match):
 def test_checkpoint_of_another_task_is_refused_before_anything_is_written(tmp_path, capsys, glue, mnli_checkpoint):
     line = user_error(
         ["validate", "--config", CONFIGS["sst2"], "--data.data_dir", glue, "--ckpt_path", str(mnli_checkpoint)],
-        tmp_path, capsys,
-    )  # fmt: skip
+        tmp_path,
+        capsys,
+    )
     assert "task='mnli'" in line and "num_labels=3" in line and "task='sst2'" in line and "num_labels=2" in line
 
 
 def test_missing_and_invalid_checkpoints(tmp_path, capsys, glue, tiny_model_dir):
-    base = ["validate", "--config", CONFIGS["sst2"], "--model.model_name_or_path", tiny_model_dir,
-            "--data.data_dir", glue]  # fmt: skip
+    base = [
+        "validate",
+        "--config",
+        CONFIGS["sst2"],
+        "--model.model_name_or_path",
+        tiny_model_dir,
+        "--data.data_dir",
+        glue,
+    ]
     line = user_error([*base, "--ckpt_path", str(tmp_path / "nope.ckpt")], tmp_path, capsys)
     assert "`ckpt_path`" in line and "nope.ckpt" in line and "does not exist" in line
     junk = tmp_path / "junk.ckpt"
@@ -255,8 +345,10 @@ def test_checkpoint_is_self_contained_and_quiet(tmp_path, capfd, glue, mnli_chec
     assert torch.equal(model.classifier.weight, module.model.classifier.weight)
 
     # validate from the checkpoint only: no model folder, tokenizer from the checkpoint
-    cli = run(["validate", "--config", CONFIGS["mnli"], "--data.data_dir", glue, "--ckpt_path", str(mnli_checkpoint)],
-              tmp_path / "runs")  # fmt: skip
+    cli = run(
+        ["validate", "--config", CONFIGS["mnli"], "--data.data_dir", glue, "--ckpt_path", str(mnli_checkpoint)],
+        tmp_path / "runs",
+    )
     assert "val/acc" in cli.trainer.callback_metrics
     out = capfd.readouterr()
     assert "newly initialized" not in out.out + out.err
@@ -346,10 +438,21 @@ def _catch(fn):
 def test_train_py_in_a_subprocess_prints_one_line_and_no_traceback(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ATTATTR_TRACEBACK"}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "fit", "--config", CONFIGS["sst2"],
-         "--data.data_dir", str(tmp_path / "missing")],
-        cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "fit",
+            "--config",
+            CONFIGS["sst2"],
+            "--data.data_dir",
+            str(tmp_path / "missing"),
+        ],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
@@ -374,8 +477,13 @@ def test_callback_layers_are_checked_in_setup_outside_the_cli(tmp_path):
 
     module = AttAttrClassifier(model_config=TINY, num_labels=2, task="synthetic")
     dm = SyntheticDataModule(n_train=16, n_val=8, train_batch_size=8, eval_batch_size=8)
-    trainer = pl.Trainer(max_epochs=1, default_root_dir=tmp_path, callbacks=[AttributionMonitor(layers=[99])],
-                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=1,
+        default_root_dir=tmp_path,
+        callbacks=[AttributionMonitor(layers=[99])],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     with pytest.raises(ValueError, match=r"`AttributionMonitor.layers` to be in \[-2, 1\].*but got 99"):
         trainer.fit(module, dm)
     assert trainer.global_step == 0  # refused before the first training step, not after an epoch
@@ -392,8 +500,15 @@ def test_a_user_error_late_in_a_run_keeps_its_directory(tmp_path, capsys):
     runs = tmp_path / "runs"
     with pytest.raises(SystemExit) as info:
         late = "--trainer.callbacks+=tests.test_cli_errors.FailLate"
-        args = ["fit", "--config", CONFIGS["quickstart"], late, "--trainer.max_epochs=2",
-                "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]  # fmt: skip
+        args = [
+            "fit",
+            "--config",
+            CONFIGS["quickstart"],
+            late,
+            "--trainer.max_epochs=2",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+        ]
         run(args, runs)
     assert info.value.code == 2 and "a late failure" in capsys.readouterr().err
     assert any(runs.rglob("events.out.tfevents*"))  # logs of the steps it took are kept

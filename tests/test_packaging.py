@@ -115,8 +115,11 @@ def test_an_existing_path_wins_and_inline_configs_pass(tmp_path, monkeypatch):
     assert resolve_config("quickstart") == "quickstart"
     inline = '{"trainer": {"max_epochs": 1}}'
     assert resolve_config_args(["--config", inline, "--config", "seed_everything: 3"]) == [
-        "--config", inline, "--config", "seed_everything: 3",
-    ]  # fmt: skip
+        "--config",
+        inline,
+        "--config",
+        "seed_everything: 3",
+    ]
 
 
 @pytest.mark.parametrize("value", ["quikstart", "configs/quickstart.yaml", "my_run.yaml"])
@@ -208,8 +211,10 @@ def test_python_m_cli_prints_its_help_and_names_itself_in_errors(tmp_path):
 
 def test_console_scripts_are_installed_and_name_themselves(tmp_path):
     entry_points = PYPROJECT["project"]["scripts"]
-    assert entry_points == {"attattr-train": "lightning_attattr.cli:main",
-                            "attattr-analyze": "lightning_attattr.analysis_cli:main"}  # fmt: skip
+    assert entry_points == {
+        "attattr-train": "lightning_attattr.cli:main",
+        "attattr-analyze": "lightning_attattr.analysis_cli:main",
+    }
     for target in entry_points.values():
         module, _, function = target.partition(":")
         assert callable(getattr(importlib.import_module(module), function))
@@ -217,8 +222,9 @@ def test_console_scripts_are_installed_and_name_themselves(tmp_path):
     if script is None:
         pytest.skip("attattr-train is not installed next to this Python (an install older than the entry points)")
     env = {k: v for k, v in os.environ.items() if k != "ATTATTR_TRACEBACK"}
-    done = subprocess.run([script, "fit", "--config", "nope"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [script, "fit", "--config", "nope"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 2 and error_lines(done.stderr)[0].startswith("attattr-train: error: "), done.stderr
 
 
@@ -236,9 +242,10 @@ def test_version_has_one_home_read_statically():
 def test_every_subpackage_is_packaged_with_the_configs():
     setuptools_config = PYPROJECT["tool"]["setuptools"]
     found = sorted(
-        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "lightning_attattr").rglob("__init__.py")
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "lightning_attattr").rglob("__init__.py")
         if "__pycache__" not in p.parts
-    )  # fmt: skip
+    )
     assert sorted(setuptools_config["packages"]) == sorted([*found, "lightning_attattr.configs"])
     assert setuptools_config["package-dir"] == {"lightning_attattr.configs": "configs"}
     assert setuptools_config["package-data"]["lightning_attattr.configs"] == ["*.yaml"]

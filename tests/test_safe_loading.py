@@ -54,8 +54,12 @@ def entry_point(script: str, *args, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ATTATTR_TRACEBACK": ""}
     return subprocess.run(
         [sys.executable, str(ROOT / script), *map(str, args)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def one_error_line(done: subprocess.CompletedProcess, prog: str) -> str:
@@ -81,9 +85,21 @@ def run(tmp_path_factory):
             init.update(every_n_epochs=1, schedule={1: 0.25}, mode="structural")
     config["data"]["init_args"].update(n_train=64, n_val=32)
     (root / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    done = entry_point("train.py", "fit", "--config", root / "config.yaml", "--trainer.max_epochs", "2",
-                       "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false",
-                       "--trainer.default_root_dir", root / "runs", cwd=root)  # fmt: skip
+    done = entry_point(
+        "train.py",
+        "fit",
+        "--config",
+        root / "config.yaml",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        root / "runs",
+        cwd=root,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = (root / "runs" / "quickstart").iterdir()
     return run_dir
@@ -123,8 +139,10 @@ def test_path_hyperparameters_are_stored_as_strings(tmp_path):
     """A `Path` argument would make the checkpoint need full unpickling: it is saved as `str`."""
     from lightning_attattr.lightning.checkpoints import plain_hyperparameters
 
-    checkpoint = {"hyper_parameters": {"model_name_or_path": tmp_path, "nested": {"dirs": [tmp_path, 1]}},
-                  "datamodule_hyper_parameters": {"data_dir": tmp_path / "glue"}}  # fmt: skip
+    checkpoint = {
+        "hyper_parameters": {"model_name_or_path": tmp_path, "nested": {"dirs": [tmp_path, 1]}},
+        "datamodule_hyper_parameters": {"data_dir": tmp_path / "glue"},
+    }
     plain_hyperparameters(checkpoint)
     assert checkpoint["hyper_parameters"] == {
         "model_name_or_path": str(tmp_path),
@@ -148,11 +166,27 @@ def test_train_py_resumes_and_validates_with_weights_only(run, tmp_path, monkeyp
 
     monkeypatch.setattr(torch, "load", load)
     monkeypatch.chdir(tmp_path)
-    common = ["--config", str(run / "config.yaml"), "--trainer.enable_progress_bar=false",
-              "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-              "--trainer.default_root_dir", str(tmp_path / "runs")]  # fmt: skip
-    cli = cli_main(["fit", *common, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--trainer.max_epochs", "3",
-                    "--trainer.limit_train_batches", "1"])  # fmt: skip
+    common = [
+        "--config",
+        str(run / "config.yaml"),
+        "--trainer.enable_progress_bar=false",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "runs"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+    ]
+    cli = cli_main(
+        [
+            "fit",
+            *common,
+            "--ckpt_path",
+            str(run / "checkpoints" / "last.ckpt"),
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.limit_train_batches",
+            "1",
+        ]
+    )
     assert cli.trainer.current_epoch == 3  # resumed after epoch 2, one more epoch
     pruning = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "HeadPruningCallback")
     assert pruning.applied and pruning.applied[0]["fraction"] == 0.25  # its state came back from the checkpoint
@@ -224,18 +258,38 @@ def test_weights_only_false_is_the_opt_in(evil_checkpoint):
 # ----------------------------------------------------------------------------- results parts
 def test_parts_round_trip_exactly(tmp_path):
     store = PartStore(tmp_path / "stage")
-    dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16,
-              torch.int32, torch.int64, torch.bool]  # fmt: skip
+    dtypes = [
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+    ]
     rows = []
     for i in range(3):
-        rows.append({
-            "dense": {d: (torch.arange(4) * (i + 1) % 3).to(d) for d in dtypes},
-            "scalar": torch.tensor(i, dtype=torch.int64),  # a 0-dim tensor per example
-            "empty": torch.zeros(0, i + 1, dtype=torch.int64),
-            "ragged": [torch.arange(i + 1, dtype=torch.float64) / 3, torch.zeros((), dtype=torch.float32)],
-            "meta": {"name": f"ex{i}", "heads": {1: [0, i], 2: []}, "pair": (i, "a", None), "nan": math.nan,
-                     "inf": -math.inf, "big": 2**62 + i, "flag": bool(i % 2), "__odd": 1},
-        })  # fmt: skip
+        rows.append(
+            {
+                "dense": {d: (torch.arange(4) * (i + 1) % 3).to(d) for d in dtypes},
+                "scalar": torch.tensor(i, dtype=torch.int64),  # a 0-dim tensor per example
+                "empty": torch.zeros(0, i + 1, dtype=torch.int64),
+                "ragged": [torch.arange(i + 1, dtype=torch.float64) / 3, torch.zeros((), dtype=torch.float32)],
+                "meta": {
+                    "name": f"ex{i}",
+                    "heads": {1: [0, i], 2: []},
+                    "pair": (i, "a", None),
+                    "nan": math.nan,
+                    "inf": -math.inf,
+                    "big": 2**62 + i,
+                    "flag": bool(i % 2),
+                    "__odd": 1,
+                },
+            }
+        )
     record = {
         "big_int": torch.tensor([2**62 + 1, -(2**62), 7], dtype=torch.int64),  # exact beyond float precision
         "per_row_0dim": torch.tensor([1.5, 2.5, 3.5]),
@@ -295,16 +349,32 @@ def crafted_parts(folder: Path, marker: Path) -> dict[str, Path]:
     files["no structure"] = folder / "part-00000000-r0-0badc0e0.safetensors"
     files["no structure"].write_bytes(save({"index": torch.tensor([0])}))
     files["other format"] = folder / "part-00000000-r0-0badc0e1.safetensors"
-    files["other format"].write_bytes(save({"index": torch.tensor([0])}, metadata={
-        "attattr_parts_format": "1", "attattr_part": json.dumps({"index": {"__tensor__": "index"}})}))  # fmt: skip
+    files["other format"].write_bytes(
+        save(
+            {"index": torch.tensor([0])},
+            metadata={"attattr_parts_format": "1", "attattr_part": json.dumps({"index": {"__tensor__": "index"}})},
+        )
+    )
     files["rows do not fit"] = folder / "part-00000000-r0-0badc0e2.safetensors"
-    files["rows do not fit"].write_bytes(save({"index": torch.tensor([0, 1])}, metadata={
-        "attattr_parts_format": str(PARTS_FORMAT),
-        "attattr_part": json.dumps({"index": {"__tensor__": "index"}, "x": [1]})}))  # fmt: skip
+    files["rows do not fit"].write_bytes(
+        save(
+            {"index": torch.tensor([0, 1])},
+            metadata={
+                "attattr_parts_format": str(PARTS_FORMAT),
+                "attattr_part": json.dumps({"index": {"__tensor__": "index"}, "x": [1]}),
+            },
+        )
+    )
     files["missing tensor"] = folder / "part-00000000-r0-0badc0e3.safetensors"
-    files["missing tensor"].write_bytes(save({"index": torch.tensor([0])}, metadata={
-        "attattr_parts_format": str(PARTS_FORMAT),
-        "attattr_part": json.dumps({"index": {"__tensor__": "index"}, "x": {"__tensor__": "nope"}})}))  # fmt: skip
+    files["missing tensor"].write_bytes(
+        save(
+            {"index": torch.tensor([0])},
+            metadata={
+                "attattr_parts_format": str(PARTS_FORMAT),
+                "attattr_part": json.dumps({"index": {"__tensor__": "index"}, "x": {"__tensor__": "nope"}}),
+            },
+        )
+    )
     return files
 
 
@@ -354,9 +424,23 @@ def test_a_folder_of_the_older_parts_format_is_refused_or_replaced(tmp_path):
 def test_analyze_refuses_a_malicious_part_in_a_results_folder(run, tmp_path):
     """A results folder received from someone else: a rerun reads its parts, and refuses a crafted one."""
     out = tmp_path / "maps"
-    args = ["attribute", "--config", run / "config.yaml", "--ckpt_path", run / "checkpoints" / "last.ckpt",
-            "--output_dir", out, "--indices", "[0, 1]", "--n_steps", "4", "--plots", "false",
-            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    args = [
+        "attribute",
+        "--config",
+        run / "config.yaml",
+        "--ckpt_path",
+        run / "checkpoints" / "last.ckpt",
+        "--output_dir",
+        out,
+        "--indices",
+        "[0, 1]",
+        "--n_steps",
+        "4",
+        "--plots",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     done = entry_point("analyze.py", *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     parts = sorted((out / "parts" / "attribute").iterdir())
@@ -380,10 +464,18 @@ def test_analyze_refuses_a_malicious_part_in_a_results_folder(run, tmp_path):
 def test_the_folder_lock_holds_across_processes_and_dies_with_its_process(tmp_path):
     path = tmp_path / "busy"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lightning_attattr.analysis.store import ResultsFolder; "
-         "f = ResultsFolder(sys.argv[1], 'heads', {}).open(); print('held', flush=True); time.sleep(120)", str(path)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from lightning_attattr.analysis.store import ResultsFolder; "
+            "f = ResultsFolder(sys.argv[1], 'heads', {}).open(); print('held', flush=True); time.sleep(120)",
+            str(path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(FolderInUseError) as info:

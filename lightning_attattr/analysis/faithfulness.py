@@ -300,8 +300,14 @@ def planted_positions(truth: PlantedTruth, layout: WordLayout) -> dict[str, list
         units = [(layout.units[i], layout.units[j]) for i, j in truth.pairs]
         return {"tokens": list(truth.pairs), "words": units}
     units = [(layout.words[a], layout.words[b]) for a, b in truth.pairs]
-    pieces = [(i, j) for u, v in units for i, unit_i in enumerate(layout.units) if unit_i == u
-              for j, unit_j in enumerate(layout.units) if unit_j == v]  # fmt: skip
+    pieces = [
+        (i, j)
+        for u, v in units
+        for i, unit_i in enumerate(layout.units)
+        if unit_i == u
+        for j, unit_j in enumerate(layout.units)
+        if unit_j == v
+    ]
     return {"tokens": pieces, "words": units}
 
 
@@ -447,8 +453,12 @@ def pair_edges(pairs: Tensor, layout: WordLayout, n_layers: int) -> Tensor:
 
 def token_pair_edges(pairs: Sequence[tuple[int, int]], n_layers: int, layers: Sequence[int] | None = None) -> Tensor:
     """Both directions of token pairs ``[(i, j), ...]`` in ``layers`` (default all), as ``[e, 3]``."""
-    rows = [(layer, a, b) for layer in (range(n_layers) if layers is None else layers)
-            for i, j in pairs for a, b in ((i, j), (j, i))]  # fmt: skip
+    rows = [
+        (layer, a, b)
+        for layer in (range(n_layers) if layers is None else layers)
+        for i, j in pairs
+        for a, b in ((i, j), (j, i))
+    ]
     return torch.tensor(sorted(set(rows)), dtype=torch.long).reshape(-1, 3)
 
 

@@ -513,8 +513,14 @@ def tree_from_json(data: Any) -> nx.DiGraph:
     mode = data.get("mode", "tree")
     check_choice("mode", mode, MODES)
     n_tokens = int(data.get("n_tokens", len(data["nodes"])))
-    meta = dict(root=int(data["root"]), tau=float(data["tau"]), root_rule=str(data["rule"]),
-                n_layers=int(data["n_layers"]), n_tokens=n_tokens, mode=mode)  # fmt: skip
+    meta = dict(
+        root=int(data["root"]),
+        tau=float(data["tau"]),
+        root_rule=str(data["rule"]),
+        n_layers=int(data["n_layers"]),
+        n_tokens=n_tokens,
+        mode=mode,
+    )
     graph = nx.DiGraph(**meta) if mode == "tree" else nx.MultiDiGraph(**meta)
 
     def number(value: Any) -> float:
@@ -722,8 +728,10 @@ def render_text(graph: nx.DiGraph) -> str:
     if _mode(graph) == "graph":
         edges = _graph_edges(graph)
         extra = sum(1 for *_, d in edges if not d.get("in_tree"))
-        lines = [f"{_show_token(graph, root)} (root): {len(edges)} edges, {extra} not in the tree (marked +); "
-                 "parent <- child"]  # fmt: skip
+        lines = [
+            f"{_show_token(graph, root)} (root): {len(edges)} edges, {extra} not in the tree (marked +); "
+            "parent <- child"
+        ]
         layer = None
         for parent, child, data in edges:
             if data["layer"] != layer:

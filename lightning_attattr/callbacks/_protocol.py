@@ -127,8 +127,10 @@ def collect_examples(pl_module: pl.LightningModule, loader: Iterable[Any], n: in
             if "attention_mask" in row:
                 keep = int(row["attention_mask"].sum())
                 if bool(row["attention_mask"][:keep].all()):  # right padding: crop it
-                    row = {k: v[:keep] if k in ("input_ids", "attention_mask", "token_type_ids") else v
-                           for k, v in row.items()}  # fmt: skip
+                    row = {
+                        k: v[:keep] if k in ("input_ids", "attention_mask", "token_type_ids") else v
+                        for k, v in row.items()
+                    }
             rows.append(row)
             if len(rows) == n:
                 return rows

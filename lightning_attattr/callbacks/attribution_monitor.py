@@ -236,8 +236,11 @@ class AttributionMonitor(EpochEndAnalysis):
                 continue
             for i, attr in enumerate(result["attributions"][: self.max_image_examples]):
                 tokens = result["tokens"][i] or None
-                heat = token_heatmap(attr[li].sum(0), tokens or [str(j) for j in range(attr.shape[-1])],
-                                     title=f"layer {layer}, example {i}, epoch {result['epoch']}")  # fmt: skip
+                heat = token_heatmap(
+                    attr[li].sum(0),
+                    tokens or [str(j) for j in range(attr.shape[-1])],
+                    title=f"layer {layer}, example {i}, epoch {result['epoch']}",
+                )
                 figures.image(f"attr/layer{layer}/example{i}", heat, step)
                 grid = head_grid(attr[li], tokens=tokens, title=f"layer {layer}, example {i}")
                 figures.image(f"attr_heads/layer{layer}/example{i}", grid, step)

@@ -61,8 +61,9 @@ def taylor_head_importance(
     metric: HeadImportance | None = None
     for batch in examples.my_batches(trainer, batch_size):
         labels = batch.get("labels") if variant == "michel" else None
-        scores = taylor_importance(model, {k: v for k, v in batch.items() if k != "labels"}, variant=variant,
-                                   labels=labels)  # fmt: skip
+        scores = taylor_importance(
+            model, {k: v for k, v in batch.items() if k != "labels"}, variant=variant, labels=labels
+        )
         if metric is None:
             metric = HeadImportance(*scores.shape[1:]).to(pl_module.device)
         metric.update(scores.to(pl_module.device))

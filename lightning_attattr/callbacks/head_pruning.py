@@ -150,8 +150,9 @@ class HeadPruningCallback(EpochEndAnalysis):
             return random_importance(len(layer_modules(model)), int(model.config.num_attention_heads), self.seed)
         self.examples.ensure(trainer, pl_module)
         if self.importance_kind == "taylor":
-            return taylor_head_importance(trainer, pl_module, self.examples, variant="official",
-                                          batch_size=self.batch_size)  # fmt: skip
+            return taylor_head_importance(
+                trainer, pl_module, self.examples, variant="official", batch_size=self.batch_size
+            )
         return attattr_importance(
             trainer,
             pl_module,
@@ -189,8 +190,9 @@ class HeadPruningCallback(EpochEndAnalysis):
                         raise ArgumentError("HeadPruningCallback needs `labels` in the validation batches.")
                     labels = inputs.pop("labels").to(pl_module.device)
                     logits = model_logits(model, {k: v.to(pl_module.device) for k, v in inputs.items()})
-                    counts += torch.tensor([float((logits.argmax(-1) == labels).sum()), float(labels.numel())],
-                                           dtype=torch.float64)  # fmt: skip
+                    counts += torch.tensor(
+                        [float((logits.argmax(-1) == labels).sum()), float(labels.numel())], dtype=torch.float64
+                    )
         finally:
             model.train(was_training)
         counts = reduce_sum(trainer, counts, pl_module.device)
@@ -210,16 +212,23 @@ class HeadPruningCallback(EpochEndAnalysis):
                 mask = mask * base
             mask = trainer.strategy.broadcast(mask, src=0)
             accuracies.append(self.evaluate(trainer, pl_module, mask))
-        curve = {"epoch": trainer.current_epoch, "fractions": list(self.fractions), "accuracy": accuracies,
-                 "importance": importance}  # fmt: skip
+        curve = {
+            "epoch": trainer.current_epoch,
+            "fractions": list(self.fractions),
+            "accuracy": accuracies,
+            "importance": importance,
+        }
         self.curves.append(curve)
         for fraction, acc in zip(self.fractions, accuracies):
             pl_module.log(f"prune/acc_r{fraction:.2f}", acc, rank_zero_only=True)
         if trainer.is_global_zero:
             from lightning_attattr.plotting import pruning_curve
 
-            fig = pruning_curve(self.fractions, {self.importance_kind: accuracies},
-                                title=f"pruning curve, epoch {trainer.current_epoch}")  # fmt: skip
+            fig = pruning_curve(
+                self.fractions,
+                {self.importance_kind: accuracies},
+                title=f"pruning curve, epoch {trainer.current_epoch}",
+            )
             FigureLogger(trainer).image("prune/curve", fig, trainer.global_step)
 
     @override

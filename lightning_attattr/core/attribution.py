@@ -643,17 +643,37 @@ class AttentionIntegratedGradients:
                 if adaptive is not None:
                     f_zero = self._baseline_prob(ctrl, sub, layer, probs_a[layer], tgt, below, autocast)
                     attr, used, error, flagged = self._integrate_adaptive(
-                        ctrl, sub, layer, probs_a[layer], tgt, f_full, f_zero, below, autocast, progress, adaptive,
-                        internal_batch_size, shard,
-                    )  # fmt: skip
+                        ctrl,
+                        sub,
+                        layer,
+                        probs_a[layer],
+                        tgt,
+                        f_full,
+                        f_zero,
+                        below,
+                        autocast,
+                        progress,
+                        adaptive,
+                        internal_batch_size,
+                        shard,
+                    )
                     assert error_out is not None and flag_out is not None
                     used_out[index, li], error_out[index, li], flag_out[index, li] = used, error, flagged
                 else:
                     mine = torch.tensor(owned[gi][li], dtype=torch.long)
                     attr, f_zero = self._integrate(
-                        ctrl, sub, layer, probs_a[layer], tgt, alpha_t[mine], weight_t[mine], steps, below, autocast,
+                        ctrl,
+                        sub,
+                        layer,
+                        probs_a[layer],
+                        tgt,
+                        alpha_t[mine],
+                        weight_t[mine],
+                        steps,
+                        below,
+                        autocast,
                         progress,
-                    )  # fmt: skip
+                    )
                     if base_out is not None and f_zero is None:
                         f_zero = self._baseline_prob(ctrl, sub, layer, probs_a[layer], tgt, below, autocast)
                 for j, i in enumerate(index):
@@ -865,9 +885,22 @@ class AttentionIntegratedGradients:
             nodes = list(range(start, stop))
             mine = [k for k in nodes if shard is None or (adaptive.next_item() % shard[1]) == shard[0]]
             self._integrate_nodes(
-                ctrl, sub, layer, probs, target, active, mine, alphas, weights[level:], acc[level:], h, below,
-                autocast, progress, internal_batch_size,
-            )  # fmt: skip
+                ctrl,
+                sub,
+                layer,
+                probs,
+                target,
+                active,
+                mine,
+                alphas,
+                weights[level:],
+                acc[level:],
+                h,
+                below,
+                autocast,
+                progress,
+                internal_batch_size,
+            )
             terms = h[active]
             if adaptive.reduce is not None:
                 terms = adaptive.reduce(terms.to(probs.device)).double().cpu()

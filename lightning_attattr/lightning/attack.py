@@ -51,8 +51,11 @@ class Framing:
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self.special = [t for t in (tokenizer.cls_token, tokenizer.sep_token, tokenizer.bos_token,
-                                    tokenizer.eos_token) if t is not None]  # fmt: skip
+        self.special = [
+            t
+            for t in (tokenizer.cls_token, tokenizer.sep_token, tokenizer.bos_token, tokenizer.eos_token)
+            if t is not None
+        ]
         self.parts = {pair: self._learn(pair) for pair in (False, True)}
 
     def _learn(self, pair: bool) -> tuple[list[list[int]], list[list[int]], list[int]]:
@@ -137,18 +140,26 @@ def run_attack(
             tokens = source[i]["tokens"]
             seg = next(p for p, t in enumerate(tokens) if p > 0 and t in specials)
             label = source[i].get("labels")
-            pattern = mine_pattern(result.attributions[row].float(), tokens, seg_pos=seg, predicted=int(pred[row]),
-                                   label=None if label is None else int(label), example=i)  # fmt: skip
+            pattern = mine_pattern(
+                result.attributions[row].float(),
+                tokens,
+                seg_pos=seg,
+                predicted=int(pred[row]),
+                label=None if label is None else int(label),
+                example=i,
+            )
             patterns.append(pattern.to_dict())
         return {"pattern": patterns}
 
     start = time.perf_counter()
-    mined = run_examples(trainer, model, folder, "mine", items, list(range(len(items))), datamodule.collator,
-                         batch_size, mine)  # fmt: skip
+    mined = run_examples(
+        trainer, model, folder, "mine", items, list(range(len(items))), datamodule.collator, batch_size, mine
+    )
     mine_s = time.perf_counter() - start
     ranked = rank_patterns([Pattern.from_dict(p) for p in mined["pattern"]])
-    triggers = select_triggers(ranked, threshold=threshold, top=top, special_tokens=specials, ratio=ratio,
-                               use_both=use_both)  # fmt: skip
+    triggers = select_triggers(
+        ranked, threshold=threshold, top=top, special_tokens=specials, ratio=ratio, use_both=use_both
+    )
     if not triggers:
         raise ArgumentError(
             f"Expected at least one pattern scoring >= `threshold` ({threshold}) with a non-special token, but the "
@@ -159,8 +170,10 @@ def run_attack(
     variants: list[Trigger | None] = [None, *triggers, *(c for row in controls for c in row)]
     pair = dev.text_b is not None
     max_tokens = datamodule.max_length - framing.n_special(pair)
-    segments = [(tokenizer.tokenize(dev.text_a[i]), tokenizer.tokenize(dev.text_b[i]) if pair else None)
-                for i in range(len(dev))]  # fmt: skip
+    segments = [
+        (tokenizer.tokenize(dev.text_a[i]), tokenizer.tokenize(dev.text_b[i]) if pair else None)
+        for i in range(len(dev))
+    ]
 
     def encode(i: int, trigger: Trigger | None) -> dict[str, list[int]]:
         a, b = segments[i]
@@ -184,8 +197,9 @@ def run_attack(
 
     start = time.perf_counter()
     dev_items = [{"input_ids": [0], "labels": int(y)} for y in dev.labels]
-    evaluated = run_examples(trainer, model, folder, "evaluate", dev_items, list(range(len(dev))),
-                             datamodule.collator, batch_size, evaluate)  # fmt: skip
+    evaluated = run_examples(
+        trainer, model, folder, "evaluate", dev_items, list(range(len(dev))), datamodule.collator, batch_size, evaluate
+    )
     evaluate_s = time.perf_counter() - start
     if not folder.main:
         return {}

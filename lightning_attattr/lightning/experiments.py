@@ -215,8 +215,9 @@ def run_heads(
         return {"preds": _predict_all(net, batch, masks), "labels": batch["labels"].cpu()}
 
     start = time.perf_counter()
-    evaluated = run_examples(trainer, model, folder, "pruning", dataset, range(n_eval), collator, eval_batch_size,
-                             pruning_step)  # fmt: skip
+    evaluated = run_examples(
+        trainer, model, folder, "pruning", dataset, range(n_eval), collator, eval_batch_size, pruning_step
+    )
     timings["pruning_s"] = time.perf_counter() - start
     labels = evaluated["labels"]
     per_mask = [task_metrics(evaluated["preds"][:, j], labels, metric_names, num_labels) for j in range(len(masks))]
@@ -349,8 +350,13 @@ def structural_pruning(
         heads = heads_to_prune(importance, fraction)
         emptied = [layer for layer, h in heads.items() if len(h) >= n_heads]
         if emptied:  # a layer without any head has no attention projection left: masking only
-            skipped.append({"fraction": fraction, "heads_removed": sum(len(h) for h in heads.values()),
-                            "skipped": f"removes every head of layer(s) {emptied}"})  # fmt: skip
+            skipped.append(
+                {
+                    "fraction": fraction,
+                    "heads_removed": sum(len(h) for h in heads.values()),
+                    "skipped": f"removes every head of layer(s) {emptied}",
+                }
+            )
             continue
         pruned = copy.deepcopy(model).eval()
         if heads:
@@ -415,9 +421,13 @@ def run_effectiveness(
         labels = batch["labels"]
         inputs = model_inputs(batch)
         result = ig.attribute(
-            {**inputs, "labels": labels}, target="labels", n_steps=n_steps, method=method,
-            completeness_tol=completeness_tol, return_convergence_delta=True,
-        )  # fmt: skip
+            {**inputs, "labels": labels},
+            target="labels",
+            n_steps=n_steps,
+            method=method,
+            completeness_tol=completeness_tol,
+            return_convergence_delta=True,
+        )
         attattr = attribution_head_scores(result, "max").float().cpu()  # [batch, L, H]
         attention = attention_weight_importance(net, inputs).float()
         correct = []
@@ -434,8 +444,9 @@ def run_effectiveness(
         }
 
     start = time.perf_counter()
-    records = run_examples(trainer, model, folder, "effectiveness", dataset, range(n_examples), datamodule.collator,
-                           batch_size, step)  # fmt: skip
+    records = run_examples(
+        trainer, model, folder, "effectiveness", dataset, range(n_examples), datamodule.collator, batch_size, step
+    )
     seconds = time.perf_counter() - start
     if not folder.main:
         return {}
@@ -459,8 +470,14 @@ def run_effectiveness(
     from lightning_attattr.plotting import pruning_curve
 
     tb = _TensorBoard(folder)
-    fig = pruning_curve(ks, curves, metric_name="accuracy", xlabel="heads pruned in every layer", percent=False,
-                        title=f"{task or 'task'}: effectiveness ({n_examples} dev examples)")  # fmt: skip
+    fig = pruning_curve(
+        ks,
+        curves,
+        metric_name="accuracy",
+        xlabel="heads pruned in every layer",
+        percent=False,
+        title=f"{task or 'task'}: effectiveness ({n_examples} dev examples)",
+    )
     _save_plot(folder, tb, "effectiveness", fig)
     for name, values in curves.items():
         for k, v in zip(ks, values):
@@ -505,14 +522,21 @@ def run_attribute(
         chosen: Any = target
         if target == "labels":
             chosen = batch["labels"]
-        result = ig.attribute(inputs, target=chosen, layers=layers, n_steps=n_steps, method=method,
-                              completeness_tol=completeness_tol, return_convergence_delta=True)  # fmt: skip
+        result = ig.attribute(
+            inputs,
+            target=chosen,
+            layers=layers,
+            n_steps=n_steps,
+            method=method,
+            completeness_tol=completeness_tol,
+            return_convergence_delta=True,
+        )
         return {
             "attributions": [a.float().cpu() for a in result.attributions],
             "attention": [
                 attention[row][list(result.layers)][:, :, pos][:, :, :, pos].float().cpu()
                 for row, pos in enumerate(positions)
-            ],  # fmt: skip
+            ],
             "target": result.target.cpu(),
             "probs": probs,
             "convergence_delta": result.convergence_delta.float().cpu(),

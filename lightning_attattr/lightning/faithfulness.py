@@ -187,15 +187,27 @@ def run_faithfulness(
     summary = summarize(records, plan.methods, plan.ks)
     truth = None if planted is None else ground_truth(records, plan.methods, truth_source)
     write_json(folder.file("faithfulness.json"), summary)
-    for name, curves in (("deletion_curves.csv", summary["curves"]),
-                         ("deletion_curves_all_layers.csv", summary["cross_layer"]["curves"])):  # fmt: skip
+    for name, curves in (
+        ("deletion_curves.csv", summary["curves"]),
+        ("deletion_curves_all_layers.csv", summary["cross_layer"]["curves"]),
+    ):
         rows = [(method, k, c["drop"][i], c["flip"][i]) for method, c in curves.items() for i, k in enumerate(ks)]
         write_csv(folder.file(name), ("method", "k", "mean_prob_drop", "flip_rate"), rows)
     write_text(folder.file("faithfulness.md"), faithfulness_markdown(summary, truth))
-    _plot_curves(folder, summary, summary["curves"], "deletion_curves",
-                 "connections removed (k, top-k (layer, query, key) over all layers)")  # fmt: skip
-    _plot_curves(folder, summary, summary["cross_layer"]["curves"], "deletion_curves_all_layers",
-                 "word pairs removed in every layer (k, top-k pairs across layers)")  # fmt: skip
+    _plot_curves(
+        folder,
+        summary,
+        summary["curves"],
+        "deletion_curves",
+        "connections removed (k, top-k (layer, query, key) over all layers)",
+    )
+    _plot_curves(
+        folder,
+        summary,
+        summary["cross_layer"]["curves"],
+        "deletion_curves_all_layers",
+        "word pairs removed in every layer (k, top-k pairs across layers)",
+    )
     result: dict[str, Any] = {
         "timings": {"faithfulness_s": seconds},
         "n_examples": len(indices),
@@ -254,8 +266,11 @@ def _example(
     flip = (after.argmax(1) != c).float()
     n_m, n_k = len(methods), len(ks)
     bounds = [n_m * n_k, n_random * n_k, n_m * (1 + n_random), n_m * n_k, n_random * n_k]
-    parts = list(zip(torch.split(drop, [*bounds, len(drop) - sum(bounds)]),
-                     torch.split(flip, [*bounds, len(flip) - sum(bounds)])))  # fmt: skip
+    parts = list(
+        zip(
+            torch.split(drop, [*bounds, len(drop) - sum(bounds)]), torch.split(flip, [*bounds, len(flip) - sum(bounds)])
+        )
+    )
     (top_d, top_f), (rand_d, rand_f), (tree_d, tree_f), (cross_d, cross_f), (cross_rd, cross_rf), planted = parts
     tree_d, tree_f = tree_d.reshape(n_m, 1 + n_random), tree_f.reshape(n_m, 1 + n_random)
     out = {
@@ -456,13 +471,22 @@ def faithfulness_markdown(summary: Mapping[str, Any], truth: Mapping[str, Any] |
     """The faithfulness tables: deletion curves per layer and across layers, trees, completeness, planted truth."""
     ks = summary["ks"]
     head = " | ".join(f"drop k={k}" for k in ks)
-    lines = ["Per-layer removal: the top-k (layer, query, key) connections over all layers.", "",
-             f"| method | {head} | drop area | flip area |", "|" + "---|" * (len(ks) + 3)]  # fmt: skip
+    lines = [
+        "Per-layer removal: the top-k (layer, query, key) connections over all layers.",
+        "",
+        f"| method | {head} | drop area | flip area |",
+        "|" + "---|" * (len(ks) + 3),
+    ]
     for name, c in summary["curves"].items():
         lines.append(f"| {name} | {_cells(c['drop'])} | {c['drop_area']:.3f} | {c['flip_area']:.3f} |")
     cross = summary["cross_layer"]
-    lines += ["", f"Cross-layer removal: {cross['rule']}.", "",
-              f"| method | {head} | drop area | flip area |", "|" + "---|" * (len(ks) + 3)]  # fmt: skip
+    lines += [
+        "",
+        f"Cross-layer removal: {cross['rule']}.",
+        "",
+        f"| method | {head} | drop area | flip area |",
+        "|" + "---|" * (len(ks) + 3),
+    ]
     for name, c in cross["curves"].items():
         lines.append(f"| {name} | {_cells(c['drop'])} | {c['drop_area']:.3f} | {c['flip_area']:.3f} |")
     lines += ["", "| tree of | edges | drop | flips | random same layers: drop | flips |", "|---|---|---|---|---|---|"]
@@ -471,8 +495,12 @@ def faithfulness_markdown(summary: Mapping[str, Any], truth: Mapping[str, Any] |
             f"| {name} | {t['mean_edges']:.1f} | {t['drop']:.3f} | {t['flip']:.3f} | "
             f"{t['random_drop']:.3f} ± {t['random_drop_std']:.3f} | {t['random_flip']:.3f} |"
         )
-    lines += ["", "| per example: drop areas (per layer) | mean difference ± s.e. | share of examples where the "
-              "first is larger |", "|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| per example: drop areas (per layer) | mean difference ± s.e. | share of examples where the "
+        "first is larger |",
+        "|---|---|---|",
+    ]
     for pair, p in summary["paired"].items():
         lines.append(f"| {pair} | {p['mean_difference']:+.3f} ± {p['stderr']:.3f} | {p['share_larger']:.2f} |")
     lines += ["", completeness_line(summary)]
@@ -532,8 +560,12 @@ def summary_table(summary: Mapping[str, Any], truth: Mapping[str, Any] | None, p
     head = "| method | drop area, per layer | drop area, all layers |"
     if convention is not None:
         head += f" top-1 ({convention}) | top-3 ({convention}) | tree connects ({convention}) |"
-    lines = [f"faithfulness of {summary['n_examples']} examples (areas under the mean drop of the predicted "
-             "class's probability):", head, "|---" * head.count(" | ") + "|---|"]  # fmt: skip
+    lines = [
+        f"faithfulness of {summary['n_examples']} examples (areas under the mean drop of the predicted "
+        "class's probability):",
+        head,
+        "|---" * head.count(" | ") + "|---|",
+    ]
     for name, c in summary["curves"].items():
         row = f"| {name} | {c['drop_area']:.3f} | {summary['cross_layer']['curves'][name]['drop_area']:.3f} |"
         if truth is not None:
@@ -544,8 +576,9 @@ def summary_table(summary: Mapping[str, Any], truth: Mapping[str, Any] | None, p
     return "\n".join(lines)
 
 
-def _plot_curves(folder: ResultsFolder, summary: Mapping[str, Any], curves: Mapping[str, Any], name: str,
-                 xlabel: str) -> None:  # fmt: skip
+def _plot_curves(
+    folder: ResultsFolder, summary: Mapping[str, Any], curves: Mapping[str, Any], name: str, xlabel: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -78,8 +78,9 @@ def run_trees(
         }
 
     start = time.perf_counter()
-    records = run_examples(trainer, model, folder, "attribute", list(items), list(range(len(items))),
-                           datamodule.collator, batch_size, step)  # fmt: skip
+    records = run_examples(
+        trainer, model, folder, "attribute", list(items), list(range(len(items))), datamodule.collator, batch_size, step
+    )
     seconds = time.perf_counter() - start
     if not folder.main:
         return {}
@@ -113,9 +114,26 @@ def run_trees(
         save_figure(tree_figure(graph, labels, title=title), folder.file(f"plots/{name}"))
         print(f"\n{name} (predicted {pred}, p={float(probs[pred]):.3f}):\n{text}")
         print(f"worst completeness error of these maps: {float(errors[worst]):.2e} (layer {worst})")
-        index.append({"name": name, "tokens": labels, "predicted": pred, "n_edges": graph.number_of_edges(),
-                      "max_completeness_error": float(errors[worst]), "file": f"trees/{name}.json"})  # fmt: skip
+        index.append(
+            {
+                "name": name,
+                "tokens": labels,
+                "predicted": pred,
+                "n_edges": graph.number_of_edges(),
+                "max_completeness_error": float(errors[worst]),
+                "file": f"trees/{name}.json",
+            }
+        )
     worst_all = max((item["max_completeness_error"] for item in index), default=None)
-    write_json(folder.file("trees.json"), {"mode": mode, "tau": tau, "root": root, "words": words,
-                                           "max_completeness_error": worst_all, "examples": index})  # fmt: skip
+    write_json(
+        folder.file("trees.json"),
+        {
+            "mode": mode,
+            "tau": tau,
+            "root": root,
+            "words": words,
+            "max_completeness_error": worst_all,
+            "examples": index,
+        },
+    )
     return {"timings": {"attribute_s": seconds}, "n_examples": len(index), "max_completeness_error": worst_all}

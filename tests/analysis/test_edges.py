@@ -224,6 +224,13 @@ def test_ks_checks():
 
 def test_units_from_tokens_word_rule():
     assert units_from_tokens(["[CLS]", "un", "##believ", "##able", ",", "film", "[SEP]", "##x"]) == [
-        0, 1, 1, 1, 2, 3, 4, 5,
-    ]  # fmt: skip
+        0,
+        1,
+        1,
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
     assert units_from_tokens(["<s>", "The", "Ġfil", "m", "Ġrocks", "</s>"], ["<s>", "</s>"]) == [0, 1, 2, 2, 3, 4]

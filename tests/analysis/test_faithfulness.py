@@ -174,9 +174,18 @@ def redundant_bert(n_layers: int = 2) -> torch.nn.Module:
     class 1 needs the [CLS] <- signal connection in at least one layer: the interaction is
     duplicated across layers.
     """
-    cfg = transformers.BertConfig(vocab_size=8, hidden_size=4, num_hidden_layers=n_layers, num_attention_heads=1,
-                                  intermediate_size=4, max_position_embeddings=16, type_vocab_size=1, num_labels=2,
-                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    cfg = transformers.BertConfig(
+        vocab_size=8,
+        hidden_size=4,
+        num_hidden_layers=n_layers,
+        num_attention_heads=1,
+        intermediate_size=4,
+        max_position_embeddings=16,
+        type_vocab_size=1,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     model = transformers.BertForSequenceClassification(cfg).eval()
     cls, signal, filler = torch.tensor([[1.0, 1, -1, -1], [1, -1, 1, -1], [1, -1, -1, 1]])  # zero mean, variance 1
     direction = torch.tensor([8.0, 0, 0, 0])  # query . key = 64 / sqrt(head size 4) = 32: a sharp softmax

@@ -268,8 +268,7 @@ def multi_edges(graph):
 def test_the_graph_keeps_the_edge_that_the_one_parent_rule_drops():
     tree, graph = build_tree(sibling_maps(), TOKENS), build_graph(sibling_maps(), TOKENS)
     assert edges(tree) == [(0, 1, 2), (0, 2, 2), (2, 3, 0)]
-    assert multi_edges(graph) == [(0, 1, 2, True), (0, 2, 2, True), (1, 2, 1, False), (2, 3, 0, True),
-                                  (3, 0, 0, False)]  # fmt: skip
+    assert multi_edges(graph) == [(0, 1, 2, True), (0, 2, 2, True), (1, 2, 1, False), (2, 3, 0, True), (3, 0, 0, False)]
     assert graph.edges[1, 2, 1] == {"layer": 1, "attribution": 0.8, "score": 0.8, "in_tree": False}
     assert dict(graph.nodes(data=True)) == dict(tree.nodes(data=True))  # the same tokens, the same attributes
     assert graph.graph == {**tree.graph, "mode": "graph"}
@@ -324,10 +323,14 @@ def test_graph_exports_round_trip(tmp_path):
     graph = build_graph(sibling_maps(), tokens)
     data = tree_to_json(graph)
     assert json.loads(json.dumps(data)) == data and data["mode"] == "graph"
-    assert data["edges"][0] == {"parent": 0, "child": 1, "layer": 2, "attribution": 1.0, "score": 1.0,
-                                "in_tree": True}  # fmt: skip
-    assert [(e["parent"], e["child"], e["layer"]) for e in data["edges"]] == [(0, 1, 2), (0, 2, 2), (1, 2, 1),
-                                                                              (2, 3, 0), (3, 0, 0)]  # fmt: skip
+    assert data["edges"][0] == {"parent": 0, "child": 1, "layer": 2, "attribution": 1.0, "score": 1.0, "in_tree": True}
+    assert [(e["parent"], e["child"], e["layer"]) for e in data["edges"]] == [
+        (0, 1, 2),
+        (0, 2, 2),
+        (1, 2, 1),
+        (2, 3, 0),
+        (3, 0, 0),
+    ]
     back = tree_from_json(json.loads(json.dumps(data)))
     assert isinstance(back, nx.MultiDiGraph) and tree_to_json(back) == data
     assert multi_edges(back) == multi_edges(graph) and dict(back.nodes(data=True)) == dict(graph.nodes(data=True))

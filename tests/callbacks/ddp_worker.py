@@ -14,8 +14,15 @@ from lightning_attattr.data.modules import SyntheticDataModule
 from lightning_attattr.lightning.classifier import AttAttrClassifier
 from lightning_attattr.lightning.compat import pl
 
-TINY = {"model_type": "bert", "vocab_size": 29, "hidden_size": 32, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "intermediate_size": 37, "max_position_embeddings": 32}  # fmt: skip
+TINY = {
+    "model_type": "bert",
+    "vocab_size": 29,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "max_position_embeddings": 32,
+}
 
 
 def main(devices: int, out: str) -> None:

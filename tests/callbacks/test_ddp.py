@@ -14,8 +14,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run(devices, out, cwd, package="pytorch_lightning"):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ATTATTR_LIGHTNING": package}
-    done = subprocess.run([sys.executable, str(WORKER), str(devices), str(out)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(WORKER), str(devices), str(out)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return torch.load(out, weights_only=False)
 

@@ -114,13 +114,21 @@ def test_mask_mode_pruning_needs_no_method_on_the_module(tmp_path):
     module = their_module(pl)
     assert not hasattr(module, "set_head_mask")
     layers = module.encoder.roberta.encoder.layer
-    before = {name: [getattr(layer.attention.self, name).weight.detach().clone() for layer in layers]
-              for name in ("query", "key", "value")}  # fmt: skip
+    before = {
+        name: [getattr(layer.attention.self, name).weight.detach().clone() for layer in layers]
+        for name in ("query", "key", "value")
+    }
     pruning = HeadPruningCallback(fractions=[0.0], importance="random", schedule={0: 0.5}, mode="mask")
     trainer = pl.Trainer(
-        default_root_dir=tmp_path, logger=False, max_epochs=1, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", callbacks=[pruning],
-    )  # fmt: skip
+        default_root_dir=tmp_path,
+        logger=False,
+        max_epochs=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=[pruning],
+    )
     trainer.fit(module, loader(0), loader(1))
     mask = pruning.pruned_mask  # [layer, head]
     assert mask is not None and int((mask == 0).sum()) == 4  # half of the 8 heads

@@ -15,8 +15,12 @@ def chosen(code="", env=None):
     env = {k: v for k, v in os.environ.items() if k != "ATTATTR_LIGHTNING"} | (env or {})
     done = subprocess.run(
         [sys.executable, "-c", f"{code}\nfrom lightning_attattr.lightning.compat import PACKAGE; print(PACKAGE)"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()[-1]
 
@@ -31,8 +35,13 @@ def test_the_package_is_chosen_by_env_then_by_what_was_imported_then_pytorch_lig
 
 def test_a_bad_env_value_names_the_variable_and_the_choices():
     env = {**os.environ, "ATTATTR_LIGHTNING": "lightning2"}
-    done = subprocess.run([sys.executable, "-c", "import lightning_attattr.lightning.compat"], capture_output=True,
-                          text=True, env=env, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", "import lightning_attattr.lightning.compat"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode != 0
     assert "Expected `ATTATTR_LIGHTNING` to be one of ['lightning', 'pytorch_lightning'], but got 'lightning2'" in (
         done.stderr
@@ -67,10 +76,20 @@ def test_to_this_package_moves_only_lightning_module_paths():
 def test_train_py_under_lightning_pytorch_logs_every_picture(tmp_path):
     """`ATTATTR_LIGHTNING=lightning train.py fit --config configs/quickstart.yaml`: the figures reach TensorBoard."""
     env = {**os.environ, "ATTATTR_LIGHTNING": "lightning", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
-            "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-            "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}",
-            "--data.init_args.n_train=64", "--data.init_args.n_val=64"]  # fmt: skip
+    args = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "quickstart.yaml"),
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--data.init_args.n_train=64",
+        "--data.init_args.n_val=64",
+    ]
     done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "quickstart" / "version_0"

@@ -131,8 +131,11 @@ def test_example_graph_and_completeness(injection_folder):
     summed = payloads["ex0"]["attributions"].double().sum(1)  # [layer, q, k]
     graph = tree_to_json(build_graph(summed, payloads["ex0"]["tokens"], tau=0.4))
     assert {k: ex0["graph"][k] for k in ("mode", "tau", "n_layers", "root")} == {
-        "mode": "graph", "tau": 0.4, "n_layers": 3, "root": 0
-    }  # fmt: skip
+        "mode": "graph",
+        "tau": 0.4,
+        "n_layers": 3,
+        "root": 0,
+    }
     rows = ex0["graph"]["edges"]
     assert [r[:3] + [r[5]] for r in rows] == [
         [e["parent"], e["child"], e["layer"], int(e["in_tree"])] for e in graph["edges"]
@@ -197,8 +200,14 @@ def test_model_sections(tmp_path):
     assert set(heads["data"]["importance"]["methods"]) == {"attattr", "taylor"}  # per-seed random maps left out
     assert heads["data"]["pruning"]["curves"]["random"]["acc_min"][1] == 0.78
     attack = next(s for s in data["sections"] if s["kind"] == "attack")["data"]
-    assert attack["triggers"][0] == {"text": "no nonsense", "tokens": ["no", "nonsense"], "layer": 1, "head": 2,
-                                     "score": 0.19, "example": 3}  # fmt: skip
+    assert attack["triggers"][0] == {
+        "text": "no nonsense",
+        "tokens": ["no", "nonsense"],
+        "layer": 1,
+        "head": 2,
+        "score": 0.19,
+        "example": 3,
+    }
     assert "patterns" not in attack
     assert data["examples"] == []
     page = build_report(tmp_path).html
