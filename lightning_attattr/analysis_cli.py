@@ -25,49 +25,60 @@ TensorBoard events under ``<output_dir>/tensorboard``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from lightning_attattr.analysis.edges import EDGE_METHODS
-from lightning_attattr.analysis.faithfulness import DEFAULT_KS, check_ks_fit
-from lightning_attattr.analysis.heads import METHODS
+from lightning_attattr.analysis.settings import (
+    AnalysisSettings,
+    AttackSettings,
+    AttributeSettings,
+    EffectivenessSettings,
+    FaithfulnessSettings,
+    HeadsSettings,
+    TreeSettings,
+)
 from lightning_attattr.analysis.store import ResultsFolder, write_json
-from lightning_attattr.analysis.trees import MODES, ROOT_RULES
 from lightning_attattr.cli import AttAttrCLI
-from lightning_attattr.core.approximation import validate_method, validate_n_steps
 from lightning_attattr.core.checks import (
     ArgumentError,
     check_bool,
-    check_choice,
     check_existing_dir,
-    check_fractions,
-    check_int,
-    check_number,
     check_positive_int,
-    check_seed,
-    check_sizes,
     program_name,
 )
-from lightning_attattr.core.importance import PRUNING_FRACTIONS
 from lightning_attattr.lightning.checkpoints import read_checkpoint
 from lightning_attattr.lightning.classifier import AttAttrClassifier
 from lightning_attattr.lightning.compat import pl, rank_zero_only
+from lightning_attattr.lightning.job import Examples, Job
+from lightning_attattr.lightning.subcommands import Run, subcommand
 
 PROG = "analyze.py"
-SUBCOMMANDS = ("attribute", "tree", "heads", "effectiveness", "faithfulness", "attack")
 # the trainer settings an analysis uses; the rest of a training config's `trainer:` is ignored
 HARDWARE_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision")
 #: Layout version of a subcommand's per-example parts, when it changed since its first release: a folder
 #: written with another version is refused (or replaced with ``--overwrite true``) instead of resumed.
 RESULTS_FORMATS = {"faithfulness": 4}
+#: The settings class of each subcommand (its options).
+SETTINGS: dict[str, type[AnalysisSettings]] = {
+    "attribute": AttributeSettings,
+    "tree": TreeSettings,
+    "heads": HeadsSettings,
+    "effectiveness": EffectivenessSettings,
+    "faithfulness": FaithfulnessSettings,
+    "attack": AttackSettings,
+}
+# options that do not change results (batch sizes, plots, timing): left out of the results folder's fingerprint
+_NOT_DECIDING = sorted({f.name for s in SETTINGS.values() for f in s.options() if not f.metadata["decides"]})
 
 
 def _command(command: list[str] | None = None) -> list[str]:
@@ -165,183 +176,36 @@ class AnalysisTrainer(pl.Trainer):
     analysis_command: list[str] | None = None  # set by the CLI: its command line, for summary.json
 
     # ----------------------------------------------------------------- subcommands
-    def attribute(
-        self,
-        model: pl.LightningModule,
-        datamodule: pl.LightningDataModule | None = None,
-        ckpt_path: str | None = None,
-        weights_only: bool = True,
-        output_dir: str = "results/attribute",
-        overwrite: bool = False,
-        indices: list[int] | None = None,
-        text: list[str] | None = None,
-        text_pair: list[str] | None = None,
-        target: str | int = "predicted",
-        layers: list[int] | None = None,
-        n_steps: int | Literal["auto"] = "auto",
-        method: str = "gausslegendre",
-        completeness_tol: float = 1e-3,
-        batch_size: int = 8,
-        plots: bool = True,
-        report: bool = False,
-    ) -> dict[str, Any]:
-        """AttAttr maps of chosen dev examples or raw text, saved per example with plots.
-
-        Args:
-            model: the classifier (built from ``--config``/``--model``).
-            datamodule: the data module (dev examples, tokenizer).
-            ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
-            weights_only: read ``ckpt_path`` with ``torch.load(weights_only=True)`` (tensors and plain values
-                only; a file with other objects is refused unread). ``false`` unpickles it fully, which
-                executes code from the file: only for checkpoints you trust.
-            output_dir: results folder (``examples/*.pt``, ``attributions.json``, ``plots/``, ``summary.json``).
-            overwrite: replace a results folder that holds results of other arguments.
-            indices: dev-set example indices (0-based, file order); default ``[0]`` when no ``text`` is given.
-            text: raw input texts (first segments).
-            text_pair: second segments for pair tasks, one per ``text``.
-            target: ``"predicted"``, ``"labels"`` (gold, dev examples only) or a class index.
-            layers: layers to attribute (default all; negative counts from the end).
-            n_steps: ``"auto"`` (adaptive, meets ``completeness_tol``) or a fixed number of steps.
-            method: integration rule (``gausslegendre``, ``riemann_left``, ...).
-            completeness_tol: relative completeness tolerance of ``n_steps="auto"``.
-            batch_size: examples per attribution batch.
-            plots: write one PNG/SVG per example (head-summed map of every layer).
-            report: also write the interactive page ``output_dir/report.html`` (``analyze.py report``).
-        """
-        check_positive_int("batch_size", batch_size)
-        validate_n_steps(n_steps, allow_auto=True)
-        validate_method(method)
-        check_bool("plots", plots)
-        check_bool("report", report)
-        if target not in ("predicted", "labels") and not (isinstance(target, int) and not isinstance(target, bool)):
-            raise ArgumentError(f"Expected `target` to be 'predicted', 'labels' or a class index, but got {target!r}.")
-        _check_text(text, text_pair)
-        if text and target == "labels":
-            raise ArgumentError(
-                "Expected `target` 'predicted' or a class index for `text` inputs (they have no gold label), "
-                "but got 'labels'."
-            )
-        net, datamodule = self._prepare(model, datamodule, ckpt_path, weights_only)
-        items, names, gold, tokens = _chosen_examples(datamodule, indices, text, text_pair)
+    @subcommand(
+        AttributeSettings,
+        output_dir="results/attribute",
+        outputs="``examples/*.pt``, ``attributions.json``, ``plots/``, ``summary.json``",
+        data="dev examples, tokenizer",
+    )
+    def attribute(self, run: Run, settings: AttributeSettings) -> dict[str, Any]:
+        """AttAttr maps of chosen dev examples or raw text, saved per example with plots."""
+        net, datamodule = self._prepare(run)
+        examples = _chosen_examples(datamodule, settings.indices, settings.text, settings.text_pair)
         from lightning_attattr.lightning.experiments import run_attribute
 
-        options = dict(
-            indices=indices,
-            text=text,
-            text_pair=text_pair,
-            target=target,
-            layers=layers,
-            n_steps=n_steps,
-            method=method,
-            completeness_tol=completeness_tol,
-        )
         result = self._run_analysis(
-            "attribute",
-            output_dir,
-            overwrite,
-            options,
-            lambda folder: run_attribute(
-                self,
-                net,
-                datamodule,
-                folder,
-                dataset=items,
-                indices=list(range(len(items))),
-                names=names,
-                tokens=tokens,
-                labels=gold,
-                target=target,
-                layers=layers,
-                n_steps=n_steps,
-                method=method,
-                completeness_tol=completeness_tol,
-                batch_size=batch_size,
-                plots=plots,
-            ),
+            run, "attribute", settings.decisive(), (net, datamodule), lambda job: run_attribute(job, settings, examples)
         )
-        if report and _is_main():
-            write_report(output_dir)
+        if settings.report and _is_main():
+            write_report(run.output_dir)
         return result
 
-    def heads(
-        self,
-        model: pl.LightningModule,
-        datamodule: pl.LightningDataModule | None = None,
-        ckpt_path: str | None = None,
-        weights_only: bool = True,
-        output_dir: str = "results/heads",
-        overwrite: bool = False,
-        methods: list[str] = list(METHODS),  # noqa: B006 (jsonargparse shows the default)
-        n_examples: int = 200,
-        fractions: list[float] = list(PRUNING_FRACTIONS),  # noqa: B006
-        random_seeds: list[int] = [0, 1, 2],  # noqa: B006
-        n_steps: int | Literal["auto"] = "auto",
-        method: str = "gausslegendre",
-        completeness_tol: float = 1e-3,
-        batch_size: int = 16,
-        eval_batch_size: int = 64,
-        max_eval_examples: int | None = None,
-        structural: bool = False,
-        latency_batches: int = 8,
-        latency_repeats: int = 5,
-        transfer_from: list[str] = [],  # noqa: B006
-    ) -> dict[str, Any]:
-        """Head importance by every method on the first dev examples, then pruning curves on the dev set.
-
-        Args:
-            model: the classifier (built from ``--config``/``--model``).
-            datamodule: the data module (dev set, tokenizer).
-            ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
-            weights_only: read ``ckpt_path`` with ``torch.load(weights_only=True)`` (tensors and plain values
-                only; a file with other objects is refused unread). ``false`` unpickles it fully, which
-                executes code from the file: only for checkpoints you trust.
-            output_dir: results folder (``importance.json/csv``, ``pruning.json/csv``, ``plots/``, ``tensorboard/``,
-                ``summary.json``).
-            overwrite: replace a results folder that holds results of other arguments.
-            methods: importance methods: attattr (max pooling, the paper), attattr_mean, attattr_sum, taylor
-                (official script), taylor_michel, accuracy_difference, attention, random.
-            n_examples: the first N dev examples score the heads (the official protocol: 200, gold labels).
-            fractions: fractions of all heads removed for the pruning curves, lowest importance first; must start
-                with 0.
-            random_seeds: seeds of the random baseline (one curve each; reported as mean and spread).
-            n_steps: AttAttr integration: ``"auto"`` (adaptive) or a fixed count (``method=riemann_left,
-                n_steps=20`` is the official computation).
-            method: integration rule.
-            completeness_tol: relative completeness tolerance of ``n_steps="auto"``.
-            batch_size: examples per importance batch.
-            eval_batch_size: examples per pruning-evaluation batch.
-            max_eval_examples: evaluate the pruning curves on the first N dev examples (default: all).
-            structural: also remove the heads physically (AttAttr ranking) and report parameters and latency.
-            latency_batches: dev batches timed per structurally pruned model.
-            latency_repeats: timing repeats (models interleaved; the median is reported).
-            transfer_from: other ``heads`` results folders: prune this model with their AttAttr ranking too
-                (universality).
-        """
-        for name in methods:
-            check_choice("methods", name, METHODS)
-        if not methods:
-            raise ArgumentError(f"Expected `methods` to name at least one of {list(METHODS)}, but got [].")
-        check_positive_int("n_examples", n_examples)
-        check_fractions("fractions", fractions)
-        if list(fractions) != sorted(fractions) or fractions[0] != 0:
-            raise ArgumentError(
-                f"Expected `fractions` increasing from 0 (the unpruned model), but got {list(fractions)}."
-            )
-        for seed in random_seeds:
-            check_seed("random_seeds", seed)
-        validate_n_steps(n_steps, allow_auto=True)
-        validate_method(method)
-        check_number("completeness_tol", completeness_tol, 0.0, low_open=True)
-        check_positive_int("batch_size", batch_size)
-        check_positive_int("eval_batch_size", eval_batch_size)
-        check_positive_int("max_eval_examples", max_eval_examples, optional=True)
-        check_bool("structural", structural)
-        check_positive_int("latency_batches", latency_batches)
-        check_positive_int("latency_repeats", latency_repeats)
-        transfer = _read_transfer(transfer_from)
-        net, datamodule = self._prepare(model, datamodule, ckpt_path, weights_only)
-        _check_dev_size(datamodule, n_examples=n_examples, max_eval_examples=max_eval_examples)
-        from lightning_attattr.lightning.experiments import model_shape
+    @subcommand(
+        HeadsSettings,
+        output_dir="results/heads",
+        outputs="``importance.json/csv``, ``pruning.json/csv``, ``plots/``, ``tensorboard/``, ``summary.json``",
+    )
+    def heads(self, run: Run, settings: HeadsSettings) -> dict[str, Any]:
+        """Head importance by every method on the first dev examples, then pruning curves on the dev set."""
+        transfer = _read_transfer(settings.transfer_from)
+        net, datamodule = self._prepare(run)
+        _check_dev_size(datamodule, n_examples=settings.n_examples, max_eval_examples=settings.max_eval_examples)
+        from lightning_attattr.lightning.experiments import model_shape, run_heads
 
         shape = model_shape(net)
         for name, vector in transfer.items():
@@ -350,132 +214,44 @@ class AnalysisTrainer(pl.Trainer):
                     f"Expected `transfer_from` importance of this model's shape [layer, head] = {list(shape)}, but "
                     f"{name!r} has {list(vector.shape)}."
                 )
-        task, metric_names = _task(datamodule, model)
-        from lightning_attattr.lightning.experiments import run_heads
-
-        options = dict(
-            methods=methods,
-            n_examples=n_examples,
-            fractions=fractions,
-            random_seeds=random_seeds,
-            n_steps=n_steps,
-            method=method,
-            completeness_tol=completeness_tol,
-            max_eval_examples=max_eval_examples,
-            transfer_from={k: v.tolist() for k, v in transfer.items()},
-        )
+        task, metric_names = _task(datamodule, run.model)
+        options = settings.decisive(transfer_from={k: v.tolist() for k, v in transfer.items()})
         return self._run_analysis(
+            run,
             "heads",
-            output_dir,
-            overwrite,
             options,
-            lambda folder: run_heads(
-                self,
-                net,
-                datamodule,
-                folder,
-                methods=methods,
-                n_examples=n_examples,
-                fractions=fractions,
-                random_seeds=random_seeds,
-                n_steps=n_steps,
-                method=method,
-                completeness_tol=completeness_tol,
-                batch_size=batch_size,
-                eval_batch_size=eval_batch_size,
-                max_eval_examples=max_eval_examples,
-                structural=structural,
-                latency_batches=latency_batches,
-                latency_repeats=latency_repeats,
-                transfer_from=transfer,
-                task=task,
-                metric_names=metric_names,
-                num_labels=int(net.config.num_labels),
-            ),
+            (net, datamodule),
+            lambda job: run_heads(job, settings, transfer_from=transfer, task=task, metric_names=metric_names),
             extra={"task": task},
         )
 
-    def effectiveness(
-        self,
-        model: pl.LightningModule,
-        datamodule: pl.LightningDataModule | None = None,
-        ckpt_path: str | None = None,
-        weights_only: bool = True,
-        output_dir: str = "results/effectiveness",
-        overwrite: bool = False,
-        n_examples: int | None = 200,
-        n_steps: int | Literal["auto"] = "auto",
-        method: str = "gausslegendre",
-        completeness_tol: float = 1e-3,
-        batch_size: int = 8,
-    ) -> dict[str, Any]:
-        """Paper section 4.1: per example, heads ranked by AttAttr vs by attention weight; k heads pruned per layer.
-
-        Args:
-            model: the classifier (built from ``--config``/``--model``).
-            datamodule: the data module (dev set, tokenizer).
-            ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
-            weights_only: read ``ckpt_path`` with ``torch.load(weights_only=True)`` (tensors and plain values
-                only; a file with other objects is refused unread). ``false`` unpickles it fully, which
-                executes code from the file: only for checkpoints you trust.
-            output_dir: results folder (``effectiveness.json/csv``, ``plots/``, ``tensorboard/``, ``summary.json``).
-            overwrite: replace a results folder that holds results of other arguments.
-            n_examples: the first N dev examples (``null``: the whole dev set).
-            n_steps: AttAttr integration: ``"auto"`` (adaptive) or a fixed count.
-            method: integration rule.
-            completeness_tol: relative completeness tolerance of ``n_steps="auto"``.
-            batch_size: examples per attribution batch.
-        """
-        check_positive_int("n_examples", n_examples, optional=True)
-        validate_n_steps(n_steps, allow_auto=True)
-        validate_method(method)
-        check_positive_int("batch_size", batch_size)
-        net, datamodule = self._prepare(model, datamodule, ckpt_path, weights_only)
-        _check_dev_size(datamodule, n_examples=n_examples)
-        task, _ = _task(datamodule, model)
+    @subcommand(
+        EffectivenessSettings,
+        output_dir="results/effectiveness",
+        outputs="``effectiveness.json/csv``, ``plots/``, ``tensorboard/``, ``summary.json``",
+    )
+    def effectiveness(self, run: Run, settings: EffectivenessSettings) -> dict[str, Any]:
+        """Paper section 4.1: per example, heads ranked by AttAttr vs by attention weight; k heads pruned per layer."""
+        net, datamodule = self._prepare(run)
+        _check_dev_size(datamodule, n_examples=settings.n_examples)
+        task, _ = _task(datamodule, run.model)
         from lightning_attattr.lightning.experiments import run_effectiveness
 
-        options = dict(n_examples=n_examples, n_steps=n_steps, method=method, completeness_tol=completeness_tol)
         return self._run_analysis(
+            run,
             "effectiveness",
-            output_dir,
-            overwrite,
-            options,
-            lambda folder: run_effectiveness(
-                self,
-                net,
-                datamodule,
-                folder,
-                n_examples=n_examples,
-                n_steps=n_steps,
-                method=method,
-                completeness_tol=completeness_tol,
-                batch_size=batch_size,
-                task=task,
-            ),
+            settings.decisive(),
+            (net, datamodule),
+            lambda job: run_effectiveness(job, settings, task=task),
             extra={"task": task},
         )
 
-    def faithfulness(
-        self,
-        model: pl.LightningModule,
-        datamodule: pl.LightningDataModule | None = None,
-        ckpt_path: str | None = None,
-        weights_only: bool = True,
-        output_dir: str = "results/faithfulness",
-        overwrite: bool = False,
-        n_examples: int | None = 100,
-        edge_methods: list[str] = list(EDGE_METHODS),  # noqa: B006 (jsonargparse shows the default)
-        ks: list[int] = list(DEFAULT_KS),  # noqa: B006
-        n_random: int = 3,
-        tau: float = 0.4,
-        seed: int = 0,
-        n_steps: int | Literal["auto"] = "auto",
-        method: str = "gausslegendre",
-        completeness_tol: float = 1e-3,
-        batch_size: int = 8,
-        truth: str | None = None,
-    ) -> dict[str, Any]:
+    @subcommand(
+        FaithfulnessSettings,
+        output_dir="results/faithfulness",
+        outputs="``faithfulness.json/md``, ``deletion_curves.csv``, ``plots/``",
+    )
+    def faithfulness(self, run: Run, settings: FaithfulnessSettings) -> dict[str, Any]:
         """Is the explanation faithful? Delete each edge method's top-k attention connections; compare with random.
 
         For the first ``n_examples`` dev examples, every edge method (``attattr``, raw ``attention``,
@@ -493,136 +269,34 @@ class AnalysisTrainer(pl.Trainer):
         every summary: only edges between two distinct non-special words, word pieces merged, the
         scores summed over a word's pieces on both axes) and ``tokens`` (every token edge, [CLS],
         [SEP] and self-edges included).
-
-        Args:
-            model: the classifier (built from ``--config``/``--model``).
-            datamodule: the data module (dev set, tokenizer).
-            ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
-            weights_only: read ``ckpt_path`` with ``torch.load(weights_only=True)`` (tensors and plain values
-                only; a file with other objects is refused unread). ``false`` unpickles it fully, which
-                executes code from the file: only for checkpoints you trust.
-            output_dir: results folder (``faithfulness.json/md``, ``deletion_curves.csv``, ``plots/``).
-            overwrite: replace a results folder that holds results of other arguments.
-            n_examples: the first N dev examples (``null``: the whole dev set).
-            edge_methods: edge explanations to compare (any of attattr, attention, rollout, grad_attention).
-            ks: numbers of connections to delete (each at most layers x n x n of the shortest example).
-            n_random: random-deletion seeds.
-            tau: tree threshold, a fraction of each layer's largest score, in (0, 1].
-            seed: seed of the random deletions (per example: the same whatever the batch or process).
-            n_steps: AttAttr integration: ``"auto"`` (adaptive) or a fixed count.
-            method: AttAttr integration rule.
-            completeness_tol: relative completeness tolerance of ``n_steps="auto"``.
-            batch_size: examples per batch.
-            truth: a JSON Lines file of planted pairs, one dev example per line:
-                ``{"index": 3, "pairs": [[5, 2]], "unit": "word", "layer": 1}`` (``index`` in the dev split;
-                ``pairs`` ``[query, key]`` positions, either order counts as a hit, any number of pairs;
-                ``unit`` ``"token"``: token positions of the model input, 0 = [CLS], or ``"word"``: positions
-                over the non-special words from 0, word pieces merged; ``layer`` optional). With ``truth``
-                the examples are the file's, in file order, the first ``n_examples`` of them (``null``:
-                all); without it the first ``n_examples`` dev examples, with the synthetic task's pairs.
         """
-        check_positive_int("n_examples", n_examples, optional=True)
-        if not isinstance(edge_methods, list) or not edge_methods:
-            raise ArgumentError(
-                f"Expected `edge_methods` to be a non-empty list of {list(EDGE_METHODS)}, but got {edge_methods!r}."
-            )
-        for name in edge_methods:
-            check_choice("edge_methods", name, EDGE_METHODS)
-        ks = check_sizes("ks", ks)
-        check_positive_int("n_random", n_random)
-        check_number("tau", tau, 0.0, 1.0, low_open=True)
-        check_seed("seed", seed)
-        validate_n_steps(n_steps, allow_auto=True)
-        validate_method(method)
-        check_positive_int("batch_size", batch_size)
-        from lightning_attattr.analysis.faithfulness import check_truth, read_truth
+        from lightning_attattr.analysis.faithfulness import check_ks_fit, read_truth
 
-        planted_truth = None if truth is None else read_truth(truth)  # the file's own checks, before any loading
-        net, datamodule = self._prepare(model, datamodule, ckpt_path, weights_only)
-        from lightning_attattr.lightning.experiments import dev_split, model_shape
-        from lightning_attattr.lightning.faithfulness import example_layout, planted_pairs, run_faithfulness
+        truth = None if settings.truth is None else read_truth(settings.truth)  # the file's checks, before loading
+        net, datamodule = self._prepare(run)
+        from lightning_attattr.lightning.experiments import model_shape
+        from lightning_attattr.lightning.faithfulness import choose_examples, run_faithfulness
 
-        split = dev_split(datamodule)
-        dev = datamodule.dataset(split)
-        n_layers = model_shape(net)[0]
-        if planted_truth is None:
-            _check_dev_size(datamodule, n_examples=n_examples)
-            indices = list(range(len(dev) if n_examples is None else n_examples))
-            planted = planted_pairs(datamodule, split)
-            source = None if planted is None else "the data module's planted pairs"
-        else:
-
-            def size(i: int) -> tuple[int, int]:
-                ids = dev[i]["input_ids"]
-                return len(ids), len(example_layout(datamodule.tokenizer, ids).words)
-
-            check_truth(planted_truth, truth, n_dev=len(dev), split=split, n_layers=n_layers, size=size)
-            chosen = planted_truth if n_examples is None else planted_truth[:n_examples]
-            indices = [t.index for t in chosen]
-            planted = {t.index: t for t in chosen}
-            source = f"truth file {truth}"
-        check_ks_fit("ks", ks, n_layers, min(len(dev[i]["input_ids"]) for i in indices))
-        task, _ = _task(datamodule, model)
-        digest = None if truth is None else hashlib.sha256(Path(truth).read_bytes()).hexdigest()  # resume: same file
-        options = dict(
-            n_examples=n_examples,
-            edge_methods=list(dict.fromkeys(edge_methods)),
-            ks=ks,
-            n_random=n_random,
-            tau=tau,
-            seed=seed,
-            n_steps=n_steps,
-            method=method,
-            completeness_tol=completeness_tol,
-            truth=truth,
-            truth_sha256=digest,
-        )
-        attattr_options = dict(n_steps=n_steps, method=method, completeness_tol=completeness_tol)
+        chosen = choose_examples(datamodule, settings, truth, n_layers=model_shape(net)[0])
+        check_ks_fit("ks", settings.ks, model_shape(net)[0], chosen.shortest)
+        task, _ = _task(datamodule, run.model)
+        digest = None if settings.truth is None else hashlib.sha256(Path(settings.truth).read_bytes()).hexdigest()
         return self._run_analysis(
+            run,
             "faithfulness",
-            output_dir,
-            overwrite,
-            options,
-            lambda folder: run_faithfulness(
-                self,
-                net,
-                datamodule,
-                folder,
-                dataset=dev,
-                indices=indices,
-                edge_methods=options["edge_methods"],
-                ks=ks,
-                n_random=n_random,
-                seed=seed,
-                tau=tau,
-                attattr_options=attattr_options,
-                batch_size=batch_size,
-                planted=planted,
-                truth_source=source,
-            ),
+            settings.decisive(truth_sha256=digest),  # resume only with the same file
+            (net, datamodule),
+            lambda job: run_faithfulness(job, settings, chosen),
             extra={"task": task},
         )
 
-    def tree(
-        self,
-        model: pl.LightningModule,
-        datamodule: pl.LightningDataModule | None = None,
-        ckpt_path: str | None = None,
-        weights_only: bool = True,
-        output_dir: str = "results/tree",
-        overwrite: bool = False,
-        index: list[int] | None = None,
-        text: list[str] | None = None,
-        text_pair: list[str] | None = None,
-        tau: float = 0.4,
-        root: str = "cls",
-        mode: str = "tree",
-        words: bool = False,
-        n_steps: int | Literal["auto"] = "auto",
-        method: str = "gausslegendre",
-        completeness_tol: float = 1e-3,
-        batch_size: int = 8,
-    ) -> dict[str, Any]:
+    @subcommand(
+        TreeSettings,
+        output_dir="results/tree",
+        outputs="``trees/``, ``plots/``, ``trees.json``, ``summary.json``",
+        data="dev examples, tokenizer",
+    )
+    def tree(self, run: Run, settings: TreeSettings) -> dict[str, Any]:
         """Attribution trees (paper section 5): how information flows between tokens, layer by layer, into [CLS].
 
         Per example, AttAttr of the predicted class for every layer, summed over heads; in each layer
@@ -632,103 +306,22 @@ class AnalysisTrainer(pl.Trainer):
         (the tree's tokens and edges plus the edges the one-parent rule drops). Writes JSON, GraphML,
         DOT, a text rendering (also printed, with the worst completeness error of the maps) and a
         PNG/SVG drawing per example.
-
-        Args:
-            model: the classifier (built from ``--config``/``--model``).
-            datamodule: the data module (dev examples, tokenizer).
-            ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
-            weights_only: read ``ckpt_path`` with ``torch.load(weights_only=True)`` (tensors and plain values
-                only; a file with other objects is refused unread). ``false`` unpickles it fully, which
-                executes code from the file: only for checkpoints you trust.
-            output_dir: results folder (``trees/``, ``plots/``, ``trees.json``, ``summary.json``).
-            overwrite: replace a results folder that holds results of other arguments.
-            index: dev-set example indices (0-based, file order); default ``[0]`` when no ``text`` is given.
-            text: raw input texts (first segments).
-            text_pair: second segments for pair tasks, one per ``text``.
-            tau: threshold in (0, 1], a fraction of each layer's largest attribution (paper: 0.4).
-            root: ``cls``: [CLS] is the root with its last-layer edges (the paper); ``official``: the official
-                script's root heuristic (the token with the largest total attribution, last layer unused).
-            mode: ``tree``: the paper's tree (one parent per token); ``graph``: every connection above ``tau``
-                whose query is in, a DAG with the layers as ranks (same exports).
-            words: merge WordPiece/BPE tokens into words first (attributions summed over a word's pieces on
-                both axes, so each layer's total is kept).
-            n_steps: AttAttr integration: ``"auto"`` (adaptive) or a fixed count.
-            method: AttAttr integration rule.
-            completeness_tol: relative completeness tolerance of ``n_steps="auto"``.
-            batch_size: examples per attribution batch.
         """
-        check_number("tau", tau, 0.0, 1.0, low_open=True)
-        check_choice("root", root, ROOT_RULES)
-        check_choice("mode", mode, MODES)
-        check_bool("words", words)
-        check_positive_int("batch_size", batch_size)
-        validate_n_steps(n_steps, allow_auto=True)
-        validate_method(method)
-        _check_text(text, text_pair)
-        net, datamodule = self._prepare(model, datamodule, ckpt_path, weights_only)
-        items, names, _, tokens = _chosen_examples(datamodule, index, text, text_pair, indices_name="index")
-        from lightning_attattr.lightning.analysis import special_tokens
+        net, datamodule = self._prepare(run)
+        examples = _chosen_examples(datamodule, settings.index, settings.text, settings.text_pair, indices_name="index")
         from lightning_attattr.lightning.trees import run_trees
 
-        specials = special_tokens(datamodule.tokenizer)
-        options = dict(
-            index=index,
-            text=text,
-            text_pair=text_pair,
-            tau=tau,
-            root=root,
-            mode=mode,
-            words=words,
-            n_steps=n_steps,
-            method=method,
-            completeness_tol=completeness_tol,
-        )
-        attattr_options = dict(n_steps=n_steps, method=method, completeness_tol=completeness_tol)
         return self._run_analysis(
-            "tree",
-            output_dir,
-            overwrite,
-            options,
-            lambda folder: run_trees(
-                self,
-                net,
-                datamodule,
-                folder,
-                items=items,
-                names=names,
-                tokens=tokens,
-                tau=tau,
-                root=root,
-                mode=mode,
-                words=words,
-                attattr_options=attattr_options,
-                batch_size=batch_size,
-                special_tokens=specials,
-            ),
+            run, "tree", settings.decisive(), (net, datamodule), lambda job: run_trees(job, settings, examples)
         )
 
-    def attack(
-        self,
-        model: pl.LightningModule,
-        datamodule: pl.LightningDataModule | None = None,
-        ckpt_path: str | None = None,
-        weights_only: bool = True,
-        output_dir: str = "results/attack",
-        overwrite: bool = False,
-        n_source: int = 500,
-        min_tokens: int | None = None,
-        n_eval: int | None = None,
-        top: int = 3,
-        threshold: float = 0.02,
-        ratio: float = 0.2,
-        use_both: bool = False,
-        n_random: int = 3,
-        seed: int = 0,
-        n_steps: int | Literal["auto"] = "auto",
-        method: str = "gausslegendre",
-        completeness_tol: float = 1e-3,
-        batch_size: int = 8,
-    ) -> dict[str, Any]:
+    @subcommand(
+        AttackSettings,
+        output_dir="results/attack",
+        outputs="``attack.json``, ``attack.md``, ``summary.json``",
+        data="train and dev sets, tokenizer",
+    )
+    def attack(self, run: Run, settings: AttackSettings) -> dict[str, Any]:
         """Adversarial triggers (paper section 6): attribution patterns mined from training examples, pasted into dev.
 
         Each of the first ``n_source`` training examples gives a pattern: in the head holding its
@@ -737,116 +330,31 @@ class AnalysisTrainer(pl.Trainer):
         are inserted into every dev example at the same relative positions of the same segment.
         Accuracy per gold class: clean, under each trigger, and under random tokens inserted at the
         same positions (``n_random`` seeds). Writes ``attack.json`` and ``attack.md``.
-
-        Args:
-            model: the classifier (built from ``--config``/``--model``).
-            datamodule: the data module (train and dev sets, tokenizer).
-            ckpt_path: checkpoint whose weights are analysed (``None``: the model as built).
-            weights_only: read ``ckpt_path`` with ``torch.load(weights_only=True)`` (tensors and plain values
-                only; a file with other objects is refused unread). ``false`` unpickles it fully, which
-                executes code from the file: only for checkpoints you trust.
-            output_dir: results folder (``attack.json``, ``attack.md``, ``summary.json``).
-            overwrite: replace a results folder that holds results of other arguments.
-            n_source: mine the first N training examples (file order; official: 500).
-            min_tokens: skip source examples with fewer wordpieces (special tokens included); default 15
-                for single-sentence tasks (the official SST-2 setting), 0 for pairs.
-            n_eval: attack the first N dev examples (``null``: all).
-            top: number of triggers (the paper reports 3).
-            threshold: patterns scoring below this are not used (official: 0.02).
-            ratio: use the second pair too when its value is at least this fraction of the first's (official: 0.2).
-            use_both: always use both pairs.
-            n_random: random-control seeds per trigger.
-            seed: seed of the random controls.
-            n_steps: AttAttr integration: ``"auto"`` (adaptive) or a fixed count (official: 64, riemann_right).
-            method: AttAttr integration rule.
-            completeness_tol: relative completeness tolerance of ``n_steps="auto"``.
-            batch_size: examples per batch.
         """
-        check_positive_int("n_source", n_source)
-        check_positive_int("n_eval", n_eval, optional=True)
-        if min_tokens is not None:
-            check_int("min_tokens", min_tokens, 0)
-        check_positive_int("top", top)
-        check_number("threshold", threshold, 0.0, float("inf"))
-        check_number("ratio", ratio, 0.0, 1.0)
-        check_bool("use_both", use_both)
-        check_positive_int("n_random", n_random)
-        check_seed("seed", seed)
-        validate_n_steps(n_steps, allow_auto=True)
-        validate_method(method)
-        check_positive_int("batch_size", batch_size)
-        net, datamodule = self._prepare(model, datamodule, ckpt_path, weights_only)
-        from lightning_attattr.lightning.experiments import dev_split
+        net, datamodule = self._prepare(run)
+        from lightning_attattr.lightning.attack import attack_data, run_attack
 
-        examples = getattr(datamodule, "examples", None)
-        if examples is None or not hasattr(examples("train"), "text_a"):
-            raise ArgumentError(
-                "Expected a text data module with raw training and dev texts (e.g. GlueDataModule) for `attack`, "
-                f"but got {type(datamodule).__name__}."
-            )
-        _check_dev_size(datamodule, n_eval=n_eval)
-        train, dev = examples("train"), examples(dev_split(datamodule))
-        pair = dev.text_b is not None
-        min_tokens = (0 if pair else 15) if min_tokens is None else min_tokens
-        source = _source_examples(datamodule, train, n_source, min_tokens)
-        if n_eval is not None:
-            dev = type(dev)(
-                dev.split, dev.text_a[:n_eval], None if dev.text_b is None else dev.text_b[:n_eval], dev.labels[:n_eval]
-            )
-        task, _ = _task(datamodule, model)
-        label_names = list(getattr(datamodule, "label_names", None) or [])
-        from lightning_attattr.lightning.attack import run_attack
-
-        options = dict(
-            n_source=n_source,
-            min_tokens=min_tokens,
-            n_eval=n_eval,
-            top=top,
-            threshold=threshold,
-            ratio=ratio,
-            use_both=use_both,
-            n_random=n_random,
-            seed=seed,
-            n_steps=n_steps,
-            method=method,
-            completeness_tol=completeness_tol,
-        )
-        attattr_options = dict(n_steps=n_steps, method=method, completeness_tol=completeness_tol)
-        names = label_names or [str(k) for k in range(int(net.config.num_labels))]
+        data = attack_data(datamodule, settings, n_labels=int(net.config.num_labels))
+        settings = dataclasses.replace(settings, min_tokens=data.min_tokens)  # the default resolved for the task
+        task, _ = _task(datamodule, run.model)
         return self._run_analysis(
+            run,
             "attack",
-            output_dir,
-            overwrite,
-            options,
-            lambda folder: run_attack(
-                self,
-                net,
-                datamodule,
-                folder,
-                source=source,
-                dev=dev,
-                label_names=names,
-                top=top,
-                threshold=threshold,
-                ratio=ratio,
-                use_both=use_both,
-                n_random=n_random,
-                seed=seed,
-                attattr_options=attattr_options,
-                batch_size=batch_size,
-            ),
+            settings.decisive(),
+            (net, datamodule),
+            lambda job: run_attack(job, settings, data),
             extra={"task": task},
         )
 
     # ----------------------------------------------------------------- shared
-    def _prepare(
-        self, model: pl.LightningModule, datamodule: Any, ckpt_path: str | None, weights_only: bool = True
-    ) -> tuple[torch.nn.Module, Any]:
+    def _prepare(self, run: Run) -> tuple[torch.nn.Module, Any]:
+        """The Hugging Face model (weights of ``run.ckpt_path``, in eval mode) and the set-up data module."""
+        datamodule = run.datamodule
         if datamodule is None:
             raise ArgumentError("Expected a data module (`--data ...` or a `--config` that has one), but got none.")
-        if ckpt_path is not None:
-            _load_weights(model, ckpt_path, weights_only=weights_only is not False)
-        net = _hf_model(model)
+        if run.ckpt_path is not None:
+            _load_weights(run.model, run.ckpt_path, weights_only=run.weights_only is not False)
+        net = _hf_model(run.model)
         from lightning_attattr.lightning.experiments import model_shape
 
         model_shape(net)  # refuses unsupported architectures before any work
@@ -856,22 +364,22 @@ class AnalysisTrainer(pl.Trainer):
 
     def _run_analysis(
         self,
+        run: Run,
         kind: str,
-        output_dir: str,
-        overwrite: bool,
         options: dict[str, Any],
-        work: Any,
+        prepared: tuple[torch.nn.Module, Any],
+        work: Callable[[Job], dict[str, Any]],
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        check_bool("overwrite", overwrite)
+        """Open the results folder of ``run`` (refused if it holds other arguments), run ``work``, write the summary."""
         arguments = {**(self.analysis_arguments or {}), "options": options}
         if kind in RESULTS_FORMATS:  # parts written by an older layout are never mixed with new ones
             arguments["format"] = RESULTS_FORMATS[kind]
-        folder = ResultsFolder(output_dir, kind, arguments, overwrite=overwrite, main=_is_main())
+        folder = ResultsFolder(run.output_dir, kind, arguments, overwrite=run.overwrite, main=_is_main())
         start = time.time()
         with folder:
             folder.log(f"{kind}: started ({' '.join(_command(self.analysis_command))})")
-            result = work(folder)
+            result = work(Job(self, *prepared, folder))
             if folder.main:
                 summary = {
                     "subcommand": kind,
@@ -895,48 +403,14 @@ class AnalysisTrainer(pl.Trainer):
         return result
 
 
-def _source_examples(datamodule: Any, train: Any, n_source: int, min_tokens: int) -> list[dict[str, Any]]:
-    """The first ``n_source`` training examples, tokenized, without those shorter than ``min_tokens`` wordpieces."""
-    tokenizer = datamodule.tokenizer
-    n = min(n_source, len(train))
-    texts = (train.text_a[:n],) if train.text_b is None else (train.text_a[:n], train.text_b[:n])
-    encoded = tokenizer(*texts, truncation=True, max_length=datamodule.max_length)
-    out = []
-    for i in range(n):
-        ids = list(encoded["input_ids"][i])
-        if len(ids) < min_tokens:
-            continue
-        item = {k: list(v[i]) for k, v in encoded.items()}
-        out.append({**item, "labels": int(train.labels[i]), "tokens": tokenizer.convert_ids_to_tokens(ids)})
-    if not out:
-        raise ArgumentError(
-            f"Expected some of the first {n} training examples to have at least `min_tokens` ({min_tokens}) "
-            "wordpieces, but none has; lower `min_tokens`."
-        )
-    return out
-
-
-def _check_text(text: list[str] | None, text_pair: list[str] | None) -> None:
-    """``text``/``text_pair`` checks that need no model: non-empty texts, one pair per text."""
-    for name, values in (("text", text), ("text_pair", text_pair)):
-        for k, value in enumerate(values or []):
-            if not isinstance(value, str) or not value.strip():
-                raise ArgumentError(f"Expected every `{name}` to be a non-empty string, but item {k} is {value!r}.")
-    if text_pair is not None and (text is None or len(text_pair) != len(text)):
-        raise ArgumentError(
-            f"Expected `text_pair` to give one second segment per `text` ({0 if text is None else len(text)}), "
-            f"but got {len(text_pair)}."
-        )
-
-
 def _chosen_examples(
     datamodule: Any,
     indices: list[int] | None,
     text: list[str] | None,
     text_pair: list[str] | None,
     indices_name: str = "indices",
-) -> tuple[list[dict[str, Any]], list[str], list[int | None], list[list[str]]]:
-    """Dev examples ``indices`` (default ``[0]`` without ``text``) and raw texts, tokenized: items, names, gold, tokens.
+) -> Examples:
+    """Dev examples ``indices`` (default ``[0]`` without ``text``) and raw texts, tokenized.
 
     Raises:
         ArgumentError: an index outside the dev set, or ``text_pair`` for a single-sentence task.
@@ -968,7 +442,7 @@ def _chosen_examples(
     if text:  # one batch may mix dev examples and texts: labels only in the index, not in the batch
         items = [{k: v for k, v in item.items() if k != "labels"} for item in items]
     tokens = [tokenizer.convert_ids_to_tokens(item["input_ids"]) for item in items]
-    return items, names, gold, tokens
+    return Examples(items, names, gold, tokens)
 
 
 def _is_pair_task(datamodule: Any, split: str) -> bool:
@@ -1033,7 +507,7 @@ class AnalyzeCLI(AttAttrCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """The analysis subcommands; ``model`` and ``datamodule`` come from the config, not from flags."""
-        return {name: {"model", "datamodule"} for name in SUBCOMMANDS}
+        return {name: {"model", "datamodule"} for name in SETTINGS}
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> pl.Trainer:
         """Only the hardware settings of the config's trainer; no training callbacks, logger or checkpoints."""
@@ -1201,22 +675,7 @@ def _plain(config: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def _fingerprint(config: Any) -> dict[str, Any]:
     """What decides an analysis' results: model, data, checkpoint (path, size, time) and seed; not the trainer."""
-    data = _plain(
-        config,
-        drop=(
-            "config",
-            "trainer",
-            "output_dir",
-            "overwrite",
-            "batch_size",
-            "eval_batch_size",
-            "latency_batches",
-            "latency_repeats",
-            "plots",
-            "structural",
-            "weights_only",
-        ),
-    )
+    data = _plain(config, drop=("config", "trainer", "output_dir", "overwrite", "weights_only", *_NOT_DECIDING))
     ckpt = data.get("ckpt_path")
     if ckpt and Path(ckpt).is_file():
         stat = Path(ckpt).stat()
