@@ -22,12 +22,12 @@ over all examples.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lightning_attattr.analysis.settings import TreeSettings
 from lightning_attattr.analysis.store import ResultsFolder, atomic_write, save_figure, write_json, write_text
 from lightning_attattr.analysis.trees import (
     build_graph,
@@ -40,36 +40,55 @@ from lightning_attattr.analysis.trees import (
     write_graphml,
 )
 from lightning_attattr.core.attribution import AttentionIntegratedGradients, model_logits
-from lightning_attattr.lightning.analysis import model_inputs, run_examples
-from lightning_attattr.lightning.compat import pl
+from lightning_attattr.lightning.analysis import model_inputs, special_tokens
+from lightning_attattr.lightning.job import Examples, Job
 
 
-def run_trees(
-    trainer: pl.Trainer,
-    model: nn.Module,
-    datamodule: Any,
-    folder: ResultsFolder,
-    *,
-    items: Sequence[dict[str, Any]],
-    names: Sequence[str],
-    tokens: Sequence[list[str]],
-    tau: float,
-    root: str,
-    words: bool,
-    mode: str = "tree",
-    attattr_options: dict[str, Any],
-    batch_size: int,
-    special_tokens: Sequence[str],
-) -> dict[str, Any]:
-    """Trees (``mode="tree"``) or graphs (``"graph"``) of ``items`` (tokenized examples), saved under ``names``."""
-    build = build_graph if mode == "graph" else build_tree
-    ig = AttentionIntegratedGradients(model)
+def run_trees(job: Job, settings: TreeSettings, examples: Examples) -> dict[str, Any]:
+    """Trees (``settings.mode="tree"``) or graphs (``"graph"``) of ``examples``, saved under their names.
+
+    Args:
+        job: the trainer, model, data module and results folder.
+        settings: the ``tree`` options (threshold, root rule, mode, word merging, integration).
+        examples: the tokenized examples, their names and tokens.
+    """
+    start = time.perf_counter()
+    records = _attribute(job, settings, examples)
+    seconds = time.perf_counter() - start
+    if not job.folder.main:
+        return {}
+    specials = special_tokens(job.datamodule.tokenizer)
+    index = []
+    for row, name in enumerate(examples.names):
+        maps, labels = records["maps"][row], list(examples.tokens[row])
+        if settings.words:
+            maps, labels = merge_units(maps, labels, units_from_tokens(labels, specials))
+        index.append(_write_example(job.folder, settings, name, maps, labels, _row(records, row)))
+    worst_all = max((item["max_completeness_error"] for item in index), default=None)
+    write_json(
+        job.folder.file("trees.json"),
+        {
+            "mode": settings.mode,
+            "tau": settings.tau,
+            "root": settings.root,
+            "words": settings.words,
+            "max_completeness_error": worst_all,
+            "examples": index,
+        },
+    )
+    return {"timings": {"attribute_s": seconds}, "n_examples": len(index), "max_completeness_error": worst_all}
+
+
+def _attribute(job: Job, settings: TreeSettings, examples: Examples) -> dict[str, Any]:
+    """Per example: head-summed AttAttr maps of the predicted class, probabilities, completeness (resumable)."""
+    ig = AttentionIntegratedGradients(job.model)
+    options = settings.integration.kwargs()
 
     def step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
         inputs = model_inputs(batch)
         with torch.no_grad():
             probs = torch.softmax(model_logits(net, inputs).float(), -1).cpu()
-        result = ig.attribute(inputs, target=probs.argmax(-1), return_convergence_delta=True, **attattr_options)
+        result = ig.attribute(inputs, target=probs.argmax(-1), return_convergence_delta=True, **options)
         return {
             "maps": [a.sum(1).float().cpu() for a in result.attributions],
             "probs": probs,
@@ -77,63 +96,54 @@ def run_trees(
             "convergence_delta": result.convergence_delta.float().cpu(),  # [batch, layer]
         }
 
-    start = time.perf_counter()
-    records = run_examples(
-        trainer, model, folder, "attribute", list(items), list(range(len(items))), datamodule.collator, batch_size, step
-    )
-    seconds = time.perf_counter() - start
-    if not folder.main:
-        return {}
+    items = list(examples.items)
+    return job.examples("attribute", items, list(range(len(items))), settings.batch_size, step)
+
+
+def _row(records: dict[str, Any], row: int) -> dict[str, Any]:
+    """One example's prediction and completeness, as its ``trees/<name>.json`` records them."""
+    probs = records["probs"][row]
+    pred = int(probs.argmax())
+    errors = records["completeness_error"][row]  # [layer]
+    worst = int(errors.argmax())
+    return {
+        "predicted": pred,
+        "prob": float(probs[pred]),
+        "completeness_error": errors.tolist(),
+        "convergence_delta": records["convergence_delta"][row].tolist(),
+        "max_completeness_error": float(errors[worst]),
+        "max_completeness_error_layer": worst,
+    }
+
+
+def _write_example(
+    folder: ResultsFolder, settings: TreeSettings, name: str, maps: Any, labels: list[str], row: dict[str, Any]
+) -> dict[str, Any]:
+    """Build one example's tree or graph, write its files and drawing, print it; its entry of ``trees.json``."""
     from lightning_attattr.plotting import tree_figure
 
-    index = []
-    for row, name in enumerate(names):
-        maps, labels = records["maps"][row], list(tokens[row])
-        if words:
-            maps, labels = merge_units(maps, labels, units_from_tokens(labels, special_tokens))
-        graph = build(maps, labels, tau=tau, root=root)
-        probs = records["probs"][row]
-        pred = int(probs.argmax())
-        errors = records["completeness_error"][row]  # [layer]
-        worst = int(errors.argmax())
-        completeness = {
-            "completeness_error": errors.tolist(),
-            "convergence_delta": records["convergence_delta"][row].tolist(),
-            "max_completeness_error": float(errors[worst]),
-            "max_completeness_error_layer": worst,
-        }
-        payload = {"name": name, "predicted": pred, "prob": float(probs[pred]), **tree_to_json(graph), **completeness}
-        write_json(folder.file(f"trees/{name}.json"), payload)
-        maps_file = {"tokens": labels, "maps": torch.as_tensor(maps).float(), "words": words}
-        atomic_write(folder.file(f"trees/{name}.pt"), lambda f, m=maps_file: torch.save(m, f), binary=True)
-        write_graphml(graph, folder.file(f"trees/{name}.graphml"))
-        write_text(folder.file(f"trees/{name}.dot"), to_dot(graph))
-        text = render_text(graph)
-        write_text(folder.file(f"trees/{name}.txt"), text + "\n")
-        title = f"{name}: class {pred} (p={float(probs[pred]):.3f}), tau={tau}, {mode}"
-        save_figure(tree_figure(graph, labels, title=title), folder.file(f"plots/{name}"))
-        print(f"\n{name} (predicted {pred}, p={float(probs[pred]):.3f}):\n{text}")
-        print(f"worst completeness error of these maps: {float(errors[worst]):.2e} (layer {worst})")
-        index.append(
-            {
-                "name": name,
-                "tokens": labels,
-                "predicted": pred,
-                "n_edges": graph.number_of_edges(),
-                "max_completeness_error": float(errors[worst]),
-                "file": f"trees/{name}.json",
-            }
-        )
-    worst_all = max((item["max_completeness_error"] for item in index), default=None)
-    write_json(
-        folder.file("trees.json"),
-        {
-            "mode": mode,
-            "tau": tau,
-            "root": root,
-            "words": words,
-            "max_completeness_error": worst_all,
-            "examples": index,
-        },
-    )
-    return {"timings": {"attribute_s": seconds}, "n_examples": len(index), "max_completeness_error": worst_all}
+    build = build_graph if settings.mode == "graph" else build_tree
+    graph = build(maps, labels, tau=settings.tau, root=settings.root)
+    pred, prob = row["predicted"], row["prob"]
+    completeness = {k: v for k, v in row.items() if k not in ("predicted", "prob")}
+    payload = {"name": name, "predicted": pred, "prob": prob, **tree_to_json(graph), **completeness}
+    write_json(folder.file(f"trees/{name}.json"), payload)
+    maps_file = {"tokens": labels, "maps": torch.as_tensor(maps).float(), "words": settings.words}
+    atomic_write(folder.file(f"trees/{name}.pt"), lambda f, m=maps_file: torch.save(m, f), binary=True)
+    write_graphml(graph, folder.file(f"trees/{name}.graphml"))
+    write_text(folder.file(f"trees/{name}.dot"), to_dot(graph))
+    text = render_text(graph)
+    write_text(folder.file(f"trees/{name}.txt"), text + "\n")
+    title = f"{name}: class {pred} (p={prob:.3f}), tau={settings.tau}, {settings.mode}"
+    save_figure(tree_figure(graph, labels, title=title), folder.file(f"plots/{name}"))
+    worst, layer = row["max_completeness_error"], row["max_completeness_error_layer"]
+    print(f"\n{name} (predicted {pred}, p={prob:.3f}):\n{text}")
+    print(f"worst completeness error of these maps: {worst:.2e} (layer {layer})")
+    return {
+        "name": name,
+        "tokens": labels,
+        "predicted": pred,
+        "n_edges": graph.number_of_edges(),
+        "max_completeness_error": worst,
+        "file": f"trees/{name}.json",
+    }
