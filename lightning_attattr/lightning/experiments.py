@@ -1,19 +1,27 @@
 """The experiments of ``analyze.py`` on one model: ``attribute``, ``heads`` and ``effectiveness``.
 
-Each runner takes a trainer (its strategy decides how many processes share the work), the
-Hugging Face model, the data module and an open :class:`~lightning_attattr.analysis.store.ResultsFolder`,
-runs the per-example work through :func:`~lightning_attattr.lightning.analysis.run_examples`
-(resumable, distributed) and writes the results folder on rank zero: JSON, CSV, PNG/SVG plots and
-TensorBoard events. The maths lives in :mod:`lightning_attattr.core` and
-:mod:`lightning_attattr.analysis`.
+Each runner takes a :class:`~lightning_attattr.lightning.job.Job` (the trainer, whose strategy decides
+how many processes share the work, the Hugging Face model, the data module and an open
+:class:`~lightning_attattr.analysis.store.ResultsFolder`) and the subcommand's settings
+(:mod:`lightning_attattr.analysis.settings`). It runs the per-example work through
+:meth:`~lightning_attattr.lightning.job.Job.examples` (resumable, distributed) and writes the results
+folder on rank zero: JSON, CSV, PNG/SVG plots and TensorBoard events. The maths lives in
+:mod:`lightning_attattr.core` and :mod:`lightning_attattr.analysis`.
+
+``run_heads`` reads top-down as its stages: the per-example importance records
+(:func:`_importance_records`), the dev set under every pruning mask (:func:`_pruning_predictions`),
+then the outputs (:func:`_write_importance`, :func:`_write_pruning`, :func:`_plot_heads`) and, when
+asked, :func:`_structural`.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +37,7 @@ from lightning_attattr.analysis.heads import (
     random_name,
     task_metrics,
 )
+from lightning_attattr.analysis.settings import AttributeSettings, EffectivenessSettings, HeadsSettings, Integration
 from lightning_attattr.analysis.store import (
     ResultsFolder,
     atomic_write,
@@ -39,7 +48,7 @@ from lightning_attattr.analysis.store import (
     write_json,
 )
 from lightning_attattr.core.adapter import attention_scope, layer_modules
-from lightning_attattr.core.attribution import AttentionIntegratedGradients, model_logits
+from lightning_attattr.core.attribution import AttentionIntegratedGradients, AttributionResult, model_logits
 from lightning_attattr.core.checks import ArgumentError
 from lightning_attattr.core.importance import (
     attention_weight_importance,
@@ -49,13 +58,17 @@ from lightning_attattr.core.importance import (
     taylor_importance,
 )
 from lightning_attattr.core.pruning import count_parameters, prune_heads
-from lightning_attattr.lightning.analysis import model_inputs, run_examples
-from lightning_attattr.lightning.compat import pl
+from lightning_attattr.lightning.analysis import model_inputs
+from lightning_attattr.lightning.job import Examples, Job
+
+#: the per-batch work of :meth:`Job.examples`: the model and a collated batch in, the batch's records out
+_Step = Callable[[nn.Module, dict[str, Tensor]], dict[str, Any]]
 
 
 def model_shape(model: nn.Module) -> tuple[int, int]:
     """``(n_layers, n_heads)`` of a supported model (raises for unsupported architectures)."""
-    return len(layer_modules(model)), int(model.config.num_attention_heads)
+    config: Any = model.config
+    return len(layer_modules(model)), int(config.num_attention_heads)
 
 
 def dev_split(datamodule: Any) -> str:
@@ -90,6 +103,19 @@ def _predict_all(model: nn.Module, batch: Mapping[str, Tensor], masks: Tensor, c
     return torch.cat(preds, dim=1).to(torch.int16).cpu()
 
 
+def _attribute(
+    ig: AttentionIntegratedGradients, inputs: Mapping[str, Any], integration: Integration, **kwargs: Any
+) -> AttributionResult:
+    """``ig.attribute`` with the run's integration and the convergence fields filled."""
+    return ig.attribute(inputs, **integration.kwargs(), return_convergence_delta=True, **kwargs)
+
+
+def _filled(value: Tensor | None) -> Tensor:
+    """A convergence field of an :class:`AttributionResult` (always set with ``return_convergence_delta=True``)."""
+    assert value is not None, "attribute(..., return_convergence_delta=True) fills the convergence fields"
+    return value
+
+
 class _TensorBoard:
     """Rank zero's TensorBoard writer under ``<folder>/tensorboard`` (nothing on other ranks)."""
 
@@ -119,62 +145,102 @@ def _save_plot(folder: ResultsFolder, tb: _TensorBoard, name: str, fig: Any) -> 
 
 
 # ============================================================================ heads
+@dataclass(frozen=True)
+class _HeadsRun:
+    """What the stages of one ``heads`` run share: the job, its settings, the dev split and its checked sizes."""
+
+    job: Job
+    settings: HeadsSettings
+    split: str
+    dataset: Any
+    n_layers: int
+    n_heads: int
+    n_examples: int  # examples that score the heads
+    n_eval: int  # examples of the pruning curves
+    tb: _TensorBoard
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, job: Job, settings: HeadsSettings) -> _HeadsRun:
+        """The model's shape and the dev split; the example counts checked before any work; TensorBoard opened."""
+        n_layers, n_heads = model_shape(job.model)
+        split = dev_split(job.datamodule)
+        dataset = job.datamodule.dataset(split)
+        n_examples = check_n_examples("n_examples", settings.n_examples, len(dataset), split)
+        n_eval = check_n_examples("max_eval_examples", settings.max_eval_examples, len(dataset), split)
+        tb = _TensorBoard(job.folder)
+        return cls(job, settings, split, dataset, n_layers, n_heads, n_examples, n_eval, tb)
+
+
 def run_heads(
-    trainer: pl.Trainer,
-    model: nn.Module,
-    datamodule: Any,
-    folder: ResultsFolder,
+    job: Job,
+    settings: HeadsSettings,
     *,
-    methods: Sequence[str],
-    n_examples: int,
-    fractions: Sequence[float],
-    random_seeds: Sequence[int],
-    n_steps: int | str,
-    method: str,
-    completeness_tol: float,
-    batch_size: int,
-    eval_batch_size: int,
-    max_eval_examples: int | None,
-    structural: bool,
-    latency_batches: int,
-    latency_repeats: int,
     transfer_from: Mapping[str, Tensor],
     task: str | None,
     metric_names: Sequence[str],
-    num_labels: int,
 ) -> dict[str, Any]:
-    """Head importance by every method on the first ``n_examples`` dev examples, then pruning curves on the dev set."""
-    timings: dict[str, float] = {}
-    n_layers, n_heads = model_shape(model)
-    split = dev_split(datamodule)
-    dataset = datamodule.dataset(split)
-    n_examples = check_n_examples("n_examples", n_examples, len(dataset), split)
-    n_eval = check_n_examples("max_eval_examples", max_eval_examples, len(dataset), split)
-    collator = datamodule.collator
-    tb = _TensorBoard(folder)
+    """Head importance by every method on the first ``n_examples`` dev examples, then pruning curves on the dev set.
 
-    # ---- stage 1: per-example importance records
-    keys = {k for m in methods for k in RECORD_KEYS[m]}
-    ig = AttentionIntegratedGradients(model)
+    Args:
+        job: the trainer, model, data module and results folder.
+        settings: the ``heads`` options (methods, fractions, seeds, integration, batch sizes, ...).
+        transfer_from: other models' ``[layer, head]`` AttAttr importance by name, pruned with as well
+            (shapes checked by the caller before any work).
+        task: the task's name, for plot titles (``None``: "task").
+        metric_names: the task's metrics of the pruning curves (``acc``, ``mcc``, ...).
+
+    Returns:
+        ``timings``; on rank zero also ``structural`` (when asked), ``curves`` (their summaries),
+        ``n_examples`` and ``n_eval_examples``.
+    """
+    run = _HeadsRun.start(job, settings)
+    records = _importance_records(run)  # stage 1: per-example importance records
+    importances = importance_from_records(records, settings.methods, run.n_layers, run.n_heads, settings.random_seeds)
+    for name, vector in transfer_from.items():  # shapes checked by the caller before any work
+        importances[f"transfer:{name}"] = vector.double()
+    masks, mask_index, removed = pruning_plan(importances, settings.fractions)
+    per_mask = _pruning_predictions(run, masks, metric_names)  # stage 2: the dev set under every mask
+    result: dict[str, Any] = {"timings": run.timings}
+    if not job.folder.main:
+        return result
+    _write_importance(run, importances, records)
+    curves = _pruning_curves(settings, mask_index, per_mask)
+    summaries = _write_pruning(run, mask_index, removed, per_mask, curves)
+    _plot_heads(run, curves, list(per_mask[0]), importances, task)
+    if settings.structural:
+        result["structural"] = _structural(run, importances)
+    run.tb.close()
+    result.update({"curves": summaries, "n_examples": run.n_examples, "n_eval_examples": run.n_eval})
+    return result
+
+
+def _importance_records(run: _HeadsRun) -> dict[str, Any]:
+    """Stage 1: what every chosen method needs, per example of the first ``n_examples`` (timed)."""
+    step = _importance_step(run)
+    start = time.perf_counter()
+    records = run.job.examples("importance", run.dataset, range(run.n_examples), run.settings.batch_size, step)
+    run.timings["importance_s"] = time.perf_counter() - start
+    return records
+
+
+def _importance_step(run: _HeadsRun) -> _Step:
+    """The per-batch work of stage 1: the records (``RECORD_KEYS``) of the chosen methods, gold labels."""
+    keys = {k for m in run.settings.methods for k in RECORD_KEYS[m]}
+    ig = AttentionIntegratedGradients(run.job.model)
+    integration = run.settings.integration
 
     def importance_step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
         labels = batch["labels"]
         inputs = model_inputs(batch)
         out: dict[str, Any] = {}
         if keys & {"attattr_max", "attattr_mean", "attattr_sum"}:
-            result = ig.attribute(
-                {**inputs, "labels": labels},
-                target="labels",
-                n_steps=n_steps,
-                method=method,
-                completeness_tol=completeness_tol,
-                return_convergence_delta=True,
-            )
+            result = _attribute(ig, {**inputs, "labels": labels}, integration, target="labels")
             for pooling in ("max", "mean", "sum"):
                 if f"attattr_{pooling}" in keys:
                     out[f"attattr_{pooling}"] = attribution_head_scores(result, pooling).float().cpu()
-            out["completeness_error"] = result.completeness_error.float().cpu()
-            out["n_steps_used"] = result.n_steps_used.cpu()
+            out["completeness_error"] = _filled(result.completeness_error).float().cpu()
+            out["n_steps_used"] = _filled(result.n_steps_used).cpu()
         if "taylor" in keys:
             out["taylor"] = taylor_importance(net, inputs).double()
         if "taylor_michel" in keys:
@@ -182,26 +248,39 @@ def run_heads(
         if "attention" in keys:
             out["attention"] = attention_weight_importance(net, inputs).float()
         if "correct" in keys:
-            single = torch.ones(n_layers * n_heads + 1, n_layers, n_heads)
-            single[1:].view(-1, n_layers * n_heads)[
-                torch.arange(n_layers * n_heads), torch.arange(n_layers * n_heads)
-            ] = 0
-            preds = _predict_all(net, inputs, single)  # [batch, 1 + L*H]
+            preds = _predict_all(net, inputs, _single_head_masks(run.n_layers, run.n_heads))  # [batch, 1 + L*H]
             correct = preds == labels.cpu()[:, None]
             out["correct"], out["correct_masked"] = correct[:, 0], correct[:, 1:]
         return out
 
-    start = time.perf_counter()
-    records = run_examples(
-        trainer, model, folder, "importance", dataset, range(n_examples), collator, batch_size, importance_step
-    )
-    timings["importance_s"] = time.perf_counter() - start
-    importances = importance_from_records(records, methods, n_layers, n_heads, random_seeds)
-    for name, vector in transfer_from.items():  # shapes checked by the caller before any work
-        importances[f"transfer:{name}"] = vector.double()
+    return importance_step
 
-    # ---- stage 2: the dev set under every pruning mask
-    masks, mask_index, removed = pruning_plan(importances, fractions)
+
+def _single_head_masks(n_layers: int, n_heads: int) -> Tensor:
+    """``[1 + L*H, layer, head]``: no head masked, then each head masked alone (the accuracy difference)."""
+    single = torch.ones(n_layers * n_heads + 1, n_layers, n_heads)
+    single[1:].view(-1, n_layers * n_heads)[torch.arange(n_layers * n_heads), torch.arange(n_layers * n_heads)] = 0
+    return single
+
+
+def _pruning_predictions(run: _HeadsRun, masks: Tensor, metric_names: Sequence[str]) -> list[dict[str, float]]:
+    """Stage 2: the first ``n_eval`` dev examples under every head mask (timed); the metrics per mask."""
+    _save_pruning_plan(run.job.folder, masks)
+
+    def pruning_step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
+        return {"preds": _predict_all(net, batch, masks), "labels": batch["labels"].cpu()}
+
+    start = time.perf_counter()
+    evaluated = run.job.examples("pruning", run.dataset, range(run.n_eval), run.settings.eval_batch_size, pruning_step)
+    run.timings["pruning_s"] = time.perf_counter() - start
+    labels = evaluated["labels"]
+    config: Any = run.job.model.config
+    num_labels = int(config.num_labels)
+    return [task_metrics(evaluated["preds"][:, j], labels, metric_names, num_labels) for j in range(len(masks))]
+
+
+def _save_pruning_plan(folder: ResultsFolder, masks: Tensor) -> None:
+    """Record the masks beside the pruning parts; parts of another plan (another ranking) are dropped."""
     store = folder.parts("pruning")
     if folder.main:
         plan_file = store.path / "masks.safetensors"
@@ -211,31 +290,19 @@ def run_heads(
             store.path.mkdir(parents=True, exist_ok=True)
             save_tensors(plan_file, {"masks": masks})
 
-    def pruning_step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
-        return {"preds": _predict_all(net, batch, masks), "labels": batch["labels"].cpu()}
 
-    start = time.perf_counter()
-    evaluated = run_examples(
-        trainer, model, folder, "pruning", dataset, range(n_eval), collator, eval_batch_size, pruning_step
-    )
-    timings["pruning_s"] = time.perf_counter() - start
-    labels = evaluated["labels"]
-    per_mask = [task_metrics(evaluated["preds"][:, j], labels, metric_names, num_labels) for j in range(len(masks))]
-
-    result: dict[str, Any] = {"timings": timings}
-    if not folder.main:
-        return result
-
-    # ---- outputs
+def _write_importance(run: _HeadsRun, importances: Mapping[str, Tensor], records: Mapping[str, Any]) -> None:
+    """``importance.json`` (every method's ``[layer, head]`` scores, the integration) and ``importance.csv``."""
+    folder = run.job.folder
     write_json(
         folder.file("importance.json"),
         {
-            "n_layers": n_layers,
-            "n_heads": n_heads,
-            "n_examples": n_examples,
-            "split": split,
+            "n_layers": run.n_layers,
+            "n_heads": run.n_heads,
+            "n_examples": run.n_examples,
+            "split": run.split,
             "target": "gold label",
-            "integration": {"n_steps": n_steps, "method": method, "completeness_tol": completeness_tol},
+            "integration": run.settings.integration.kwargs(),
             "importance": {k: v.tolist() for k, v in importances.items()},
             "completeness_error_max": float(records["completeness_error"].max())
             if "completeness_error" in records
@@ -245,16 +312,21 @@ def run_heads(
     )
     rows = []
     for name, vector in importances.items():
-        rank_of = {head: r for r, head in enumerate(pruning_order(vector))}
-        for layer in range(n_layers):
-            for head in range(n_heads):
+        rank_of: dict[tuple[int, int], int] = {head: r for r, head in enumerate(pruning_order(vector))}
+        for layer in range(run.n_layers):
+            for head in range(run.n_heads):
                 rows.append([name, layer, head, float(vector[layer, head]), rank_of[(layer, head)]])
     write_csv(folder.file("importance.csv"), ["method", "layer", "head", "score", "prune_order"], rows)
 
+
+def _pruning_curves(
+    settings: HeadsSettings, mask_index: Mapping[str, list[int]], per_mask: Sequence[Mapping[str, float]]
+) -> dict[str, dict[str, list[float]]]:
+    """Each method's metric per fraction; the random seeds' curves also as ``random``: mean, std, min, max."""
     curves: dict[str, dict[str, list[float]]] = {}
     for name, idx in mask_index.items():
         curves[name] = {m: [per_mask[j][m] for j in idx] for m in per_mask[0]}
-    random_names = [random_name(s) for s in random_seeds if random_name(s) in curves]
+    random_names = [random_name(s) for s in settings.random_seeds if random_name(s) in curves]
     if random_names:
         for m in per_mask[0]:
             values = torch.tensor([curves[r][m] for r in random_names], dtype=torch.float64)
@@ -262,14 +334,26 @@ def run_heads(
             curves["random"][f"{m}_std"] = (values.std(0) if len(random_names) > 1 else values[0] * 0).tolist()
             curves["random"][f"{m}_min"] = values.min(0).values.tolist()
             curves["random"][f"{m}_max"] = values.max(0).values.tolist()
+    return curves
+
+
+def _write_pruning(
+    run: _HeadsRun,
+    mask_index: Mapping[str, list[int]],
+    removed: Sequence[int],
+    per_mask: Sequence[Mapping[str, float]],
+    curves: Mapping[str, Mapping[str, list[float]]],
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``pruning.json`` (the curves and their summaries) and ``pruning.csv``; returns the summaries."""
+    folder, fractions = run.job.folder, run.settings.fractions
     summaries = {name: {m: curve_summary(fractions, c[m]) for m in per_mask[0]} for name, c in curves.items()}
     write_json(
         folder.file("pruning.json"),
         {
             "fractions": list(fractions),
             "heads_removed": removed,
-            "n_eval_examples": n_eval,
-            "split": split,
+            "n_eval_examples": run.n_eval,
+            "split": run.split,
             "unpruned": per_mask[mask_index[next(iter(mask_index))][0]] if fractions[0] == 0 else None,
             "curves": curves,
             "summary": summaries,
@@ -282,11 +366,22 @@ def run_heads(
         for i, j in enumerate(idx):
             rows.append([name, fractions[i], removed[i], *[per_mask[j][m] for m in per_mask[0]]])
     write_csv(folder.file("pruning.csv"), ["method", "fraction", "heads_removed", *per_mask[0]], rows)
+    return summaries
 
+
+def _plot_heads(
+    run: _HeadsRun,
+    curves: Mapping[str, Mapping[str, list[float]]],
+    metrics: Sequence[str],
+    importances: Mapping[str, Tensor],
+    task: str | None,
+) -> None:
+    """Pruning curves per metric (random seeds as one band) and importance heatmaps: PNG/SVG and TensorBoard."""
     from lightning_attattr.plotting import importance_heatmap, pruning_curve
 
+    folder, fractions = run.job.folder, run.settings.fractions
     shown = {n: c for n, c in curves.items() if not n.startswith("random_s")}
-    for metric in per_mask[0]:
+    for metric in metrics:
         bands = {}
         if "random" in shown:
             bands["random"] = (shown["random"][f"{metric}_min"], shown["random"][f"{metric}_max"])
@@ -294,86 +389,59 @@ def run_heads(
             list(fractions),
             {n: c[metric] for n, c in shown.items()},
             metric_name=metric,
-            title=f"{task or 'task'}: pruning lowest-ranked heads first ({n_eval} dev)",
+            title=f"{task or 'task'}: pruning lowest-ranked heads first ({run.n_eval} dev)",
             bands=bands,
         )
-        _save_plot(folder, tb, f"pruning_{metric}", fig)
+        _save_plot(folder, run.tb, f"pruning_{metric}", fig)
         for name, c in shown.items():
             for f, v in zip(fractions, c[metric]):
-                tb.scalar(f"pruning/{metric}/{name}", v, int(round(f * 100)))
+                run.tb.scalar(f"pruning/{metric}/{name}", v, int(round(f * 100)))
     for name, vector in importances.items():
         if name.startswith("random_s"):
             continue
         fig = importance_heatmap(vector, title=f"{name} head importance")
-        _save_plot(folder, tb, f"importance_{name.replace(':', '_')}", fig)
+        _save_plot(folder, run.tb, f"importance_{name.replace(':', '_')}", fig)
 
-    # ---- structural pruning: parameters and latency
-    if structural:
-        start = time.perf_counter()
-        primary = next((n for n in importances if n.startswith("attattr")), next(iter(importances)))
-        result["structural"] = structural_pruning(
-            model, importances[primary], fractions, dataset, collator, eval_batch_size, latency_batches, latency_repeats
-        )
-        result["structural"]["ranking"] = primary
-        write_json(folder.file("structural.json"), result["structural"])
-        timings["structural_s"] = time.perf_counter() - start
-    tb.close()
-    result.update({"curves": summaries, "n_examples": n_examples, "n_eval_examples": n_eval})
-    return result
+
+def _structural(run: _HeadsRun, importances: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Structural pruning by the first AttAttr ranking (else the first method); ``structural.json`` (timed)."""
+    start = time.perf_counter()
+    primary = next((n for n in importances if n.startswith("attattr")), next(iter(importances)))
+    collator = run.job.datamodule.collator
+    structural = structural_pruning(run.job.model, importances[primary], run.settings, run.dataset, collator)
+    structural["ranking"] = primary
+    write_json(run.job.folder.file("structural.json"), structural)
+    run.timings["structural_s"] = time.perf_counter() - start
+    return structural
 
 
 def structural_pruning(
-    model: nn.Module,
-    importance: Tensor,
-    fractions: Sequence[float],
-    dataset: Any,
-    collator: Any,
-    batch_size: int,
-    latency_batches: int,
-    repeats: int,
+    model: nn.Module, importance: Tensor, settings: HeadsSettings, dataset: Any, collator: Any
 ) -> dict[str, Any]:
     """Remove the heads physically per fraction; parameter counts and measured inference latency.
 
-    Latency: the first ``latency_batches`` dev batches, timed ``repeats`` times per model with the
-    models interleaved (so drifting machine load hits all alike); the median per model, and its
-    ratio to the unpruned model.
+    Latency: the first ``latency_batches`` dev batches (of ``eval_batch_size`` examples), timed
+    ``latency_repeats`` times per model with the models interleaved (so drifting machine load hits all
+    alike); the median per model, and its ratio to the unpruned model.
+
+    Args:
+        model: the unpruned model (left unchanged: each fraction prunes a copy).
+        importance: ``[layer, head]`` ranking, lowest removed first.
+        settings: ``fractions``, ``eval_batch_size``, ``latency_batches`` and ``latency_repeats``.
+        dataset: the dev examples that are timed.
+        collator: makes a batch of examples.
+
+    Returns:
+        ``batches``, ``batch_size``, ``repeats``, ``device`` and ``rows``: one per fraction (parameters,
+        latency), then those skipped because they would remove every head of a layer.
     """
-    batches = []
-    for start in range(0, min(len(dataset), latency_batches * batch_size), batch_size):
-        batch = collator([dict(dataset[i]) for i in range(start, min(len(dataset), start + batch_size))])
-        batches.append(model_inputs(batch))
+    batch_size, repeats = settings.eval_batch_size, settings.latency_repeats
+    batches = _latency_batches(dataset, collator, batch_size, settings.latency_batches)
     device = next(model.parameters()).device
-    variants = []
-    skipped = []
-    n_heads = importance.shape[1]
-    for fraction in fractions:
-        heads = heads_to_prune(importance, fraction)
-        emptied = [layer for layer, h in heads.items() if len(h) >= n_heads]
-        if emptied:  # a layer without any head has no attention projection left: masking only
-            skipped.append(
-                {
-                    "fraction": fraction,
-                    "heads_removed": sum(len(h) for h in heads.values()),
-                    "skipped": f"removes every head of layer(s) {emptied}",
-                }
-            )
-            continue
-        pruned = copy.deepcopy(model).eval()
-        if heads:
-            prune_heads(pruned, heads)
-        variants.append((fraction, sum(len(h) for h in heads.values()), pruned))
-    times: list[list[float]] = [[] for _ in variants]
-    with torch.no_grad():
-        for _ in range(repeats):
-            for k, (_, _, net) in enumerate(variants):
-                begin = time.perf_counter()
-                for inputs in batches:
-                    net(**{key: v.to(device) for key, v in inputs.items()})
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times[k].append(time.perf_counter() - begin)
+    variants, skipped = _pruned_copies(model, importance, settings.fractions)
+    times = _latencies(variants, batches, repeats, device)
     base_params = count_parameters(model)
-    base_time = statistics.median(times[0]) if fractions[0] == 0 else None
+    base_time = statistics.median(times[0]) if settings.fractions[0] == 0 else None
     rows = []
     for (fraction, n_removed, net), t in zip(variants, times):
         median = statistics.median(t)
@@ -396,38 +464,113 @@ def structural_pruning(
     }
 
 
+def _latency_batches(dataset: Any, collator: Any, batch_size: int, n_batches: int) -> list[dict[str, Tensor]]:
+    """The model inputs of the first ``n_batches`` batches of ``dataset``."""
+    batches = []
+    for start in range(0, min(len(dataset), n_batches * batch_size), batch_size):
+        batch = collator([dict(dataset[i]) for i in range(start, min(len(dataset), start + batch_size))])
+        batches.append(model_inputs(batch))
+    return batches
+
+
+def _pruned_copies(
+    model: nn.Module, importance: Tensor, fractions: Sequence[float]
+) -> tuple[list[tuple[float, int, nn.Module]], list[dict[str, Any]]]:
+    """``(fraction, heads removed, pruned copy)`` per fraction, and the rows of fractions that would empty a layer."""
+    variants = []
+    skipped = []
+    n_heads = importance.shape[1]
+    for fraction in fractions:
+        heads = heads_to_prune(importance, fraction)
+        emptied = [layer for layer, h in heads.items() if len(h) >= n_heads]
+        if emptied:  # a layer without any head has no attention projection left: masking only
+            skipped.append(
+                {
+                    "fraction": fraction,
+                    "heads_removed": sum(len(h) for h in heads.values()),
+                    "skipped": f"removes every head of layer(s) {emptied}",
+                }
+            )
+            continue
+        pruned = copy.deepcopy(model).eval()
+        if heads:
+            prune_heads(pruned, heads)
+        variants.append((fraction, sum(len(h) for h in heads.values()), pruned))
+    return variants, skipped
+
+
+def _latencies(
+    variants: Sequence[tuple[float, int, nn.Module]],
+    batches: Sequence[Mapping[str, Tensor]],
+    repeats: int,
+    device: torch.device,
+) -> list[list[float]]:
+    """Seconds per pass over ``batches``, ``repeats`` times per variant, the variants interleaved."""
+    times: list[list[float]] = [[] for _ in variants]
+    with torch.no_grad():
+        for _ in range(repeats):
+            for k, (_, _, net) in enumerate(variants):
+                begin = time.perf_counter()
+                for inputs in batches:
+                    net(**{key: v.to(device) for key, v in inputs.items()})
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times[k].append(time.perf_counter() - begin)
+    return times
+
+
 # ============================================================================ effectiveness
-def run_effectiveness(
-    trainer: pl.Trainer,
-    model: nn.Module,
-    datamodule: Any,
-    folder: ResultsFolder,
-    *,
-    n_examples: int | None,
-    n_steps: int | str,
-    method: str,
-    completeness_tol: float,
-    batch_size: int,
-    task: str | None,
-) -> dict[str, Any]:
-    """Paper section 4.1: per-example rankings by AttAttr vs attention, k heads pruned per layer, four curves."""
-    n_layers, n_heads = model_shape(model)
-    split = dev_split(datamodule)
-    dataset = datamodule.dataset(split)
-    n_examples = check_n_examples("n_examples", n_examples, len(dataset), split)
-    ig = AttentionIntegratedGradients(model)
+def run_effectiveness(job: Job, settings: EffectivenessSettings, *, task: str | None) -> dict[str, Any]:
+    """Paper section 4.1: per-example rankings by AttAttr vs attention, k heads pruned per layer, four curves.
+
+    Args:
+        job: the trainer, model, data module and results folder.
+        settings: the ``effectiveness`` options (example count, integration, batch size).
+        task: the task's name, for the plot title (``None``: "task").
+
+    Returns:
+        On rank zero ``timings``, ``curves`` (accuracy per ``k``) and ``n_examples``; ``{}`` elsewhere.
+    """
+    _, n_heads = model_shape(job.model)
+    split = dev_split(job.datamodule)
+    dataset = job.datamodule.dataset(split)
+    n_examples = check_n_examples("n_examples", settings.n_examples, len(dataset), split)
+    step = _effectiveness_step(AttentionIntegratedGradients(job.model), settings.integration, n_heads)
+    start = time.perf_counter()
+    records = job.examples("effectiveness", dataset, range(n_examples), settings.batch_size, step)
+    seconds = time.perf_counter() - start
+    if not job.folder.main:
+        return {}
+    curves = effectiveness_curves(records["correct"])
+    ks = list(range(n_heads + 1))
+    write_json(
+        job.folder.file("effectiveness.json"),
+        {
+            "split": split,
+            "n_examples": n_examples,
+            "heads_pruned_per_layer": ks,
+            "curves": curves,
+            "definition": "per example, heads ranked within each layer by that example's max-pooled AttAttr score "
+            "(gold label) or largest attention probability; k heads pruned in every layer, largest or smallest first",
+            "completeness_error_max": float(records["completeness_error"].max()),
+        },
+    )
+    write_csv(
+        job.folder.file("effectiveness.csv"),
+        ["k_per_layer", *CURVES],
+        [[k, *[curves[c][k] for c in CURVES]] for k in ks],
+    )
+    _plot_effectiveness(job.folder, ks, curves, f"{task or 'task'}: effectiveness ({n_examples} dev examples)")
+    return {"timings": {"effectiveness_s": seconds}, "curves": curves, "n_examples": n_examples}
+
+
+def _effectiveness_step(ig: AttentionIntegratedGradients, integration: Integration, n_heads: int) -> _Step:
+    """Per example: max-pooled AttAttr and attention scores, and correctness with ``k`` heads pruned per curve."""
 
     def step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
         labels = batch["labels"]
         inputs = model_inputs(batch)
-        result = ig.attribute(
-            {**inputs, "labels": labels},
-            target="labels",
-            n_steps=n_steps,
-            method=method,
-            completeness_tol=completeness_tol,
-            return_convergence_delta=True,
-        )
+        result = _attribute(ig, {**inputs, "labels": labels}, integration, target="labels")
         attattr = attribution_head_scores(result, "max").float().cpu()  # [batch, L, H]
         attention = attention_weight_importance(net, inputs).float()
         correct = []
@@ -440,78 +583,67 @@ def run_effectiveness(
             "attattr": attattr,
             "attention": attention,
             "correct": torch.stack(correct),
-            "completeness_error": result.completeness_error.float().cpu(),
+            "completeness_error": _filled(result.completeness_error).float().cpu(),
         }
 
-    start = time.perf_counter()
-    records = run_examples(
-        trainer, model, folder, "effectiveness", dataset, range(n_examples), datamodule.collator, batch_size, step
-    )
-    seconds = time.perf_counter() - start
-    if not folder.main:
-        return {}
-    curves = effectiveness_curves(records["correct"])
-    ks = list(range(n_heads + 1))
-    write_json(
-        folder.file("effectiveness.json"),
-        {
-            "split": split,
-            "n_examples": n_examples,
-            "heads_pruned_per_layer": ks,
-            "curves": curves,
-            "definition": "per example, heads ranked within each layer by that example's max-pooled AttAttr score "
-            "(gold label) or largest attention probability; k heads pruned in every layer, largest or smallest first",
-            "completeness_error_max": float(records["completeness_error"].max()),
-        },
-    )
-    write_csv(
-        folder.file("effectiveness.csv"), ["k_per_layer", *CURVES], [[k, *[curves[c][k] for c in CURVES]] for k in ks]
-    )
+    return step
+
+
+def _plot_effectiveness(folder: ResultsFolder, ks: list[int], curves: Mapping[str, list[float]], title: str) -> None:
+    """The four curves against ``k``: PNG/SVG and TensorBoard."""
     from lightning_attattr.plotting import pruning_curve
 
     tb = _TensorBoard(folder)
     fig = pruning_curve(
-        ks,
-        curves,
-        metric_name="accuracy",
-        xlabel="heads pruned in every layer",
-        percent=False,
-        title=f"{task or 'task'}: effectiveness ({n_examples} dev examples)",
+        ks, curves, metric_name="accuracy", xlabel="heads pruned in every layer", percent=False, title=title
     )
     _save_plot(folder, tb, "effectiveness", fig)
     for name, values in curves.items():
         for k, v in zip(ks, values):
             tb.scalar(f"effectiveness/{name}", v, k)
     tb.close()
-    return {"timings": {"effectiveness_s": seconds}, "curves": curves, "n_examples": n_examples}
 
 
 # ============================================================================ attribute
-def run_attribute(
-    trainer: pl.Trainer,
-    model: nn.Module,
-    datamodule: Any,
-    folder: ResultsFolder,
-    *,
-    dataset: Any,
-    indices: Sequence[int],
-    names: Sequence[str],
-    tokens: Sequence[list[str]],
-    labels: Sequence[int | None],
-    target: str | int,
-    layers: list[int] | None,
-    n_steps: int | str,
-    method: str,
-    completeness_tol: float,
-    batch_size: int,
-    plots: bool,
-) -> dict[str, Any]:
+def run_attribute(job: Job, settings: AttributeSettings, examples: Examples) -> dict[str, Any]:
     """AttAttr maps of chosen examples, saved per example (``examples/<name>.pt``) with an index and plots.
 
     Each example file also holds ``attention``: the raw attention probabilities of the attributed
     layers, ``[layer, head, n, n]`` over the real tokens (what the report shows beside the maps).
+
+    Args:
+        job: the trainer, model, data module and results folder.
+        settings: the ``attribute`` options (target, layers, integration, batch size, plots).
+        examples: the chosen examples, tokenized (their items are attributed in order).
+
+    Returns:
+        On rank zero ``timings`` and ``n_examples``; ``{}`` elsewhere.
     """
-    ig = AttentionIntegratedGradients(model)
+    step = _attribute_step(AttentionIntegratedGradients(job.model), settings)
+    start = time.perf_counter()
+    indices = list(range(len(examples.items)))
+    records = job.examples("attribute", examples.items, indices, settings.batch_size, step)
+    seconds = time.perf_counter() - start
+    if not job.folder.main:
+        return {}
+    index = []
+    for row, name in enumerate(examples.names):
+        item = _index_item(records, row, name, examples)
+        payload = {**item, "attributions": records["attributions"][row], "attention": records["attention"][row]}
+        atomic_write(job.folder.file(item["file"]), functools.partial(torch.save, payload), binary=True)
+        index.append(item)
+        if settings.plots:
+            _plot_example(job.folder, item, records["attributions"][row])
+    integration = settings.integration
+    write_json(
+        job.folder.file("attributions.json"),
+        {"examples": index, "n_steps": integration.n_steps, "method": integration.method},
+    )
+    return {"timings": {"attribute_s": seconds}, "n_examples": len(index)}
+
+
+def _attribute_step(ig: AttentionIntegratedGradients, settings: AttributeSettings) -> _Step:
+    """Per example: the class probabilities, the AttAttr maps of the chosen layers and their raw attention."""
 
     def step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
         inputs = model_inputs(batch)
@@ -519,18 +651,10 @@ def run_attribute(
             probs = torch.softmax(model_logits(net, inputs).float(), -1).cpu()
         attention = torch.stack([captured[layer] for layer in sorted(captured)], 1)  # [batch, layer, head, q, k]
         positions = real_positions(inputs)
-        chosen: Any = target
-        if target == "labels":
+        chosen: Any = settings.target
+        if settings.target == "labels":
             chosen = batch["labels"]
-        result = ig.attribute(
-            inputs,
-            target=chosen,
-            layers=layers,
-            n_steps=n_steps,
-            method=method,
-            completeness_tol=completeness_tol,
-            return_convergence_delta=True,
-        )
+        result = _attribute(ig, inputs, settings.integration, target=chosen, layers=settings.layers)
         return {
             "attributions": [a.float().cpu() for a in result.attributions],
             "attention": [
@@ -539,40 +663,33 @@ def run_attribute(
             ],
             "target": result.target.cpu(),
             "probs": probs,
-            "convergence_delta": result.convergence_delta.float().cpu(),
-            "completeness_error": result.completeness_error.float().cpu(),
-            "n_steps_used": result.n_steps_used.cpu(),
+            "convergence_delta": _filled(result.convergence_delta).float().cpu(),
+            "completeness_error": _filled(result.completeness_error).float().cpu(),
+            "n_steps_used": _filled(result.n_steps_used).cpu(),
             "layers": [list(result.layers)] * len(result.target),
         }
 
-    start = time.perf_counter()
-    records = run_examples(trainer, model, folder, "attribute", dataset, indices, datamodule.collator, batch_size, step)
-    seconds = time.perf_counter() - start
-    if not folder.main:
-        return {}
-    index = []
-    for row, name in enumerate(names):
-        item = {
-            "name": name,
-            "tokens": tokens[row],
-            "layers": records["layers"][row],
-            "target": int(records["target"][row]),
-            "probs": records["probs"][row].tolist(),
-            "predicted": int(records["probs"][row].argmax()),
-            "completeness_error": records["completeness_error"][row].tolist(),
-            "convergence_delta": records["convergence_delta"][row].tolist(),
-            "n_steps_used": records["n_steps_used"][row].tolist(),
-            "file": f"examples/{name}.pt",
-        }
-        if labels[row] is not None:
-            item["label"] = int(labels[row])
-        payload = {**item, "attributions": records["attributions"][row], "attention": records["attention"][row]}
-        atomic_write(folder.file(item["file"]), lambda f, p=payload: torch.save(p, f), binary=True)
-        index.append(item)
-        if plots:
-            _plot_example(folder, item, records["attributions"][row])
-    write_json(folder.file("attributions.json"), {"examples": index, "n_steps": n_steps, "method": method})
-    return {"timings": {"attribute_s": seconds}, "n_examples": len(index)}
+    return step
+
+
+def _index_item(records: Mapping[str, Any], row: int, name: str, examples: Examples) -> dict[str, Any]:
+    """The ``attributions.json`` entry of example ``row`` (also the head of its ``examples/<name>.pt``)."""
+    item = {
+        "name": name,
+        "tokens": examples.tokens[row],
+        "layers": records["layers"][row],
+        "target": int(records["target"][row]),
+        "probs": records["probs"][row].tolist(),
+        "predicted": int(records["probs"][row].argmax()),
+        "completeness_error": records["completeness_error"][row].tolist(),
+        "convergence_delta": records["convergence_delta"][row].tolist(),
+        "n_steps_used": records["n_steps_used"][row].tolist(),
+        "file": f"examples/{name}.pt",
+    }
+    label = examples.labels[row]
+    if label is not None:
+        item["label"] = int(label)
+    return item
 
 
 def _plot_example(folder: ResultsFolder, item: Mapping[str, Any], attributions: Tensor) -> None:
