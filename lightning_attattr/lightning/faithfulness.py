@@ -20,7 +20,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,7 @@ from lightning_attattr.analysis.faithfulness import (
     HIT_RULE,
     PlantedTruth,
     WordLayout,
+    check_truth,
     completeness_summary,
     curve_area,
     layer_matched_random,
@@ -48,11 +50,13 @@ from lightning_attattr.analysis.faithfulness import (
     word_layout,
     word_maps,
 )
+from lightning_attattr.analysis.settings import FaithfulnessSettings
 from lightning_attattr.analysis.store import ResultsFolder, save_figure, write_csv, write_json, write_text
 from lightning_attattr.analysis.trees import build_graph, build_tree, connects
 from lightning_attattr.core.attribution import model_logits
-from lightning_attattr.lightning.analysis import INDEX_KEY, model_inputs, run_examples, special_tokens
-from lightning_attattr.lightning.compat import pl
+from lightning_attattr.lightning.analysis import INDEX_KEY, model_inputs, special_tokens
+from lightning_attattr.lightning.experiments import check_n_examples, dev_split
+from lightning_attattr.lightning.job import Job
 
 #: How cross-layer removal ranks and removes connections (faithfulness.json and .md say it).
 CROSS_LAYER_RULE = (
@@ -90,103 +94,112 @@ def planted_pairs(datamodule: Any, split: str) -> dict[int, PlantedTruth] | None
     }
 
 
-class _Plan(NamedTuple):
-    """What every example does: the methods, the deletion sizes, the random control and the tree threshold."""
+@dataclass(frozen=True)
+class ChosenExamples:
+    """The dev examples a faithfulness run scores, and their planted pairs when they are known.
 
-    methods: list[str]
-    ks: list[int]
-    n_random: int
-    seed: int
-    tau: float
+    Attributes:
+        dataset: the dev split.
+        indices: the examples of ``dataset``, in the order they are scored.
+        planted: the planted pairs of every example of ``indices`` (``None``: no ground-truth test).
+        source: where ``planted`` came from, for ``groundtruth.json`` (``None`` without planted pairs).
+    """
+
+    dataset: Any
+    indices: list[int]
+    planted: dict[int, PlantedTruth] | None
+    source: str | None
+
+    @property
+    def shortest(self) -> int:
+        """The token count (special tokens included) of the shortest chosen example."""
+        return min(len(self.dataset[i]["input_ids"]) for i in self.indices)
 
 
-def run_faithfulness(
-    trainer: pl.Trainer,
-    model: nn.Module,
-    datamodule: Any,
-    folder: ResultsFolder,
-    *,
-    dataset: Any,
-    indices: Sequence[int],
-    edge_methods: Sequence[str],
-    ks: Sequence[int],
-    n_random: int,
-    seed: int,
-    tau: float,
-    attattr_options: Mapping[str, Any],
-    batch_size: int,
-    planted: Mapping[int, PlantedTruth] | None = None,
-    truth_source: str | None = None,
-) -> dict[str, Any]:
-    """Deletion curves per edge method (per layer and across layers) against random deletions, trees, planted truth.
+def choose_examples(
+    datamodule: Any, settings: FaithfulnessSettings, truth: list[PlantedTruth] | None, n_layers: int
+) -> ChosenExamples:
+    """The examples of ``analyze.py faithfulness``, checked before the results folder is opened.
+
+    Without ``truth``: the first ``settings.n_examples`` dev examples (checked against the dev set's
+    size), with the data module's planted pairs if it has them. With ``truth`` (the records of
+    ``settings.truth``): the file's examples, in file order, the first ``settings.n_examples`` of
+    them, after the file's ranges are checked against the data and the model.
 
     Args:
-        trainer: the analysis trainer (its strategy splits the examples across processes).
-        model: the Hugging Face classifier.
-        datamodule: the data module (``collator``, ``tokenizer``).
-        folder: the results folder.
-        dataset: the dev split; ``indices`` the examples of it to use.
-        indices: the examples of ``dataset``.
-        edge_methods: names of :data:`~lightning_attattr.analysis.edges.EDGE_FUNCTIONS`.
-        ks: deletion sizes (connections per layer-wise curve, word pairs per cross-layer curve).
-        n_random: random-control seeds.
-        seed: seed of the random controls (per example: ``seed * 1_000_003 + index``).
-        tau: tree threshold.
-        attattr_options: keyword arguments of AttAttr's ``attribute`` (``n_steps``, ``method``, ...).
-        batch_size: examples per batch.
-        planted: the planted pairs of every example of ``indices`` (``None``: no ground-truth test).
-        truth_source: where ``planted`` came from, for ``groundtruth.json``.
+        datamodule: the data module (dev split, tokenizer).
+        settings: the ``faithfulness`` options (``n_examples``, ``truth``).
+        truth: :func:`~lightning_attattr.analysis.faithfulness.read_truth`'s records of ``settings.truth``.
+        n_layers: the model's layer count (a truth file's layers are checked against it).
+
+    Raises:
+        ArgumentError: ``n_examples`` larger than the dev set.
+        DataFileError: a truth file's index, layer or position outside the data or the model.
     """
-    plan = _Plan(list(edge_methods), list(ks), n_random, seed, tau)
-    tokenizer = datamodule.tokenizer
+    split = dev_split(datamodule)
+    dev = datamodule.dataset(split)
+    if truth is None:
+        check_n_examples("n_examples", settings.n_examples, len(dev), split)
+        indices = list(range(len(dev) if settings.n_examples is None else settings.n_examples))
+        planted = planted_pairs(datamodule, split)
+        return ChosenExamples(dev, indices, planted, None if planted is None else "the data module's planted pairs")
+
+    def size(i: int) -> tuple[int, int]:
+        ids = dev[i]["input_ids"]
+        return len(ids), len(example_layout(datamodule.tokenizer, ids).words)
+
+    assert settings.truth is not None  # the records were read from it
+    check_truth(truth, settings.truth, n_dev=len(dev), split=split, n_layers=n_layers, size=size)
+    chosen = truth if settings.n_examples is None else truth[: settings.n_examples]
+    planted_truth = {t.index: t for t in chosen}
+    return ChosenExamples(dev, [t.index for t in chosen], planted_truth, f"truth file {settings.truth}")
+
+
+def run_faithfulness(job: Job, settings: FaithfulnessSettings, chosen: ChosenExamples) -> dict[str, Any]:
+    """Deletion curves per edge method (per layer and across layers) against random deletions, trees, planted truth.
+
+    Stages: every example's deletions (:func:`_step`, resumable and split across processes by
+    ``job.examples``); then, on the main process, the summaries (:func:`summarize`,
+    :func:`ground_truth`), the files (:func:`_write_results`), the printed table and the result.
+
+    Args:
+        job: the trainer (its strategy splits the examples), the classifier, the data module, the folder.
+        settings: the ``faithfulness`` options: ``edge_methods`` (names of
+            :data:`~lightning_attattr.analysis.edges.EDGE_FUNCTIONS`), ``ks`` (connections per layer-wise
+            curve, word pairs per cross-layer curve), ``n_random``, ``seed`` (per example:
+            ``seed * 1_000_003 + index``), ``tau``, the AttAttr integration and the batch size.
+        chosen: the examples and their planted pairs (:func:`choose_examples`).
+    """
+    tokenizer = job.datamodule.tokenizer
 
     def step(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Any]:
-        index = batch[INDEX_KEY].tolist()
-        inputs = model_inputs(batch)
-        with torch.no_grad():
-            probs = torch.softmax(model_logits(net, inputs).float(), -1).cpu()
-        pred = probs.argmax(-1)
-        maps: dict[str, list[Tensor]] = {}
-        seconds = torch.zeros(len(index), len(plan.methods))
-        completeness = None
-        for m, name in enumerate(plan.methods):
-            start = time.perf_counter()
-            if name == "attattr":
-                maps[name], result = attattr_edges_and_result(
-                    net, inputs, target=pred, return_convergence_delta=True, **attattr_options
-                )
-                completeness = result.completeness_error.float().cpu()  # [batch, layer]
-            else:
-                maps[name] = EDGE_FUNCTIONS[name](net, inputs, target=pred)
-            seconds[:, m] = (time.perf_counter() - start) / len(index)
-        ids = inputs["input_ids"].cpu()
-        rows = []
-        for row, pos in enumerate(real_positions(inputs)):
-            layout = example_layout(tokenizer, ids[row, pos].tolist())
-            one = {k: v[row : row + 1].index_select(1, pos.to(v.device)) for k, v in inputs.items()}
-            row_maps = {name: maps[name][row] for name in plan.methods}
-            truth = None if planted is None else planted[index[row]]
-            rows.append(_example(net, one, layout, index[row], pred[row], probs[row], row_maps, plan, truth))
-        out = {key: torch.stack([r[key] for r in rows]) for key in rows[0]}
-        out["seconds"] = seconds
-        out["pred"] = pred
-        out["prob"] = probs.gather(1, pred[:, None]).squeeze(1)
-        if completeness is not None:
-            out["completeness_error"] = completeness
-        if "labels" in batch:
-            out["labels"] = batch["labels"].cpu()
-        return out
+        return _step(net, batch, tokenizer, settings, chosen.planted)
 
     start = time.perf_counter()
-    records = run_examples(
-        trainer, model, folder, "faithfulness", dataset, indices, datamodule.collator, batch_size, step
-    )
+    records = job.examples("faithfulness", chosen.dataset, chosen.indices, settings.batch_size, step)
     seconds = time.perf_counter() - start
-    if not folder.main:
+    if not job.folder.main:
         return {}
-    summary = summarize(records, plan.methods, plan.ks)
-    truth = None if planted is None else ground_truth(records, plan.methods, truth_source)
+    summary = summarize(records, settings.edge_methods, settings.ks)
+    truth = None if chosen.planted is None else ground_truth(records, settings.edge_methods, chosen.source)
+    _write_results(job.folder, summary, truth)
+    result: dict[str, Any] = {
+        "timings": {"faithfulness_s": seconds},
+        "n_examples": len(chosen.indices),
+        "area": {name: c["drop_area"] for name, c in summary["curves"].items()},
+        "area_all_layers": {name: c["drop_area"] for name, c in summary["cross_layer"]["curves"].items()},
+        "completeness_error_max": (summary["completeness"] or {}).get("worst"),
+    }
+    if truth is not None:
+        result["groundtruth"] = {m: truth["conventions"]["words"]["methods"][m]["top1"] for m in settings.edge_methods}
+    print(summary_table(summary, truth, str(job.folder.path)), flush=True)
+    return result
+
+
+def _write_results(folder: ResultsFolder, summary: Mapping[str, Any], truth: Mapping[str, Any] | None) -> None:
+    """``faithfulness.json``, the deletion-curve CSVs, ``faithfulness.md``, the plots, ``groundtruth.json``."""
     write_json(folder.file("faithfulness.json"), summary)
+    ks = summary["ks"]
     for name, curves in (
         ("deletion_curves.csv", summary["curves"]),
         ("deletion_curves_all_layers.csv", summary["cross_layer"]["curves"]),
@@ -208,72 +221,191 @@ def run_faithfulness(
         "deletion_curves_all_layers",
         "word pairs removed in every layer (k, top-k pairs across layers)",
     )
-    result: dict[str, Any] = {
-        "timings": {"faithfulness_s": seconds},
-        "n_examples": len(indices),
-        "area": {name: c["drop_area"] for name, c in summary["curves"].items()},
-        "area_all_layers": {name: c["drop_area"] for name, c in summary["cross_layer"]["curves"].items()},
-        "completeness_error_max": (summary["completeness"] or {}).get("worst"),
-    }
     if truth is not None:
         write_json(folder.file("groundtruth.json"), truth)
-        result["groundtruth"] = {m: truth["conventions"]["words"]["methods"][m]["top1"] for m in plan.methods}
-    print(summary_table(summary, truth, str(folder.path)), flush=True)
-    return result
 
 
-def _example(
+# ----------------------------------------------------------------------------- one batch, one example
+
+
+@dataclass(frozen=True)
+class _Example:
+    """One example of a batch, ready for its deletions.
+
+    Attributes:
+        net: the classifier.
+        inputs: the model inputs of this example alone (``[1, n]``, its real tokens only).
+        layout: the words of its tokens.
+        index: its index in the dev split (seeds its random draws).
+        pred: the predicted class (0-d).
+        probs: the class probabilities ``[class]``.
+        maps: every edge method's scores ``[layer, n, n]``, in the order of the methods.
+        truth: its planted pairs (``None``: no ground-truth test).
+    """
+
+    net: nn.Module
+    inputs: Mapping[str, Tensor]
+    layout: WordLayout
+    index: int
+    pred: Tensor
+    probs: Tensor
+    maps: Mapping[str, Tensor]
+    truth: PlantedTruth | None
+
+    @property
+    def shape(self) -> torch.Size:
+        """``[layer, n, n]``: the connections of the example (the first method's map)."""
+        return next(iter(self.maps.values())).shape
+
+
+def _step(
     net: nn.Module,
-    one: Mapping[str, Tensor],
-    layout: WordLayout,
-    index: int,
-    pred: Tensor,
-    probs: Tensor,
-    maps: Mapping[str, Tensor],
-    plan: _Plan,
-    truth: PlantedTruth | None,
-) -> dict[str, Tensor]:
-    """All deletions of one example in one batched run; random draws depend only on (seed, example index)."""
-    methods, ks, n_random = plan.methods, plan.ks, plan.n_random
-    shape = maps[methods[0]].shape
-    n_layers, n_units = int(shape[0]), len(layout.special)
-    generator = torch.Generator().manual_seed(plan.seed * 1_000_003 + index)
-    sets: list[Tensor] = []
-    for name in methods:
-        sets += [top_edges(maps[name], k) for k in ks]
-    for _ in range(n_random):
-        sets += [random_edges(shape, k, generator) for k in ks]
-    trees, sizes = [], []
-    for name in methods:
-        graph = build_tree(maps[name], tau=plan.tau)
+    batch: dict[str, Tensor],
+    tokenizer: Any,
+    settings: FaithfulnessSettings,
+    planted: Mapping[int, PlantedTruth] | None,
+) -> dict[str, Any]:
+    """One batch: the predictions, every method's edge maps, then each example's deletions (:func:`_example`)."""
+    index = batch[INDEX_KEY].tolist()
+    inputs = model_inputs(batch)
+    with torch.no_grad():
+        probs = torch.softmax(model_logits(net, inputs).float(), -1).cpu()
+    pred = probs.argmax(-1)
+    maps, seconds, completeness = _edge_maps(net, inputs, pred, settings)
+    ids = inputs["input_ids"].cpu()
+    rows = []
+    for row, pos in enumerate(real_positions(inputs)):
+        example = _Example(
+            net=net,
+            inputs={k: v[row : row + 1].index_select(1, pos.to(v.device)) for k, v in inputs.items()},
+            layout=example_layout(tokenizer, ids[row, pos].tolist()),
+            index=index[row],
+            pred=pred[row],
+            probs=probs[row],
+            maps={name: maps[name][row] for name in settings.edge_methods},
+            truth=None if planted is None else planted[index[row]],
+        )
+        rows.append(_example(example, settings))
+    out: dict[str, Any] = {key: torch.stack([r[key] for r in rows]) for key in rows[0]}
+    out["seconds"] = seconds
+    out["pred"] = pred
+    out["prob"] = probs.gather(1, pred[:, None]).squeeze(1)
+    if completeness is not None:
+        out["completeness_error"] = completeness
+    if "labels" in batch:
+        out["labels"] = batch["labels"].cpu()
+    return out
+
+
+def _edge_maps(
+    net: nn.Module, inputs: Mapping[str, Tensor], pred: Tensor, settings: FaithfulnessSettings
+) -> tuple[dict[str, list[Tensor]], Tensor, Tensor | None]:
+    """Every method's edge maps of a batch, its seconds per example ``[batch, method]``, AttAttr's completeness.
+
+    The completeness error ``[batch, layer]`` is ``None`` when ``attattr`` is not one of the methods.
+    """
+    n = len(pred)
+    maps: dict[str, list[Tensor]] = {}
+    seconds = torch.zeros(n, len(settings.edge_methods))
+    completeness = None
+    for m, name in enumerate(settings.edge_methods):
+        start = time.perf_counter()
+        if name == "attattr":
+            maps[name], result = attattr_edges_and_result(
+                net, inputs, target=pred, return_convergence_delta=True, **settings.integration.kwargs()
+            )
+            assert result.completeness_error is not None  # always computed without sharding
+            completeness = result.completeness_error.float().cpu()  # [batch, layer]
+        else:
+            maps[name] = EDGE_FUNCTIONS[name](net, inputs, target=pred)
+        seconds[:, m] = (time.perf_counter() - start) / n
+    return maps, seconds, completeness
+
+
+def _example(example: _Example, settings: FaithfulnessSettings) -> dict[str, Tensor]:
+    """All deletions of one example in one batched run; random draws depend only on (seed, example index).
+
+    The deletion sets, in this order (the random draws too): each method's top-``k`` connections,
+    ``k`` random connections per seed, each method's tree edges then as many random ones of the same
+    layers per seed, each method's top-``k`` word pairs across layers, ``k`` random word pairs per
+    seed, and, with planted truth, the planted pairs in all layers then in each layer alone.
+    """
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + example.index)
+    sets = _layer_sets(example, settings, generator)
+    trees, sizes, tree_sets = _tree_sets(example, settings, generator)
+    sets += tree_sets
+    sets += _cross_layer_sets(example, settings, generator)
+    where = None if example.truth is None else planted_positions(example.truth, example.layout)
+    if where is not None:  # the planted pairs (both directions) in all layers, then in each layer alone
+        n_layers = int(example.shape[0])
+        sets.append(token_pair_edges(where["tokens"], n_layers))
+        sets += [token_pair_edges(where["tokens"], n_layers, [layer]) for layer in range(n_layers)]
+    after = removal_probabilities(example.net, example.inputs, sets)
+    c = int(example.pred)
+    drop = float(example.probs[c]) - after[:, c]
+    flip = (after.argmax(1) != c).float()
+    parts = _split_deletions(drop, flip, settings)
+    out = _deletion_record(example, settings, parts, sizes)
+    if example.truth is not None and where is not None:
+        out.update(_truth_hits(example, where, trees, settings))
+        out["gt_layer"] = torch.tensor(float(-1 if example.truth.layer is None else example.truth.layer))
+        out["gt_removal_drop"], out["gt_removal_flip"] = parts["planted"]  # [1 + layer]: all layers, then each
+    return out
+
+
+def _layer_sets(example: _Example, settings: FaithfulnessSettings, generator: torch.Generator) -> list[Tensor]:
+    """Each method's top-``k`` connections for every ``k``, then ``k`` random connections per seed."""
+    sets = [top_edges(example.maps[name], k) for name in settings.edge_methods for k in settings.ks]
+    sets += [random_edges(example.shape, k, generator) for _ in range(settings.n_random) for k in settings.ks]
+    return sets
+
+
+def _tree_sets(
+    example: _Example, settings: FaithfulnessSettings, generator: torch.Generator
+) -> tuple[list[Any], list[int], list[Tensor]]:
+    """Each method's attribution tree, its edge count, its edges then as many random ones of its layers per seed."""
+    trees, sizes, sets = [], [], []
+    for name in settings.edge_methods:
+        graph = build_tree(example.maps[name], tau=settings.tau)
         edges = tree_edges(graph)
         trees.append(graph)
         sizes.append(len(edges))
         sets.append(edges)
-        sets += [layer_matched_random(edges, shape, generator) for _ in range(n_random)]
-    for name in methods:  # cross-layer: word pairs in every layer
-        scores = pair_scores(maps[name], layout)
+        sets += [layer_matched_random(edges, example.shape, generator) for _ in range(settings.n_random)]
+    return trees, sizes, sets
+
+
+def _cross_layer_sets(example: _Example, settings: FaithfulnessSettings, generator: torch.Generator) -> list[Tensor]:
+    """Each method's top-``k`` word pairs across layers, then ``k`` random word pairs per seed, in every layer."""
+    layout, n_layers, ks = example.layout, int(example.shape[0]), settings.ks
+    sets = []
+    for name in settings.edge_methods:
+        scores = pair_scores(example.maps[name], layout)
         sets += [pair_edges(top_pairs(scores, k), layout, n_layers) for k in ks]
-    for _ in range(n_random):
+    n_units = len(layout.special)
+    for _ in range(settings.n_random):
         sets += [pair_edges(random_pairs(n_units, k, generator), layout, n_layers) for k in ks]
-    where = None if truth is None else planted_positions(truth, layout)
-    if where is not None:  # the planted pairs (both directions) in all layers, then in each layer alone
-        sets.append(token_pair_edges(where["tokens"], n_layers))
-        sets += [token_pair_edges(where["tokens"], n_layers, [layer]) for layer in range(n_layers)]
-    after = removal_probabilities(net, one, sets)
-    c = int(pred)
-    drop = float(probs[c]) - after[:, c]
-    flip = (after.argmax(1) != c).float()
-    n_m, n_k = len(methods), len(ks)
+    return sets
+
+
+def _split_deletions(drop: Tensor, flip: Tensor, settings: FaithfulnessSettings) -> dict[str, tuple[Tensor, Tensor]]:
+    """The (drops, flips) of one example's deletion sets by kind, in :func:`_example`'s order."""
+    n_m, n_k, n_random = len(settings.edge_methods), len(settings.ks), settings.n_random
     bounds = [n_m * n_k, n_random * n_k, n_m * (1 + n_random), n_m * n_k, n_random * n_k]
-    parts = list(
-        zip(
-            torch.split(drop, [*bounds, len(drop) - sum(bounds)]), torch.split(flip, [*bounds, len(flip) - sum(bounds)])
-        )
-    )
-    (top_d, top_f), (rand_d, rand_f), (tree_d, tree_f), (cross_d, cross_f), (cross_rd, cross_rf), planted = parts
-    tree_d, tree_f = tree_d.reshape(n_m, 1 + n_random), tree_f.reshape(n_m, 1 + n_random)
-    out = {
+    bounds.append(len(drop) - sum(bounds))  # the planted pairs' removals (none without planted truth)
+    kinds = ("top", "random", "tree", "cross", "cross_random", "planted")
+    return dict(zip(kinds, zip(torch.split(drop, bounds), torch.split(flip, bounds))))
+
+
+def _deletion_record(
+    example: _Example, settings: FaithfulnessSettings, parts: Mapping[str, tuple[Tensor, Tensor]], sizes: list[int]
+) -> dict[str, Tensor]:
+    """The per-example record of the deletions: curves ``[method or seed, k]``, trees, cross-layer, sizes."""
+    n_m, n_k, n_random = len(settings.edge_methods), len(settings.ks), settings.n_random
+    (top_d, top_f), (rand_d, rand_f) = parts["top"], parts["random"]
+    (cross_d, cross_f), (cross_rd, cross_rf) = parts["cross"], parts["cross_random"]
+    tree_d, tree_f = (t.reshape(n_m, 1 + n_random) for t in parts["tree"])
+    return {
         "drop": top_d.reshape(n_m, n_k),
         "flip": top_f.reshape(n_m, n_k),
         "random_drop": rand_d.reshape(n_random, n_k),
@@ -287,22 +419,16 @@ def _example(
         "cross_flip": cross_f.reshape(n_m, n_k),
         "cross_random_drop": cross_rd.reshape(n_random, n_k),
         "cross_random_flip": cross_rf.reshape(n_random, n_k),
-        "n_tokens": torch.tensor(float(shape[1])),
-        "n_words": torch.tensor(float(len(layout.words))),
+        "n_tokens": torch.tensor(float(example.shape[1])),
+        "n_words": torch.tensor(float(len(example.layout.words))),
     }
-    if truth is not None and where is not None:
-        out.update(_truth_hits(maps, layout, where, trees, plan))
-        out["gt_layer"] = torch.tensor(float(-1 if truth.layer is None else truth.layer))
-        out["gt_removal_drop"], out["gt_removal_flip"] = planted  # [1 + layer]: all layers, then each alone
-    return out
 
 
 def _truth_hits(
-    maps: Mapping[str, Tensor],
-    layout: WordLayout,
+    example: _Example,
     where: Mapping[str, list[tuple[int, int]]],
     trees: Sequence[Any],
-    plan: _Plan,
+    settings: FaithfulnessSettings,
 ) -> dict[str, Tensor]:
     """The planted-truth test of one example under both conventions, ``gt_<convention>_<key>`` ``[method, ...]``.
 
@@ -310,22 +436,23 @@ def _truth_hits(
     tree's scan without the one-parent rule) join a planted pair, built on the token maps
     (``tokens``) or on the word maps (``words``, word pairs only).
     """
+    maps, layout = example.maps, example.layout
     out: dict[str, Tensor] = {}
     eligible = word_edge_mask(layout)
     for convention in CONVENTIONS:
         hits, joined = [], []
-        for m, name in enumerate(plan.methods):
+        for m, name in enumerate(settings.edge_methods):
             pairs = where[convention]
             if convention == "words":
                 scores = word_maps(maps[name], layout)
                 hits.append(planted_hits(scores, pairs, eligible=eligible))
-                tree = build_tree(scores, tau=plan.tau)
+                tree = build_tree(scores, tau=settings.tau)
                 pairs = [(a, b) for a, b in pairs if eligible[a, b]]  # only edges between two distinct words
             else:
                 scores = maps[name]
                 hits.append(planted_hits(scores, pairs))
                 tree = trees[m]
-            graph = build_graph(scores, tau=plan.tau)
+            graph = build_graph(scores, tau=settings.tau)
             joined.append([float(any(connects(g, pair) for pair in pairs)) for g in (tree, graph)])
         for key in hits[0]:
             out[f"gt_{convention}_{key}"] = torch.stack([h[key] for h in hits]).float()
