@@ -570,57 +570,20 @@ def _universality(
     command: list[str] | None = None,
 ) -> dict[str, Any]:
     """:func:`universality`, recording ``command`` (default: the process' command line) in ``summary.json``."""
-    from lightning_attattr.analysis.store import write_csv
     from lightning_attattr.analysis.universality import correlation_matrices
-    from lightning_attattr.plotting import correlation_heatmap, pruning_curve, scatter_grid
 
     if len(results) < 2:
         raise ArgumentError(f"Expected `results` to list at least two `heads` results folders, but got {len(results)}.")
     if names is not None and len(names) != len(results):
         raise ArgumentError(f"Expected one name per results folder ({len(results)}), but got {len(names)} names.")
     check_bool("overwrite", overwrite)
-    vectors: dict[str, torch.Tensor] = {}
-    folders = []
-    for k, path in enumerate(results):
-        folder = check_existing_dir("results", path)
-        vector, name = _read_importance(folder, method, "results")
-        name = names[k] if names is not None else name
-        if name in vectors:
-            name = f"{name} ({folder.name})"
-        vectors[name] = vector
-        folders.append((name, folder))
+    vectors, folders = _read_heads_folders(results, method, names)
     matrices = correlation_matrices(vectors)
     arguments = {"results": [str(f.resolve()) for _, f in folders], "method": method, "names": list(vectors)}
-    from lightning_attattr.analysis.store import save_figure
-
     with ResultsFolder(output_dir, "universality", arguments, overwrite=overwrite) as out:
         labels = list(vectors)
-        transfer: dict[str, Any] = {}
-        for name, folder in folders:
-            pruning = folder / "pruning.json"
-            if not pruning.is_file():
-                continue
-            data = json.loads(pruning.read_text(encoding="utf-8"))
-            curves = {k: v["acc"] for k, v in data["curves"].items() if k == "attattr" or k.startswith("transfer:")}
-            if len(curves) > 1:
-                transfer[name] = {"fractions": data["fractions"], "acc": curves}
-                fig = pruning_curve(
-                    data["fractions"],
-                    {("own ranking" if k == "attattr" else f"{k[9:]}'s ranking"): v for k, v in curves.items()},
-                    title=f"{name}: pruned with its own and other tasks' AttAttr rankings",
-                )
-                save_figure(fig, out.file(f"plots/transfer_{_file_name(name)}"))
-        for stat in ("pearson", "spearman"):
-            write_csv(
-                out.file(f"correlation_{stat}.csv"),
-                ["task", *labels],
-                [[a, *matrices[stat][i]] for i, a in enumerate(labels)],
-            )
-            save_figure(
-                correlation_heatmap(matrices[stat], labels, title=f"{stat} correlation of {method} importance"),
-                out.file(f"plots/correlation_{stat}"),
-            )
-        save_figure(scatter_grid(vectors, title=f"{method} head importance across tasks"), out.file("plots/scatter"))
+        transfer = _transfer_curves(out, folders)
+        _write_correlations(out, method, vectors, matrices)
         write_json(out.file("universality.json"), {"method": method, "tasks": labels, **matrices, "transfer": transfer})
         write_json(
             out.file("summary.json"),
@@ -634,6 +597,67 @@ def _universality(
             },
         )
     return {"pearson": matrices["pearson"], "spearman": matrices["spearman"], "tasks": labels}
+
+
+def _read_heads_folders(
+    results: list[str], method: str, names: list[str] | None
+) -> tuple[dict[str, torch.Tensor], list[tuple[str, Path]]]:
+    """The ``method`` importance of each ``heads`` folder by display name (made unique), and the named folders."""
+    vectors: dict[str, torch.Tensor] = {}
+    folders = []
+    for k, path in enumerate(results):
+        folder = check_existing_dir("results", path)
+        vector, name = _read_importance(folder, method, "results")
+        name = names[k] if names is not None else name
+        if name in vectors:
+            name = f"{name} ({folder.name})"
+        vectors[name] = vector
+        folders.append((name, folder))
+    return vectors, folders
+
+
+def _transfer_curves(out: ResultsFolder, folders: list[tuple[str, Path]]) -> dict[str, Any]:
+    """Per folder whose ``heads`` run had ``--transfer_from``: its own and the other rankings' curves (and plot)."""
+    from lightning_attattr.analysis.store import save_figure
+    from lightning_attattr.plotting import pruning_curve
+
+    transfer: dict[str, Any] = {}
+    for name, folder in folders:
+        pruning = folder / "pruning.json"
+        if not pruning.is_file():
+            continue
+        data = json.loads(pruning.read_text(encoding="utf-8"))
+        curves = {k: v["acc"] for k, v in data["curves"].items() if k == "attattr" or k.startswith("transfer:")}
+        if len(curves) > 1:
+            transfer[name] = {"fractions": data["fractions"], "acc": curves}
+            fig = pruning_curve(
+                data["fractions"],
+                {("own ranking" if k == "attattr" else f"{k[9:]}'s ranking"): v for k, v in curves.items()},
+                title=f"{name}: pruned with its own and other tasks' AttAttr rankings",
+            )
+            save_figure(fig, out.file(f"plots/transfer_{_file_name(name)}"))
+    return transfer
+
+
+def _write_correlations(
+    out: ResultsFolder, method: str, vectors: dict[str, torch.Tensor], matrices: dict[str, Any]
+) -> None:
+    """The Pearson and Spearman matrices as CSV and heatmaps, and the pairwise scatter plots."""
+    from lightning_attattr.analysis.store import save_figure, write_csv
+    from lightning_attattr.plotting import correlation_heatmap, scatter_grid
+
+    labels = list(vectors)
+    for stat in ("pearson", "spearman"):
+        write_csv(
+            out.file(f"correlation_{stat}.csv"),
+            ["task", *labels],
+            [[a, *matrices[stat][i]] for i, a in enumerate(labels)],
+        )
+        save_figure(
+            correlation_heatmap(matrices[stat], labels, title=f"{stat} correlation of {method} importance"),
+            out.file(f"plots/correlation_{stat}"),
+        )
+    save_figure(scatter_grid(vectors, title=f"{method} head importance across tasks"), out.file("plots/scatter"))
 
 
 def write_report(
