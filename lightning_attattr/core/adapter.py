@@ -32,12 +32,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, UnsupportedModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ATTN_IMPLEMENTATION = "attattr"
 #: Config attribute where :mod:`lightning_attattr.core.pruning` records removed heads,
@@ -86,8 +89,9 @@ def max_sequence_length(config: Any) -> int | None:
 
 # (controller, layer index) of the transformer layer currently running, set by the layer wrappers.
 _CURRENT: ContextVar[tuple[AttentionController, int] | None] = ContextVar("attattr_current_layer", default=None)
-# id(model) -> active controller, so that nested scopes on one model share one controller.
-_SCOPES: dict[int, AttentionController] = {}
+# Attribute that holds the active controller on the model instance while an `attention_scope` is open
+# (so that nested scopes on one model share one controller); removed when the outermost scope exits.
+_SCOPE_ATTRIBUTE = "_attattr_scope"
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -510,7 +514,7 @@ def layer_modules(model: nn.Module) -> list[nn.Module]:
     config = model.config
     if config.model_type in _REFUSED_MODEL_TYPES:
         raise _unsupported(model, "its attention does not run through transformers' AttentionInterface")
-    base = model.base_model
+    base: Any = model.base_model  # architecture-specific submodules: torch types them Tensor | Module
     if config.model_type == "albert":
         groups = base.encoder.albert_layer_groups
         n_layers, n_groups = config.num_hidden_layers, config.num_hidden_groups
@@ -524,6 +528,19 @@ def layer_modules(model: nn.Module) -> list[nn.Module]:
     raise _unsupported(model, "no transformer layer list was found")
 
 
+def active_controller(model: nn.Module) -> AttentionController | None:
+    """The controller of the :func:`attention_scope` open on ``model``, or ``None`` outside one.
+
+    Args:
+        model: any model (a model that was never scoped has no controller).
+
+    Returns:
+        The :class:`AttentionController` that a nested ``attention_scope(model)`` would yield, or ``None``.
+    """
+    controller = getattr(model, _SCOPE_ATTRIBUTE, None)
+    return controller if isinstance(controller, AttentionController) else None
+
+
 def _install_layer_wrapper(controller: AttentionController, module: nn.Module, index: int | None) -> Callable[[], None]:
     """Wrap ``module.forward`` on the instance; return a function that undoes it."""
     had_instance_forward = "forward" in module.__dict__
@@ -533,11 +550,11 @@ def _install_layer_wrapper(controller: AttentionController, module: nn.Module, i
         layer = controller._next_shared_index() if index is None else index
         return controller._run_layer(layer, original, args, kwargs)
 
-    module.forward = forward  # type: ignore[method-assign]
+    module.forward = forward
 
     def undo() -> None:
         if had_instance_forward:
-            module.forward = original  # type: ignore[method-assign]
+            module.forward = original
         else:
             del module.forward
 
@@ -551,7 +568,8 @@ def attention_scope(model: nn.Module) -> Iterator[AttentionController]:
     On entry the model's attention implementation is switched to ``"attattr"`` and its layers are
     wrapped; on exit (normal or by exception) the previous implementation is restored and every
     wrapper and hook is removed. Scopes are reentrant: a nested scope on the same model yields
-    the same controller.
+    the same controller, which the model instance holds while the scope is open
+    (:func:`active_controller`).
 
     Args:
         model: a Hugging Face ``PreTrainedModel`` of a supported architecture.
@@ -576,11 +594,12 @@ def attention_scope(model: nn.Module) -> Iterator[AttentionController]:
         >>> model.config._attn_implementation != "attattr"
         True
     """
-    active = _SCOPES.get(id(model))
+    active = active_controller(model)
     if active is not None:
         yield active
         return
     modules = layer_modules(model)
+    model = cast("PreTrainedModel", model)  # layer_modules refuses anything else
     register_attention()
     controller = AttentionController(n_layers=len(modules), n_heads=model.config.num_attention_heads)
     n_heads = controller.n_heads
@@ -599,14 +618,14 @@ def attention_scope(model: nn.Module) -> Iterator[AttentionController]:
             if shared and any(m is module for m in modules[:index]):
                 continue
             undo.append(_install_layer_wrapper(controller, module, None if shared else index))
-        roots = {id(model): model, id(model.base_model): model.base_model}
+        roots: dict[int, nn.Module] = {id(model): model, id(model.base_model): model.base_model}
         for root in roots.values():
             handle = root.register_forward_pre_hook(lambda _module, _args: controller._start_forward())
             undo.append(handle.remove)
-        _SCOPES[id(model)] = controller
+        setattr(model, _SCOPE_ATTRIBUTE, controller)
         yield controller
     finally:
-        _SCOPES.pop(id(model), None)
+        vars(model).pop(_SCOPE_ATTRIBUTE, None)
         for fn in reversed(undo):
             fn()
         if model.config._attn_implementation != previous_impl:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_attattr.core.adapter import _SCOPES, PRUNED_HEADS_KEY, layer_modules
+from lightning_attattr.core.adapter import PRUNED_HEADS_KEY, active_controller, layer_modules
 from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
 
 __all__ = [
@@ -182,7 +182,7 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]] | Tensor) -
         >>> report.pruned, model.bert.encoder.layer[0].attention.self.query.out_features
         ({0: [1, 3], 1: [0]}, 8)
     """
-    if id(model) in _SCOPES:
+    if active_controller(model) is not None:
         raise RuntimeError("Cannot prune heads inside an `attention_scope` of the same model; prune outside it.")
     modules = layer_modules(model)
     if len({id(m) for m in modules}) < len(modules):
