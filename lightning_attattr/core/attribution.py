@@ -32,7 +32,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +48,9 @@ from lightning_attattr.core.approximation import (
     validate_n_steps,
 )
 from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, check_int, check_layers, check_number
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: Default integration rule and step count: the smallest Gauss-Legendre node count whose completeness
 #: error stayed below 1e-3 with a factor-2 margin on every (example, layer) of a pretrained MiniLM
@@ -142,6 +145,16 @@ class _Batch:
     lengths: list[int]  # real tokens per example (seq_len for unpadded inputs)
     positions: list[Tensor] | None  # real-token indices per example when padding is not a suffix
     labels: Tensor | None
+
+    def crop(self, example: int, attr: Tensor) -> Tensor:
+        """Keep the real tokens of one example: ``[head, q, k] -> [head, n, n]`` on the CPU."""
+        if self.positions is not None:
+            pos = self.positions[example]
+            return attr.index_select(1, pos).index_select(2, pos).cpu()
+        if self.seq_len is None:
+            return attr.cpu()
+        n = self.lengths[example]
+        return attr[:, :n, :n].cpu()
 
 
 def _as_tensor(name: str, value: Any) -> Tensor:
@@ -269,14 +282,15 @@ def merge_shards(shards: Sequence[AttributionResult]) -> AttributionResult:
             len(first),
         ) or not torch.equal(other.target, first.target):
             raise ArgumentError("Expected shards of one computation (same inputs, layers, target, method and n_steps).")
-    deltas = [s.convergence_delta for s in shards]
+    deltas = [s.convergence_delta for s in shards if s.convergence_delta is not None]
     return AttributionResult(
-        attributions=[sum(s.attributions[i] for s in shards) for i in range(len(first))],
+        # sum() of tensors: typeshed adds the 0 of an empty sum to the type
+        attributions=[cast(Tensor, sum(s.attributions[i] for s in shards)) for i in range(len(first))],
         layers=first.layers,
         target=first.target,
         prob=first.prob,
         baseline_prob=first.baseline_prob,
-        convergence_delta=None if any(d is None for d in deltas) else sum(deltas),
+        convergence_delta=cast(Tensor, sum(deltas)) if len(deltas) == len(shards) else None,
         method=first.method,
         n_steps=first.n_steps,
         n_steps_used=first.n_steps_used,  # decided on summed values: the same on every shard
@@ -343,6 +357,10 @@ class _Adaptive:
         self.item += 1
         return self.item - 1
 
+    def owned(self, nodes: range, shard: tuple[int, int] | None) -> list[int]:
+        """The ``nodes`` this shard computes: each node is the next work item, dealt round-robin."""
+        return [k for k in nodes if shard is None or (self.next_item() % shard[1]) == shard[0]]
+
 
 def completeness_scale(prob: Tensor, baseline_prob: Tensor) -> Tensor:
     """``max(|F(A) - F(A := 0)|, COMPLETENESS_FLOOR)``: what a completeness gap is divided by.
@@ -375,6 +393,453 @@ def _target_prob(logits: Tensor, target: Tensor) -> Tensor:
     """Softmax probability of ``target`` per row: ``[rows, classes], [rows] -> [rows]``."""
     probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     return probs.gather(1, target[:, None]).squeeze(1)
+
+
+# ----------------------------------------------------------------- one attribute() call
+# _Settings (checked arguments) -> _Run (model, scope controller, progress) -> per length group one clean pass,
+# then per attributed layer one _LayerIntegration (the state of that (group, layer) pair) integrated by the
+# fixed rule or refined by the nested rule (_Refinement) -> _Outputs (cropped maps, gaps) -> AttributionResult.
+
+
+def _steps_per_pass(examples: int, n_steps: int, internal_batch_size: int | None) -> int:
+    """Integration steps per forward/backward so that ``examples x steps`` stays within ``internal_batch_size``."""
+    if internal_batch_size is None:
+        return n_steps
+    return max(1, min(n_steps, internal_batch_size // examples))
+
+
+@dataclass
+class _Settings:
+    """The checked arguments of one :meth:`AttentionIntegratedGradients.attribute` call."""
+
+    layers: tuple[int, ...]
+    method: str
+    alphas: Tensor  # [step] float64: the fixed rule's nodes (empty with n_steps="auto")
+    weights: Tensor  # [step] float64: their weights
+    adaptive: _Adaptive | None  # the nested rule of n_steps="auto"
+    internal_batch_size: int | None
+    shard: tuple[int, int] | None
+    want_delta: bool  # F(A := 0) and the completeness gap per pair (n_steps="auto" needs them anyway)
+    autocast_dtype: torch.dtype | None
+
+    @property
+    def n_steps(self) -> int | str:
+        return len(self.alphas) if self.adaptive is None else AUTO
+
+
+_Rule = tuple[str, list[float], list[float], _Adaptive | None]  # method, nodes, weights, nested rule
+
+
+def _check_rule(
+    method: str,
+    n_steps: int | str,
+    completeness_tol: float,
+    max_steps: int,
+    reduce: Callable[[Tensor], Tensor] | None,
+    autocast_dtype: torch.dtype | None,
+) -> _Rule:
+    """Check the integration rule: a fixed rule's nodes and weights, or the nested rule of ``n_steps="auto"``."""
+    method = validate_method(method)
+    n_steps = validate_n_steps(n_steps, allow_auto=True)
+    if n_steps != AUTO:
+        alphas, weights = approximation_parameters(method, n_steps)
+        return method, alphas, weights, None
+    if method != "gausslegendre":
+        raise ArgumentError(
+            f"Expected `method='gausslegendre'` with `n_steps='auto'` (adaptive integration refines nested "
+            f"Gauss-Kronrod-Patterson nodes), but got method={method!r}; give an int `n_steps` for {method!r}."
+        )
+    tol = check_number("completeness_tol", completeness_tol, 0.0, 1.0, low_open=True)
+    if max_steps not in NESTED_LEVELS or isinstance(max_steps, bool):
+        raise ArgumentError(f"Expected `max_steps` to be one of {list(NESTED_LEVELS)}, but got {max_steps!r}.")
+    if reduce is not None and not callable(reduce):
+        raise ArgumentTypeError(f"Expected `reduce` to be a function or None, but got {reduce!r}.")
+    return method, [], [], _Adaptive(tol, NESTED_LEVELS.index(max_steps) + 1, reduce, autocast_dtype is not None)
+
+
+def _check_settings(
+    layers: tuple[int, ...],
+    rule: _Rule,
+    internal_batch_size: int | None,
+    shard: tuple[int, int] | None,
+    want_delta: bool,
+    autocast_dtype: torch.dtype | None,
+) -> _Settings:
+    """Check the arguments that shape the passes and bundle them with the layers and the rule."""
+    method, alphas, weights, adaptive = rule
+    if internal_batch_size is not None:
+        check_int("internal_batch_size", internal_batch_size, 1)
+    shard = _validate_shard(shard)
+    if adaptive is not None and shard is not None and shard[1] > 1 and adaptive.reduce is None:
+        raise ArgumentError(
+            "Expected `reduce` (a function summing a tensor over the shards) with `n_steps='auto'` and "
+            f"`shard`={shard}: the refinement decisions need the summed completeness terms."
+        )
+    if autocast_dtype is not None and autocast_dtype not in _AUTOCAST_DTYPES:
+        raise ArgumentError(
+            f"Expected `autocast_dtype` to be None or one of {list(_AUTOCAST_DTYPES)}, but got {autocast_dtype!r}."
+        )
+    nodes, steps = torch.tensor(alphas, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64)
+    want_delta = want_delta or adaptive is not None
+    return _Settings(layers, method, nodes, steps, adaptive, internal_batch_size, shard, want_delta, autocast_dtype)
+
+
+def _plan_steps(groups: list[list[int]], settings: _Settings) -> tuple[list[list[list[int]]] | None, int | None]:
+    """A fixed rule's steps that this shard computes per (group, layer), and the passes they take.
+
+    ``(None, None)`` with ``n_steps="auto"``: the number of passes depends on how many pairs need refining.
+    """
+    if settings.adaptive is not None:
+        return None, None
+    n_steps = len(settings.alphas)
+    owned = _owned_steps(len(groups), len(settings.layers), n_steps, settings.shard)
+    total = sum(
+        math.ceil(len(owned[gi][li]) / _steps_per_pass(len(g), n_steps, settings.internal_batch_size))
+        for gi, g in enumerate(groups)
+        for li in range(len(settings.layers))
+    )
+    return owned, total
+
+
+@dataclass
+class _Run:
+    """What every forward of one ``attribute`` call shares: the model, its scope's controller, the settings."""
+
+    model: nn.Module
+    ctrl: AttentionController
+    settings: _Settings
+    progress: Any
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context of every pass (a no-op without ``autocast_dtype``)."""
+        dtype = self.settings.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=dtype)
+
+    def clean_pass(self, inputs: dict[str, Tensor]) -> tuple[dict[int, Tensor], dict[int, Any], Tensor]:
+        """One unmodified forward: probabilities of the attributed layers and the outputs of the layers below them."""
+        layers = self.settings.layers
+        captured: dict[int, Tensor] = {}
+        recorded: dict[int, Any] = {}
+        record = frozenset(layer - 1 for layer in layers if layer > 0)
+        with (
+            torch.no_grad(),
+            self.ctrl._state(
+                _capture=frozenset(layers), _captured=captured, _record=record, _recorded=recorded, use_sdpa=True
+            ),
+            self.autocast(),
+        ):
+            logits = model_logits(self.model, inputs)
+        self.ctrl.check_all_layers_ran()
+        return captured, recorded, logits
+
+    def attribute_group(
+        self, index: list[int], targets: Tensor | None, owned: list[list[int]] | None, out: _Outputs
+    ) -> None:
+        """The clean pass of the examples ``index``, then the integration of every attributed layer."""
+        inputs = _subset(out.batch, index)
+        probs, recorded, logits = self.clean_pass(inputs)
+        target = targets[index].to(logits.device) if targets is not None else logits.argmax(-1)
+        f_full = _target_prob(logits, target).detach().double().cpu()
+        for li, layer in enumerate(self.settings.layers):
+            pair = _LayerIntegration(self, inputs, layer, probs[layer], target, recorded.get(layer - 1), f_full)
+            refinement = pair.integrate([] if owned is None else owned[li])
+            out.add(index, li, pair, refinement)
+        out.target[index] = target.cpu()
+        out.prob[index] = f_full
+
+
+@dataclass
+class _LayerIntegration:
+    """The integral of one attributed layer over one length group: the state both integration rules work on.
+
+    The fixed rule (:meth:`fixed_rule`) and the nested rule of ``n_steps="auto"`` (:class:`_Refinement`)
+    evaluate ``dF(alpha A)/dA`` through :meth:`gradients` and leave ``attr`` and ``f_zero`` here.
+    """
+
+    run: _Run
+    inputs: dict[str, Tensor]  # the group's model inputs
+    layer: int
+    probs: Tensor  # A: [batch, head, query_pos, key_pos], the layer's probabilities in the clean pass
+    target: Tensor  # [batch] attributed class, on the model's device
+    below: Any  # recorded output of layer ``layer - 1`` (None for layer 0): the layers below do not run again
+    f_full: Tensor  # F(A): [batch] float64 on the CPU
+    f_zero: Tensor | None = None  # F(A := 0): [batch], once evaluated
+    attr: Tensor | None = None  # A * sum_k w_k dF(alpha_k A)/dA: [batch, head, query_pos, key_pos]
+
+    def integrate(self, steps: list[int]) -> _Refinement | None:
+        """Fill ``attr`` (and ``f_zero`` where needed) by the call's rule; the nested rule's accumulators or None."""
+        settings = self.run.settings
+        if settings.adaptive is not None:
+            self.f_zero = self.zero_prob()
+            refinement = _Refinement.start(self, settings.adaptive)
+            self.attr = refinement.refine()
+            return refinement
+        self.fixed_rule(steps)
+        if settings.want_delta and self.f_zero is None:
+            self.f_zero = self.zero_prob()
+        return None
+
+    def fixed_rule(self, steps: list[int]) -> None:
+        """``A * sum_k w_k dF(alpha_k A)/dA`` over the fixed rule's ``steps``; ``F(0)`` when ``alpha = 0`` is one."""
+        settings = self.run.settings
+        mine = torch.tensor(steps, dtype=torch.long)
+        alphas, weights = settings.alphas[mine], settings.weights[mine]
+        steps_per_pass = _steps_per_pass(len(self.probs), len(settings.alphas), settings.internal_batch_size)
+        grad_sum = torch.zeros_like(self.probs)
+        for start in range(0, len(alphas), steps_per_pass):
+            a = alphas[start : start + steps_per_pass].to(self.probs)
+            w = weights[start : start + steps_per_pass].to(self.probs)
+            grad, p = self.gradients(a)
+            grad_sum += torch.einsum("s,bs...->b...", w, grad)
+            zero = (a == 0).nonzero()
+            if zero.numel():
+                self.f_zero = p[:, int(zero[0])]
+            self.run.progress.update(1)
+        self.attr = self.probs * grad_sum
+
+    def gradients(self, alphas: Tensor) -> tuple[Tensor, Tensor]:
+        """``dF(alpha A)/dA`` ``[batch, step, head, query_pos, key_pos]`` and ``F(alpha A)`` ``[batch, step]``.
+
+        One batched forward/backward for all examples and all ``alphas`` (``[step]``).
+        """
+        batch, steps = self.probs.shape[0], len(alphas)
+        # [batch * step, head, query_pos, key_pos], example-major rows
+        x = (alphas.view(1, steps, 1, 1, 1) * self.probs.unsqueeze(1)).flatten(0, 1).requires_grad_(True)
+        logits = self.replaced_logits(x, steps)  # [batch * step, classes]
+        p = _target_prob(logits, self.target.repeat_interleave(steps))  # [batch * step]
+        (grad,) = torch.autograd.grad(p.sum(), x)
+        return grad.view(batch, steps, *grad.shape[1:]), p.detach().view(batch, steps)
+
+    def zero_prob(self) -> Tensor:
+        """``F_c(A^l := 0)`` per example: ``[batch]``."""
+        with torch.no_grad():
+            logits = self.replaced_logits(torch.zeros_like(self.probs), 1)
+            return _target_prob(logits, self.target)
+
+    def replaced_logits(self, replacement: Tensor, steps: int) -> Tensor:
+        """Logits with the layer's probabilities replaced by ``replacement``.
+
+        ``replacement`` is ``[batch * steps, head, query_pos, key_pos]`` (example-major); the
+        hidden state entering the layer is repeated ``steps`` times, and the layers below return
+        their recorded clean outputs (``below``) instead of running.
+        """
+        run = self.run
+        with (
+            run.ctrl._state(
+                _replace_layer=self.layer,
+                _replacement=replacement,
+                _expand=steps,
+                _skip_below=self.layer,
+                _skip_output=self.below,
+                use_sdpa=True,
+            ),
+            run.autocast(),
+        ):
+            return model_logits(run.model, self.inputs)
+
+    def rows(self, rows: Tensor) -> _LayerIntegration:
+        """The same integral restricted to the examples ``rows`` (``[rows]`` batch indices on the CPU)."""
+        dev_rows = rows.to(self.probs.device)
+        return _LayerIntegration(
+            self.run,
+            {key: value.index_select(0, dev_rows) for key, value in self.inputs.items()},
+            self.layer,
+            self.probs.index_select(0, dev_rows),  # [rows, head, q, k]
+            self.target.index_select(0, dev_rows),
+            _take_rows(self.below, dev_rows),
+            self.f_full[rows],
+        )
+
+
+@dataclass
+class _Refinement:
+    """The nested rule of ``n_steps="auto"`` on one :class:`_LayerIntegration`, with its accumulators.
+
+    Nested Gauss-Kronrod-Patterson integration refined per example: every example starts at the
+    first level; those above the tolerance get the next level's new nodes, the others stop.
+    """
+
+    pair: _LayerIntegration
+    rule: _Adaptive
+    acc: Tensor  # [level, batch, head, q, k]: sum_k weights[level, k] * dF/dA(alpha_k A) over the nodes so far
+    h: Tensor  # [batch, node] float64: sum(A * dF/dA(alpha_k A)) (this shard's nodes)
+    target_diff: Tensor  # [batch] float64: F(A) - F(A := 0), what the integral of h must reach
+    gap: Tensor  # [batch] float64: what a completeness error is divided by
+    final: Tensor  # [batch] the level whose estimate is kept
+    error: Tensor  # [batch] float64: achieved relative completeness error (from the summed terms)
+    flagged: Tensor  # [batch] bool: still above the tolerance at the last level
+
+    @classmethod
+    def start(cls, pair: _LayerIntegration, rule: _Adaptive) -> _Refinement:
+        """Empty accumulators for ``pair`` (its ``f_zero`` evaluated)."""
+        assert pair.f_zero is not None
+        probs, batch = pair.probs, pair.probs.shape[0]
+        f_zero = pair.f_zero.double().cpu()
+        return cls(
+            pair,
+            rule,
+            acc=torch.zeros(rule.n_levels, *probs.shape, dtype=probs.dtype, device=probs.device),
+            h=torch.zeros(batch, rule.sizes[-1], dtype=torch.float64),
+            target_diff=pair.f_full - f_zero,
+            gap=completeness_scale(pair.f_full, f_zero),
+            final=torch.full((batch,), rule.n_levels - 1, dtype=torch.long),
+            error=torch.zeros(batch, dtype=torch.float64),
+            flagged=torch.zeros(batch, dtype=torch.bool),
+        )
+
+    @property
+    def used(self) -> Tensor:
+        """Nodes evaluated per example: ``[batch]``."""
+        return torch.tensor(self.rule.sizes)[self.final]
+
+    def refine(self) -> Tensor:
+        """Refine level by level until every example is done; ``attr`` ``[batch, head, query_pos, key_pos]``."""
+        rule, shard = self.rule, self.pair.run.settings.shard
+        active = torch.arange(len(self.final))
+        previous: Tensor | None = None
+        start = 0
+        for level, stop in enumerate(rule.sizes):
+            self.add_nodes(active, rule.owned(range(start, stop), shard), level)
+            estimate = self.estimate(active, level)
+            done = self.judge(active, level, estimate, previous)
+            active, previous = active[~done], estimate[~done]
+            start = stop
+            if not len(active):
+                break
+        chosen = self.acc[self.final.to(self.acc.device), torch.arange(len(self.final), device=self.acc.device)]
+        return self.pair.probs * chosen  # [batch, head, q, k]: this shard's part
+
+    def add_nodes(self, rows: Tensor, nodes: list[int], level: int) -> None:
+        """Gradients at ``nodes`` for the examples ``rows``: add them to ``acc`` and ``h``.
+
+        ``acc`` of ``level`` and of every finer level gets them with that level's weights; ``h``
+        gets ``sum(A * grad)`` per example and node.
+        """
+        if not nodes or not len(rows):
+            return
+        part = self.pair.rows(rows)
+        dev_rows = rows.to(self.pair.probs.device)
+        acc, weights = self.acc[level:], self.rule.weights[level:]  # [level, ...]: this and the finer levels
+        steps_per_pass = _steps_per_pass(len(rows), len(nodes), self.pair.run.settings.internal_batch_size)
+        for begin in range(0, len(nodes), steps_per_pass):
+            chunk = nodes[begin : begin + steps_per_pass]
+            grad, _ = part.gradients(self.rule.alphas[chunk].to(self.pair.probs))
+            grad = grad.to(acc.dtype)  # [rows, step, head, q, k]
+            w = weights[:, chunk].to(grad)  # [level, step]
+            acc[:, dev_rows] += torch.einsum("ls,bs...->lb...", w, grad)
+            self.h[rows[:, None], torch.tensor(chunk)[None, :]] = (
+                (grad * part.probs.unsqueeze(1)).flatten(2).sum(-1).double().cpu()
+            )  # [rows, step]
+            self.pair.run.progress.update(1)
+
+    def estimate(self, active: Tensor, level: int) -> Tensor:
+        """The level's integral of ``h`` for the ``active`` examples (terms summed over the shards): ``[active]``."""
+        terms = self.h[active]
+        if self.rule.reduce is not None:
+            terms = self.rule.reduce(terms.to(self.pair.probs.device)).double().cpu()
+        stop = self.rule.sizes[level]
+        return terms[:, :stop] @ self.rule.weights[level, :stop]
+
+    def judge(self, active: Tensor, level: int, estimate: Tensor, previous: Tensor | None) -> Tensor:
+        """Record the ``active`` examples' error at ``level``; return which of them are done (``[active]`` bool)."""
+        rule = self.rule
+        self.error[active] = (estimate - self.target_diff[active]).abs() / self.gap[active]
+        if rule.self_convergence:  # rounding dominates the gap: stop where the quadrature converged
+            change = (estimate - previous).abs() / self.gap[active] if previous is not None else None
+            done = change <= rule.tol if change is not None else torch.zeros_like(estimate, dtype=torch.bool)
+        else:
+            done = self.error[active] <= rule.tol
+        self.final[active[done]] = level
+        if level == rule.n_levels - 1:
+            self.flagged[active[~done]] = True
+        return done
+
+
+@dataclass
+class _Outputs:
+    """The result tensors of one ``attribute`` call, filled (group, layer) pair by pair."""
+
+    batch: _Batch
+    settings: _Settings
+    maps: list[list[Tensor]]  # per example: one cropped [head, n, n] map per layer
+    target: Tensor  # [batch]
+    prob: Tensor  # [batch] float64
+    baseline: Tensor | None  # [batch, layer] float64, with the convergence delta
+    delta: Tensor | None
+    used: Tensor  # [batch, layer]
+    error: Tensor | None
+    flagged: Tensor | None  # n_steps="auto" only
+
+    @classmethod
+    def empty(cls, batch: _Batch, settings: _Settings) -> _Outputs:
+        """Zeroed outputs for ``batch``."""
+        size, pairs, want_delta = batch.size, (batch.size, len(settings.layers)), settings.want_delta
+        return cls(
+            batch,
+            settings,
+            maps=[[] for _ in range(size)],
+            target=torch.zeros(size, dtype=torch.long),
+            prob=torch.zeros(size, dtype=torch.float64),
+            baseline=torch.zeros(pairs, dtype=torch.float64) if want_delta else None,
+            delta=torch.zeros(pairs, dtype=torch.float64) if want_delta else None,
+            used=torch.full(pairs, len(settings.alphas), dtype=torch.long),
+            error=torch.zeros(pairs, dtype=torch.float64) if want_delta else None,
+            flagged=torch.zeros(pairs, dtype=torch.bool) if settings.adaptive is not None else None,
+        )
+
+    def add(self, index: list[int], li: int, pair: _LayerIntegration, refinement: _Refinement | None) -> None:
+        """Crop the maps of the examples ``index`` at layer position ``li``; record F(A := 0) and the gap."""
+        assert pair.attr is not None
+        if refinement is not None:
+            assert self.error is not None and self.flagged is not None
+            self.used[index, li], self.error[index, li] = refinement.used, refinement.error
+            self.flagged[index, li] = refinement.flagged
+        for j, i in enumerate(index):
+            self.maps[i].append(self.batch.crop(i, pair.attr[j]))
+        if self.baseline is None or self.delta is None:
+            return
+        assert pair.f_zero is not None
+        shard = self.settings.shard
+        share = 1.0 if shard is None else 1.0 / shard[1]  # each shard carries 1/count of F(A) - F(0)
+        f_zero = pair.f_zero.double().cpu()
+        self.baseline[index, li] = f_zero
+        self.delta[index, li] = pair.attr.flatten(1).sum(1).double().cpu() - share * (pair.f_full - f_zero)
+        if refinement is None and shard is None and self.error is not None:  # a shard's delta is partial
+            self.error[index, li] = self.delta[index, li].abs() / completeness_scale(pair.f_full, f_zero)
+
+    def result(self) -> AttributionResult:
+        """The assembled :class:`AttributionResult`."""
+        settings = self.settings
+        return AttributionResult(
+            attributions=[torch.stack(maps) for maps in self.maps],
+            layers=settings.layers,
+            target=self.target,
+            prob=self.prob,
+            baseline_prob=self.baseline,
+            convergence_delta=self.delta,
+            method=settings.method,
+            n_steps=settings.n_steps,
+            shard=settings.shard,
+            n_steps_used=self.used,
+            completeness_error=self.error if (settings.adaptive is not None or settings.shard is None) else None,
+            unconverged=self.flagged,
+        )
+
+
+def _warn_unconverged(result: AttributionResult, completeness_tol: float, max_steps: int) -> None:
+    """One warning naming how many (example, layer) pairs missed the tolerance of ``n_steps="auto"``."""
+    if result.unconverged is None or not bool(result.unconverged.any()):
+        return
+    assert result.completeness_error is not None
+    bad = result.unconverged
+    warnings.warn(
+        f"{int(bad.sum())} of {bad.numel()} (example, layer) pairs did not reach completeness_tol="
+        f"{completeness_tol:g} within max_steps={max_steps} (worst relative completeness error "
+        f"{float(result.completeness_error[bad].max()):.2e}); they are flagged in `result.unconverged`.",
+        stacklevel=3,
+    )
 
 
 class AttentionIntegratedGradients:
@@ -413,7 +878,8 @@ class AttentionIntegratedGradients:
     def __init__(self, model: nn.Module) -> None:
         self._n_layers = len(layer_modules(model))  # validates the architecture
         self.model = model
-        self._num_labels = int(model.config.num_labels)
+        num_labels: Any = cast("PreTrainedModel", model).config.num_labels  # None without id2label: int() refuses it
+        self._num_labels = int(num_labels)
         if self._num_labels < 2:
             raise ArgumentError(
                 "AttAttr attributes a class probability; expected a classifier with `num_labels` >= 2, "
@@ -515,43 +981,11 @@ class AttentionIntegratedGradients:
             RuntimeError: the model's attention did not run through the interface for every layer.
         """
         layer_ids = self._validate_layers(layers)
-        method = validate_method(method)  # type: ignore[assignment]
-        n_steps = validate_n_steps(n_steps, allow_auto=True)
-        adaptive: _Adaptive | None = None
-        if n_steps == AUTO:
-            if method != "gausslegendre":
-                raise ArgumentError(
-                    f"Expected `method='gausslegendre'` with `n_steps='auto'` (adaptive integration refines nested "
-                    f"Gauss-Kronrod-Patterson nodes), but got method={method!r}; give an int `n_steps` for {method!r}."
-                )
-            tol = check_number("completeness_tol", completeness_tol, 0.0, 1.0, low_open=True)
-            if max_steps not in NESTED_LEVELS or isinstance(max_steps, bool):
-                raise ArgumentError(f"Expected `max_steps` to be one of {list(NESTED_LEVELS)}, but got {max_steps!r}.")
-            if reduce is not None and not callable(reduce):
-                raise ArgumentTypeError(f"Expected `reduce` to be a function or None, but got {reduce!r}.")
-            adaptive = _Adaptive(tol, NESTED_LEVELS.index(max_steps) + 1, reduce, autocast_dtype is not None)
-            alphas, weights = [], []
-        else:
-            alphas, weights = approximation_parameters(method, n_steps)  # type: ignore[arg-type]
-        if internal_batch_size is not None:
-            check_int("internal_batch_size", internal_batch_size, 1)
-        shard = _validate_shard(shard)
-        if adaptive is not None and shard is not None and shard[1] > 1 and reduce is None:
-            raise ArgumentError(
-                "Expected `reduce` (a function summing a tensor over the shards) with `n_steps='auto'` and "
-                f"`shard`={shard}: the refinement decisions need the summed completeness terms."
-            )
-        if autocast_dtype is not None and autocast_dtype not in _AUTOCAST_DTYPES:
-            raise ArgumentError(
-                f"Expected `autocast_dtype` to be None or one of {list(_AUTOCAST_DTYPES)}, but got {autocast_dtype!r}."
-            )
-        model = self.model
-        device = next(model.parameters()).device
-        autocast = (
-            (lambda: torch.autocast(device.type, dtype=autocast_dtype))
-            if autocast_dtype is not None
-            else contextlib.nullcontext
+        rule = _check_rule(method, n_steps, completeness_tol, max_steps, reduce, autocast_dtype)
+        settings = _check_settings(
+            layer_ids, rule, internal_batch_size, shard, return_convergence_delta, autocast_dtype
         )
+        device = next(self.model.parameters()).device
         # everything below also runs when the caller is inside torch.inference_mode() or no_grad()
         # (Lightning's evaluation loops): tensors are created outside inference mode
         with torch.inference_mode(False), torch.enable_grad():
@@ -559,148 +993,30 @@ class AttentionIntegratedGradients:
             self._check_token_ids(batch)
             targets = self._validate_target(target, batch)
             groups = _plan_groups(batch, internal_batch_size)
-            if adaptive is None:
-                owned = _owned_steps(len(groups), len(layer_ids), int(n_steps), shard)
-                total: int | None = sum(
-                    math.ceil(len(owned[gi][li]) / self._steps_per_pass(len(g), int(n_steps), internal_batch_size))
-                    for gi, g in enumerate(groups)
-                    for li in range(len(layer_ids))
-                )
-            else:  # the number of passes depends on how many pairs need refining
-                owned, total = [], None
-            progress = _progress(total, show_progress)
-            try:
-                with frozen_eval(model), attention_scope(model) as ctrl:
-                    result = self._attribute(
-                        ctrl,
-                        batch,
-                        groups,
-                        targets,
-                        layer_ids,
-                        method,
-                        alphas,
-                        weights,
-                        internal_batch_size,
-                        return_convergence_delta,
-                        autocast,
-                        progress,
-                        owned,
-                        shard,
-                        adaptive,
-                    )
-            finally:
-                progress.close()
-        if result.unconverged is not None and bool(result.unconverged.any()):
-            assert result.completeness_error is not None
-            bad = result.unconverged
-            warnings.warn(
-                f"{int(bad.sum())} of {bad.numel()} (example, layer) pairs did not reach completeness_tol="
-                f"{completeness_tol:g} within max_steps={max_steps} (worst relative completeness error "
-                f"{float(result.completeness_error[bad].max()):.2e}); they are flagged in `result.unconverged`.",
-                stacklevel=2,
-            )
+            result = self._integrate(batch, groups, targets, settings, show_progress)
+        _warn_unconverged(result, completeness_tol, max_steps)
         return result
 
-    def _attribute(
+    def _integrate(
         self,
-        ctrl: AttentionController,
         batch: _Batch,
         groups: list[list[int]],
         targets: Tensor | None,
-        layer_ids: tuple[int, ...],
-        method: str,
-        alphas: list[float],
-        weights: list[float],
-        internal_batch_size: int | None,
-        want_delta: bool,
-        autocast: Any,
-        progress: Any,
-        owned: list[list[list[int]]],
-        shard: tuple[int, int] | None,
-        adaptive: _Adaptive | None = None,
+        settings: _Settings,
+        show_progress: bool,
     ) -> AttributionResult:
-        n_steps: int | str = len(alphas) if adaptive is None else AUTO
-        share = 1.0 if shard is None else 1.0 / shard[1]  # each shard carries 1/count of F(A) - F(0)
-        per_example: list[list[Tensor]] = [[] for _ in range(batch.size)]
-        target_out = torch.zeros(batch.size, dtype=torch.long)
-        prob_out = torch.zeros(batch.size, dtype=torch.float64)
-        want_delta = want_delta or adaptive is not None  # adaptive integration computes F(A := 0) anyway
-        base_out = torch.zeros(batch.size, len(layer_ids), dtype=torch.float64) if want_delta else None
-        delta_out = torch.zeros(batch.size, len(layer_ids), dtype=torch.float64) if want_delta else None
-        used_out = torch.full((batch.size, len(layer_ids)), len(alphas), dtype=torch.long)
-        error_out = torch.zeros(batch.size, len(layer_ids), dtype=torch.float64) if want_delta else None
-        flag_out = torch.zeros(batch.size, len(layer_ids), dtype=torch.bool) if adaptive is not None else None
-        alpha_t = torch.tensor(alphas, dtype=torch.float64)
-        weight_t = torch.tensor(weights, dtype=torch.float64)
-        for gi, index in enumerate(groups):
-            sub = _subset(batch, index)
-            probs_a, recorded, logits = self._clean_pass(ctrl, sub, layer_ids, autocast)
-            tgt = targets[index].to(logits.device) if targets is not None else logits.argmax(-1)
-            f_full = _target_prob(logits, tgt).detach().double().cpu()
-            steps = self._steps_per_pass(len(index), len(alphas), internal_batch_size)
-            for li, layer in enumerate(layer_ids):
-                below = recorded.get(layer - 1)
-                if adaptive is not None:
-                    f_zero = self._baseline_prob(ctrl, sub, layer, probs_a[layer], tgt, below, autocast)
-                    attr, used, error, flagged = self._integrate_adaptive(
-                        ctrl,
-                        sub,
-                        layer,
-                        probs_a[layer],
-                        tgt,
-                        f_full,
-                        f_zero,
-                        below,
-                        autocast,
-                        progress,
-                        adaptive,
-                        internal_batch_size,
-                        shard,
-                    )
-                    assert error_out is not None and flag_out is not None
-                    used_out[index, li], error_out[index, li], flag_out[index, li] = used, error, flagged
-                else:
-                    mine = torch.tensor(owned[gi][li], dtype=torch.long)
-                    attr, f_zero = self._integrate(
-                        ctrl,
-                        sub,
-                        layer,
-                        probs_a[layer],
-                        tgt,
-                        alpha_t[mine],
-                        weight_t[mine],
-                        steps,
-                        below,
-                        autocast,
-                        progress,
-                    )
-                    if base_out is not None and f_zero is None:
-                        f_zero = self._baseline_prob(ctrl, sub, layer, probs_a[layer], tgt, below, autocast)
-                for j, i in enumerate(index):
-                    per_example[i].append(self._crop(batch, i, attr[j]))
-                if base_out is not None and delta_out is not None:
-                    assert f_zero is not None
-                    f_zero = f_zero.double().cpu()
-                    base_out[index, li] = f_zero
-                    delta_out[index, li] = attr.flatten(1).sum(1).double().cpu() - share * (f_full - f_zero)
-                    if adaptive is None and shard is None and error_out is not None:  # a shard's delta is partial
-                        error_out[index, li] = delta_out[index, li].abs() / completeness_scale(f_full, f_zero)
-            target_out[index] = tgt.cpu()
-            prob_out[index] = f_full
-        return AttributionResult(
-            attributions=[torch.stack(maps) for maps in per_example],
-            layers=layer_ids,
-            target=target_out,
-            prob=prob_out,
-            baseline_prob=base_out,
-            convergence_delta=delta_out,
-            method=method,
-            n_steps=n_steps,
-            shard=shard,
-            n_steps_used=used_out,
-            completeness_error=error_out if (adaptive is not None or shard is None) else None,
-            unconverged=flag_out,
-        )
+        """Integrate every (group, layer) pair inside the model's attention scope and assemble the result."""
+        owned, total = _plan_steps(groups, settings)
+        out = _Outputs.empty(batch, settings)
+        progress = _progress(total, show_progress)
+        try:
+            with frozen_eval(self.model), attention_scope(self.model) as ctrl:
+                run = _Run(self.model, ctrl, settings, progress)
+                for gi, index in enumerate(groups):
+                    run.attribute_group(index, targets, None if owned is None else owned[gi], out)
+        finally:
+            progress.close()
+        return out.result()
 
     # ----------------------------------------------------------------- validation
     def _validate_layers(self, layers: int | Sequence[int] | None) -> tuple[int, ...]:
@@ -763,264 +1079,6 @@ class AttentionIntegratedGradients:
             raise ArgumentError(f"Expected `target` classes in [0, {c - 1}], but got {bad.tolist()}.")
         return values.long().cpu()
 
-    @staticmethod
-    def _steps_per_pass(examples: int, n_steps: int, internal_batch_size: int | None) -> int:
-        if internal_batch_size is None:
-            return n_steps
-        return max(1, min(n_steps, internal_batch_size // examples))
-
-    # ----------------------------------------------------------------- passes
-    def _logits(self, inputs: dict[str, Tensor]) -> Tensor:
-        return model_logits(self.model, inputs)
-
-    def _clean_pass(
-        self, ctrl: AttentionController, sub: dict[str, Tensor], layers: tuple[int, ...], autocast: Any
-    ) -> tuple[dict[int, Tensor], dict[int, Any], Tensor]:
-        """One unmodified forward: probabilities of ``layers`` and the outputs of the layers below them."""
-        captured: dict[int, Tensor] = {}
-        recorded: dict[int, Any] = {}
-        record = frozenset(layer - 1 for layer in layers if layer > 0)
-        with (
-            torch.no_grad(),
-            ctrl._state(
-                _capture=frozenset(layers), _captured=captured, _record=record, _recorded=recorded, use_sdpa=True
-            ),
-            autocast(),
-        ):
-            logits = self._logits(sub)
-        ctrl.check_all_layers_ran()
-        return captured, recorded, logits
-
-    def _integrate(
-        self,
-        ctrl: AttentionController,
-        sub: dict[str, Tensor],
-        layer: int,
-        probs: Tensor,
-        target: Tensor,
-        alphas: Tensor,
-        weights: Tensor,
-        steps_per_pass: int,
-        below: Any,
-        autocast: Any,
-        progress: Any,
-    ) -> tuple[Tensor, Tensor | None]:
-        """``A * sum_k w_k dF(alpha_k A)/dA`` for one layer of one group: ``[batch, head, query_pos, key_pos]``."""
-        grad_sum = torch.zeros_like(probs)
-        f_zero = None  # F(alpha = 0) when one of the computed steps is alpha = 0
-        for start in range(0, len(alphas), steps_per_pass):
-            a = alphas[start : start + steps_per_pass].to(probs)
-            w = weights[start : start + steps_per_pass].to(probs)
-            grad, p = self._step_gradients(ctrl, sub, layer, probs, target, a, below, autocast)
-            grad_sum += torch.einsum("s,bs...->b...", w, grad)
-            zero = (a == 0).nonzero()
-            if zero.numel():
-                f_zero = p[:, int(zero[0])]
-            progress.update(1)
-        return probs * grad_sum, f_zero
-
-    def _step_gradients(
-        self,
-        ctrl: AttentionController,
-        sub: dict[str, Tensor],
-        layer: int,
-        probs: Tensor,
-        target: Tensor,
-        alphas: Tensor,
-        below: Any,
-        autocast: Any,
-    ) -> tuple[Tensor, Tensor]:
-        """``dF(alpha A)/dA`` ``[batch, step, head, query_pos, key_pos]`` and ``F(alpha A)`` ``[batch, step]``.
-
-        One batched forward/backward for all examples of ``sub`` and all ``alphas`` (``[step]``).
-        """
-        batch, steps = probs.shape[0], len(alphas)
-        # [batch * step, head, query_pos, key_pos], example-major rows
-        x = (alphas.view(1, steps, 1, 1, 1) * probs.unsqueeze(1)).flatten(0, 1).requires_grad_(True)
-        logits = self._replaced_logits(ctrl, sub, layer, x, steps, below, autocast)  # [batch * step, classes]
-        p = _target_prob(logits, target.repeat_interleave(steps))  # [batch * step]
-        (grad,) = torch.autograd.grad(p.sum(), x)
-        return grad.view(batch, steps, *grad.shape[1:]), p.detach().view(batch, steps)
-
-    def _integrate_adaptive(
-        self,
-        ctrl: AttentionController,
-        sub: dict[str, Tensor],
-        layer: int,
-        probs: Tensor,
-        target: Tensor,
-        f_full: Tensor,
-        f_zero: Tensor,
-        below: Any,
-        autocast: Any,
-        progress: Any,
-        adaptive: _Adaptive,
-        internal_batch_size: int | None,
-        shard: tuple[int, int] | None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Nested Gauss-Kronrod-Patterson integration of one layer of one group, refined per example.
-
-        Returns:
-            ``attr`` ``[batch, head, query_pos, key_pos]`` (this shard's part), nodes used ``[batch]``,
-            achieved relative completeness error ``[batch]`` (from the summed terms) and the
-            unconverged flags ``[batch]``.
-        """
-        batch = probs.shape[0]
-        n_levels, alphas, weights = adaptive.n_levels, adaptive.alphas, adaptive.weights
-        n_nodes = adaptive.sizes[-1]
-        # acc[level]: sum_k weights[level, k] * dF/dA(alpha_k A) over the nodes computed so far
-        acc = torch.zeros(n_levels, *probs.shape, dtype=probs.dtype, device=probs.device)
-        h = torch.zeros(batch, n_nodes, dtype=torch.float64)  # [batch, node]: sum(A * grad) (this shard's nodes)
-        f_zero = f_zero.double().cpu()
-        target_diff = f_full - f_zero  # [batch]
-        gap = completeness_scale(f_full, f_zero)
-        final = torch.full((batch,), n_levels - 1, dtype=torch.long)
-        error = torch.zeros(batch, dtype=torch.float64)
-        flagged = torch.zeros(batch, dtype=torch.bool)
-        active = torch.arange(batch)
-        previous: Tensor | None = None
-        start = 0
-        for level in range(n_levels):
-            stop = adaptive.sizes[level]
-            nodes = list(range(start, stop))
-            mine = [k for k in nodes if shard is None or (adaptive.next_item() % shard[1]) == shard[0]]
-            self._integrate_nodes(
-                ctrl,
-                sub,
-                layer,
-                probs,
-                target,
-                active,
-                mine,
-                alphas,
-                weights[level:],
-                acc[level:],
-                h,
-                below,
-                autocast,
-                progress,
-                internal_batch_size,
-            )
-            terms = h[active]
-            if adaptive.reduce is not None:
-                terms = adaptive.reduce(terms.to(probs.device)).double().cpu()
-            estimate = terms[:, :stop] @ weights[level, :stop]  # [active]: the level's integral of h
-            error[active] = (estimate - target_diff[active]).abs() / gap[active]
-            if adaptive.self_convergence:  # rounding dominates the gap: stop where the quadrature converged
-                change = (estimate - previous).abs() / gap[active] if previous is not None else None
-                done = change <= adaptive.tol if change is not None else torch.zeros_like(estimate, dtype=torch.bool)
-            else:
-                done = error[active] <= adaptive.tol
-            final[active[done]] = level
-            if level == n_levels - 1:
-                flagged[active[~done]] = True
-            active, previous = active[~done], estimate[~done]
-            start = stop
-            if not len(active):
-                break
-        chosen = acc[final.to(acc.device), torch.arange(batch, device=acc.device)]  # [batch, head, q, k]
-        used = torch.tensor(adaptive.sizes)[final]  # [batch]
-        return probs * chosen, used, error, flagged
-
-    def _integrate_nodes(
-        self,
-        ctrl: AttentionController,
-        sub: dict[str, Tensor],
-        layer: int,
-        probs: Tensor,
-        target: Tensor,
-        rows: Tensor,
-        nodes: list[int],
-        alphas: Tensor,
-        weights: Tensor,
-        acc: Tensor,
-        h: Tensor,
-        below: Any,
-        autocast: Any,
-        progress: Any,
-        internal_batch_size: int | None,
-    ) -> None:
-        """Gradients at ``nodes`` for the examples ``rows``: add them to ``acc`` (weighted per level) and ``h``.
-
-        ``weights``/``acc`` hold the current and all finer levels (``[level, node]`` /
-        ``[level, batch, head, q, k]``); ``h`` gets ``sum(A * grad)`` per example and node.
-        """
-        if not nodes or not len(rows):
-            return
-        dev_rows = rows.to(probs.device)
-        part = {key: value.index_select(0, dev_rows) for key, value in sub.items()}
-        a_rows = probs.index_select(0, dev_rows)  # [rows, head, q, k]
-        tgt = target.index_select(0, dev_rows)
-        below_rows = _take_rows(below, dev_rows)
-        steps_per_pass = self._steps_per_pass(len(rows), len(nodes), internal_batch_size)
-        for begin in range(0, len(nodes), steps_per_pass):
-            chunk = nodes[begin : begin + steps_per_pass]
-            grad, _ = self._step_gradients(
-                ctrl, part, layer, a_rows, tgt, alphas[chunk].to(probs), below_rows, autocast
-            )
-            grad = grad.to(acc.dtype)  # [rows, step, head, q, k]
-            w = weights[:, chunk].to(grad)  # [level, step]
-            acc[:, dev_rows] += torch.einsum("ls,bs...->lb...", w, grad)
-            h[rows[:, None], torch.tensor(chunk)[None, :]] = (
-                (grad * a_rows.unsqueeze(1)).flatten(2).sum(-1).double().cpu()
-            )  # [rows, step]
-            progress.update(1)
-
-    def _baseline_prob(
-        self,
-        ctrl: AttentionController,
-        sub: dict[str, Tensor],
-        layer: int,
-        probs: Tensor,
-        target: Tensor,
-        below: Any,
-        autocast: Any,
-    ) -> Tensor:
-        """``F_c(A^l := 0)`` per example: ``[batch]``."""
-        with torch.no_grad():
-            logits = self._replaced_logits(ctrl, sub, layer, torch.zeros_like(probs), 1, below, autocast)
-            return _target_prob(logits, target)
-
-    def _replaced_logits(
-        self,
-        ctrl: AttentionController,
-        sub: dict[str, Tensor],
-        layer: int,
-        replacement: Tensor,
-        steps: int,
-        below: Any,
-        autocast: Any,
-    ) -> Tensor:
-        """Logits with layer ``layer``'s probabilities replaced by ``replacement``.
-
-        ``replacement`` is ``[batch * steps, head, query_pos, key_pos]`` (example-major); the
-        hidden state entering ``layer`` is repeated ``steps`` times, and the layers below return
-        their recorded clean outputs (``below`` = output of layer ``layer - 1``) instead of running.
-        """
-        with (
-            ctrl._state(
-                _replace_layer=layer,
-                _replacement=replacement,
-                _expand=steps,
-                _skip_below=layer,
-                _skip_output=below,
-                use_sdpa=True,
-            ),
-            autocast(),
-        ):
-            return self._logits(sub)
-
-    @staticmethod
-    def _crop(batch: _Batch, example: int, attr: Tensor) -> Tensor:
-        """Keep the real tokens of one example: ``[head, q, k] -> [head, n, n]`` on the CPU."""
-        if batch.positions is not None:
-            pos = batch.positions[example]
-            return attr.index_select(1, pos).index_select(2, pos).cpu()
-        if batch.seq_len is None:
-            return attr.cpu()
-        n = batch.lengths[example]
-        return attr[:, :n, :n].cpu()
-
 
 def attribute(model: nn.Module, inputs: Mapping[str, Any], **kwargs: Any) -> AttributionResult:
     """Functional form: ``AttentionIntegratedGradients(model).attribute(inputs, **kwargs)``."""
@@ -1056,7 +1114,7 @@ class _NoProgress:
         pass
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(total: int | None, enabled: bool) -> Any:
     if not enabled:
         return _NoProgress()
     from tqdm.auto import tqdm
