@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -65,6 +65,10 @@ def _check_tokens(tokens: object, n: int, shape: Sequence[int]) -> list[str]:
     return [str(t) for t in tokens]
 
 
+@overload
+def _check_title(title: str) -> str: ...
+@overload
+def _check_title(title: object) -> str | None: ...
 def _check_title(title: object) -> str | None:
     if title is None or isinstance(title, str):
         return title
@@ -538,12 +542,13 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
     # plasma without its palest end, so that the weakest edges still show on white
     cmap = ListedColormap(mpl.colormaps.get_cmap("plasma_r")(np.linspace(0.2, 1.0, 256)))
     tau = float(graph.graph.get("tau", 0.0))
-    norm = Normalize(vmin=tau, vmax=max(1.0, max((float(s) for *_, s in graph.edges(data="score")), default=1.0)))
+    vmin, vmax = tau, max(1.0, max((float(s) for *_, s in graph.edges(data="score")), default=1.0))
+    norm = Normalize(vmin=vmin, vmax=vmax)
 
     for layer in range(n_layers + 1):  # faint rows, one per layer
         ax.axhline(layer, color="0.9", linewidth=0.6, zorder=0)
-    for x in range(n):  # faint columns: every input token, in or out of the tree
-        ax.axvline(x, color="0.93", linewidth=0.6, linestyle=":", zorder=0)
+    for column in range(n):  # faint columns: every input token, in or out of the tree
+        ax.axvline(column, color="0.93", linewidth=0.6, linestyle=":", zorder=0)
 
     def position(node: int) -> tuple[float, float]:
         return float(node), float(graph.nodes[node]["layer"])
@@ -567,7 +572,7 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
     for x0, y0, x1, y1, data in arrows:
         start, end = (x0, y0), (x1, y1)
         score = float(data["score"])
-        t = float(np.clip((score - norm.vmin) / max(norm.vmax - norm.vmin, 1e-12), 0.0, 1.0))
+        t = float(np.clip((score - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0))
         ax.annotate(
             "",
             xy=end,

@@ -283,7 +283,7 @@ class PlantedTruth(NamedTuple):
         line: the line of the truth file (0: not from a file).
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # the field hides tuple.index(); nothing here calls that method
     pairs: tuple[tuple[int, int], ...]
     unit: str
     layer: int | None = None

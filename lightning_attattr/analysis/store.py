@@ -23,14 +23,14 @@ No Lightning here. A :class:`ResultsFolder` guarantees what a long analysis need
 from __future__ import annotations
 
 import csv
-import io
+import functools
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, BinaryIO, Literal, TextIO, overload
 
 import torch
 from torch import Tensor
@@ -60,7 +60,11 @@ class PartFormatError(UserError, ValueError):
     """A file in a results folder's ``parts/`` that is not a part of the current layout (never unpickled)."""
 
 
-def atomic_write(path: str | Path, write: Callable[[io.IOBase], Any], binary: bool = False) -> Path:
+@overload
+def atomic_write(path: str | Path, write: Callable[[TextIO], Any], binary: Literal[False] = False) -> Path: ...
+@overload
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any], binary: Literal[True]) -> Path: ...
+def atomic_write(path: str | Path, write: Callable[[Any], Any], binary: bool = False) -> Path:
     """Write ``path`` through a temporary file in the same folder and an atomic rename.
 
     Args:
@@ -74,7 +78,8 @@ def atomic_write(path: str | Path, write: Callable[[io.IOBase], Any], binary: bo
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
+        handle: IO[Any] = open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="")
+        with handle as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -87,7 +92,12 @@ def atomic_write(path: str | Path, write: Callable[[io.IOBase], Any], binary: bo
 
 def write_json(path: str | Path, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON (tensors become lists)."""
-    return atomic_write(path, lambda f: json.dump(_jsonable(obj), f, indent=2, sort_keys=False) or f.write("\n"))
+
+    def write(f: TextIO) -> None:
+        json.dump(_jsonable(obj), f, indent=2, sort_keys=False)
+        f.write("\n")
+
+    return atomic_write(path, write)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -113,7 +123,7 @@ def save_figure(fig: Any, stem: str | Path, formats: Sequence[str] = ("png", "sv
     paths = []
     for fmt in formats:
         target = Path(f"{stem}.{fmt}")
-        paths.append(atomic_write(target, lambda f, fmt=fmt: fig.savefig(f, format=fmt, dpi=120), binary=True))
+        paths.append(atomic_write(target, functools.partial(fig.savefig, format=fmt, dpi=120), binary=True))
     plt.close(fig)
     return paths
 

@@ -830,7 +830,7 @@ def merge_units(maps: Any, tokens: Sequence[str], units: Sequence[int]) -> tuple
     if is_tensor:
         import torch
 
-        pool = torch.as_tensor(pooling, dtype=arr.dtype, device=arr.device)
+        pool = torch.as_tensor(pooling, dtype=maps.dtype, device=maps.device)  # arr is maps
         merged = pool @ arr @ pool.T  # [..., unit, unit]
     else:
         merged = pooling @ arr @ pooling.T  # [..., unit, unit]

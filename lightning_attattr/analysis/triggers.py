@@ -138,8 +138,8 @@ class Pattern:
             head=int(data["head"]),
             value1=float(data["value1"]),
             value2=float(data["value2"]),
-            pair1=tuple(data["pair1"]),  # type: ignore[arg-type]
-            pair2=tuple(data["pair2"]),  # type: ignore[arg-type]
+            pair1=tuple(data["pair1"]),
+            pair2=tuple(data["pair2"]),
             tokens=tuple(data["tokens"]),
             seg_pos=int(data["seg_pos"]),
             predicted=int(data["predicted"]),
@@ -194,10 +194,10 @@ def mine_pattern(
         )
     if n < 2:
         raise ArgumentError(f"Expected at least 2 tokens (a map with two entries), but got {n}.")
-    seg_pos = check_int("seg_pos", seg_pos, 1, n - 1)  # type: ignore[assignment]
-    predicted = check_int("predicted", predicted, 0)  # type: ignore[assignment]
+    seg_pos = check_int("seg_pos", seg_pos, 1, n - 1)
+    predicted = check_int("predicted", predicted, 0)
     label = check_int("label", label, 0, optional=True)
-    example = check_int("example", example, 0)  # type: ignore[assignment]
+    example = check_int("example", example, 0)
     values = attributions.detach().to(torch.float64)
     if not bool(torch.isfinite(values).all()):
         raise ArgumentError("Expected `attributions` to be finite, but it holds NaN or infinite values.")
@@ -363,7 +363,7 @@ def select_triggers(
         Up to ``top`` triggers, best first.
     """
     threshold = check_number("threshold", threshold)
-    top = check_int("top", top, 1)  # type: ignore[assignment]
+    top = check_int("top", top, 1)
     triggers: list[Trigger] = []
     seen: set[tuple[Any, ...]] = set()
     # The official loop stops at the first pattern below the threshold but, through an off-by-one,
@@ -429,7 +429,7 @@ def insert_trigger(
     """
     if not isinstance(trigger, Trigger):
         raise ArgumentTypeError(f"Expected `trigger` to be a Trigger, but got {type(trigger).__name__}.")
-    max_tokens = check_int("max_tokens", max_tokens, 1)  # type: ignore[assignment]
+    max_tokens = check_int("max_tokens", max_tokens, 1)
     specials = set(special_tokens)
     entries = [(t, s, r) for t, s, r in zip(trigger.tokens, trigger.segments, trigger.relative) if t not in specials]
     if tokens_b is None and any(s == "b" for _, s, _ in entries):
@@ -504,7 +504,7 @@ def per_class_accuracy(
         >>> per_class_accuracy([0, 1, 1, 0], [0, 1, 0, 0], 3)
         [0.6666666666666666, 1.0, None]
     """
-    n_classes = check_int("n_classes", n_classes, 1)  # type: ignore[assignment]
+    n_classes = check_int("n_classes", n_classes, 1)
     preds = [int(p) for p in predictions]
     golds = [int(y) for y in labels]
     if len(preds) != len(golds):
@@ -574,28 +574,30 @@ def attack_table(
 
     rows = []
     for c in range(k):
-        entries = []
+        entries: list[dict[str, Any]] = []
+        changes: list[float | None] = []
         for t, acc in enumerate(accs):
-            pooled = [s[c] for s in control_accs[t] if s[c] is not None] if control_accs else []
+            pooled = [v for v in (s[c] for s in control_accs[t]) if v is not None] if control_accs else []
+            changes.append(_diff(acc[c], clean_[c]))
             entries.append(
                 {
                     "trigger": texts[t],
                     "accuracy": acc[c],
-                    "change": _diff(acc[c], clean_[c]),
+                    "change": changes[-1],
                     "control_mean": statistics.fmean(pooled) if pooled else None,
                 }
             )
-        values = [s[c] for per in control_accs for s in per if s[c] is not None]
+        values = [v for v in (s[c] for per in control_accs for s in per) if v is not None]
         mean = statistics.fmean(values) if values else None
         std = (statistics.stdev(values) if len(values) > 1 else 0.0) if values else None
-        changes = [e["change"] for e in entries]
+        known = [x for x in changes if x is not None]  # the mean change only when every trigger has one
         rows.append(
             {
                 "class": names[c],
                 "clean": clean_[c],
                 "triggers": entries,
                 "control": {"mean": mean, "std": std, "n": len(values), "change": _diff(mean, clean_[c])},
-                "mean_change": statistics.fmean(changes) if changes and None not in changes else None,
+                "mean_change": statistics.fmean(known) if known and len(known) == len(changes) else None,
             }
         )
     return {"classes": names, "triggers": texts, "rows": rows}

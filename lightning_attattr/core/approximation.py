@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Literal, get_args
+from typing import Final, Literal, cast, get_args, overload
 
 import numpy as np
 
@@ -69,14 +69,18 @@ _RULES: dict[str, Callable[[int], tuple[np.ndarray, np.ndarray]]] = {
 }
 
 
-def validate_method(method: object) -> str:
+def validate_method(method: object) -> Method:
     """Return ``method`` if it names a known integration rule, else raise ``ValueError``."""
     if not isinstance(method, str) or method not in _RULES:
         raise ArgumentError(f"Expected `method` to be one of {sorted(_RULES)}, but got {method!r}.")
-    return method
+    return cast(Method, method)  # the keys of _RULES are the names of Method
 
 
-def validate_n_steps(n_steps: object, *, allow_auto: bool = False) -> int:
+@overload
+def validate_n_steps(n_steps: object, *, allow_auto: Literal[False] = False) -> int: ...
+@overload
+def validate_n_steps(n_steps: object, *, allow_auto: bool) -> int | Literal["auto"]: ...
+def validate_n_steps(n_steps: object, *, allow_auto: bool = False) -> int | Literal["auto"]:
     """Return ``n_steps`` if it is a positive integer, else raise ``TypeError``/``ValueError``.
 
     With ``allow_auto``, the string ``"auto"`` (adaptive integration) is accepted too and returned
@@ -84,7 +88,7 @@ def validate_n_steps(n_steps: object, *, allow_auto: bool = False) -> int:
     """
     allowed = 'a positive integer or "auto"' if allow_auto else "a positive integer"
     if allow_auto and n_steps == AUTO:
-        return n_steps  # type: ignore[return-value]
+        return AUTO
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)):
         raise ArgumentTypeError(f"Expected `n_steps` to be {allowed}, but got {n_steps!r}.")
     if n_steps < 1:
@@ -93,7 +97,7 @@ def validate_n_steps(n_steps: object, *, allow_auto: bool = False) -> int:
 
 
 #: ``n_steps`` value that selects adaptive integration.
-AUTO = "auto"
+AUTO: Final = "auto"
 #: Node counts of the nested levels of :func:`nested_rule`.
 NESTED_LEVELS: tuple[int, ...] = (3, 7, 15, 31, 63)
 

@@ -93,7 +93,7 @@ def captum_attribution(
             n_layers = ctrl.n_layers
             chosen = list(range(n_layers)) if layers is None else list(layers)
             for inputs in examples:
-                with torch.no_grad(), ctrl.capturing(chosen) as clean:
+                with torch.no_grad(), ctrl.capturing(iter(chosen)) as clean:
                     target = int(model(**inputs).logits.argmax(-1)[0])
                 per_layer = [
                     captum_layer_attribution(

@@ -21,7 +21,9 @@ import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, cast, overload
+
+_Choice = TypeVar("_Choice", bound=str)
 
 
 class UserError(Exception):
@@ -82,6 +84,19 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+@overload
+def check_int(
+    name: str,
+    value: object,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    *,
+    optional: Literal[False] = False,
+) -> int: ...
+@overload
+def check_int(
+    name: str, value: object, minimum: int | None = None, maximum: int | None = None, *, optional: bool
+) -> int | None: ...
 def check_int(
     name: str, value: object, minimum: int | None = None, maximum: int | None = None, *, optional: bool = False
 ) -> int | None:
@@ -119,6 +134,10 @@ def check_int(
     return number
 
 
+@overload
+def check_positive_int(name: str, value: object, *, optional: Literal[False] = False) -> int: ...
+@overload
+def check_positive_int(name: str, value: object, *, optional: bool) -> int | None: ...
 def check_positive_int(name: str, value: object, *, optional: bool = False) -> int | None:
     """Return ``value`` if it is an integer >= 1 (or ``None`` when ``optional``); else raise naming ``name``."""
     if optional and value is None:
@@ -182,11 +201,14 @@ def check_sizes(name: str, ks: object) -> list[int]:
     return sorted(set(ks))
 
 
-def check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
-    """Return ``value`` if it is one of ``allowed``, else raise an error listing them."""
+def check_choice(name: str, value: object, allowed: Sequence[_Choice]) -> _Choice:
+    """Return ``value`` if it is one of ``allowed``, else raise an error listing them.
+
+    ``allowed`` typed as a sequence of a ``Literal`` type gives ``value`` that type.
+    """
     if not isinstance(value, str) or value not in allowed:
         raise ArgumentError(f"Expected `{name}` to be one of {list(allowed)}, but got {value!r}.")
-    return value
+    return cast(_Choice, value)  # equal to one of `allowed`
 
 
 def check_bool(name: str, value: object) -> bool:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Real
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +60,9 @@ from lightning_attattr.core.checks import (
     check_shape,
 )
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 __all__ = [
     "POOLINGS",
     "PRUNING_FRACTIONS",
@@ -81,9 +84,9 @@ Pooling = Literal["max", "mean", "sum"]
 TaylorVariant = Literal["official", "michel"]
 
 #: Ways to pool one head's ``[query_pos, key_pos]`` attribution map into a score.
-POOLINGS: tuple[str, ...] = ("max", "mean", "sum")
+POOLINGS: tuple[Pooling, ...] = ("max", "mean", "sum")
 #: Variants of the Taylor baseline (see :func:`taylor_importance`).
-TAYLOR_VARIANTS: tuple[str, ...] = ("official", "michel")
+TAYLOR_VARIANTS: tuple[TaylorVariant, ...] = ("official", "michel")
 #: Fractions of all heads removed in the official pruning protocol: 0.0, 0.1, ..., 1.0.
 PRUNING_FRACTIONS: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
 
@@ -325,7 +328,9 @@ def taylor_importance(
         batch = _prepare_inputs(inputs, device)
         gold = None
         if variant == "michel":
-            gold = _resolve_labels(labels, batch, int(model.config.num_labels)).to(device)
+            num_labels = cast("PreTrainedModel", model).config.num_labels  # layer_modules checked the class
+            assert num_labels is not None, "a classifier's config names its labels"
+            gold = _resolve_labels(labels, batch, num_labels).to(device)
         with frozen_eval(model), attention_scope(model) as ctrl:
             return _taylor(model, ctrl, batch, variant, gold, n_layers)
 
@@ -347,6 +352,7 @@ def _taylor(
         scalar = logits.sum()
     else:
         # summed (not averaged) per-example losses: the gradient at example b is that of its own loss
+        assert gold is not None  # taylor_importance resolves the labels of "michel"
         scalar = nn.functional.cross_entropy(logits.to(dtype), gold, reduction="sum")
     layers = sorted(contexts)
     grads = torch.autograd.grad(scalar, [contexts[layer] for layer in layers])

@@ -26,13 +26,16 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from lightning_attattr.core.adapter import PRUNED_HEADS_KEY, active_controller, layer_modules
 from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = [
     "PRUNED_HEADS_KEY",
@@ -88,7 +91,7 @@ def pruned_heads(model: nn.Module) -> dict[int, list[int]]:
 
 def kept_heads(model: nn.Module) -> dict[int, list[int]]:
     """Original indices of the heads still present, for the layers that lost heads."""
-    n_heads = int(model.config.num_attention_heads)
+    n_heads = int(cast("PreTrainedModel", model).config.num_attention_heads)  # a Hugging Face model
     return {layer: [h for h in range(n_heads) if h not in set(gone)] for layer, gone in pruned_heads(model).items()}
 
 
@@ -185,12 +188,13 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]] | Tensor) -
     if active_controller(model) is not None:
         raise RuntimeError("Cannot prune heads inside an `attention_scope` of the same model; prune outside it.")
     modules = layer_modules(model)
+    config = cast("PreTrainedModel", model).config  # layer_modules checked that it is a PreTrainedModel
     if len({id(m) for m in modules}) < len(modules):
         raise ArgumentError(
-            f"Model type {model.config.model_type!r} shares one layer module across layers, so its heads cannot "
+            f"Model type {config.model_type!r} shares one layer module across layers, so its heads cannot "
             "be pruned per layer; use a head mask instead."
         )
-    n_layers, n_heads = len(modules), int(model.config.num_attention_heads)
+    n_layers, n_heads = len(modules), int(config.num_attention_heads)
     wanted = _normalize_heads(heads, n_layers, n_heads)
     before = pruned_heads(model)
     for layer, chosen in wanted.items():
@@ -261,7 +265,7 @@ def _state_dict_files(path: str, **hub_kwargs: Any) -> dict[str, Tensor]:
     )
 
 
-def from_pretrained_pruned(path: str, model_class: Any = None, **kwargs: Any) -> nn.Module:
+def from_pretrained_pruned(path: str, model_class: Any = None, **kwargs: Any) -> PreTrainedModel:
     """Load a model saved with ``save_pretrained``, rebuilding its pruned structure first.
 
     Works for unpruned models too (then it is plain ``from_pretrained``).

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_attattr.core.adapter import layer_modules
 from lightning_attattr.core.approximation import approximation_parameters
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 REFERENCE_IMPLEMENTATION = "attattr_reference"
 _STATE: dict[str, Any] = {"layer": None, "x": None}
@@ -75,7 +78,7 @@ class ReferenceResult:
 
 
 def reference_attattr(
-    model: nn.Module,
+    model: PreTrainedModel,
     inputs: Mapping[str, Tensor],
     target: Tensor,
     *,

@@ -76,7 +76,7 @@ def make_synthetic(
     check_int("n", n, 0)
     check_int("min_len", min_len, 2)
     check_int("n_filler", n_filler, 1)
-    if check_int("max_len", max_len) < min_len:  # type: ignore[operator]
+    if check_int("max_len", max_len) < min_len:
         raise ArgumentError(f"Expected `max_len` to be an integer >= `min_len` ({min_len}), but got {max_len!r}.")
     rng = random.Random(seed)
     fillers = filler_words(n_filler)

