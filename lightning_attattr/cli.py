@@ -39,7 +39,7 @@ import importlib
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from jsonargparse import get_loader, set_loader
@@ -63,13 +63,15 @@ from lightning_attattr.lightning.checkpoints import (
     tokenizer_from_files,
 )
 from lightning_attattr.lightning.classifier import AttAttrClassifier
-from lightning_attattr.lightning.compat import pl, to_this_package
+from lightning_attattr.lightning.compat import pl, to_this_package, trainer_callbacks
 from lightning_attattr.shipped_configs import resolve_config_args
 
-# the LightningCLI of the package chosen in `compat` (both Lightning packages are supported)
-_lightning_cli = importlib.import_module(f"{pl.__name__}.cli")
-LightningCLI = _lightning_cli.LightningCLI
-LightningArgumentParser = _lightning_cli.LightningArgumentParser
+if TYPE_CHECKING:  # the same classes in both packages: checked against one, like `compat.pl`
+    from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+else:  # the LightningCLI of the package chosen in `compat` (both Lightning packages are supported)
+    _lightning_cli = importlib.import_module(f"{pl.__name__}.cli")
+    LightningCLI = _lightning_cli.LightningCLI
+    LightningArgumentParser = _lightning_cli.LightningArgumentParser
 
 #: The program name of usage and error lines of in-process calls (``cli_main(args=[...])``).
 PROG = "train.py"
@@ -172,9 +174,10 @@ class AttAttrCLI(LightningCLI):
         from lightning_attattr.callbacks import EpochSummary
 
         trainer = super().instantiate_trainer(**kwargs)
-        summaries = [cb for cb in trainer.callbacks if isinstance(cb, EpochSummary)]
+        callbacks = trainer_callbacks(trainer)
+        summaries = [cb for cb in callbacks if isinstance(cb, EpochSummary)]
         for default in summaries[1:]:  # the default comes last: the configured one wins
-            trainer.callbacks.remove(default)
+            callbacks.remove(default)
         return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -247,17 +250,17 @@ class AttAttrCLI(LightningCLI):
             check_files(stage)
         if datamodule is not None and hasattr(type(datamodule), "tokenizer"):
             _ = datamodule.tokenizer  # loads it now: a wrong tokenizer source fails before the run
-        hf_model = getattr(model, "model", None)
-        limit = max_sequence_length(hf_model.config) if hasattr(hf_model, "config") else None
+        hf_config = getattr(getattr(model, "model", None), "config", None)
+        limit = max_sequence_length(hf_config) if hf_config is not None else None
         length = getattr(datamodule, "max_length", None)
-        if limit is not None and isinstance(length, int) and length > limit:
+        if hf_config is not None and limit is not None and isinstance(length, int) and length > limit:
             name = "max_seq_length" if hasattr(datamodule, "max_seq_length") else "max_len"
             raise ArgumentError(
                 f"Expected `data.{name}` to give sequences of at most {limit} tokens (the model's position "
-                f"embeddings: max_position_embeddings={hf_model.config.max_position_embeddings}), but sequences can "
+                f"embeddings: max_position_embeddings={hf_config.max_position_embeddings}), but sequences can "
                 f"have {length} tokens."
             )
-        for callback in self.trainer.callbacks:
+        for callback in trainer_callbacks(self.trainer):
             check_model = getattr(callback, "check_model", None)
             if callable(check_model):
                 check_model(model)

@@ -16,7 +16,7 @@ from typing_extensions import override
 from lightning_attattr.callbacks._protocol import collect_examples, first_val_loader, pad_examples, resolve_model, world
 from lightning_attattr.core.adapter import layer_modules
 from lightning_attattr.core.checks import check_layers, check_positive_int
-from lightning_attattr.lightning.compat import dual_base, pl
+from lightning_attattr.lightning.compat import DualCallback, pl
 
 
 class ValExamples:
@@ -50,7 +50,7 @@ class ValExamples:
             yield pad_examples(mine[start : start + batch_size])
 
 
-class EpochEndAnalysis(*dual_base("callbacks.Callback")):
+class EpochEndAnalysis(DualCallback):  # works in a Trainer of either Lightning package
     """Base of the callbacks: runs :meth:`analyse` at the end of chosen epochs.
 
     That is every ``every_n_epochs``-th validation epoch (never during the sanity check) and every

@@ -25,7 +25,7 @@ import numpy as np
 from torch import Tensor
 
 from lightning_attattr.analysis.store import atomic_write
-from lightning_attattr.lightning.compat import logger_classes, pl
+from lightning_attattr.lightning.compat import is_fast_dev_run, logger_classes, pl
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -41,7 +41,7 @@ class FigureLogger:
         self.mlflow = [lg for lg in loggers if isinstance(lg, logger_classes("MLFlowLogger"))]
         self.directory: Path | None = None
         # like Lightning's logging and checkpoints, no files in a `fast_dev_run` dry run
-        if not (self.tensorboard or self.wandb or self.mlflow or trainer.fast_dev_run):
+        if not (self.tensorboard or self.wandb or self.mlflow or is_fast_dev_run(trainer)):
             self.directory = Path(_log_dir(trainer)) / "figures"
 
     def image(self, tag: str, fig: Figure, step: int) -> None:
@@ -49,30 +49,33 @@ class FigureLogger:
         from lightning_attattr.plotting import figure_to_array
 
         array = figure_to_array(fig)  # [H, W, 3] uint8
-        for logger in self.tensorboard:
-            logger.experiment.add_image(tag, array, step, dataformats="HWC")
-        for logger in self.wandb:
-            logger.log_image(key=tag, images=[array], step=step)
-        for logger in self.mlflow:
-            logger.experiment.log_image(logger.run_id, array, artifact_file=f"figures/{tag}/step_{step:06d}.png")
+        for tensorboard in self.tensorboard:
+            tensorboard.experiment.add_image(tag, array, step, dataformats="HWC")
+        for wandb_logger in self.wandb:
+            wandb_logger.log_image(key=tag, images=[array], step=step)
+        for mlflow in self.mlflow:
+            mlflow.experiment.log_image(mlflow.run_id, array, artifact_file=f"figures/{tag}/step_{step:06d}.png")
         if self.directory is not None:
             _write_png(self.directory / tag / f"step_{step:06d}.png", array)
 
     def histogram(self, tag: str, values: Tensor, step: int) -> None:
         """Log the distribution of ``values`` under ``tag`` at ``step`` (a histogram figure where no native one)."""
         flat = values.detach().float().flatten().cpu()
-        for logger in self.tensorboard:
-            logger.experiment.add_histogram(tag, flat, step)
-        for logger in self.wandb:
+        for tensorboard in self.tensorboard:
+            tensorboard.experiment.add_histogram(tag, flat, step)
+        for wandb_logger in self.wandb:
             import wandb
 
-            logger.log_metrics({tag: wandb.Histogram(flat.numpy())}, step=step)
+            # wandb annotates the values as a Sequence, but bins them with np.histogram: an array is fine
+            histogram = wandb.Histogram(flat.numpy())  # type: ignore[arg-type]
+            # Lightning annotates metrics as floats; WandbLogger passes wandb objects on to wandb.log
+            wandb_logger.log_metrics({tag: histogram}, step=step)  # type: ignore[dict-item]
         if self.mlflow or self.directory is not None:
             from lightning_attattr.plotting import figure_to_array, value_histogram
 
             array = figure_to_array(value_histogram(flat, title=f"{tag}, step {step}"))
-            for logger in self.mlflow:
-                logger.experiment.log_image(logger.run_id, array, artifact_file=f"figures/{tag}/step_{step:06d}.png")
+            for mlflow in self.mlflow:
+                mlflow.experiment.log_image(mlflow.run_id, array, artifact_file=f"figures/{tag}/step_{step:06d}.png")
             if self.directory is not None:
                 _write_png(self.directory / tag / f"step_{step:06d}.png", array)
 

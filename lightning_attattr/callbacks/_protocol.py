@@ -26,6 +26,7 @@ from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
+    from transformers import PreTrainedModel
 
 #: Input names passed to the model; everything else in a batch dict is ignored (``labels`` is kept apart).
 MODEL_INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
@@ -44,7 +45,7 @@ class AttAttrModule(Protocol):
         ...
 
 
-def resolve_model(pl_module: pl.LightningModule) -> nn.Module:
+def resolve_model(pl_module: pl.LightningModule) -> PreTrainedModel:
     """The Hugging Face model inside ``pl_module`` (see the module docstring for the rules).
 
     Raises:

@@ -37,7 +37,7 @@ from lightning_attattr.core.checks import (
     check_number,
     check_positive_int,
 )
-from lightning_attattr.lightning.compat import pl, rank_zero_warn
+from lightning_attattr.lightning.compat import is_fast_dev_run, pl, rank_zero_warn
 
 _TARGETS = ("predicted", "labels")
 
@@ -95,7 +95,8 @@ class AttributionMonitor(EpochEndAnalysis):
         n_examples: int = 2,
         every_n_epochs: int = 1,
         layers: list[int] | None = None,
-        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,
+        # core.attribution types DEFAULT_N_STEPS as int | str; its value is "auto"
+        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,  # type: ignore[assignment]
         method: str = DEFAULT_METHOD,
         target: str = "predicted",
         internal_batch_size: int | None = None,
@@ -110,11 +111,10 @@ class AttributionMonitor(EpochEndAnalysis):
         check_positive_int("n_examples", n_examples)
         check_int("max_image_examples", max_image_examples, 0)
         check_positive_int("internal_batch_size", internal_batch_size, optional=True)
-        layers = check_layers(
-            "AttributionMonitor.layers", layers
-        )  # types and duplicates; the range is checked in `setup`
+        # types and duplicates; the range is checked in `setup`
+        chosen_layers = check_layers("AttributionMonitor.layers", layers)
         validate_n_steps(n_steps, allow_auto=True)
-        validate_method(method)
+        method = validate_method(method)
         check_choice("target", target, _TARGETS)
         for name, flag in (("log_images", log_images), ("log_histograms", log_histograms), ("log_trees", log_trees)):
             check_bool(name, flag)
@@ -123,7 +123,7 @@ class AttributionMonitor(EpochEndAnalysis):
             raise ArgumentTypeError(f"Expected `save_dir` to be a directory path or None, but got {save_dir!r}.")
         self.n_examples = n_examples
         self.examples = ValExamples(n_examples)
-        self.layers = None if layers is None else list(layers)
+        self.layers = None if chosen_layers is None else list(chosen_layers)
         self.n_steps = n_steps
         self.method = method
         self.target = target
@@ -167,7 +167,7 @@ class AttributionMonitor(EpochEndAnalysis):
         result = self.attribute_probe(trainer, pl_module)
         self.analyses_done += 1
         self._log(trainer, pl_module, result)
-        if trainer.is_global_zero and not trainer.fast_dev_run:  # like checkpoints: nothing written in a dry run
+        if trainer.is_global_zero and not is_fast_dev_run(trainer):  # like checkpoints: nothing written in a dry run
             directory.mkdir(parents=True, exist_ok=True)
             if first:
                 torch.save(self.probe, directory / "probe.pt")
@@ -191,6 +191,7 @@ class AttributionMonitor(EpochEndAnalysis):
             shard=(rank, size) if size > 1 else None,
             reduce=(lambda t: reduce_sum(trainer, t, pl_module.device)) if size > 1 else None,
         )
+        assert result.convergence_delta is not None  # asked for above
         padded = reduce_sum(trainer, result.padded(), pl_module.device)  # [example, layer, head, q, k]
         delta = reduce_sum(trainer, result.convergence_delta, pl_module.device)  # [example, layer]
         lengths = [a.shape[-1] for a in result.attributions]

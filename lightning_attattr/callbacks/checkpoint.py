@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from typing_extensions import override
 
-from lightning_attattr.lightning.compat import dual_base, pl
+from lightning_attattr.lightning.compat import DualModelCheckpoint, is_fast_dev_run, pl
 
 
-class EpochCheckpoint(*dual_base("callbacks.ModelCheckpoint")):  # either Lightning package's Trainer
+class EpochCheckpoint(DualModelCheckpoint):  # either Lightning package's Trainer
     """``ModelCheckpoint`` whose ``last.ckpt`` always holds the end of the most recent epoch.
 
     Takes the same arguments as :class:`~pytorch_lightning.callbacks.ModelCheckpoint` and behaves
@@ -65,7 +65,7 @@ class EpochCheckpoint(*dual_base("callbacks.ModelCheckpoint")):  # either Lightn
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write ``last.ckpt`` for the final state unless it is current; nothing under ``fast_dev_run``."""
-        if trainer.fast_dev_run:
+        if is_fast_dev_run(trainer):
             return
         self._refresh_last_checkpoint(trainer)
         super().on_train_end(trainer, pl_module)

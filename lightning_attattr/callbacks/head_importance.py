@@ -11,11 +11,13 @@ from lightning_attattr.analysis.universality import spearman
 from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples
 from lightning_attattr.callbacks._figures import FigureLogger
 from lightning_attattr.callbacks._protocol import resolve_model
-from lightning_attattr.core.approximation import validate_method, validate_n_steps
+from lightning_attattr.core.approximation import Method, validate_method, validate_n_steps
 from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, AttentionIntegratedGradients
 from lightning_attattr.core.checks import ArgumentError, check_bool, check_choice, check_positive_int
 from lightning_attattr.core.importance import (
     POOLINGS,
+    Pooling,
+    TaylorVariant,
     attribution_head_scores,
     normalize_per_layer,
     taylor_importance,
@@ -24,7 +26,7 @@ from lightning_attattr.lightning.compat import pl
 from lightning_attattr.metrics import HeadImportance
 
 _TARGETS = ("labels", "predicted")
-_TAYLOR_VARIANTS = ("official", "michel")
+_TAYLOR_VARIANTS: tuple[TaylorVariant, ...] = ("official", "michel")
 
 
 def attattr_importance(
@@ -32,10 +34,10 @@ def attattr_importance(
     pl_module: pl.LightningModule,
     examples: ValExamples,
     *,
-    pooling: str,
+    pooling: Pooling,
     target: str,
     n_steps: int | str,
-    method: str,
+    method: Method,
     batch_size: int,
     internal_batch_size: int | None,
 ) -> Tensor:
@@ -54,7 +56,12 @@ def attattr_importance(
 
 
 def taylor_head_importance(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, examples: ValExamples, *, variant: str, batch_size: int
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    examples: ValExamples,
+    *,
+    variant: TaylorVariant,
+    batch_size: int,
 ) -> Tensor:
     """``[layer, head]`` Taylor importance (summed over examples and ranks, then per-layer L2-normalised)."""
     model = resolve_model(pl_module)
@@ -116,7 +123,8 @@ class HeadImportanceCallback(EpochEndAnalysis):
         every_n_epochs: int = 1,
         pooling: str = "max",
         target: str = "labels",
-        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,
+        # core.attribution types DEFAULT_N_STEPS as int | str; its value is "auto"
+        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,  # type: ignore[assignment]
         method: str = DEFAULT_METHOD,
         batch_size: int = 16,
         internal_batch_size: int | None = None,
@@ -130,11 +138,11 @@ class HeadImportanceCallback(EpochEndAnalysis):
         check_positive_int("internal_batch_size", internal_batch_size, optional=True)
         check_bool("taylor", taylor)
         check_bool("log_head_scalars", log_head_scalars)
-        check_choice("pooling", pooling, POOLINGS)
+        pooling = check_choice("pooling", pooling, POOLINGS)
         check_choice("target", target, _TARGETS)
-        check_choice("taylor_variant", taylor_variant, _TAYLOR_VARIANTS)
+        taylor_variant = check_choice("taylor_variant", taylor_variant, _TAYLOR_VARIANTS)
         validate_n_steps(n_steps, allow_auto=True)
-        validate_method(method)
+        method = validate_method(method)
         self.examples = ValExamples(n_examples)
         self.pooling = pooling
         self.target = target

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeGuard
 
 import torch
 from torch import Tensor
@@ -80,7 +80,8 @@ class HeadPruningCallback(EpochEndAnalysis):
         max_eval_batches: int | None = None,
         pooling: str = "max",
         target: str = "labels",
-        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,
+        # core.attribution types DEFAULT_N_STEPS as int | str; its value is "auto"
+        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,  # type: ignore[assignment]
         method: str = DEFAULT_METHOD,
         batch_size: int = 16,
         seed: int = 0,
@@ -90,7 +91,7 @@ class HeadPruningCallback(EpochEndAnalysis):
         fractions = check_fractions("fractions", fractions)
         super().__init__(every_n_epochs)
         check_choice("importance", importance, _IMPORTANCE)
-        check_choice("pooling", pooling, POOLINGS)
+        pooling = check_choice("pooling", pooling, POOLINGS)
         check_choice("target", target, ("labels", "predicted"))
         check_choice("mode", mode, _MODES)
         check_positive_int("n_examples", n_examples)
@@ -108,7 +109,7 @@ class HeadPruningCallback(EpochEndAnalysis):
             if float(fraction) == 1.0:
                 raise ArgumentError(f"Expected `schedule[{epoch}]` to be below 1 (some heads must stay), but got 1.0.")
         validate_n_steps(n_steps, allow_auto=True)
-        validate_method(method)
+        method = validate_method(method)
         self.fractions = fractions
         self.importance_kind = importance
         self.examples = ValExamples(n_examples)
@@ -249,7 +250,7 @@ class HeadPruningCallback(EpochEndAnalysis):
     def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule, mask: Tensor) -> None:
         if self.mode == "mask":
             if _sets_its_own_mask(pl_module):
-                pl_module.set_head_mask(mask)  # type: ignore[attr-defined]
+                pl_module.set_head_mask(mask)
             return  # otherwise the batch hooks below mask every forward of the module's model
         model = resolve_model(pl_module)
         prune_heads(model, mask)
@@ -277,7 +278,7 @@ class HeadPruningCallback(EpochEndAnalysis):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # a resumed run re-applies the mask pruning it had done (structural pruning is in the checkpoint)
         if self.pruned_mask is not None and self.mode == "mask" and _sets_its_own_mask(pl_module):
-            pl_module.set_head_mask(self.pruned_mask)  # type: ignore[attr-defined]
+            pl_module.set_head_mask(self.pruned_mask)
 
     # ----------------------------------------------------------------- mask-mode pruning of any module
     # A module without `set_head_mask` gets the mask from here: every batch of every loop runs inside
@@ -338,6 +339,10 @@ class HeadPruningCallback(EpochEndAnalysis):
         self._leave_mask()
 
 
-def _sets_its_own_mask(pl_module: pl.LightningModule) -> bool:
+class _KeepsHeadMask(Protocol):
+    def set_head_mask(self, mask: Tensor | None) -> None: ...
+
+
+def _sets_its_own_mask(pl_module: pl.LightningModule) -> TypeGuard[_KeepsHeadMask]:
     """Whether the module keeps a head mask itself (``set_head_mask``, as :class:`AttAttrClassifier`)."""
     return callable(getattr(pl_module, "set_head_mask", None))

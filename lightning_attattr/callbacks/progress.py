@@ -37,14 +37,14 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_attattr.core.checks import ArgumentTypeError
-from lightning_attattr.lightning.compat import dual_base, pl, rank_zero_warn
+from lightning_attattr.lightning.compat import DualCallback, is_fast_dev_run, pl, rank_zero_warn
 
 _SKIPPED = ("importance/", "prune/")  # per-head importance scores and pruning curves: too many for one line
 _FIRST = ("loss", "acc", "f1", "mcc")  # these come first within a stage, in this order
 _MAX_METRICS = 8  # more are summarised as "+N more"
 
 
-class EpochSummary(*dual_base("callbacks.Callback")):  # works in a Trainer of either Lightning package
+class EpochSummary(DualCallback):  # works in a Trainer of either Lightning package
     """Print one line of the main metrics per epoch (and per ``validate`` / ``test`` run).
 
     During ``fit``, at the end of every training epoch (after that epoch's validation), the line
@@ -96,7 +96,7 @@ class EpochSummary(*dual_base("callbacks.Callback")):  # works in a Trainer of e
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Resolve the log file (on every rank: ``trainer.log_dir`` is a collective call)."""
-        if self.log_file is None or trainer.fast_dev_run:
+        if self.log_file is None or is_fast_dev_run(trainer):
             self.log_path = None
             return
         path = Path(self.log_file).expanduser()

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_attattr.analysis.store import PartStore, ResultsFolder
-from lightning_attattr.lightning.compat import pl
+from lightning_attattr.lightning.compat import pl, trainer_callbacks
 
 #: The batch entries a Hugging Face classifier takes (``model_inputs`` keeps these).
 MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values")
@@ -151,10 +151,11 @@ def run_examples(
             IndexedExamples(dataset, todo), batch_size=batch_size, shuffle=False, collate_fn=IndexedCollate(collator)
         )
         writer = PartWriter(store, folder, stage, total=len(indices), already=len(indices) - len(todo))
-        trainer.callbacks.append(writer)
+        callbacks = trainer_callbacks(trainer)
+        callbacks.append(writer)
         try:
             trainer.predict(ExampleStep(model, fn), dataloaders=loader, return_predictions=False)
         finally:
-            trainer.callbacks.remove(writer)
+            callbacks.remove(writer)
     trainer.strategy.barrier()
     return store.load(list(indices))

@@ -26,13 +26,15 @@ import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path, PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from lightning_attattr.core.adapter import PRUNED_HEADS_KEY
 from lightning_attattr.core.checks import CheckpointError, check_existing_file
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 MODEL_CONFIG_KEY = "attattr_model_config"
 PRUNED_HEADS_CHECKPOINT_KEY = "attattr_pruned_heads"
@@ -41,7 +43,7 @@ TOKENIZER_KEY = "attattr_tokenizer_files"
 MAX_TOKENIZER_BYTES = 32 * 2**20
 
 
-def model_config_dict(model: nn.Module) -> dict[str, Any]:
+def model_config_dict(model: PreTrainedModel) -> dict[str, Any]:
     """The model's config as a plain dict for ``AutoConfig.for_model``, without the pruning record.
 
     The pruned structure travels separately (:data:`PRUNED_HEADS_CHECKPOINT_KEY`) and is applied

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -47,6 +47,10 @@ from lightning_attattr.lightning.checkpoints import (
     tokenizer_from_files,
 )
 from lightning_attattr.lightning.compat import pl
+
+if TYPE_CHECKING:
+    from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
+    from transformers import PreTrainedModel
 
 # keys of a stored config dict that AutoConfig.for_model must not receive again
 _CONFIG_KEYS_NOT_PASSED = ("transformers_version", "architectures")
@@ -126,7 +130,7 @@ class AttAttrClassifier(pl.LightningModule):
     @staticmethod
     def _build_model(
         model_name_or_path: str | None, model_config: dict[str, Any] | None, num_labels: int
-    ) -> torch.nn.Module:
+    ) -> PreTrainedModel:
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         if model_config is None and model_name_or_path is not None:  # a pruned model keeps its smaller shape
@@ -363,7 +367,12 @@ class AttAttrClassifier(pl.LightningModule):
             # created inside an eval loop, so in eval mode; Lightning keeps that mode and would warn
             # "Found N module(s) in eval mode at the start of training" (metrics ignore the mode)
             self.extra_eval_metrics[key] = metrics.to(self.device).train()
-        return self.extra_eval_metrics[key]
+        return self._extra_eval_metrics(key)
+
+    def _extra_eval_metrics(self, key: str) -> MetricCollection:
+        metrics = self.extra_eval_metrics[key]
+        assert isinstance(metrics, MetricCollection)  # the only modules `_eval_metrics` stores there
+        return metrics
 
     def _eval_step(self, stage: str, batch: Mapping[str, Tensor], dataloader_idx: int) -> None:
         loss, preds, labels = self.model_step(batch)
@@ -371,15 +380,16 @@ class AttAttrClassifier(pl.LightningModule):
         metrics.update(preds, labels)
         prefix = metrics.prefix or f"{stage}/"
         show = stage == "val"
-        kwargs = {"batch_size": len(labels), "add_dataloader_idx": False}
-        self.log(f"{prefix}loss", loss, prog_bar=show, sync_dist=True, **kwargs)
+        batch_size = len(labels)
+        self.log(f"{prefix}loss", loss, prog_bar=show, sync_dist=True, batch_size=batch_size, add_dataloader_idx=False)
         if dataloader_idx == 0:
-            self.log_dict(metrics, prog_bar=show, **kwargs)
+            self.log_dict(metrics, prog_bar=show, batch_size=batch_size, add_dataloader_idx=False)
             return
         # collections created after Lightning indexed the module's metrics: name their attributes
         attributes = {id(module): name for name, module in self.extra_eval_metrics.named_modules()}
         for name, metric in metrics.items(keep_base=False):
-            self.log(name, metric, metric_attribute=f"extra_eval_metrics.{attributes[id(metric)]}", **kwargs)
+            attribute = f"extra_eval_metrics.{attributes[id(metric)]}"
+            self.log(name, metric, metric_attribute=attribute, batch_size=batch_size, add_dataloader_idx=False)
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         """Logs ``val/loss`` and ``val/acc`` (and ``val/f1`` / ``val/mcc`` where the task has them).
@@ -396,24 +406,25 @@ class AttAttrClassifier(pl.LightningModule):
     def on_train_start(self) -> None:
         """Forget validation results of the sanity check."""
         self.val_metrics.reset()
-        for key, metrics in self.extra_eval_metrics.items():
+        for key in self.extra_eval_metrics:
             if key.startswith("val"):
-                metrics.reset()
+                self._extra_eval_metrics(key).reset()
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """AdamW without decay on biases/LayerNorm; linear warm-up then linear decay, stepped per batch."""
         from transformers import get_linear_schedule_with_warmup
 
         hp = self.hparams
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, param in self.named_parameters():
             if param.requires_grad:
                 (no_decay if any(key in name for key in _NO_DECAY) else decay).append(param)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.learning_rate,
-            eps=hp.adam_epsilon,
+            [{"params": decay, "weight_decay": hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp["learning_rate"],
+            eps=hp["adam_epsilon"],
         )
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(hp["warmup_ratio"] * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

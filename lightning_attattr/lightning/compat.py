@@ -6,7 +6,8 @@ LightningModules, DataModules and callbacks of the other. The project supports b
 - **Callbacks** (what users plug into their own Trainer: :class:`AttributionMonitor`,
   :class:`HeadImportanceCallback`, :class:`HeadPruningCallback`, :class:`EpochSummary`,
   :class:`EpochCheckpoint`) derive from the ``Callback`` (or ``ModelCheckpoint``) class of *every*
-  installed package (:func:`dual_base`), so one class works in either Trainer, whatever the user imported.
+  installed package (through :data:`DualCallback` / :data:`DualModelCheckpoint`, see :func:`dual_base`),
+  so one class works in either Trainer, whatever the user imported.
 - **LightningModules, DataModules and the two CLIs** are built on one package per process,
   :data:`pl`, chosen once when this module is first imported:
 
@@ -31,6 +32,7 @@ import os
 import re
 import sys
 from types import ModuleType
+from typing import TYPE_CHECKING, Literal, overload
 
 #: The environment variable that picks the package of the LightningModules, DataModules and CLIs.
 ENV_VAR = "ATTATTR_LIGHTNING"
@@ -69,8 +71,14 @@ def available() -> list[ModuleType]:
     return [importlib.import_module(name) for name in PACKAGES.values() if _installed(name)]
 
 
-#: The Lightning package of this process's LightningModules, DataModules and CLIs.
-pl: ModuleType = importlib.import_module(_choose())
+if TYPE_CHECKING:
+    # The two packages ship the same code, so checking types against one of them is right for both;
+    # at run time the package is the one `_choose` picks.
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+else:
+    #: The Lightning package of this process's LightningModules, DataModules and CLIs.
+    pl = importlib.import_module(_choose())
 #: ``"pytorch_lightning"`` or ``"lightning.pytorch"``.
 PACKAGE: str = pl.__name__
 
@@ -91,6 +99,43 @@ def dual_base(path: str) -> tuple[type, ...]:
     return tuple(bases)
 
 
+class _DualBase:
+    """A stand-in base class that becomes :func:`dual_base` of ``path`` when a class derives from it.
+
+    ``class EpochSummary(DualCallback)`` gets the ``Callback`` class of every installed package as
+    its bases (``__mro_entries__``, PEP 560), exactly as ``class EpochSummary(*dual_base(...))``
+    would; the bases are looked up when the class is created, not when this module is imported.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __mro_entries__(self, bases: tuple[object, ...]) -> tuple[type, ...]:
+        return dual_base(self.path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r})"
+
+
+if TYPE_CHECKING:
+    # a type checker sees one package's classes (the same code as the other's, see `pl` above)
+    from pytorch_lightning.callbacks import Callback as DualCallback
+    from pytorch_lightning.callbacks import ModelCheckpoint as DualModelCheckpoint
+else:
+    #: Base of callbacks that work in a Trainer of either package: ``Callback`` of every installed package.
+    DualCallback = _DualBase("callbacks.Callback")
+    #: Base of checkpoint callbacks for either package: ``ModelCheckpoint`` of every installed package.
+    DualModelCheckpoint = _DualBase("callbacks.ModelCheckpoint")
+
+
+@overload
+def logger_classes(name: Literal["TensorBoardLogger"]) -> tuple[type[TensorBoardLogger], ...]: ...
+@overload
+def logger_classes(name: Literal["WandbLogger"]) -> tuple[type[WandbLogger], ...]: ...
+@overload
+def logger_classes(name: Literal["MLFlowLogger"]) -> tuple[type[MLFlowLogger], ...]: ...
+@overload
+def logger_classes(name: str) -> tuple[type, ...]: ...
 def logger_classes(name: str) -> tuple[type, ...]:
     """The logger class ``name`` (e.g. ``"TensorBoardLogger"``) of every Lightning package imported so far.
 
@@ -115,6 +160,18 @@ def to_this_package(text: str) -> str:
     """``text`` with the other Lightning package's module paths (``pytorch_lightning.loggers...``) moved to ``pl``'s."""
     other = next(name for name in PACKAGES.values() if name != PACKAGE)
     return re.sub(rf"(?<![\w.]){re.escape(other)}\.", f"{PACKAGE}.", text)
+
+
+def trainer_callbacks(trainer: pl.Trainer) -> list[pl.Callback]:
+    """``trainer.callbacks``, the trainer's own list (appending to it or removing from it changes the trainer)."""
+    # Lightning's _CallbackConnector assigns the attribute; the Trainer class does not declare it
+    return trainer.callbacks  # type: ignore[attr-defined]
+
+
+def is_fast_dev_run(trainer: pl.Trainer) -> bool:
+    """Whether ``trainer`` makes a ``fast_dev_run`` debug run (``fast_dev_run=True`` or a number of batches)."""
+    # Lightning's _init_debugging_flags assigns the attribute; the Trainer class does not declare it
+    return bool(trainer.fast_dev_run)  # type: ignore[attr-defined]
 
 
 # Rank-zero helpers of the chosen package (both packages share the rank they read).
