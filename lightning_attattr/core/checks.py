@@ -21,7 +21,7 @@ import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast, overload
+from typing import Any, Literal, TypeGuard, TypeVar, cast, overload
 
 _Choice = TypeVar("_Choice", bound=str)
 
@@ -80,7 +80,7 @@ def show_tracebacks() -> bool:
 
 
 # ----------------------------------------------------------------------------- numbers
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[numbers.Integral]:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -128,7 +128,7 @@ def check_int(
         allowed += " or None"
     if not _is_int(value):
         raise ArgumentTypeError(f"Expected `{name}` to be {allowed}, but got {value!r}.")
-    number = int(value)  # type: ignore[call-overload]
+    number = int(value)
     if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
         raise ArgumentError(f"Expected `{name}` to be {allowed}, but got {number}.")
     return number
@@ -142,18 +142,18 @@ def check_positive_int(name: str, value: object, *, optional: bool = False) -> i
     """Return ``value`` if it is an integer >= 1 (or ``None`` when ``optional``); else raise naming ``name``."""
     if optional and value is None:
         return None
-    if not _is_int(value) or int(value) < 1:  # type: ignore[call-overload]
+    if not _is_int(value) or int(value) < 1:
         allowed = "a positive integer" + (" or None" if optional else "")
         error = ArgumentTypeError if not _is_int(value) else ArgumentError
         raise error(f"Expected `{name}` to be {allowed}, but got {value!r}.")
-    return int(value)  # type: ignore[call-overload]
+    return int(value)
 
 
 def check_seed(name: str, value: object) -> int:
     """Return ``value`` if it is an integer (any sign); seeds given as strings or floats are refused."""
     if not _is_int(value):
         raise ArgumentTypeError(f"Expected `{name}` to be an integer, but got {value!r}.")
-    return int(value)  # type: ignore[call-overload]
+    return int(value)
 
 
 def check_number(
