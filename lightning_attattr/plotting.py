@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
@@ -27,8 +28,9 @@ from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.colors import Colormap
+    from matplotlib.colors import Colormap, Normalize
     from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
 
 #: Default colormap for signed attributions: red positive, blue negative, white at zero.
 DIVERGING_CMAP = "RdBu_r"
@@ -252,6 +254,25 @@ def importance_heatmap(
             None, or ``title`` is not a string.
     """
     arr = as_array("importance", importance, ("layer", "head"))
+    annotate = _check_importance_options(arr, annotate, layers)
+    title = _check_title(title)
+    colormap, vmin, vmax = _importance_scale(arr, cmap)
+
+    fig = _new_figure(_importance_figsize(arr.shape, annotate))
+    ax = fig.add_subplot()
+    # origin="upper": row 0 (layer 0) is drawn at the top
+    im = ax.imshow(arr, cmap=colormap, vmin=vmin, vmax=vmax, origin="upper", interpolation="nearest", aspect="auto")
+    _set_layer_head_ticks(ax, arr.shape, layers)
+    fig.colorbar(im, ax=ax, label="score")
+    if annotate:
+        _annotate_cells(ax, im, arr, colormap)
+    if title is not None:
+        ax.set_title(title)
+    return fig
+
+
+def _check_importance_options(arr: np.ndarray, annotate: object, layers: Sequence[int] | None) -> bool:
+    """Check ``annotate`` and ``layers`` against the ``[layer, head]`` scores; ``annotate`` with its default."""
     n_layers, n_heads = arr.shape
     if annotate is not None and not isinstance(annotate, bool):
         raise ArgumentTypeError(f"Expected `annotate` to be a bool or None, but got {annotate!r}.")
@@ -260,10 +281,13 @@ def importance_heatmap(
             f"Expected `layers` to have one entry per row of `importance` ({n_layers}, from shape "
             f"{list(arr.shape)}), but got {len(layers)}."
         )
-    title = _check_title(title)
     if annotate is None:
-        annotate = n_layers <= MAX_ANNOTATED and n_heads <= MAX_ANNOTATED
+        return n_layers <= MAX_ANNOTATED and n_heads <= MAX_ANNOTATED
+    return annotate
 
+
+def _importance_scale(arr: np.ndarray, cmap: str | Colormap | None) -> tuple[Colormap, float, float]:
+    """Colormap and ``(vmin, vmax)``: diverging and symmetric around 0 for signed scores, else sequential."""
     import matplotlib as mpl
 
     signed = bool(np.nanmin(arr) < 0) if np.isfinite(arr).any() else False
@@ -274,31 +298,35 @@ def importance_heatmap(
         finite = arr[np.isfinite(arr)]
         vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     colormap = mpl.colormaps.get_cmap(cmap if cmap is not None else DIVERGING_CMAP if signed else "viridis")
+    return colormap, vmin, vmax
 
+
+def _importance_figsize(shape: tuple[int, ...], annotate: bool) -> tuple[float, float]:
+    """Figure size (inches) for ``[layer, head]`` scores: bigger cells when the values are written in."""
+    n_layers, n_heads = shape
     cell = 0.55 if annotate else 0.3
-    fig = _new_figure(
-        (float(np.clip(cell * n_heads + 2.2, 4.0, 16.0)), float(np.clip(cell * n_layers + 1.5, 3.0, 16.0)))
-    )
-    ax = fig.add_subplot()
-    # origin="upper": row 0 (layer 0) is drawn at the top
-    im = ax.imshow(arr, cmap=colormap, vmin=vmin, vmax=vmax, origin="upper", interpolation="nearest", aspect="auto")
+    return float(np.clip(cell * n_heads + 2.2, 4.0, 16.0)), float(np.clip(cell * n_layers + 1.5, 3.0, 16.0))
+
+
+def _set_layer_head_ticks(ax: Axes, shape: tuple[int, ...], layers: Sequence[int] | None) -> None:
+    """Layer numbers (``layers``, default ``0 ..``) on the rows, head numbers on the columns."""
+    n_layers, n_heads = shape
     row_labels = [str(i) for i in (range(n_layers) if layers is None else layers)]
     ax.set_yticks(range(n_layers), row_labels)
     ax.set_xticks(range(n_heads), [str(h) for h in range(n_heads)])
     ax.set_ylabel("layer")
     ax.set_xlabel("head")
-    fig.colorbar(im, ax=ax, label="score")
-    if annotate:
-        fontsize = float(np.clip(9 - 0.25 * max(n_heads - 8, 0), 5, 9))
-        for (i, j), v in np.ndenumerate(arr):
-            if not np.isfinite(v):
-                continue
-            r, g, b, _ = colormap(im.norm(v))
-            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # perceived luminance of the cell
-            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=fontsize, color="white" if dark else "black")
-    if title is not None:
-        ax.set_title(title)
-    return fig
+
+
+def _annotate_cells(ax: Axes, im: AxesImage, arr: np.ndarray, colormap: Colormap) -> None:
+    """Write each finite value (2 significant digits) into its cell, white on dark cells, black on light."""
+    fontsize = float(np.clip(9 - 0.25 * max(arr.shape[1] - 8, 0), 5, 9))
+    for (i, j), v in np.ndenumerate(arr):
+        if not np.isfinite(v):
+            continue
+        r, g, b, _ = colormap(im.norm(v))
+        dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # perceived luminance of the cell
+        ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=fontsize, color="white" if dark else "black")
 
 
 def pruning_curve(
@@ -338,12 +366,39 @@ def pruning_curve(
         TypeError: If ``curves`` is not a mapping, a value cannot be converted to an array, or
             ``title`` is not a string.
     """
+    x = _check_fractions(fractions, percent)
+    ys = _check_curves(curves, x)
+    title = _check_title(title)
+
+    from matplotlib.ticker import PercentFormatter
+
+    fig = _new_figure((6.0, 4.0))
+    ax = fig.add_subplot()
+    _plot_curves(ax, x, ys, bands)
+    if percent:
+        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric_name)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if title is not None:
+        ax.set_title(title)
+    return fig
+
+
+def _check_fractions(fractions: Sequence[float], percent: bool) -> np.ndarray:
+    """``fractions`` as a ``[n_points]`` array, each in ``[0, 1]`` when they are shown as percentages."""
     x = as_array("fractions", fractions, ("n_points",))
     if percent and (not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1):
         raise ArgumentError(
             f"Expected `fractions` to be fractions of heads pruned in [0, 1], but got {x.tolist()} "
             "(pass percentages divided by 100)."
         )
+    return x
+
+
+def _check_curves(curves: Mapping[str, Sequence[float]], x: np.ndarray) -> dict[str, np.ndarray]:
+    """Method name (as a string) to its values as an array of the shape of ``x``, in mapping order."""
     if not isinstance(curves, Mapping):
         raise ArgumentTypeError(
             f"Expected `curves` to be a mapping of method name to values, but got {type(curves).__name__}."
@@ -359,27 +414,22 @@ def pruning_curve(
                 f"`fractions`), but got shape {list(y.shape)}."
             )
         ys[str(name)] = y
-    title = _check_title(title)
+    return ys
 
-    from matplotlib.ticker import PercentFormatter
 
-    fig = _new_figure((6.0, 4.0))
-    ax = fig.add_subplot()
+def _plot_curves(
+    ax: Axes,
+    x: np.ndarray,
+    ys: Mapping[str, np.ndarray],
+    bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None,
+) -> None:
+    """One line with markers per curve, and its band (if any) shaded in the line's colour."""
     markers = "osD^vP*X"
     for k, (name, y) in enumerate(ys.items()):
         (line,) = ax.plot(x, y, marker=markers[k % len(markers)], label=name)
         if bands and name in bands:
             low, high = (np.asarray(v, dtype=float) for v in bands[name])
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-    if percent:
-        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(metric_name)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    if title is not None:
-        ax.set_title(title)
-    return fig
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:
@@ -500,6 +550,68 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
             ``title`` is not a string.
         ValueError: If ``tokens`` does not have one entry per input position.
     """
+    graph = _check_tree_graph(graph)
+    labels = _tree_labels(graph, tokens)
+    title = _check_title(title)
+    view = _tree_view(graph, labels)
+    if title is None:
+        title = _default_tree_title(view)
+
+    fig = _new_figure((view.width, view.height))
+    ax = fig.add_subplot()
+    _draw_tree_grid(ax, view)
+    layout = _layered_layout(graph) if view.is_graph else _tree_layout(graph)
+    _draw_tree_edges(ax, view, layout)
+    _draw_tree_nodes(ax, view, layout.nodes)
+    _format_tree_axes(ax, view)
+    if graph.number_of_edges():
+        import matplotlib as mpl
+
+        mappable = mpl.cm.ScalarMappable(norm=view.norm, cmap=view.cmap)
+        fig.colorbar(mappable, ax=ax, label="normalised score", shrink=0.8, pad=0.01)
+    ax.set_title(title)
+    return fig
+
+
+@dataclass(frozen=True)
+class _TreeView:
+    """What the drawing steps of :func:`tree_figure` share: the input, its size and the edge colours."""
+
+    graph: Any  # the tree (nx.DiGraph) or graph (nx.MultiDiGraph)
+    labels: list[str]  # one per input position
+    is_graph: bool
+    n_layers: int
+    width: float  # figure size, inches
+    height: float
+    cmap: Colormap  # edge colour by score, over [vmin, vmax] = [tau, max(1, top score)]
+    norm: Normalize
+    vmin: float
+    vmax: float
+
+    @property
+    def n(self) -> int:
+        """Number of input positions (tokens or words), in the tree or not."""
+        return len(self.labels)
+
+
+#: A drawn edge, from the child (key) up to the parent (query): ``(x0, y0, x1, y1, edge data)``.
+_Arrow = tuple[float, float, float, float, dict[str, Any]]
+#: A drawn node: ``(x, y, token index)``.
+_Node = tuple[float, float, int]
+
+
+@dataclass(frozen=True)
+class _TreeLayout:
+    """Where :func:`tree_figure` draws the nodes and edges (data coordinates: token index, layer)."""
+
+    arrows: list[_Arrow]
+    nodes: list[_Node]
+    #: a graph's residual links, ``(above, below)`` pairs of ``(rank, token)`` nodes joining a token's rows
+    residuals: list[tuple[tuple[int, int], tuple[int, int]]]
+
+
+def _check_tree_graph(graph: object) -> Any:
+    """``graph`` itself if it is a tree or graph from build_tree / build_graph."""
     import networkx as nx
 
     if not isinstance(graph, nx.DiGraph) or not {"root", "n_layers"} <= set(graph.graph):
@@ -507,109 +619,150 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
             "Expected `graph` to be an attribution tree or graph from build_tree / build_graph, "
             f"but got {type(graph).__name__}."
         )
-    is_graph = graph.is_multigraph()
-    n_layers = int(graph.graph["n_layers"])
-    root = graph.graph["root"]
+    return graph
+
+
+def _tree_labels(graph: Any, tokens: object) -> list[str]:
+    """One label per input position: ``tokens``, or by default the tree's token text (else the index)."""
     n = int(graph.graph.get("n_tokens", max(graph.nodes) + 1))
     if tokens is None:
-        labels = [str(graph.nodes[i]["token"]) if i in graph else str(i) for i in range(n)]
-    elif isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
+        return [str(graph.nodes[i]["token"]) if i in graph else str(i) for i in range(n)]
+    if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
         raise ArgumentTypeError(
             f"Expected `tokens` to be a sequence of strings or None, but got {type(tokens).__name__}."
         )
-    elif len(tokens) != n:
+    if len(tokens) != n:
         raise ArgumentError(
             f"Expected `tokens` to have one entry per input position of the tree ({n}), but got {len(tokens)}."
         )
-    else:
-        labels = [str(t) for t in tokens]
-    title = _check_title(title)
-    if title is None:
-        kind = "graph" if is_graph else "tree"
-        title = (
-            f"attribution {kind} (tau={float(graph.graph.get('tau', 0.0)):g}, root {graph.graph.get('root_rule', '?')})"
-        )
+    return [str(t) for t in tokens]
 
+
+def _tree_view(graph: Any, labels: list[str]) -> _TreeView:
+    """The figure size and the edge colour scale of a checked tree or graph."""
     import matplotlib as mpl
-    from matplotlib.colors import Normalize
+    from matplotlib.colors import ListedColormap, Normalize
 
-    width = float(np.clip(0.3 * n + 2.5, 5.0, 40.0))
-    height = float(np.clip(0.42 * (n_layers + 1) + 2.4, 3.5, 14.0))
-    fig = _new_figure((width, height))
-    ax = fig.add_subplot()
-    from matplotlib.colors import ListedColormap
-
+    n, n_layers = len(labels), int(graph.graph["n_layers"])
     # plasma without its palest end, so that the weakest edges still show on white
     cmap = ListedColormap(mpl.colormaps.get_cmap("plasma_r")(np.linspace(0.2, 1.0, 256)))
     tau = float(graph.graph.get("tau", 0.0))
     vmin, vmax = tau, max(1.0, max((float(s) for *_, s in graph.edges(data="score")), default=1.0))
-    norm = Normalize(vmin=vmin, vmax=vmax)
+    return _TreeView(
+        graph=graph,
+        labels=labels,
+        is_graph=graph.is_multigraph(),
+        n_layers=n_layers,
+        width=float(np.clip(0.3 * n + 2.5, 5.0, 40.0)),
+        height=float(np.clip(0.42 * (n_layers + 1) + 2.4, 3.5, 14.0)),
+        cmap=cmap,
+        norm=Normalize(vmin=vmin, vmax=vmax),
+        vmin=vmin,
+        vmax=vmax,
+    )
 
-    for layer in range(n_layers + 1):  # faint rows, one per layer
+
+def _default_tree_title(view: _TreeView) -> str:
+    """``attribution tree`` or ``graph``, with ``tau`` and the root rule."""
+    info = view.graph.graph
+    kind = "graph" if view.is_graph else "tree"
+    return f"attribution {kind} (tau={float(info.get('tau', 0.0)):g}, root {info.get('root_rule', '?')})"
+
+
+def _draw_tree_grid(ax: Axes, view: _TreeView) -> None:
+    """Faint rows, one per layer, and faint columns, one per input token (in or out of the tree)."""
+    for layer in range(view.n_layers + 1):
         ax.axhline(layer, color="0.9", linewidth=0.6, zorder=0)
-    for column in range(n):  # faint columns: every input token, in or out of the tree
+    for column in range(view.n):
         ax.axvline(column, color="0.93", linewidth=0.6, linestyle=":", zorder=0)
+
+
+def _tree_layout(graph: Any) -> _TreeLayout:
+    """A tree's nodes at ``(token, layer)``; each edge from the child up to the parent."""
 
     def position(node: int) -> tuple[float, float]:
         return float(node), float(graph.nodes[node]["layer"])
 
-    if is_graph:  # the layered view: (rank, token) nodes, layer-l edges from rank l up to rank l + 1
-        from lightning_attattr.analysis.trees import layered_dag
+    arrows = [(*position(child), *position(parent), data) for parent, child, data in graph.edges(data=True)]
+    nodes = [(*position(v), v) for v in sorted(graph.nodes)]
+    return _TreeLayout(arrows=arrows, nodes=nodes, residuals=[])
 
-        dag = layered_dag(graph)
-        arrows = [
-            (float(c[1]), float(c[0]), float(p[1]), float(p[0]), d)
-            for p, c, d in dag.edges(data=True)
-            if d["kind"] == "attention"
-        ]
-        for high, low in ((p, c) for p, c, d in dag.edges(data=True) if d["kind"] == "residual"):
-            ax.plot([high[1], low[1]], [high[0], low[0]], color="0.75", linewidth=1.0, zorder=1)
-        nodes_xy = sorted((float(token), float(rank), token) for rank, token in dag.nodes)
-    else:
-        arrows = [(*position(child), *position(parent), data) for parent, child, data in graph.edges(data=True)]
-        nodes_xy = [(*position(v), v) for v in sorted(graph.nodes)]
 
-    for x0, y0, x1, y1, data in arrows:
+def _layered_layout(graph: Any) -> _TreeLayout:
+    """A graph's layered view: ``(rank, token)`` nodes, layer-``l`` edges from rank ``l`` up to rank ``l + 1``."""
+    from lightning_attattr.analysis.trees import layered_dag
+
+    dag = layered_dag(graph)
+    arrows = [
+        (float(c[1]), float(c[0]), float(p[1]), float(p[0]), d)
+        for p, c, d in dag.edges(data=True)
+        if d["kind"] == "attention"
+    ]
+    residuals = [(p, c) for p, c, d in dag.edges(data=True) if d["kind"] == "residual"]
+    nodes = sorted((float(token), float(rank), token) for rank, token in dag.nodes)
+    return _TreeLayout(arrows=arrows, nodes=nodes, residuals=residuals)
+
+
+def _draw_tree_edges(ax: Axes, view: _TreeView, layout: _TreeLayout) -> None:
+    """The residual links of a graph (faint vertical lines), then one arrow per edge."""
+    for high, low in layout.residuals:
+        ax.plot([high[1], low[1]], [high[0], low[0]], color="0.75", linewidth=1.0, zorder=1)
+    for x0, y0, x1, y1, data in layout.arrows:
         start, end = (x0, y0), (x1, y1)
-        score = float(data["score"])
-        t = float(np.clip((score - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0))
-        ax.annotate(
-            "",
-            xy=end,
-            xytext=start,
-            arrowprops={
-                "arrowstyle": "-|>",
-                "color": cmap(norm(score)),
-                "linewidth": 0.8 + 2.2 * t,
-                "shrinkA": 4,
-                "shrinkB": 5,
-                "mutation_scale": 9,
-                # same-layer edges (a token attached earlier in the layer is the parent) bow, others are straight
-                "connectionstyle": "arc3,rad=0.3" if start[1] == end[1] else "arc3,rad=0.0",
-                # in a graph, the edges the one-parent tree drops are dashed
-                "linestyle": "-" if not is_graph or data.get("in_tree") else (0, (3, 2)),
-            },
-            zorder=2,
-        )
+        ax.annotate("", xy=end, xytext=start, arrowprops=_arrow_props(view, start, end, data), zorder=2)
 
-    xs = [x for x, _, _ in nodes_xy]
-    ys = [y for _, y, _ in nodes_xy]
+
+def _arrow_props(
+    view: _TreeView, start: tuple[float, float], end: tuple[float, float], data: dict[str, Any]
+) -> dict[str, Any]:
+    """An edge's arrow style: coloured and widened by its score, bowed within a layer, dashed if not in the tree."""
+    score = float(data["score"])
+    t = float(np.clip((score - view.vmin) / max(view.vmax - view.vmin, 1e-12), 0.0, 1.0))
+    return {
+        "arrowstyle": "-|>",
+        "color": view.cmap(view.norm(score)),
+        "linewidth": 0.8 + 2.2 * t,
+        "shrinkA": 4,
+        "shrinkB": 5,
+        "mutation_scale": 9,
+        # same-layer edges (a token attached earlier in the layer is the parent) bow, others are straight
+        "connectionstyle": "arc3,rad=0.3" if start[1] == end[1] else "arc3,rad=0.0",
+        # in a graph, the edges the one-parent tree drops are dashed
+        "linestyle": "-" if not view.is_graph or data.get("in_tree") else (0, (3, 2)),
+    }
+
+
+def _draw_tree_nodes(ax: Axes, view: _TreeView, nodes: list[_Node]) -> None:
+    """The nodes, the root as a star, and each node's token label (once per token, on its top row)."""
+    xs = [x for x, _, _ in nodes]
+    ys = [y for _, y, _ in nodes]
     ax.scatter(xs, ys, s=28, color="tab:blue", edgecolor="black", linewidth=0.5, zorder=3)
-    ax.scatter([root], [n_layers], s=120, marker="*", color="gold", edgecolor="black", linewidth=0.6, zorder=4)
-    label_size = float(np.clip(9.5 - 0.08 * n, 6.0, 9.0))
+    root = view.graph.graph["root"]
+    ax.scatter([root], [view.n_layers], s=120, marker="*", color="gold", edgecolor="black", linewidth=0.6, zorder=4)
+    label_size = float(np.clip(9.5 - 0.08 * view.n, 6.0, 9.0))
     labelled: set[int] = set()  # a graph's token can sit on several rows: label it once, on its top row
-    for x, y, v in sorted(nodes_xy, key=lambda item: (item[0], -item[1])):
+    for x, y, v in sorted(nodes, key=lambda item: (item[0], -item[1])):
         if v in labelled:
             continue
         labelled.add(v)
         ax.annotate(
-            labels[v], (x, y), xytext=(3, 4), textcoords="offset points", fontsize=label_size, rotation=30, zorder=5
+            view.labels[v],
+            (x, y),
+            xytext=(3, 4),
+            textcoords="offset points",
+            fontsize=label_size,
+            rotation=30,
+            zorder=5,
         )
 
-    tick_size = _fontsize((width - 2.5) / max(n, 1), lo=6.0, hi=9.0)
-    ax.set_xticks(range(n), labels, rotation=90, fontsize=tick_size)
+
+def _format_tree_axes(ax: Axes, view: _TreeView) -> None:
+    """Token ticks (dark and bold in the tree, faint outside), layer ticks, limits and axis labels."""
+    n, n_layers = view.n, view.n_layers
+    tick_size = _fontsize((view.width - 2.5) / max(n, 1), lo=6.0, hi=9.0)
+    ax.set_xticks(range(n), view.labels, rotation=90, fontsize=tick_size)
     for k, tick in enumerate(ax.get_xticklabels()):
-        in_tree = k in graph
+        in_tree = k in view.graph
         tick.set_color("black" if in_tree else "0.65")
         tick.set_fontweight("bold" if in_tree else "normal")
     ax.set_yticks(range(n_layers + 1), [f"L{layer}" for layer in range(n_layers)] + ["root"])
@@ -618,15 +771,10 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
     ax.set_ylim(-0.7, n_layers + 0.9)
     ax.set_ylabel("layer")
     ax.set_xlabel(
-        "arrows: child (key) \u2192 parent (query)" + ("; dashed: not in the tree" if is_graph else ""), fontsize=8
+        "arrows: child (key) \u2192 parent (query)" + ("; dashed: not in the tree" if view.is_graph else ""), fontsize=8
     )
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    if graph.number_of_edges():
-        mappable = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
-        fig.colorbar(mappable, ax=ax, label="normalised score", shrink=0.8, pad=0.01)
-    ax.set_title(title)
-    return fig
 
 
 def value_histogram(values: Any, title: str | None = None, bins: int = 50) -> Figure:
