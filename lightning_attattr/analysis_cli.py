@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -61,6 +61,9 @@ from lightning_attattr.lightning.classifier import AttAttrClassifier
 from lightning_attattr.lightning.compat import pl, rank_zero_only
 from lightning_attattr.lightning.job import Examples, Job
 from lightning_attattr.lightning.subcommands import Run, subcommand
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 PROG = "analyze.py"
 # the trainer settings an analysis uses; the rest of a training config's `trainer:` is ignored
@@ -92,10 +95,10 @@ def _command(command: list[str] | None = None) -> list[str]:
 
 def _is_main() -> bool:
     """Rank zero of the job (read from the launcher's environment, valid before the trainer sets up)."""
-    return rank_zero_only.rank == 0
+    return rank_zero_only.rank == 0  # type: ignore[attr-defined]  # Lightning sets `rank` on the function
 
 
-def _load_weights(model: pl.LightningModule, ckpt_path: str | None, weights_only: bool = True) -> None:
+def _load_weights(model: pl.LightningModule, ckpt_path: str, weights_only: bool = True) -> None:
     checkpoint = read_checkpoint(ckpt_path, name="ckpt_path", weights_only=weights_only)
     hook = getattr(model, "on_load_checkpoint", None)
     if callable(hook):
@@ -103,7 +106,7 @@ def _load_weights(model: pl.LightningModule, ckpt_path: str | None, weights_only
     model.load_state_dict(checkpoint["state_dict"])
 
 
-def _hf_model(model: pl.LightningModule) -> torch.nn.Module:
+def _hf_model(model: pl.LightningModule) -> PreTrainedModel:
     from lightning_attattr.callbacks._protocol import resolve_model
 
     return resolve_model(model)
@@ -334,7 +337,9 @@ class AnalysisTrainer(pl.Trainer):
         net, datamodule = self._prepare(run)
         from lightning_attattr.lightning.attack import attack_data, run_attack
 
-        data = attack_data(datamodule, settings, n_labels=int(net.config.num_labels))
+        n_labels = net.config.num_labels
+        assert n_labels is not None, "a sequence classifier's config sets num_labels"
+        data = attack_data(datamodule, settings, n_labels=n_labels)
         settings = dataclasses.replace(settings, min_tokens=data.min_tokens)  # the default resolved for the task
         task, _ = _task(datamodule, run.model)
         return self._run_analysis(
@@ -347,7 +352,7 @@ class AnalysisTrainer(pl.Trainer):
         )
 
     # ----------------------------------------------------------------- shared
-    def _prepare(self, run: Run) -> tuple[torch.nn.Module, Any]:
+    def _prepare(self, run: Run) -> tuple[PreTrainedModel, Any]:
         """The Hugging Face model (weights of ``run.ckpt_path``, in eval mode) and the set-up data module."""
         datamodule = run.datamodule
         if datamodule is None:
@@ -525,7 +530,7 @@ class AnalyzeCLI(AttAttrCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """The analysis trainer, told the config (for ``summary.json``) and what decides the results."""
-        trainer = super().instantiate_trainer(**kwargs)
+        trainer = cast(AnalysisTrainer, super().instantiate_trainer(**kwargs))
         config = self.config[self.subcommand]
         trainer.analysis_config = _plain(config, drop=("config",))
         trainer.analysis_arguments = _fingerprint(config)

@@ -251,11 +251,11 @@ def planted_hits(
         one of the top ``k`` edges over all layers has a planted position at either end}`` per ``k``.
     """
     if len(pairs) == 2 and all(isinstance(p, int) for p in pairs):
-        pairs = [pairs]  # type: ignore[list-item]
+        pairs = [pairs]  # type: ignore[list-item]  # one (query, key) pair given alone
     n_layers, n, _ = scores.shape
     hit = torch.zeros(n, n, dtype=torch.bool)
     planted = torch.zeros(n, dtype=torch.bool)
-    for a, b in pairs:  # type: ignore[misc]
+    for a, b in pairs:  # type: ignore[misc]  # pairs is a list of pairs from here on
         hit[a, b] = hit[b, a] = True
         planted[a] = planted[b] = True
     if eligible is not None:

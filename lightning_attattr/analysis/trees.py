@@ -84,6 +84,7 @@ from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, chec
 __all__ = [
     "MODES",
     "ROOT_RULES",
+    "RootRule",
     "build_graph",
     "build_tree",
     "connects",
@@ -99,6 +100,8 @@ __all__ = [
 
 #: Allowed values of ``build_tree(root=...)`` / ``build_graph(root=...)``.
 ROOT_RULES = ("cls", "official")
+#: The root rules as a type (``ROOT_RULES``).
+RootRule = Literal["cls", "official"]
 
 #: What ``analyze.py tree --mode`` builds: the paper's tree (:func:`build_tree`) or the graph (:func:`build_graph`).
 MODES = ("tree", "graph")
@@ -218,7 +221,7 @@ def build_tree(
     tokens: Sequence[str] | None = None,
     *,
     tau: float = 0.4,
-    root: Literal["cls", "official"] = "cls",
+    root: RootRule = "cls",
 ) -> nx.DiGraph:
     """Build the attribution tree of one example from its per-layer, head-summed attribution maps.
 
@@ -266,7 +269,7 @@ def build_graph(
     tokens: Sequence[str] | None = None,
     *,
     tau: float = 0.4,
-    root: Literal["cls", "official"] = "cls",
+    root: RootRule = "cls",
 ) -> nx.MultiDiGraph:
     """Build the attribution graph of one example: the tree's scan keeping every candidate edge.
 

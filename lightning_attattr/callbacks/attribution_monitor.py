@@ -96,7 +96,7 @@ class AttributionMonitor(EpochEndAnalysis):
         every_n_epochs: int = 1,
         layers: list[int] | None = None,
         # core.attribution types DEFAULT_N_STEPS as int | str; its value is "auto"
-        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,  # type: ignore[assignment]
+        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,
         method: str = DEFAULT_METHOD,
         target: str = "predicted",
         internal_batch_size: int | None = None,

@@ -124,7 +124,7 @@ class HeadImportanceCallback(EpochEndAnalysis):
         pooling: str = "max",
         target: str = "labels",
         # core.attribution types DEFAULT_N_STEPS as int | str; its value is "auto"
-        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,  # type: ignore[assignment]
+        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,
         method: str = DEFAULT_METHOD,
         batch_size: int = 16,
         internal_batch_size: int | None = None,

@@ -81,7 +81,7 @@ class HeadPruningCallback(EpochEndAnalysis):
         pooling: str = "max",
         target: str = "labels",
         # core.attribution types DEFAULT_N_STEPS as int | str; its value is "auto"
-        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,  # type: ignore[assignment]
+        n_steps: int | Literal["auto"] = DEFAULT_N_STEPS,
         method: str = DEFAULT_METHOD,
         batch_size: int = 16,
         seed: int = 0,

@@ -228,6 +228,6 @@ def _format_number(value: float) -> str:
 
 def _is_tty(stream: object) -> bool:
     try:
-        return bool(stream.isatty())  # type: ignore[attr-defined]
+        return bool(stream.isatty())  # type: ignore[attr-defined]  # any stream; no isatty is handled below
     except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
         return False

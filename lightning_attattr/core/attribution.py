@@ -32,7 +32,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 #: 10: 4.6e-4; see README, "Choosing the integration rule").
 DEFAULT_METHOD: Method = "gausslegendre"
 #: Default ``n_steps``: adaptive integration to ``completeness_tol`` on every (example, layer) pair.
-DEFAULT_N_STEPS: int | str = AUTO
+DEFAULT_N_STEPS: int | Literal["auto"] = AUTO
 #: Default relative completeness tolerance of ``n_steps="auto"``.
 DEFAULT_COMPLETENESS_TOL = 1e-3
 #: Pairs with ``|F(A) - F(A := 0)|`` below this are held to the absolute error ``tol * floor``
@@ -116,6 +116,21 @@ class AttributionResult:
 
     def __len__(self) -> int:
         return len(self.attributions)
+
+    def require(
+        self, name: Literal["baseline_prob", "convergence_delta", "n_steps_used", "completeness_error"]
+    ) -> Tensor:
+        """The optional field ``name``, which ``attribute(..., return_convergence_delta=True)`` always fills.
+
+        Raises:
+            ValueError: the field is ``None`` (the result was computed without it).
+        """
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(
+                f"Expected this result to hold `{name}`, but it is None: attribute with return_convergence_delta=True."
+            )
+        return value
 
     def __getitem__(self, index: int) -> Tensor:
         return self.attributions[index]

@@ -255,7 +255,7 @@ class AttAttrClassifier(pl.LightningModule):
             self._tokenizer = None
 
     @classmethod
-    def load_from_checkpoint(  # type: ignore[override]
+    def load_from_checkpoint(  # type: ignore[override]  # a classmethod returning this class, weights_only=True
         cls,
         checkpoint_path: str | Path,
         map_location: Any = None,

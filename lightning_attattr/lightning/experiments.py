@@ -110,12 +110,6 @@ def _attribute(
     return ig.attribute(inputs, **integration.kwargs(), return_convergence_delta=True, **kwargs)
 
 
-def _filled(value: Tensor | None) -> Tensor:
-    """A convergence field of an :class:`AttributionResult` (always set with ``return_convergence_delta=True``)."""
-    assert value is not None, "attribute(..., return_convergence_delta=True) fills the convergence fields"
-    return value
-
-
 class _TensorBoard:
     """Rank zero's TensorBoard writer under ``<folder>/tensorboard`` (nothing on other ranks)."""
 
@@ -239,8 +233,8 @@ def _importance_step(run: _HeadsRun) -> _Step:
             for pooling in ("max", "mean", "sum"):
                 if f"attattr_{pooling}" in keys:
                     out[f"attattr_{pooling}"] = attribution_head_scores(result, pooling).float().cpu()
-            out["completeness_error"] = _filled(result.completeness_error).float().cpu()
-            out["n_steps_used"] = _filled(result.n_steps_used).cpu()
+            out["completeness_error"] = result.require("completeness_error").float().cpu()
+            out["n_steps_used"] = result.require("n_steps_used").cpu()
         if "taylor" in keys:
             out["taylor"] = taylor_importance(net, inputs).double()
         if "taylor_michel" in keys:
@@ -583,7 +577,7 @@ def _effectiveness_step(ig: AttentionIntegratedGradients, integration: Integrati
             "attattr": attattr,
             "attention": attention,
             "correct": torch.stack(correct),
-            "completeness_error": _filled(result.completeness_error).float().cpu(),
+            "completeness_error": result.require("completeness_error").float().cpu(),
         }
 
     return step
@@ -663,9 +657,9 @@ def _attribute_step(ig: AttentionIntegratedGradients, settings: AttributeSetting
             ],
             "target": result.target.cpu(),
             "probs": probs,
-            "convergence_delta": _filled(result.convergence_delta).float().cpu(),
-            "completeness_error": _filled(result.completeness_error).float().cpu(),
-            "n_steps_used": _filled(result.n_steps_used).cpu(),
+            "convergence_delta": result.require("convergence_delta").float().cpu(),
+            "completeness_error": result.require("completeness_error").float().cpu(),
+            "n_steps_used": result.require("n_steps_used").cpu(),
             "layers": [list(result.layers)] * len(result.target),
         }
 

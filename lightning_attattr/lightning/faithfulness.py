@@ -314,8 +314,7 @@ def _edge_maps(
             maps[name], result = attattr_edges_and_result(
                 net, inputs, target=pred, return_convergence_delta=True, **settings.integration.kwargs()
             )
-            assert result.completeness_error is not None  # always computed without sharding
-            completeness = result.completeness_error.float().cpu()  # [batch, layer]
+            completeness = result.require("completeness_error").float().cpu()  # [batch, layer]
         else:
             maps[name] = EDGE_FUNCTIONS[name](net, inputs, target=pred)
         seconds[:, m] = (time.perf_counter() - start) / n

@@ -21,8 +21,9 @@ over all examples.
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from lightning_attattr.analysis.settings import TreeSettings
 from lightning_attattr.analysis.store import ResultsFolder, atomic_write, save_figure, write_json, write_text
 from lightning_attattr.analysis.trees import (
+    RootRule,
     build_graph,
     build_tree,
     merge_units,
@@ -92,8 +94,8 @@ def _attribute(job: Job, settings: TreeSettings, examples: Examples) -> dict[str
         return {
             "maps": [a.sum(1).float().cpu() for a in result.attributions],
             "probs": probs,
-            "completeness_error": result.completeness_error.float().cpu(),  # [batch, layer]
-            "convergence_delta": result.convergence_delta.float().cpu(),  # [batch, layer]
+            "completeness_error": result.require("completeness_error").float().cpu(),  # [batch, layer]
+            "convergence_delta": result.require("convergence_delta").float().cpu(),  # [batch, layer]
         }
 
     items = list(examples.items)
@@ -123,13 +125,13 @@ def _write_example(
     from lightning_attattr.plotting import tree_figure
 
     build = build_graph if settings.mode == "graph" else build_tree
-    graph = build(maps, labels, tau=settings.tau, root=settings.root)
+    graph = build(maps, labels, tau=settings.tau, root=cast(RootRule, settings.root))  # checked by the settings
     pred, prob = row["predicted"], row["prob"]
     completeness = {k: v for k, v in row.items() if k not in ("predicted", "prob")}
     payload = {"name": name, "predicted": pred, "prob": prob, **tree_to_json(graph), **completeness}
     write_json(folder.file(f"trees/{name}.json"), payload)
     maps_file = {"tokens": labels, "maps": torch.as_tensor(maps).float(), "words": settings.words}
-    atomic_write(folder.file(f"trees/{name}.pt"), lambda f, m=maps_file: torch.save(m, f), binary=True)
+    atomic_write(folder.file(f"trees/{name}.pt"), functools.partial(torch.save, maps_file), binary=True)
     write_graphml(graph, folder.file(f"trees/{name}.graphml"))
     write_text(folder.file(f"trees/{name}.dot"), to_dot(graph))
     text = render_text(graph)
