@@ -20,7 +20,9 @@ How the work is organised (results never depend on it):
   below each target layer; the integration passes reuse those outputs, so the layers below a
   target layer run once per example, not once per step;
 - the integration steps of all examples of a group share one batched forward/backward per
-  target layer, split into passes of at most ``internal_batch_size`` rows to cap memory;
+  target layer, split into passes of at most ``internal_batch_size`` rows, or of as many rows as
+  the free memory of the model's device allows (:mod:`lightning_attattr.core.memory`); a pass that
+  runs out of memory is halved and retried;
 - the model's parameters are frozen and only the gradient with respect to the replaced
   probabilities is computed, so attribution never touches ``.grad``.
 """
@@ -28,7 +30,9 @@ How the work is organised (results never depend on it):
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
+from lightning_attattr.core import memory
 from lightning_attattr.core.adapter import AttentionController, attention_scope, layer_modules
 from lightning_attattr.core.approximation import (
     AUTO,
@@ -99,6 +104,11 @@ class AttributionResult:
             ``attribute(..., shard=...)``): its ``attributions`` and ``convergence_delta`` are
             partial sums that add up, over the ``count`` shards, to the full result
             (:func:`merge_shards`); ``None`` for a complete result.
+        rows_per_pass: the most rows (examples x integration steps) one forward/backward pass was
+            allowed: ``internal_batch_size`` or the planned size of the tightest (length group,
+            layer) pair, after any halving for an out-of-memory error; the largest pass that ran
+            when every pass was smaller than that (everything at once). ``None`` when no pass ran
+            (a shard without work) or for results made before this field existed.
     """
 
     attributions: list[Tensor]
@@ -113,6 +123,7 @@ class AttributionResult:
     n_steps_used: Tensor | None = None
     completeness_error: Tensor | None = None
     unconverged: Tensor | None = None
+    rows_per_pass: int | None = None
 
     def __len__(self) -> int:
         return len(self.attributions)
@@ -298,6 +309,7 @@ def merge_shards(shards: Sequence[AttributionResult]) -> AttributionResult:
         ) or not torch.equal(other.target, first.target):
             raise ArgumentError("Expected shards of one computation (same inputs, layers, target, method and n_steps).")
     deltas = [s.convergence_delta for s in shards if s.convergence_delta is not None]
+    sizes = [s.rows_per_pass for s in shards if s.rows_per_pass is not None]
     return AttributionResult(
         # sum() of tensors: typeshed adds the 0 of an empty sum to the type
         attributions=[cast(Tensor, sum(s.attributions[i] for s in shards)) for i in range(len(first))],
@@ -311,11 +323,15 @@ def merge_shards(shards: Sequence[AttributionResult]) -> AttributionResult:
         n_steps_used=first.n_steps_used,  # decided on summed values: the same on every shard
         completeness_error=first.completeness_error,
         unconverged=first.unconverged,
+        rows_per_pass=min(sizes) if sizes else None,
     )
 
 
-def _plan_groups(batch: _Batch, max_examples: int | None) -> list[list[int]]:
-    """Group examples of similar length (sorted ascending), at most ``max_examples`` per group."""
+def _plan_groups(batch: _Batch, max_examples: Callable[[list[int]], int]) -> list[list[int]]:
+    """Group examples of similar length (sorted ascending), at most ``max_examples(bucket)`` per group.
+
+    ``max_examples`` gets the examples of one length bucket (which share a sequence length).
+    """
     order = sorted(range(batch.size), key=lambda i: batch.lengths[i])
     buckets: list[list[int]] = []
     if batch.seq_len is None or batch.positions is not None:
@@ -331,8 +347,11 @@ def _plan_groups(batch: _Batch, max_examples: int | None) -> list[list[int]]:
                 buckets.append([])
             buckets[-1].append(i)
             real += n
-    limit = max_examples or batch.size
-    return [bucket[k : k + limit] for bucket in buckets for k in range(0, len(bucket), limit)]
+    groups: list[list[int]] = []
+    for bucket in buckets:
+        limit = max_examples(bucket)
+        groups.extend(bucket[k : k + limit] for k in range(0, len(bucket), limit))
+    return groups
 
 
 def _subset(batch: _Batch, index: list[int]) -> dict[str, Tensor]:
@@ -417,10 +436,85 @@ def _target_prob(logits: Tensor, target: Tensor) -> Tensor:
 
 
 def _steps_per_pass(examples: int, n_steps: int, internal_batch_size: int | None) -> int:
-    """Integration steps per forward/backward so that ``examples x steps`` stays within ``internal_batch_size``."""
+    """Integration steps per forward/backward so that ``examples x steps`` stays within ``internal_batch_size``.
+
+    ``internal_batch_size`` is the row limit of the pass (given, or planned by :class:`_RowPlan`);
+    ``None`` takes all ``n_steps`` at once.
+    """
     if internal_batch_size is None:
         return n_steps
     return max(1, min(n_steps, internal_batch_size // examples))
+
+
+@dataclass
+class _RowPlan:
+    """Rows (examples x integration steps) per forward/backward pass of one ``attribute`` call.
+
+    An explicit ``internal_batch_size`` is used as given. Without it the rows are planned per
+    (length group, layer) from ``budget``, a share of the free memory of the model's device, and
+    the estimated bytes per row and per example (:mod:`lightning_attattr.core.memory`). A pass that
+    runs out of memory lowers ``cap`` to half its rows for the rest of the call.
+    """
+
+    fixed: int | None  # internal_batch_size, or None to plan
+    budget: int  # bytes a planned call may use (0 with `fixed`)
+    config: Any  # the model's config: its dimensions
+    n_layers: int
+    lowest: int  # the lowest attributed layer: the most layers per row
+    n_attributed: int  # attributed layers: their maps stay allocated for the whole group
+    accumulators: int  # gradient sums per (group, layer) pair
+    dtype: torch.dtype  # compute dtype
+    cap: int | None = None  # no pass takes more rows once one ran out of memory
+    failed: int | None = None  # rows of the first pass that ran out of memory
+    tightest: int | None = None  # the smallest limit a pass ran under
+    largest: int = 0  # the most rows a pass ran
+
+    def tokens(self, batch: _Batch, index: list[int]) -> int:
+        """Sequence length of the examples ``index`` in their passes (the longest, for suffix padding)."""
+        if batch.seq_len is None:  # pixel inputs: one token per patch and [CLS]
+            height, width = batch.tensors["pixel_values"].shape[-2:]
+            patch = getattr(self.config, "patch_size", 16)
+            ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)[:2]
+            return (int(height) // ph) * (int(width) // pw) + 1
+        if batch.positions is not None:  # padding inside the sequence: passes keep the full length
+            return batch.seq_len
+        return max(batch.lengths[i] for i in index)
+
+    def _row(self, n_tokens: int, layer: int) -> int:
+        return memory.row_bytes(self.config, n_tokens, self.n_layers - layer, self.dtype)
+
+    def _state(self, n_tokens: int) -> int:
+        return memory.state_bytes(self.config, n_tokens, self.n_attributed, self.accumulators, self.dtype)
+
+    def max_examples(self, batch: _Batch, bucket: list[int]) -> int:
+        """The most examples of the length bucket ``bucket`` one group may hold."""
+        if self.fixed is not None:
+            return self.fixed
+        n_tokens = self.tokens(batch, bucket)
+        return memory.plan_examples(self.budget, self._row(n_tokens, self.lowest), self._state(n_tokens))
+
+    def limit(self, examples: int, n_tokens: int, layer: int) -> int:
+        """Row limit of a pass of ``layer`` over a group of ``examples`` with ``n_tokens`` tokens."""
+        if self.fixed is not None:
+            rows = self.fixed
+        else:
+            rows = memory.plan_rows(self.budget, self._row(n_tokens, layer), examples, self._state(n_tokens))
+        return rows if self.cap is None else min(rows, self.cap)
+
+    def ran(self, limit: int, rows: int) -> None:
+        """Record a pass of ``rows`` rows under the row limit ``limit``."""
+        self.tightest = limit if self.tightest is None else min(self.tightest, limit)
+        self.largest = max(self.largest, rows)
+
+    def halve(self, rows: int) -> None:
+        """A pass of ``rows`` rows ran out of memory: no later pass of this call takes more than half of them."""
+        self.failed = rows if self.failed is None else self.failed
+        self.cap = max(1, rows // 2)
+
+    @property
+    def rows_per_pass(self) -> int | None:
+        """The value of :attr:`AttributionResult.rows_per_pass`."""
+        return None if self.tightest is None else min(self.tightest, self.largest)
 
 
 @dataclass
@@ -436,6 +530,7 @@ class _Settings:
     shard: tuple[int, int] | None
     want_delta: bool  # F(A := 0) and the completeness gap per pair (n_steps="auto" needs them anyway)
     autocast_dtype: torch.dtype | None
+    memory_budget: int | float | None = None  # bytes or share of the free memory for planned passes
 
     @property
     def n_steps(self) -> int | str:
@@ -479,11 +574,18 @@ def _check_settings(
     shard: tuple[int, int] | None,
     want_delta: bool,
     autocast_dtype: torch.dtype | None,
+    memory_budget: int | float | None = None,
 ) -> _Settings:
     """Check the arguments that shape the passes and bundle them with the layers and the rule."""
     method, alphas, weights, adaptive = rule
     if internal_batch_size is not None:
         check_int("internal_batch_size", internal_batch_size, 1)
+    memory_budget = memory.check_memory_budget(memory_budget)
+    if memory_budget is not None and internal_batch_size is not None:
+        raise ArgumentError(
+            f"Expected `memory_budget` to be None when `internal_batch_size` is given (an explicit size is "
+            f"used as given), but got memory_budget={memory_budget!r} with internal_batch_size={internal_batch_size}."
+        )
     shard = _validate_shard(shard)
     if adaptive is not None and shard is not None and shard[1] > 1 and adaptive.reduce is None:
         raise ArgumentError(
@@ -496,10 +598,14 @@ def _check_settings(
         )
     nodes, steps = torch.tensor(alphas, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64)
     want_delta = want_delta or adaptive is not None
-    return _Settings(layers, method, nodes, steps, adaptive, internal_batch_size, shard, want_delta, autocast_dtype)
+    return _Settings(
+        layers, method, nodes, steps, adaptive, internal_batch_size, shard, want_delta, autocast_dtype, memory_budget
+    )
 
 
-def _plan_steps(groups: list[list[int]], settings: _Settings) -> tuple[list[list[list[int]]] | None, int | None]:
+def _plan_steps(
+    batch: _Batch, groups: list[list[int]], settings: _Settings, plan: _RowPlan
+) -> tuple[list[list[list[int]]] | None, int | None]:
     """A fixed rule's steps that this shard computes per (group, layer), and the passes they take.
 
     ``(None, None)`` with ``n_steps="auto"``: the number of passes depends on how many pairs need refining.
@@ -508,12 +614,17 @@ def _plan_steps(groups: list[list[int]], settings: _Settings) -> tuple[list[list
         return None, None
     n_steps = len(settings.alphas)
     owned = _owned_steps(len(groups), len(settings.layers), n_steps, settings.shard)
-    total = sum(
-        math.ceil(len(owned[gi][li]) / _steps_per_pass(len(g), n_steps, settings.internal_batch_size))
-        for gi, g in enumerate(groups)
-        for li in range(len(settings.layers))
-    )
+    total = 0
+    for gi, g in enumerate(groups):
+        n_tokens = plan.tokens(batch, g)
+        for li, layer in enumerate(settings.layers):
+            per_pass = _steps_per_pass(len(g), n_steps, plan.limit(len(g), n_tokens, layer))
+            total += math.ceil(len(owned[gi][li]) / per_pass)
     return owned, total
+
+
+# consume(rows, begin, end, grad, prob) of _Run.passes: one pass's result
+_Consume = Callable[[Tensor | None, int, int, Tensor, Tensor], None]
 
 
 @dataclass
@@ -524,6 +635,7 @@ class _Run:
     ctrl: AttentionController
     settings: _Settings
     progress: Any
+    plan: _RowPlan
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The autocast context of every pass (a no-op without ``autocast_dtype``)."""
@@ -548,6 +660,59 @@ class _Run:
             logits = model_logits(self.model, inputs)
         self.ctrl.check_all_layers_ran()
         return captured, recorded, logits
+
+    def passes(self, pair: _LayerIntegration, alphas: Tensor, group: int, consume: _Consume) -> None:
+        """``pair.gradients`` at every ``alphas`` (``[step]`` float64), in passes within the row limit.
+
+        ``consume(rows, begin, end, grad, prob)`` receives each pass: the gradients
+        ``[rows, end - begin, head, query_pos, key_pos]`` and probabilities ``[rows, end - begin]`` at
+        ``alphas[begin:end]`` for the examples ``rows`` of ``pair`` (``[rows]`` indices on the CPU),
+        or for all of them when ``rows`` is ``None``. A pass takes every example and as many steps
+        as the limit allows; only after an out-of-memory error leaves less than one step per
+        example does a pass take one step for a slice of the examples. ``group``: examples whose
+        state stays allocated (the length group, which may be more than ``pair`` holds).
+        """
+        examples, n_tokens = len(pair.probs), pair.probs.shape[-1]
+        step, first = 0, 0  # next step; next example of a step split over several passes
+        while step < len(alphas):
+            limit = self.plan.limit(group, n_tokens, pair.layer)
+            rows: Tensor | None = None
+            if first == 0 and limit >= examples:
+                end, stop = min(len(alphas), step + _steps_per_pass(examples, len(alphas), limit)), examples
+            else:
+                end, stop = step + 1, min(examples, first + limit)
+                rows = torch.arange(first, stop)
+            size = (stop - first) * (end - step)
+            part = pair if rows is None else pair.rows(rows)
+            result = self._attempt(part, alphas[step:end].to(pair.probs), size)
+            if result is None:  # out of memory: the limit was halved, plan this pass again
+                continue
+            self.plan.ran(limit, size)
+            consume(rows, step, end, *result)
+            self.progress.update(1)
+            step, first = (end, 0) if stop == examples else (step, stop)
+
+    def _attempt(self, pair: _LayerIntegration, alphas: Tensor, size: int) -> tuple[Tensor, Tensor] | None:
+        """``pair.gradients(alphas)``, or ``None`` after halving the row limit when ``size`` rows ran out of memory.
+
+        Raises:
+            torch.OutOfMemoryError, RuntimeError: a single row does not fit (the original error is chained).
+        """
+        try:
+            return pair.gradients(alphas)
+        except RuntimeError as err:
+            if not memory.is_out_of_memory(err):
+                raise
+            if size <= 1:
+                error = memory.OutOfMemoryError if isinstance(err, memory.OutOfMemoryError) else RuntimeError
+                raise error(
+                    f"Out of memory in a pass of a single row (one example at one integration step) of layer "
+                    f"{pair.layer} with {pair.probs.shape[-1]} tokens on {pair.probs.device}: nothing smaller to "
+                    "retry; free memory on the device, attribute shorter inputs, or pass autocast_dtype=torch.bfloat16."
+                ) from err
+        # outside the except block: the failed pass's tensors are released before the retry
+        self.plan.halve(size)
+        return None
 
     def attribute_group(
         self, index: list[int], targets: Tensor | None, owned: list[list[int]] | None, out: _Outputs
@@ -601,17 +766,25 @@ class _LayerIntegration:
         settings = self.run.settings
         mine = torch.tensor(steps, dtype=torch.long)
         alphas, weights = settings.alphas[mine], settings.weights[mine]
-        steps_per_pass = _steps_per_pass(len(self.probs), len(settings.alphas), settings.internal_batch_size)
-        grad_sum = torch.zeros_like(self.probs)
-        for start in range(0, len(alphas), steps_per_pass):
-            a = alphas[start : start + steps_per_pass].to(self.probs)
-            w = weights[start : start + steps_per_pass].to(self.probs)
-            grad, p = self.gradients(a)
-            grad_sum += torch.einsum("s,bs...->b...", w, grad)
+        grad_sum = torch.zeros_like(self.probs)  # [batch, head, query_pos, key_pos]
+
+        def consume(rows: Tensor | None, begin: int, end: int, grad: Tensor, p: Tensor) -> None:
+            a, w = alphas[begin:end].to(self.probs), weights[begin:end].to(self.probs)
+            part = torch.einsum("s,bs...->b...", w, grad)
+            if rows is None:
+                grad_sum.add_(part)
+            else:
+                grad_sum.index_add_(0, rows.to(grad_sum.device), part)
             zero = (a == 0).nonzero()
             if zero.numel():
-                self.f_zero = p[:, int(zero[0])]
-            self.run.progress.update(1)
+                if rows is None:
+                    self.f_zero = p[:, int(zero[0])]
+                else:
+                    if self.f_zero is None:
+                        self.f_zero = p.new_zeros(len(self.probs))
+                    self.f_zero[rows.to(p.device)] = p[:, int(zero[0])]
+
+        self.run.passes(self, alphas, len(self.probs), consume)
         self.attr = self.probs * grad_sum
 
     def gradients(self, alphas: Tensor) -> tuple[Tensor, Tensor]:
@@ -735,19 +908,20 @@ class _Refinement:
         if not nodes or not len(rows):
             return
         part = self.pair.rows(rows)
-        dev_rows = rows.to(self.pair.probs.device)
         acc, weights = self.acc[level:], self.rule.weights[level:]  # [level, ...]: this and the finer levels
-        steps_per_pass = _steps_per_pass(len(rows), len(nodes), self.pair.run.settings.internal_batch_size)
-        for begin in range(0, len(nodes), steps_per_pass):
-            chunk = nodes[begin : begin + steps_per_pass]
-            grad, _ = part.gradients(self.rule.alphas[chunk].to(self.pair.probs))
+
+        def consume(sub: Tensor | None, begin: int, end: int, grad: Tensor, _prob: Tensor) -> None:
+            chunk = nodes[begin:end]
+            mine = rows if sub is None else rows[sub]  # batch indices of this pass
+            probs = part.probs if sub is None else part.probs.index_select(0, sub.to(part.probs.device))
             grad = grad.to(acc.dtype)  # [rows, step, head, q, k]
             w = weights[:, chunk].to(grad)  # [level, step]
-            acc[:, dev_rows] += torch.einsum("ls,bs...->lb...", w, grad)
-            self.h[rows[:, None], torch.tensor(chunk)[None, :]] = (
-                (grad * part.probs.unsqueeze(1)).flatten(2).sum(-1).double().cpu()
+            acc[:, mine.to(acc.device)] += torch.einsum("ls,bs...->lb...", w, grad)
+            self.h[mine[:, None], torch.tensor(chunk)[None, :]] = (
+                (grad * probs.unsqueeze(1)).flatten(2).sum(-1).double().cpu()
             )  # [rows, step]
-            self.pair.run.progress.update(1)
+
+        self.pair.run.passes(part, self.rule.alphas[nodes], len(self.pair.probs), consume)
 
     def estimate(self, active: Tensor, level: int) -> Tensor:
         """The level's integral of ``h`` for the ``active`` examples (terms summed over the shards): ``[active]``."""
@@ -786,6 +960,7 @@ class _Outputs:
     used: Tensor  # [batch, layer]
     error: Tensor | None
     flagged: Tensor | None  # n_steps="auto" only
+    rows_per_pass: int | None = None  # set from the call's _RowPlan when the passes are done
 
     @classmethod
     def empty(cls, batch: _Batch, settings: _Settings) -> _Outputs:
@@ -840,6 +1015,7 @@ class _Outputs:
             n_steps_used=self.used,
             completeness_error=self.error if (settings.adaptive is not None or settings.shard is None) else None,
             unconverged=self.flagged,
+            rows_per_pass=self.rows_per_pass,
         )
 
 
@@ -855,6 +1031,28 @@ def _warn_unconverged(result: AttributionResult, completeness_tol: float, max_st
         f"{float(result.completeness_error[bad].max()):.2e}); they are flagged in `result.unconverged`.",
         stacklevel=3,
     )
+
+
+def _warn_out_of_memory(plan: _RowPlan) -> None:
+    """One warning naming the halved pass size when a pass of this call ran out of memory."""
+    if plan.failed is None:
+        return
+    warnings.warn(
+        f"A pass of {plan.failed} rows (examples x integration steps) ran out of memory; passes were halved "
+        f"and retried, down to {plan.cap} rows per pass (results are unchanged). Pass "
+        f"internal_batch_size={plan.cap} or a smaller memory_budget to skip the retries.",
+        stacklevel=_caller_stacklevel(),
+    )
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` for a ``warnings.warn`` in the calling function: the first frame outside this module."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 class AttentionIntegratedGradients:
@@ -922,6 +1120,7 @@ class AttentionIntegratedGradients:
         completeness_tol: float = DEFAULT_COMPLETENESS_TOL,
         max_steps: int = NESTED_LEVELS[-1],
         reduce: Callable[[Tensor], Tensor] | None = None,
+        memory_budget: int | float | None = None,
     ) -> AttributionResult:
         """Attribute the target-class probability to every attention connection of the chosen layers.
 
@@ -942,8 +1141,9 @@ class AttentionIntegratedGradients:
                 head-importance runs), ``riemann_right`` (the paper's formula),
                 ``riemann_middle``, ``riemann_trapezoid`` or ``gausslegendre`` (default, 10 steps).
             internal_batch_size: at most this many rows (examples x steps) per forward/backward
-                pass; caps memory and never changes results. ``None``: each length group and
-                layer in one pass.
+                pass; caps memory and never changes results (beyond floating-point summation
+                order). ``None`` (default): planned from the free memory of the model's device
+                (see "Memory" below); everything at once when it fits.
             return_convergence_delta: also compute ``F(A^l := 0)`` and the completeness gap per
                 example and layer (one extra forward per layer unless the rule evaluates
                 ``alpha = 0`` anyway).
@@ -969,6 +1169,24 @@ class AttentionIntegratedGradients:
                 shards and returns the sum (e.g. ``lambda t: trainer.strategy.reduce(t, "sum")``);
                 called once per (length group, layer, level) on every shard, so all shards refine
                 the same pairs and the merged result equals the unsplit one.
+            memory_budget: with ``internal_batch_size=None`` only: the memory the planned passes may
+                use, as bytes (an int, at most the free memory) or as a fraction of the free memory
+                (a float in (0, 1]); default ``None``: ``memory.DEFAULT_MEMORY_SHARE`` (half) of it.
+                A smaller budget means smaller passes, never different results.
+
+        Memory. A pass runs ``rows = examples x steps`` copies of a length group through the
+        attributed layer and the layers above it and keeps their activations for the backward
+        pass, so its memory grows linearly with the rows. With ``internal_batch_size=None`` the
+        rows per pass are planned per (length group, layer) from the free memory of the model's
+        device, measured once per call (CUDA: free plus cached by PyTorch; CPU: the available RAM),
+        as ``rows = (budget - examples * state_bytes) // row_bytes``: ``row_bytes`` is about
+        ``itemsize * tokens * (n_layers - layer) * (4 * hidden + 2 * intermediate + heads * tokens)``
+        and ``state_bytes`` what each example of the group holds meanwhile (captured maps, layer
+        outputs, gradient sums); see :mod:`lightning_attattr.core.memory`. Whatever the size, a
+        pass that runs out of memory (``torch.OutOfMemoryError``, or a ``RuntimeError`` saying an
+        allocation failed) is halved and retried, and every later pass of the call stays at or
+        below the halved size; one warning per call names the size reached.
+        ``result.rows_per_pass`` reports the size used.
 
         Adaptive integration (``n_steps="auto"``). Completeness turns the quality of the integral
         into a number that can be checked exactly: the attributions of a pair must sum to
@@ -994,11 +1212,13 @@ class AttentionIntegratedGradients:
             TypeError, ValueError: invalid arguments (the message names the argument, the allowed
                 values and what was given).
             RuntimeError: the model's attention did not run through the interface for every layer.
+            torch.OutOfMemoryError, RuntimeError: out of memory in a pass of a single row (one
+                example at one step), so there is nothing smaller to retry.
         """
         layer_ids = self._validate_layers(layers)
         rule = _check_rule(method, n_steps, completeness_tol, max_steps, reduce, autocast_dtype)
         settings = _check_settings(
-            layer_ids, rule, internal_batch_size, shard, return_convergence_delta, autocast_dtype
+            layer_ids, rule, internal_batch_size, shard, return_convergence_delta, autocast_dtype, memory_budget
         )
         device = next(self.model.parameters()).device
         # everything below also runs when the caller is inside torch.inference_mode() or no_grad()
@@ -1007,10 +1227,28 @@ class AttentionIntegratedGradients:
             batch = _prepare_inputs(inputs, device)
             self._check_token_ids(batch)
             targets = self._validate_target(target, batch)
-            groups = _plan_groups(batch, internal_batch_size)
-            result = self._integrate(batch, groups, targets, settings, show_progress)
+            plan = self._row_plan(settings, device)
+            groups = _plan_groups(batch, functools.partial(plan.max_examples, batch))
+            result = self._integrate(batch, groups, targets, settings, plan, show_progress)
+        _warn_out_of_memory(plan)
         _warn_unconverged(result, completeness_tol, max_steps)
         return result
+
+    def _row_plan(self, settings: _Settings, device: torch.device) -> _RowPlan:
+        """The call's row planner: ``internal_batch_size`` as given, or a budget from the device's free memory."""
+        budget = 0
+        if settings.internal_batch_size is None:
+            budget = memory.budget_bytes(memory.free_memory(device), settings.memory_budget)
+        return _RowPlan(
+            fixed=settings.internal_batch_size,
+            budget=budget,
+            config=getattr(self.model, "config", None),
+            n_layers=self._n_layers,
+            lowest=min(settings.layers),
+            n_attributed=len(settings.layers),
+            accumulators=1 if settings.adaptive is None else settings.adaptive.n_levels,
+            dtype=settings.autocast_dtype or next(self.model.parameters()).dtype,
+        )
 
     def _integrate(
         self,
@@ -1018,19 +1256,21 @@ class AttentionIntegratedGradients:
         groups: list[list[int]],
         targets: Tensor | None,
         settings: _Settings,
+        plan: _RowPlan,
         show_progress: bool,
     ) -> AttributionResult:
         """Integrate every (group, layer) pair inside the model's attention scope and assemble the result."""
-        owned, total = _plan_steps(groups, settings)
+        owned, total = _plan_steps(batch, groups, settings, plan)
         out = _Outputs.empty(batch, settings)
         progress = _progress(total, show_progress)
         try:
             with frozen_eval(self.model), attention_scope(self.model) as ctrl:
-                run = _Run(self.model, ctrl, settings, progress)
+                run = _Run(self.model, ctrl, settings, progress, plan)
                 for gi, index in enumerate(groups):
                     run.attribute_group(index, targets, None if owned is None else owned[gi], out)
         finally:
             progress.close()
+        out.rows_per_pass = plan.rows_per_pass
         return out.result()
 
     # ----------------------------------------------------------------- validation
