@@ -465,6 +465,7 @@ class _RowPlan:
     accumulators: int  # gradient sums per (group, layer) pair
     dtype: torch.dtype  # compute dtype
     cap: int | None = None  # no pass takes more rows once one ran out of memory
+    ceiling: int | None = None  # planned passes take no more rows (memory.max_planned_rows of the device)
     failed: int | None = None  # rows of the first pass that ran out of memory
     tightest: int | None = None  # the smallest limit a pass ran under
     largest: int = 0  # the most rows a pass ran
@@ -499,6 +500,8 @@ class _RowPlan:
             rows = self.fixed
         else:
             rows = memory.plan_rows(self.budget, self._row(n_tokens, layer), examples, self._state(n_tokens))
+            if self.ceiling is not None:
+                rows = min(rows, self.ceiling)
         return rows if self.cap is None else min(rows, self.cap)
 
     def ran(self, limit: int, rows: int) -> None:
@@ -1248,6 +1251,7 @@ class AttentionIntegratedGradients:
             n_attributed=len(settings.layers),
             accumulators=1 if settings.adaptive is None else settings.adaptive.n_levels,
             dtype=settings.autocast_dtype or next(self.model.parameters()).dtype,
+            ceiling=memory.max_planned_rows(device),
         )
 
     def _integrate(

@@ -46,6 +46,10 @@ from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, Unsu
 #: Share of the free memory a planned attribution may use when ``memory_budget`` is not given: the
 #: rest is left to the caller (an optimizer state during training, other processes, fragmentation).
 DEFAULT_MEMORY_SHARE = 0.5
+#: Planned passes on a GPU take at most this many rows: more rows use more memory without more speed
+#: (BERT-base shape, 128 tokens, on one H200: 256 rows per pass ran as fast as 640 at 44 % of the peak
+#: memory). On the CPU the plan alone decides.
+GPU_MAX_ROWS = 256
 #: Free memory assumed when neither the device nor the operating system can tell (a CPU without
 #: ``/proc/meminfo`` or ``sysconf``): small enough to be safe on a laptop.
 FALLBACK_FREE_BYTES = 4 * 2**30
@@ -321,3 +325,13 @@ def plan_rows(budget: int, row: int, examples: int = 0, state: int = 0) -> int:
         10
     """
     return max(1, (budget - examples * state) // row)
+
+
+def max_planned_rows(device: torch.device | str) -> int | None:
+    """The ceiling on planned rows per pass on ``device``: :data:`GPU_MAX_ROWS` on CUDA, else ``None``.
+
+    Example:
+        >>> max_planned_rows("cpu") is None, max_planned_rows("cuda:0")
+        (True, 256)
+    """
+    return GPU_MAX_ROWS if torch.device(device).type == "cuda" else None

@@ -169,6 +169,17 @@ def test_plenty_of_memory_runs_everything_at_once_bit_identically(bert, monkeypa
     assert planned.rows_per_pass == at_once.rows_per_pass == 3 * 6  # the largest length group, all steps
 
 
+def test_planned_passes_on_a_gpu_stop_at_the_ceiling(bert, monkeypatch):
+    batch = text_batch(lengths=(7, 7, 7))
+    _simulate_free(monkeypatch, 64 * GiB)
+    monkeypatch.setattr(memory, "max_planned_rows", lambda device: 4)  # as on CUDA, with a small ceiling
+    planned = attribute(bert, batch, layers=[0], n_steps=6, return_convergence_delta=True)
+    assert planned.rows_per_pass == 3  # one step of the three examples per pass fits under 4 rows
+    explicit = attribute(bert, batch, layers=[0], n_steps=6, internal_batch_size=4, return_convergence_delta=True)
+    _assert_equal(planned, explicit)
+    assert memory.max_planned_rows("cuda") == memory.GPU_MAX_ROWS and memory.max_planned_rows("cpu") is None
+
+
 def test_higher_layers_get_more_rows(bert, monkeypatch):
     batch = text_batch(lengths=(7,))
     row0, state = _bytes(bert, 7, layer=0)
