@@ -177,6 +177,7 @@ def test_planned_passes_on_a_gpu_stop_at_the_ceiling(bert, monkeypatch):
     assert planned.rows_per_pass == 3  # one step of the three examples per pass fits under 4 rows
     explicit = attribute(bert, batch, layers=[0], n_steps=6, internal_batch_size=4, return_convergence_delta=True)
     _assert_equal(planned, explicit)
+    monkeypatch.undo()
     assert memory.max_planned_rows("cuda") == memory.GPU_MAX_ROWS and memory.max_planned_rows("cpu") is None
 
 
