@@ -139,12 +139,14 @@ def sst2_examples(n: int) -> tuple[list[list[int]], str]:
     )
 
 
-def pad_batch(ids: list[list[int]], length: int | None = None) -> dict[str, torch.Tensor]:
+def pad_batch(
+    ids: list[list[int]], length: int | None = None, device: torch.device | str | None = None
+) -> dict[str, torch.Tensor]:
     length = length or max(map(len, ids))
-    out = torch.zeros(len(ids), length, dtype=torch.long)
+    out = torch.zeros(len(ids), length, dtype=torch.long, device=device)
     mask = torch.zeros_like(out)
     for i, row in enumerate(ids):
-        out[i, : len(row)] = torch.tensor(row)
+        out[i, : len(row)] = torch.tensor(row, device=device)
         mask[i, : len(row)] = 1
     return {"input_ids": out, "attention_mask": mask, "token_type_ids": torch.zeros_like(out)}
 
@@ -155,8 +157,9 @@ def naive_attribute(model, ids: list[list[int]], m: int = 20, pad_to: int = 128)
 
     One example at a time, padded to ``pad_to``, the m steps of one layer in one pass, lower layers at
     batch 1, eager attention (``lightning_attattr.core.reference``); target = the predicted class.
+    Runs on the model's device; the maps come back on the CPU.
     """
-    batch = pad_batch(ids)
+    batch = pad_batch(ids, device=next(model.parameters()).device)
     with torch.no_grad():
         target = model(**batch).logits.argmax(-1)
     res = reference_attattr(model, batch, target, method="riemann_left", n_steps=m, pad_to=pad_to, steps_per_pass=m)
@@ -185,8 +188,8 @@ def matmul_peak_gflops(dtype=torch.float32, n: int = 2048, repeat: int = 7) -> f
 def rel_stats(delta, diff, min_diff: float = 1e-3) -> dict:
     """Completeness error: relative |delta| / |F(A) - F(0)| over the (example, layer) pairs whose
     |F(A) - F(0)| >= ``min_diff`` (smaller differences make the ratio meaningless), and absolute |delta|."""
-    delta = torch.as_tensor(delta, dtype=torch.float64).flatten().abs()
-    diff = torch.as_tensor(diff, dtype=torch.float64).flatten().abs()
+    delta = torch.as_tensor(delta, dtype=torch.float64, device="cpu").flatten().abs()  # statistics of CPU records
+    diff = torch.as_tensor(diff, dtype=torch.float64, device="cpu").flatten().abs()
     keep = diff >= min_diff
     rel = delta[keep] / diff[keep]
     out = {

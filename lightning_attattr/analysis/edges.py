@@ -1,7 +1,7 @@
 """Per-layer edge explanations: which (query, key) attention connections matter, by four methods.
 
-Every method returns, per example, a ``[layer, query_pos, key_pos]`` float32 tensor over the
-example's real tokens (padding cropped): the score of the connection "query token ``i`` attends to
+Every method returns, per example, a ``[layer, query_pos, key_pos]`` float32 tensor on the CPU over
+the example's real tokens (padding cropped): the score of the connection "query token ``i`` attends to
 key token ``j`` in layer ``l``", all heads of the layer together. That is the layout of a
 head-summed AttAttr map, so trees, deletion curves and the ground-truth test run unchanged on each.
 
@@ -42,12 +42,16 @@ EDGE_METHODS: tuple[str, ...] = ("attattr", "attention", "rollout", "grad_attent
 
 
 def real_positions(inputs: Mapping[str, Tensor]) -> list[Tensor]:
-    """Indices of the real (non-padding) tokens of every example of a batch."""
+    """Indices of the real (non-padding) tokens of every example of a batch: per example ``[n]``.
+
+    The indices are on the device of ``attention_mask`` (of ``input_ids`` without a mask), so they
+    index the batch's tensors and the model's outputs where they are.
+    """
     ids = inputs["input_ids"]
     mask = inputs.get("attention_mask")
     if mask is None:
-        return [torch.arange(ids.shape[1]) for _ in range(ids.shape[0])]
-    return [row.nonzero().squeeze(1).cpu() for row in mask.bool()]
+        return [torch.arange(ids.shape[1], device=ids.device) for _ in range(ids.shape[0])]
+    return [row.nonzero().squeeze(1) for row in mask.bool()]
 
 
 def _crop(maps: Tensor, positions: Sequence[Tensor]) -> list[Tensor]:
@@ -85,21 +89,37 @@ def attention_edges(model: nn.Module, inputs: Mapping[str, Tensor], **_: Any) ->
     return _crop(probs.mean(2), real_positions(inputs))
 
 
+def rollout_scores(attention: Tensor) -> Tensor:
+    """Attention rollout's edge scores of one example (module docstring), on ``attention``'s device and dtype.
+
+    Args:
+        attention: ``[layer, n, n]`` head-averaged attention probabilities over the example's real
+            tokens (each row sums to 1).
+
+    Returns:
+        ``[layer, n, n]``: ``u_l[i] * 0.5 * attention[l, i, j]``, the share of [CLS]'s rollout that
+        flows through the connection ``(i, j)`` of layer ``l``.
+    """
+    n_layers, n = attention.shape[0], attention.shape[1]
+    flow = torch.zeros(n, dtype=attention.dtype, device=attention.device)  # [n]: u_L = e_0
+    flow[0] = 1.0
+    half_eye = 0.5 * torch.eye(n, dtype=attention.dtype, device=attention.device)  # the residual half
+    scores = torch.empty_like(attention)
+    for layer in reversed(range(n_layers)):
+        scores[layer] = flow[:, None] * 0.5 * attention[layer]
+        flow = flow @ (0.5 * attention[layer] + half_eye)
+    return scores
+
+
 def rollout_edges(model: nn.Module, inputs: Mapping[str, Tensor], **_: Any) -> list[Tensor]:
     """Attention rollout's flow through each attention connection into [CLS] (module docstring)."""
     inputs = _inputs(inputs)
     probs = _probabilities(model, inputs).mean(2).double()  # [batch, layer, q, k]
     out = []
     for row, pos in enumerate(real_positions(inputs)):
+        pos = pos.to(probs.device)
         a = probs[row].index_select(1, pos).index_select(2, pos)  # [layer, n, n]; rows sum to 1 over real keys
-        n_layers, n = a.shape[0], a.shape[1]
-        flow = torch.zeros(n, dtype=a.dtype)
-        flow[0] = 1.0
-        scores = torch.empty_like(a)
-        for layer in reversed(range(n_layers)):
-            scores[layer] = flow[:, None] * 0.5 * a[layer]
-            flow = flow @ (0.5 * a[layer] + 0.5 * torch.eye(n, dtype=a.dtype))
-        out.append(scores.float())
+        out.append(rollout_scores(a).float().cpu())
     return out
 
 

@@ -19,14 +19,14 @@ def per_layer_masks(scores: Tensor, largest: bool) -> Tensor:
     """Masks removing ``k`` heads per layer, ``k = 0 .. H``: ``[H + 1, layer, head]`` (float32, 1 = kept).
 
     Within a layer, heads are taken by ``scores`` (``[layer, head]``), largest or smallest first;
-    ties go to the lower head index.
+    ties go to the lower head index. The masks are on ``scores``' device.
     """
     n_layers, n_heads = scores.shape
     # stable ranking: position of each head in the removal order of its layer
     order = torch.sort(scores.double(), dim=1, descending=largest, stable=True).indices  # [layer, head]
     rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(n_heads).expand(n_layers, n_heads))
-    k = torch.arange(n_heads + 1).view(-1, 1, 1)
+    rank.scatter_(1, order, torch.arange(n_heads, device=order.device).expand(n_layers, n_heads))
+    k = torch.arange(n_heads + 1, device=order.device).view(-1, 1, 1)  # [H + 1, 1, 1]: heads removed per layer
     return (rank.unsqueeze(0) >= k).float()
 
 

@@ -89,32 +89,52 @@ def _unflatten(flat: Tensor, shape: Sequence[int]) -> Tensor:
     return torch.stack([flat // (n_q * n_k), (flat // n_k) % n_q, flat % n_k], 1)
 
 
-def random_edges(shape: Sequence[int], k: int, generator: torch.Generator) -> Tensor:
-    """``k`` distinct connections drawn uniformly from a ``[layer, n, n]`` grid, as ``[k, 3]``."""
+def random_edges(
+    shape: Sequence[int], k: int, generator: torch.Generator, *, device: torch.device | str | None = None
+) -> Tensor:
+    """``k`` distinct connections drawn uniformly from a ``[layer, n, n]`` grid, as ``[k, 3]``.
+
+    The draw happens on ``generator``'s device (the same connections for a seed wherever the data
+    is); the result goes to ``device`` (default: the generator's device).
+    """
     total = int(shape[0]) * int(shape[1]) * int(shape[2])
     if not 0 <= k <= total:
         raise ArgumentError(f"Expected `k` in [0, {total}] (the number of connections), but got {k}.")
-    return _unflatten(torch.randperm(total, generator=generator)[:k], shape)
+    drawn = torch.randperm(total, generator=generator, device=generator.device)[:k]
+    return _unflatten(drawn if device is None else drawn.to(device), shape)
 
 
 def layer_matched_random(edges: Tensor, shape: Sequence[int], generator: torch.Generator) -> Tensor:
-    """As many random connections per layer as ``edges`` ``[m, 3]`` has there, none of them one of ``edges``."""
+    """As many random connections per layer as ``edges`` ``[m, 3]`` has there, none of them one of ``edges``.
+
+    Drawn on ``generator``'s device; returned on ``edges``' device.
+    """
     _, n_q, n_k = (int(s) for s in shape)
     chosen = []
     for layer in sorted({int(x) for x in edges[:, 0].tolist()}):
         own = edges[edges[:, 0] == layer]
         taken = set((own[:, 1] * n_k + own[:, 2]).tolist())
-        free = torch.tensor([f for f in range(n_q * n_k) if f not in taken], dtype=torch.long)
-        pick = free[torch.randperm(len(free), generator=generator)[: len(own)]]
+        free = torch.tensor([f for f in range(n_q * n_k) if f not in taken], dtype=torch.long, device=generator.device)
+        pick = free[torch.randperm(len(free), generator=generator, device=generator.device)[: len(own)]]
+        pick = pick.to(edges.device)
         chosen.append(torch.stack([torch.full_like(pick, layer), pick // n_k, pick % n_k], 1))
     return torch.cat(chosen) if chosen else edges.new_zeros(0, 3)
 
 
-def removal_masks(edge_sets: Sequence[Tensor], n_layers: int, n: int) -> dict[int, Tensor]:
-    """Edge masks for :meth:`AttentionController.removing_edges`: row ``r`` zeroes ``edge_sets[r]``."""
-    masks = torch.ones(len(edge_sets), n_layers, n, n)
+def removal_masks(
+    edge_sets: Sequence[Tensor], n_layers: int, n: int, *, device: torch.device | str | None = None
+) -> dict[int, Tensor]:
+    """Edge masks for :meth:`AttentionController.removing_edges`: row ``r`` zeroes ``edge_sets[r]``.
+
+    Returns ``{layer: [rows, n, n]}`` float32 masks on ``device`` (default: that of the first edge
+    set, the CPU without one).
+    """
+    if device is None:
+        device = edge_sets[0].device if len(edge_sets) else torch.device("cpu")
+    masks = torch.ones(len(edge_sets), n_layers, n, n, device=device)  # [rows, layer, query, key]
     for row, edges in enumerate(edge_sets):
         if len(edges):
+            edges = edges.to(masks.device)
             masks[row, edges[:, 0], edges[:, 1], edges[:, 2]] = 0.0
     return {layer: masks[:, layer] for layer in range(n_layers)}
 
@@ -133,6 +153,9 @@ def removal_probabilities(
         inputs: one example without padding (batch 1: ``input_ids`` ``[1, n]`` and friends).
         edge_sets: per row a ``[m, 3]`` tensor of (layer, query, key) connections to remove.
         chunk_rows: rows per forward.
+
+    Returns:
+        ``[len(edge_sets), classes]`` float32 on the CPU (the masks are built on the model's device).
     """
     n = int(inputs["input_ids"].shape[1])
     device = next(model.parameters()).device
@@ -140,11 +163,11 @@ def removal_probabilities(
     with torch.no_grad(), attention_scope(model) as ctrl:
         for start in range(0, len(edge_sets), chunk_rows):
             part = edge_sets[start : start + chunk_rows]
-            masks = {layer: m.to(device) for layer, m in removal_masks(part, ctrl.n_layers, n).items()}
+            masks = removal_masks(part, ctrl.n_layers, n, device=device)
             batch = {k: v.to(device).expand(len(part), *v.shape[1:]) for k, v in inputs.items()}
             with ctrl.removing_edges(masks):
                 out.append(torch.softmax(model_logits(model, batch).float(), -1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, 0)
+    return torch.cat(out) if out else torch.zeros(0, 0, device="cpu")
 
 
 def curve_area(values: Sequence[float]) -> float:
@@ -213,10 +236,13 @@ def word_maps(scores: Tensor, layout: WordLayout) -> Tensor:
     return merge_units(scores, layout.tokens, layout.units)[0]
 
 
-def word_edge_mask(layout: WordLayout) -> Tensor:
-    """``[units, units]`` bool: the edges the ``words`` convention ranks (distinct non-special words)."""
-    word = ~torch.tensor(layout.special, dtype=torch.bool)
-    return word[:, None] & word[None, :] & ~torch.eye(len(layout.special), dtype=torch.bool)
+def word_edge_mask(layout: WordLayout, *, device: torch.device | str | None = None) -> Tensor:
+    """``[units, units]`` bool: the edges the ``words`` convention ranks (distinct non-special words).
+
+    On ``device`` (default: torch's default device).
+    """
+    word = ~torch.tensor(layout.special, dtype=torch.bool, device=device)  # [units]
+    return word[:, None] & word[None, :] & ~torch.eye(len(layout.special), dtype=torch.bool, device=device)
 
 
 # ----------------------------------------------------------------------------- planted truth
@@ -225,7 +251,7 @@ def _ranked(scores: Tensor, eligible: Tensor | None) -> Tensor:
     flat = scores.reshape(-1)
     if eligible is None:
         return torch.sort(flat, descending=True, stable=True).indices
-    keep = eligible.expand_as(scores).reshape(-1).nonzero().squeeze(1)
+    keep = eligible.to(scores.device).expand_as(scores).reshape(-1).nonzero().squeeze(1)
     return keep[torch.sort(flat[keep], descending=True, stable=True).indices]
 
 
@@ -248,17 +274,19 @@ def planted_hits(
 
     Returns:
         ``{"top{k}": bool over all layers, "layer_top{k}": [layer] bool within each layer, "touch{k}": bool,
-        one of the top ``k`` edges over all layers has a planted position at either end}`` per ``k``.
+        one of the top ``k`` edges over all layers has a planted position at either end}`` per ``k``, on
+        ``scores``' device.
     """
     if len(pairs) == 2 and all(isinstance(p, int) for p in pairs):
         pairs = [pairs]  # type: ignore[list-item]  # one (query, key) pair given alone
     n_layers, n, _ = scores.shape
-    hit = torch.zeros(n, n, dtype=torch.bool)
-    planted = torch.zeros(n, dtype=torch.bool)
+    hit = torch.zeros(n, n, dtype=torch.bool, device=scores.device)  # [query, key]: joins a planted pair
+    planted = torch.zeros(n, dtype=torch.bool, device=scores.device)  # [pos]: one end of a planted pair
     for a, b in pairs:  # type: ignore[misc]  # pairs is a list of pairs from here on
         hit[a, b] = hit[b, a] = True
         planted[a] = planted[b] = True
     if eligible is not None:
+        eligible = eligible.to(scores.device)
         hit &= eligible
     out: dict[str, Tensor] = {}
     ranked = _unflatten(_ranked(scores, eligible), scores.shape)  # [edges, 3]
@@ -435,31 +463,50 @@ def top_pairs(scores: Tensor, k: int) -> Tensor:
     return top_edges(scores[None], min(k, scores.numel()))[:, 1:]
 
 
-def random_pairs(n_units: int, k: int, generator: torch.Generator) -> Tensor:
-    """``min(k, n_units²)`` distinct (query, key) unit pairs drawn uniformly, as ``[k, 2]``."""
-    return random_edges((1, n_units, n_units), min(k, n_units * n_units), generator)[:, 1:]
+def random_pairs(
+    n_units: int, k: int, generator: torch.Generator, *, device: torch.device | str | None = None
+) -> Tensor:
+    """``min(k, n_units²)`` distinct (query, key) unit pairs drawn uniformly, as ``[k, 2]``.
+
+    Drawn on ``generator``'s device, returned on ``device`` (default: the generator's device).
+    """
+    return random_edges((1, n_units, n_units), min(k, n_units * n_units), generator, device=device)[:, 1:]
 
 
 def pair_edges(pairs: Tensor, layout: WordLayout, n_layers: int) -> Tensor:
-    """The connections of unit pairs ``[m, 2]`` in every layer: every (query piece, key piece), as ``[e, 3]``."""
-    units = torch.tensor(layout.units)
+    """The connections of unit pairs ``[m, 2]`` in every layer: every (query piece, key piece), as ``[e, 3]``.
+
+    On ``pairs``' device.
+    """
+    device = pairs.device
+    units = torch.tensor(layout.units, device=device)  # [pos]: the unit of each token
+    layers = torch.arange(n_layers, device=device)
     rows = []
     for u, v in pairs.tolist():
         q, k = (units == u).nonzero().squeeze(1), (units == v).nonzero().squeeze(1)
-        grid = torch.cartesian_prod(torch.arange(n_layers), q, k)  # [layer * |q| * |k|, 3]
+        grid = torch.cartesian_prod(layers, q, k)  # [layer * |q| * |k|, 3]
         rows.append(grid.reshape(-1, 3))
-    return torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.long)
+    return torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.long, device=device)
 
 
-def token_pair_edges(pairs: Sequence[tuple[int, int]], n_layers: int, layers: Sequence[int] | None = None) -> Tensor:
-    """Both directions of token pairs ``[(i, j), ...]`` in ``layers`` (default all), as ``[e, 3]``."""
+def token_pair_edges(
+    pairs: Sequence[tuple[int, int]],
+    n_layers: int,
+    layers: Sequence[int] | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Both directions of token pairs ``[(i, j), ...]`` in ``layers`` (default all), as ``[e, 3]``.
+
+    On ``device`` (default: torch's default device).
+    """
     rows = [
         (layer, a, b)
         for layer in (range(n_layers) if layers is None else layers)
         for i, j in pairs
         for a, b in ((i, j), (j, i))
     ]
-    return torch.tensor(sorted(set(rows)), dtype=torch.long).reshape(-1, 3)
+    return torch.tensor(sorted(set(rows)), dtype=torch.long, device=device).reshape(-1, 3)
 
 
 # ----------------------------------------------------------------------------- completeness

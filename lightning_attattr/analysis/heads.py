@@ -71,13 +71,15 @@ def importance_from_records(
         seeds: seeds of the random baseline.
 
     Returns:
-        ``{name: [layer, head]}`` in the order of ``methods``.
+        ``{name: [layer, head]}`` in the order of ``methods``, on the records' device (the random
+        scores are drawn on the CPU, the same for a seed on every device, and moved there).
     """
+    device = next((v.device for v in records.values() if isinstance(v, Tensor)), torch.device("cpu"))
     out: dict[str, Tensor] = {}
     for method in methods:
         if method == "random":
             for seed in seeds:
-                out[random_name(seed)] = random_importance(n_layers, n_heads, seed)
+                out[random_name(seed)] = random_importance(n_layers, n_heads, seed).to(device)
         elif method in ("attattr", "attattr_mean", "attattr_sum", "taylor_michel", "attention"):
             out[method] = records[RECORD_KEYS[method][0]].double().mean(0)
         elif method == "taylor":
@@ -97,9 +99,10 @@ def pruning_plan(
     """The distinct head masks of all pruning curves.
 
     Returns:
-        ``masks`` ``[mask, layer, head]`` (float32, 1 = kept), ``index`` ``{method: [mask index per
-        fraction]}`` and the number of heads removed per fraction (``floor(r * n_heads)`` as computed
-        by :func:`~lightning_attattr.core.importance.prune_mask`).
+        ``masks`` ``[mask, layer, head]`` (float32 on the CPU, 1 = kept: the plan is a record, saved beside
+        the pruning results), ``index`` ``{method: [mask index per fraction]}`` and the number of heads
+        removed per fraction (``floor(r * n_heads)`` as computed by
+        :func:`~lightning_attattr.core.importance.prune_mask`).
     """
     masks: list[Tensor] = []
     keys: dict[bytes, int] = {}
@@ -107,7 +110,7 @@ def pruning_plan(
     for name, importance in importances.items():
         index[name] = []
         for fraction in fractions:
-            mask = prune_mask(importance, fraction).float()
+            mask = prune_mask(importance, fraction).float().cpu()
             key = mask.numpy().tobytes()
             if key not in keys:
                 keys[key] = len(masks)
@@ -116,7 +119,7 @@ def pruning_plan(
     # the count the masks remove (``prune_mask`` floors ``r * n`` in floating point, as the official script)
     first = next(iter(index.values()), [0] * len(fractions))
     removed = [int((masks[i] == 0).sum()) if masks else 0 for i in first]
-    return torch.stack(masks) if masks else torch.zeros(0), index, removed
+    return torch.stack(masks) if masks else torch.zeros(0, device="cpu"), index, removed
 
 
 def task_metrics(preds: Tensor, labels: Tensor, metrics: Sequence[str], num_labels: int) -> dict[str, float]:
@@ -135,8 +138,10 @@ def task_metrics(preds: Tensor, labels: Tensor, metrics: Sequence[str], num_labe
 
 def matthews(preds: Tensor, labels: Tensor, num_labels: int) -> float:
     """Matthews correlation coefficient (multi-class, Gorodkin's R_K); 0 when undefined."""
-    confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
-    confusion.index_put_((labels.long(), preds.long()), torch.ones(len(labels), dtype=torch.float64), accumulate=True)
+    device = labels.device
+    confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64, device=device)  # [gold, predicted]
+    ones = torch.ones(len(labels), dtype=torch.float64, device=device)
+    confusion.index_put_((labels.long(), preds.long().to(device)), ones, accumulate=True)
     t, p = confusion.sum(1), confusion.sum(0)
     c, s = confusion.trace(), confusion.sum()
     denom = math.sqrt(float((s * s - (p * p).sum()) * (s * s - (t * t).sum())))

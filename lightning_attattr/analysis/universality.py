@@ -28,7 +28,7 @@ def _ranks(x: Tensor) -> Tensor:
     x = x.flatten().double()
     order = torch.argsort(x, stable=True)
     ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(len(x), dtype=torch.float64)
+    ranks[order] = torch.arange(len(x), dtype=torch.float64, device=x.device)
     for value in torch.unique(x):
         tied = x == value
         if int(tied.sum()) > 1:

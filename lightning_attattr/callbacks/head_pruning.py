@@ -178,7 +178,7 @@ class HeadPruningCallback(EpochEndAnalysis):
         if limit is None:  # the batches Lightning's validation loop runs (honours `limit_val_batches`)
             seen = trainer.num_val_batches[0] if trainer.num_val_batches else float("inf")
             limit = None if seen == float("inf") else int(seen)
-        counts = torch.zeros(2, dtype=torch.float64)  # correct, total
+        counts = torch.zeros(2, dtype=torch.long, device=pl_module.device)  # correct, total: summed where they arise
         was_training = model.training
         model.eval()
         try:
@@ -191,13 +191,12 @@ class HeadPruningCallback(EpochEndAnalysis):
                         raise ArgumentError("HeadPruningCallback needs `labels` in the validation batches.")
                     labels = inputs.pop("labels").to(pl_module.device)
                     logits = model_logits(model, {k: v.to(pl_module.device) for k, v in inputs.items()})
-                    counts += torch.tensor(
-                        [float((logits.argmax(-1) == labels).sum()), float(labels.numel())], dtype=torch.float64
-                    )
+                    counts[0] += (logits.argmax(-1) == labels).sum()
+                    counts[1] += labels.numel()
         finally:
             model.train(was_training)
-        counts = reduce_sum(trainer, counts, pl_module.device)
-        return float(counts[0] / counts[1]) if counts[1] > 0 else float("nan")
+        correct, total = reduce_sum(trainer, counts, pl_module.device).tolist()
+        return correct / total if total > 0 else float("nan")
 
     # ----------------------------------------------------------------- hooks
     @override

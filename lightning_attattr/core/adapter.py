@@ -603,10 +603,12 @@ def attention_scope(model: nn.Module) -> Iterator[AttentionController]:
     register_attention()
     controller = AttentionController(n_layers=len(modules), n_heads=model.config.num_attention_heads)
     n_heads = controller.n_heads
+    # the kept-head indices live where the attention runs (a layer elsewhere moves them when it uses them)
+    device = next((p.device for p in model.parameters()), None)
     for layer, gone in (getattr(model.config, PRUNED_HEADS_KEY, None) or {}).items():
         if gone:
             kept = [h for h in range(n_heads) if h not in {int(g) for g in gone}]
-            controller._kept[int(layer)] = torch.tensor(kept, dtype=torch.long)
+            controller._kept[int(layer)] = torch.tensor(kept, dtype=torch.long, device=device)
     previous_impl = model.config._attn_implementation
     undo: list[Callable[[], None]] = []
     try:

@@ -237,8 +237,9 @@ def _resolve_labels(labels: object, batch: _Batch, num_labels: int) -> Tensor:
             "Expected gold `labels` for `variant='michel'` (the `labels` argument or an `inputs['labels']` "
             "entry), but got neither."
         )
+    device = next(iter(batch.tensors.values())).device  # the model's: the inputs were moved there
     try:
-        values = torch.as_tensor(labels)
+        values = torch.as_tensor(labels, device=device)
     except (TypeError, ValueError, RuntimeError) as err:
         raise ArgumentTypeError(
             f"Expected `labels` to be a [batch] tensor of class indices, but got {labels!r}."
@@ -499,10 +500,10 @@ def accuracy_difference_importance(
     try:
         full = accuracy(None)
         progress.update(1)
-        out = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+        out = torch.zeros(n_layers, n_heads, dtype=torch.float64, device="cpu")
         for layer in range(n_layers):
             for head in range(n_heads):
-                mask = torch.ones(n_layers, n_heads)
+                mask = torch.ones(n_layers, n_heads, device="cpu")  # `evaluate` moves it where its model is
                 mask[layer, head] = 0.0
                 out[layer, head] = full - accuracy(mask)
                 progress.update(1)
@@ -522,7 +523,8 @@ def random_importance(n_layers: int, n_heads: int, seed: int) -> Tensor:
         seed: the generator seed (use several seeds for the random curve).
 
     Returns:
-        ``[layer, head]`` float64 scores.
+        ``[layer, head]`` float64 scores on the CPU (the same for a seed on every machine; move them
+        where they are needed).
 
     Example:
         >>> bool((random_importance(3, 4, seed=0) == random_importance(3, 4, seed=0)).all())
@@ -531,8 +533,8 @@ def random_importance(n_layers: int, n_heads: int, seed: int) -> Tensor:
     check_positive_int("n_layers", n_layers)
     check_positive_int("n_heads", n_heads)
     check_seed("seed", seed)
-    generator = torch.Generator().manual_seed(seed)
-    return torch.rand(n_layers, n_heads, generator=generator, dtype=torch.float64)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.rand(n_layers, n_heads, generator=generator, dtype=torch.float64, device="cpu")
 
 
 # ----------------------------------------------------------------------------- pruning protocol

@@ -216,7 +216,10 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]] | Tensor) -
         q = getattr(attn, qkv[0])
         head_dim = q.out_features // len(present)
         keep_heads = [i for i, h in enumerate(present) if h not in chosen]
-        index = torch.tensor([i * head_dim + d for i in keep_heads for d in range(head_dim)], dtype=torch.long)
+        # [kept * head_dim] rows of the query/key/value projections that stay, on the weights' device
+        index = torch.tensor(
+            [i * head_dim + d for i in keep_heads for d in range(head_dim)], dtype=torch.long, device=q.weight.device
+        )
         for name in qkv:
             setattr(attn, name, _keep(getattr(attn, name), index, dim=0))
         setattr(out_parent, out_name, _keep(getattr(out_parent, out_name), index, dim=1))

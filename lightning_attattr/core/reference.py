@@ -67,9 +67,9 @@ class ReferenceResult:
     """Reference AttAttr output.
 
     Attributes:
-        attributions: per example ``[layer, head, n, n]`` over its real tokens.
-        prob: ``[batch]`` ``F(A)``.
-        baseline_prob: ``[batch, layer]`` ``F(A^l := 0)``.
+        attributions: per example ``[layer, head, n, n]`` over its real tokens (CPU).
+        prob: ``[batch]`` ``F(A)`` (CPU, float64).
+        baseline_prob: ``[batch, layer]`` ``F(A^l := 0)`` (CPU, float64).
     """
 
     attributions: list[Tensor]
@@ -100,7 +100,9 @@ def reference_attattr(
         steps_per_pass: integration steps per forward/backward (1 = one step at a time).
 
     Returns:
-        A :class:`ReferenceResult`.
+        A :class:`ReferenceResult`, on the CPU as
+        :func:`~lightning_attattr.core.attribution.attribute` returns its maps. The model runs where its
+        parameters are; ``inputs`` and ``target`` may be on any device.
     """
     if model.training:
         raise ValueError("`reference_attattr` expects the model in eval mode (call `model.eval()`), as AttAttr does.")
@@ -113,13 +115,15 @@ def reference_attattr(
     grad_flags = [p.requires_grad for p in model.parameters()]
     model.set_attn_implementation(REFERENCE_IMPLEMENTATION)
     model.requires_grad_(False)
+    device = next(model.parameters()).device
     maps, probs, baselines = [], [], []
     try:
         for i in range(inputs["input_ids"].shape[0]):
             n = int(inputs["attention_mask"][i].sum())
-            one = {k: torch.zeros(1, pad_to or n, dtype=v.dtype) for k, v in inputs.items()}
+            # [1, pad_to or n] on the model's device, the example's real tokens first
+            one = {k: torch.zeros(1, pad_to or n, dtype=v.dtype, device=device) for k, v in inputs.items()}
             for k, v in inputs.items():
-                one[k][0, :n] = v[i, :n]
+                one[k][0, :n] = v[i, :n].to(device)
             c = int(target[i])
             _STATE.update(layer=None, x=None)
             with torch.no_grad():
@@ -129,8 +133,8 @@ def reference_attattr(
             for layer, a in enumerate(out.attentions):  # a: [1, head, pos, pos]
                 total, zero = torch.zeros_like(a[0]), None
                 for start in range(0, n_steps, steps_per_pass):
-                    al = torch.tensor(alphas[start : start + steps_per_pass], dtype=a.dtype)
-                    w = torch.tensor(weights[start : start + steps_per_pass], dtype=a.dtype)
+                    al = torch.tensor(alphas[start : start + steps_per_pass], dtype=a.dtype, device=a.device)
+                    w = torch.tensor(weights[start : start + steps_per_pass], dtype=a.dtype, device=a.device)
                     x = (al.view(-1, 1, 1, 1) * a).requires_grad_(True)  # [steps, head, pos, pos]
                     p = _forward_replaced(model, layers[layer], layer, x, one)[:, c]  # [steps]
                     (g,) = torch.autograd.grad((p * w).sum(), x)
@@ -142,7 +146,7 @@ def reference_attattr(
                         zero = float(_forward_replaced(model, layers[layer], layer, torch.zeros_like(a), one)[0, c])
                 per_layer.append((a[0] * total)[:, :n, :n])
                 f_zero.append(zero)
-            maps.append(torch.stack(per_layer))
+            maps.append(torch.stack(per_layer).cpu())  # [layer, head, n, n]
             probs.append(f_full)
             baselines.append(f_zero)
     finally:
@@ -150,7 +154,11 @@ def reference_attattr(
         model.set_attn_implementation(previous)
         for p, flag in zip(model.parameters(), grad_flags):
             p.requires_grad_(flag)
-    return ReferenceResult(maps, torch.tensor(probs, dtype=torch.float64), torch.tensor(baselines, dtype=torch.float64))
+    return ReferenceResult(
+        maps,
+        torch.tensor(probs, dtype=torch.float64, device="cpu"),
+        torch.tensor(baselines, dtype=torch.float64, device="cpu"),
+    )
 
 
 def _attention_modules(model: nn.Module) -> list[nn.Module]:

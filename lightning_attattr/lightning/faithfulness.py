@@ -272,13 +272,13 @@ def _step(
         probs = torch.softmax(model_logits(net, inputs).float(), -1).cpu()
     pred = probs.argmax(-1)
     maps, seconds, completeness = _edge_maps(net, inputs, pred, settings)
-    ids = inputs["input_ids"].cpu()
     rows = []
-    for row, pos in enumerate(real_positions(inputs)):
+    for row, pos in enumerate(real_positions(inputs)):  # pos: [n] on the inputs' device
+        one = {k: v[row : row + 1].index_select(1, pos.to(v.device)) for k, v in inputs.items()}  # [1, n]
         example = _Example(
             net=net,
-            inputs={k: v[row : row + 1].index_select(1, pos.to(v.device)) for k, v in inputs.items()},
-            layout=example_layout(tokenizer, ids[row, pos].tolist()),
+            inputs=one,
+            layout=example_layout(tokenizer, one["input_ids"][0].tolist()),
             index=index[row],
             pred=pred[row],
             probs=probs[row],
