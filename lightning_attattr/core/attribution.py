@@ -202,7 +202,7 @@ def _as_tensor(name: str, value: Any) -> Tensor:
     if isinstance(value, Tensor):
         return value
     try:
-        return torch.as_tensor(value)
+        return torch.as_tensor(value, device="cpu")
     except (ValueError, TypeError, RuntimeError) as err:
         raise ArgumentError(
             f"Expected `inputs[{name!r}]` to be a tensor (pad the batch, e.g. tokenizer(..., padding=True, "
@@ -398,10 +398,12 @@ class _Adaptive:
     def __post_init__(self) -> None:
         rules = [nested_rule(level) for level in range(self.n_levels)]
         self.sizes = [len(alphas) for alphas, _ in rules]  # nodes per level
-        self.alphas = torch.tensor(rules[-1][0], dtype=torch.float64)  # [node]: level l uses the first sizes[l]
-        self.weights = torch.zeros(self.n_levels, self.sizes[-1], dtype=torch.float64)  # [level, node]
+        self.alphas = torch.tensor(
+            rules[-1][0], dtype=torch.float64, device="cpu"
+        )  # [node]: level l uses the first sizes[l]
+        self.weights = torch.zeros(self.n_levels, self.sizes[-1], dtype=torch.float64, device="cpu")  # [level, node]
         for level, (_, w) in enumerate(rules):
-            self.weights[level, : len(w)] = torch.tensor(w, dtype=torch.float64)
+            self.weights[level, : len(w)] = torch.tensor(w, dtype=torch.float64, device="cpu")
 
     def next_item(self) -> int:
         self.item += 1
@@ -625,7 +627,8 @@ def _check_settings(
             f"Expected `shard` to be None with `precision='auto'` and a fixed `n_steps` (which pairs to recompute "
             f"in fp32 needs the summed completeness gap), but got shard={shard}; use n_steps='auto' with `reduce`."
         )
-    nodes, steps = torch.tensor(alphas, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64)
+    nodes = torch.tensor(alphas, dtype=torch.float64, device="cpu")
+    steps = torch.tensor(weights, dtype=torch.float64, device="cpu")
     want_delta = want_delta or adaptive is not None or checked == "auto"
     if checked == "auto":
         completeness_tol = check_number("completeness_tol", completeness_tol, 0.0, 1.0, low_open=True)
@@ -723,7 +726,7 @@ class _Run:
                 end, stop = min(len(alphas), step + _steps_per_pass(examples, len(alphas), limit)), examples
             else:
                 end, stop = step + 1, min(examples, first + limit)
-                rows = torch.arange(first, stop)
+                rows = torch.arange(first, stop, device="cpu")
             size = (stop - first) * (end - step)
             part = pair if rows is None else pair.rows(rows)
             result = self._attempt(part, alphas[step:end].to(pair.probs), size)
@@ -804,7 +807,7 @@ class _LayerIntegration:
     def integrate(self, steps: list[int]) -> _Refinement | None:
         """Fill ``attr`` (and ``f_zero`` where needed) by the call's rule; the nested rule's accumulators or None."""
         settings = self.run.settings
-        self.modes = torch.full((len(self.probs),), PRECISION_CODES[self.precision], dtype=torch.long)
+        self.modes = torch.full((len(self.probs),), PRECISION_CODES[self.precision], dtype=torch.long, device="cpu")
         if settings.adaptive is not None:
             self.f_zero = self.zero_prob()
             refinement = _Refinement.start(self, settings.adaptive)
@@ -835,7 +838,7 @@ class _LayerIntegration:
     def fixed_rule(self, steps: list[int]) -> None:
         """``A * sum_k w_k dF(alpha_k A)/dA`` over the fixed rule's ``steps``; ``F(0)`` when ``alpha = 0`` is one."""
         settings = self.run.settings
-        mine = torch.tensor(steps, dtype=torch.long)
+        mine = torch.tensor(steps, dtype=torch.long, device="cpu")
         alphas, weights = settings.alphas[mine], settings.weights[mine]
         grad_sum = torch.zeros_like(self.probs)  # [batch, head, query_pos, key_pos]
 
@@ -949,33 +952,33 @@ class _Refinement:
         """Empty accumulators for ``pair`` (its ``f_zero`` evaluated)."""
         assert pair.f_zero is not None and pair.modes is not None
         probs, batch = pair.probs, pair.probs.shape[0]
-        nan = torch.full((batch,), math.nan, dtype=torch.float64)
+        nan = torch.full((batch,), math.nan, dtype=torch.float64, device="cpu")
         f_zero = pair.f_zero.double().cpu()
         return cls(
             pair,
             rule,
             acc=torch.zeros(rule.n_levels, *probs.shape, dtype=probs.dtype, device=probs.device),
-            h=torch.zeros(batch, rule.sizes[-1], dtype=torch.float64),
+            h=torch.zeros(batch, rule.sizes[-1], dtype=torch.float64, device="cpu"),
             target_diff=pair.f_full - f_zero,
             gap=completeness_scale(pair.f_full, f_zero),
-            final=torch.full((batch,), rule.n_levels - 1, dtype=torch.long),
-            error=torch.zeros(batch, dtype=torch.float64),
-            flagged=torch.zeros(batch, dtype=torch.bool),
+            final=torch.full((batch,), rule.n_levels - 1, dtype=torch.long, device="cpu"),
+            error=torch.zeros(batch, dtype=torch.float64, device="cpu"),
+            flagged=torch.zeros(batch, dtype=torch.bool, device="cpu"),
             modes=pair.modes,
             previous=nan,
-            previous_error=torch.full((batch,), math.inf, dtype=torch.float64),
+            previous_error=torch.full((batch,), math.inf, dtype=torch.float64, device="cpu"),
             previous_change=nan.clone(),
         )
 
     @property
     def used(self) -> Tensor:
         """Nodes evaluated per example: ``[batch]``."""
-        return torch.tensor(self.rule.sizes)[self.final]
+        return torch.tensor(self.rule.sizes, device="cpu")[self.final]
 
     def refine(self) -> Tensor:
         """Refine level by level until every example is done; ``attr`` ``[batch, head, query_pos, key_pos]``."""
         rule, shard = self.rule, self.pair.run.settings.shard
-        active = torch.arange(len(self.final))
+        active = torch.arange(len(self.final), device="cpu")
         start = 0
         for level, stop in enumerate(rule.sizes):
             self.add_nodes(active, rule.owned(range(start, stop), shard), level)
@@ -1063,7 +1066,7 @@ class _Refinement:
             grad = grad.to(acc.dtype)  # [rows, step, head, q, k]
             w = weights[:, chunk].to(grad)  # [level, step]
             acc[:, mine.to(acc.device)] += torch.einsum("ls,bs...->lb...", w, grad)
-            self.h[mine[:, None], torch.tensor(chunk)[None, :]] = (
+            self.h[mine[:, None], torch.tensor(chunk, device="cpu")[None, :]] = (
                 (grad * probs.unsqueeze(1)).flatten(2).sum(-1).double().cpu()
             )  # [rows, step]
 
@@ -1117,14 +1120,14 @@ class _Outputs:
             batch,
             settings,
             maps=[[] for _ in range(size)],
-            target=torch.zeros(size, dtype=torch.long),
-            prob=torch.zeros(size, dtype=torch.float64),
-            baseline=torch.zeros(pairs, dtype=torch.float64) if want_delta else None,
-            delta=torch.zeros(pairs, dtype=torch.float64) if want_delta else None,
-            used=torch.full(pairs, len(settings.alphas), dtype=torch.long),
-            error=torch.zeros(pairs, dtype=torch.float64) if want_delta else None,
-            flagged=torch.zeros(pairs, dtype=torch.bool) if settings.adaptive is not None else None,
-            precision_used=torch.zeros(pairs, dtype=torch.int8) if settings.precision != "fp32" else None,
+            target=torch.zeros(size, dtype=torch.long, device="cpu"),
+            prob=torch.zeros(size, dtype=torch.float64, device="cpu"),
+            baseline=torch.zeros(pairs, dtype=torch.float64, device="cpu") if want_delta else None,
+            delta=torch.zeros(pairs, dtype=torch.float64, device="cpu") if want_delta else None,
+            used=torch.full(pairs, len(settings.alphas), dtype=torch.long, device="cpu"),
+            error=torch.zeros(pairs, dtype=torch.float64, device="cpu") if want_delta else None,
+            flagged=torch.zeros(pairs, dtype=torch.bool, device="cpu") if settings.adaptive is not None else None,
+            precision_used=torch.zeros(pairs, dtype=torch.int8, device="cpu") if settings.precision != "fp32" else None,
         )
 
     def add(self, index: list[int], li: int, pair: _LayerIntegration, refinement: _Refinement | None) -> None:
@@ -1514,10 +1517,10 @@ class AttentionIntegratedGradients:
                 f"Expected `target` to be an int, a sequence of ints, a string or None, but got {target!r}."
             )
         elif isinstance(target, int):
-            values = torch.full((batch.size,), target)
+            values = torch.full((batch.size,), target, device="cpu")
         else:
             try:
-                values = torch.as_tensor(target)
+                values = torch.as_tensor(target, device="cpu")
             except (TypeError, ValueError, RuntimeError) as err:
                 raise ArgumentTypeError(
                     f"Expected `target` to be an int, a sequence of ints, a string or None, but got {target!r}."
