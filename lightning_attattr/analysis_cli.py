@@ -207,8 +207,9 @@ class AnalysisTrainer(pl.Trainer):
         """Head importance by every method on the first dev examples, then pruning curves on the dev set."""
         transfer = _read_transfer(settings.transfer_from)
         net, datamodule = self._prepare(run)
-        _check_dev_size(datamodule, n_examples=settings.n_examples, max_eval_examples=settings.max_eval_examples)
-        from lightning_attattr.lightning.experiments import model_shape, run_heads
+        from lightning_attattr.lightning.experiments import check_dev_size, model_shape, run_heads
+
+        check_dev_size(datamodule, n_examples=settings.n_examples, max_eval_examples=settings.max_eval_examples)
 
         shape = model_shape(net)
         for name, vector in transfer.items():
@@ -236,9 +237,10 @@ class AnalysisTrainer(pl.Trainer):
     def effectiveness(self, run: Run, settings: EffectivenessSettings) -> dict[str, Any]:
         """Paper section 4.1: per example, heads ranked by AttAttr vs by attention weight; k heads pruned per layer."""
         net, datamodule = self._prepare(run)
-        _check_dev_size(datamodule, n_examples=settings.n_examples)
+        from lightning_attattr.lightning.experiments import check_dev_size, run_effectiveness
+
+        check_dev_size(datamodule, n_examples=settings.n_examples)
         task, _ = _task(datamodule, run.model)
-        from lightning_attattr.lightning.experiments import run_effectiveness
 
         return self._run_analysis(
             run,
@@ -280,8 +282,9 @@ class AnalysisTrainer(pl.Trainer):
         from lightning_attattr.lightning.experiments import model_shape
         from lightning_attattr.lightning.faithfulness import choose_examples, run_faithfulness
 
-        chosen = choose_examples(datamodule, settings, truth, n_layers=model_shape(net)[0])
-        check_ks_fit("ks", settings.ks, model_shape(net)[0], chosen.shortest)
+        n_layers = model_shape(net)[0]
+        chosen = choose_examples(datamodule, settings, truth, n_layers=n_layers)
+        check_ks_fit("ks", settings.ks, n_layers, chosen.shortest)
         task, _ = _task(datamodule, run.model)
         digest = None if settings.truth is None else hashlib.sha256(Path(settings.truth).read_bytes()).hexdigest()
         return self._run_analysis(
@@ -459,16 +462,6 @@ def _is_pair_task(datamodule: Any, split: str) -> bool:
     if isinstance(data, list):  # the synthetic task: single sequences
         return False
     return getattr(data, "text_b", None) is not None
-
-
-def _check_dev_size(datamodule: Any, **counts: int | None) -> None:
-    """Example counts checked against the dev set before the results folder is opened (a refused run writes nothing)."""
-    from lightning_attattr.lightning.experiments import check_n_examples, dev_split
-
-    split = dev_split(datamodule)
-    size = len(datamodule.dataset(split))
-    for name, n in counts.items():
-        check_n_examples(name, n, size, split)
 
 
 def _read_transfer(folders: list[str]) -> dict[str, torch.Tensor]:

@@ -41,7 +41,7 @@ from lightning_attattr.analysis.triggers import (
 from lightning_attattr.core.attribution import AttentionIntegratedGradients, model_logits
 from lightning_attattr.core.checks import ArgumentError
 from lightning_attattr.lightning.analysis import INDEX_KEY, MODEL_KEYS, model_inputs
-from lightning_attattr.lightning.experiments import check_n_examples, dev_split
+from lightning_attattr.lightning.experiments import check_dev_size, dev_split
 from lightning_attattr.lightning.job import Job
 
 
@@ -139,8 +139,8 @@ def attack_data(datamodule: Any, settings: AttackSettings, n_labels: int) -> Att
             "Expected a text data module with raw training and dev texts (e.g. GlueDataModule) for `attack`, "
             f"but got {type(datamodule).__name__}."
         )
+    check_dev_size(datamodule, n_eval=settings.n_eval)
     split = dev_split(datamodule)
-    check_n_examples("n_eval", settings.n_eval, len(datamodule.dataset(split)), split)
     train, dev = examples("train"), examples(split)
     pair = dev.text_b is not None
     min_tokens = (0 if pair else 15) if settings.min_tokens is None else settings.min_tokens

@@ -86,6 +86,14 @@ def check_n_examples(name: str, n: int | None, available: int, split: str) -> in
     return n
 
 
+def check_dev_size(datamodule: Any, **counts: int | None) -> None:
+    """Example counts (``name=n``) checked against the dev split before any work (a refused run writes nothing)."""
+    split = dev_split(datamodule)
+    size = len(datamodule.dataset(split))
+    for name, n in counts.items():
+        check_n_examples(name, n, size, split)
+
+
 def _predict_all(model: nn.Module, batch: Mapping[str, Tensor], masks: Tensor, chunk_rows: int = 512) -> Tensor:
     """Predicted class ``[batch, mask]`` under each ``[mask, layer, head]`` head mask (int16)."""
     inputs = model_inputs(batch)
