@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Final, Literal, cast, get_args
+from typing import Final, Literal, get_args
 
 import torch
 from torch import Tensor
 
-from lightning_attattr.core.checks import ArgumentError
+from lightning_attattr.core.checks import ArgumentError, check_choice
 
 Precision = Literal["fp32", "tf32", "bf16", "auto"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 #: Codes of :attr:`AttributionResult.precision_used`: the precision a pair's integrand finished in.
 PRECISION_CODES: Final[dict[str, int]] = {"fp32": 0, "tf32": 1, "bf16": 2}
 #: The precision names by code: ``PRECISION_NAMES[code]``.
@@ -50,14 +50,13 @@ def validate_precision(precision: object, autocast_dtype: object = None) -> Prec
     Refuses ``autocast_dtype`` together with a ``precision`` other than ``"fp32"``: the
     precision option subsumes it.
     """
-    if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise ArgumentError(f"Expected `precision` to be one of {list(PRECISIONS)}, but got {precision!r}.")
-    if autocast_dtype is not None and precision != "fp32":
+    checked = check_choice("precision", precision, PRECISIONS)
+    if autocast_dtype is not None and checked != "fp32":
         raise ArgumentError(
             f"Expected at most one of `precision` and `autocast_dtype` (precision='bf16' replaces "
             f"autocast_dtype=torch.bfloat16), but got precision={precision!r} with autocast_dtype={autocast_dtype!r}."
         )
-    return cast(Precision, precision)
+    return checked
 
 
 def first_precision(precision: Precision, device: torch.device) -> str:
