@@ -58,6 +58,7 @@ from lightning_attattr.data.synthetic import synthetic_vocab
 from lightning_attattr.lightning.checkpoints import (
     MODEL_CONFIG_KEY,
     TOKENIZER_KEY,
+    WEIGHTS_ONLY_HELP,
     check_checkpoint_fits,
     read_checkpoint,
     tokenizer_from_files,
@@ -77,12 +78,6 @@ else:  # the LightningCLI of the package chosen in `compat` (both Lightning pack
 PROG = "train.py"
 # Lightning's symbolic `ckpt_path` values: resolved by the trainer, not files we can read up front
 _SYMBOLIC_CKPT = ("last", "best", "hpc", "registry")
-#: help of ``--weights_only`` in both CLIs (default ``true``)
-WEIGHTS_ONLY_HELP = (
-    "Read --ckpt_path with torch.load(weights_only=True): tensors and plain values only, which is all "
-    "the checkpoints of this project hold; a file with other objects is refused unread. `false` "
-    "unpickles the file fully, which executes code from the file: only for checkpoints you trust."
-)
 
 
 def _load_config(text: str) -> Any:

@@ -57,6 +57,12 @@ def model_config_dict(model: PreTrainedModel) -> dict[str, Any]:
 
 #: checkpoint keys where Lightning stores the arguments of the module and the data module
 HPARAMS_KEYS = ("hyper_parameters", "datamodule_hyper_parameters")
+#: Help of ``--weights_only`` in both CLIs (default ``true``) and of ``weights_only`` in the analysis docstrings.
+WEIGHTS_ONLY_HELP = (
+    "Read --ckpt_path with torch.load(weights_only=True): tensors and plain values only, which is all "
+    "the checkpoints of this project hold; a file with other objects is refused unread. `false` "
+    "unpickles the file fully, which executes code from the file: only for checkpoints you trust."
+)
 
 
 def plain_hyperparameters(checkpoint: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from lightning_attattr.analysis.settings import AnalysisSettings
 from lightning_attattr.core.checks import check_bool
+from lightning_attattr.lightning.checkpoints import WEIGHTS_ONLY_HELP
 from lightning_attattr.lightning.compat import pl
 
 S = TypeVar("S", bound=AnalysisSettings)
@@ -50,11 +51,6 @@ class Run:
         check_bool("overwrite", self.overwrite)
 
 
-_WEIGHTS_ONLY = (
-    "read ``ckpt_path`` with ``torch.load(weights_only=True)`` (tensors and plain values only; a file with "
-    "other objects is refused unread). ``false`` unpickles it fully, which executes code from the file: only "
-    "for checkpoints you trust."
-)
 _OVERWRITE = "replace a results folder that holds results of other arguments."
 
 
@@ -86,7 +82,7 @@ def _args_section(settings: type[AnalysisSettings], data: str, outputs: str) -> 
         "model": "the classifier (built from ``--config``/``--model``).",
         "datamodule": f"the data module ({data}).",
         "ckpt_path": "checkpoint whose weights are analysed (``None``: the model as built).",
-        "weights_only": _WEIGHTS_ONLY,
+        "weights_only": WEIGHTS_ONLY_HELP,
         "output_dir": f"results folder ({outputs}).",
         "overwrite": _OVERWRITE,
         **{f.name: f.metadata["doc"] for f in settings.options()},
