@@ -1423,8 +1423,10 @@ class AttentionIntegratedGradients:
         )
         device = next(self.model.parameters()).device
         # everything below also runs when the caller is inside torch.inference_mode() or no_grad()
-        # (Lightning's evaluation loops): tensors are created outside inference mode
-        with torch.inference_mode(False), torch.enable_grad():
+        # (Lightning's evaluation loops): tensors are created outside inference mode. A caller's
+        # autocast (a Lightning `precision="16-mixed"` step, user code) is switched off: the passes run in
+        # the precision that `precision` / `autocast_dtype` chose, and F(A), F(0) and the sums in fp32
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
             batch = _prepare_inputs(inputs, device)
             self._check_token_ids(batch)
             targets = self._validate_target(target, batch)

@@ -171,3 +171,15 @@ def test_legacy_autocast_dtype_with_fp32_precision_works_as_before(model):
     old = quiet(model, batch, n_steps=6, autocast_dtype=torch.bfloat16)
     new = quiet(model, batch, n_steps=6, autocast_dtype=torch.bfloat16, precision="fp32")
     assert same_maps(old, new) and new.precision_used is None
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_callers_autocast_does_not_leak_into_the_passes(model, precision):
+    # Lightning's "16-mixed"/"bf16-mixed" steps and user code may call attribute() inside autocast: the
+    # result must be the one the `precision` option asks for, not the caller's precision
+    batch = text_batch()
+    expected = attribute(model, batch, n_steps=4, precision=precision, return_convergence_delta=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attribute(model, batch, n_steps=4, precision=precision, return_convergence_delta=True)
+    assert same_maps(got, expected)
+    assert torch.equal(got.prob, expected.prob) and torch.equal(got.baseline_prob, expected.baseline_prob)
