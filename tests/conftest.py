@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,21 @@ TINY_BERT_CONFIG = {
 # Tiny models gain nothing from a second thread, and with another job on the two cores the thread
 # hand-off alone made some tests 100x slower: one thread keeps the suite's time independent of load.
 torch.set_num_threads(1)
+
+#: The device of the accelerator tests (``@pytest.mark.cuda``): CUDA, compared with the CPU.
+#: ``ATTATTR_TEST_DEVICE=cpu`` runs them on the CPU instead: a check of the tests themselves without a GPU.
+TEST_DEVICE = os.environ.get("ATTATTR_TEST_DEVICE", "cuda")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``cuda`` where no CUDA device is available (unless ``ATTATTR_TEST_DEVICE=cpu``)."""
+    if TEST_DEVICE != "cuda" or torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False); `make gpu-check` runs it")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
 
 TEXT_KW = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37)
 

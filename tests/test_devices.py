@@ -28,7 +28,6 @@ import copy
 import functools
 import importlib.util
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -84,18 +83,15 @@ from lightning_attattr.core.importance import (
 from lightning_attattr.core.pruning import prune_heads
 from lightning_attattr.core.reference import reference_attattr
 from lightning_attattr.metrics import HeadImportance
-from tests.conftest import make_model, text_batch
+from tests.conftest import TEST_DEVICE, make_model, text_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 LENGTHS = (7, 4, 6)
 #: The device the accelerator tests compare with the CPU (``ATTATTR_TEST_DEVICE=cpu``: the tests' own check).
-DEVICE = os.environ.get("ATTATTR_TEST_DEVICE", "cuda")
+DEVICE = TEST_DEVICE
 ACCELERATOR = {"cuda": "gpu"}.get(DEVICE, DEVICE)  # the Lightning name, for `--trainer.accelerator`
-needs_cuda = pytest.mark.skipif(
-    DEVICE == "cuda" and not torch.cuda.is_available(),
-    reason="needs a CUDA device (torch.cuda.is_available() is False)",
-)
+needs_cuda = pytest.mark.cuda  # skipped without a GPU (tests/conftest.py)
 
 
 # ----------------------------------------------------------------------------- the two CPU mechanisms

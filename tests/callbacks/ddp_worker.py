@@ -1,8 +1,13 @@
-"""Run the three callbacks under `trainer.validate` with N CPU processes; rank 0 saves what they computed.
+"""Run the three callbacks under `trainer.validate` with N processes; rank 0 saves what they computed.
 
-Used by tests/callbacks/test_ddp.py as `python ddp_worker.py DEVICES OUT` (Lightning's `ddp` strategy
-re-executes this script for rank 1, so it must be a standalone script, not a pytest process). The
-Lightning package (`lightning.pytorch` or `pytorch_lightning`) is the one `ATTATTR_LIGHTNING` names.
+Used by tests/callbacks/test_ddp.py as `python ddp_worker.py DEVICES OUT [ACCELERATOR [PRECISION]]`
+(Lightning's `ddp` strategy re-executes this script for rank 1, so it must be a standalone script, not a
+pytest process). The Lightning package (`lightning.pytorch` or `pytorch_lightning`) is the one
+`ATTATTR_LIGHTNING` names.
+
+ACCELERATOR: `cpu` (default, gloo), `gpu` (NCCL, one GPU per rank: needs DEVICES GPUs) or
+`shared-cpu` / `shared-gpu`: DEVICES ranks on ONE device over gloo (how two ranks are shown on a
+machine with a single GPU; `shared-cpu` checks the same wiring without a GPU).
 """
 
 import sys
@@ -25,7 +30,17 @@ TINY = {
 }
 
 
-def main(devices: int, out: str) -> None:
+def _placement(devices: int, accelerator: str) -> dict:
+    """The Trainer's accelerator, devices and strategy for ``devices`` ranks on ``accelerator``."""
+    if accelerator.startswith("shared-"):
+        kind = accelerator.removeprefix("shared-")
+        device = torch.device("cuda", 0) if kind == "gpu" else torch.device("cpu")
+        strategy = pl.strategies.DDPStrategy(parallel_devices=[device] * devices, process_group_backend="gloo")
+        return {"accelerator": kind, "devices": 1, "strategy": strategy}
+    return {"accelerator": accelerator, "devices": devices, "strategy": "ddp" if devices > 1 else "auto"}
+
+
+def main(devices: int, out: str, accelerator: str = "cpu", precision: str = "32-true") -> None:
     torch.manual_seed(0)
     module = AttAttrClassifier(model_config=TINY, num_labels=2, task="synthetic")
     data = SyntheticDataModule(n_train=32, n_val=32, eval_batch_size=8)
@@ -34,9 +49,8 @@ def main(devices: int, out: str) -> None:
     importance = HeadImportanceCallback(n_examples=7, n_steps=5, batch_size=2, taylor=True)
     pruning = HeadPruningCallback(fractions=[0.0, 0.25, 0.5, 1.0], n_examples=5, n_steps=4, batch_size=2)
     trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        **_placement(devices, accelerator),
+        precision=precision,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -48,6 +62,7 @@ def main(devices: int, out: str) -> None:
         torch.save(
             {
                 "world_size": trainer.world_size,
+                "device": str(module.device),
                 "package": type(trainer).__module__.split(".trainer")[0],
                 "maps": monitor.last_result["attributions"],
                 "delta": monitor.last_result["convergence_delta"],
@@ -62,4 +77,4 @@ def main(devices: int, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2])
+    main(int(sys.argv[1]), *sys.argv[2:])

@@ -135,3 +135,19 @@ def test_callback_state_survives_a_trainer_checkpoint(tmp_path):
     assert len(importance.history) == 3 and torch.equal(importance.history[0]["attattr"], cbs[1].history[0]["attattr"])
     assert pruning.applied == cbs[2].applied and len(pruning.applied) == 1  # not applied twice
     assert torch.equal(module2.head_mask, cbs[2].pruned_mask)  # mask pruning re-applied on resume
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_importance_under_a_mixed_precision_trainer_is_the_fp32_computation(tmp_path, precision):
+    # the trainer's precision decides the user's steps; the attribution keeps its own (fp32 by default)
+    cb = HeadImportanceCallback(n_examples=6, n_steps=3, batch_size=4)
+    module, data, trainer = setup_run(tmp_path, [cb], logger=False, precision=precision)
+    trainer.validate(module, data)
+    assert cb.importance is not None
+    module.eval()
+    from lightning_attattr.callbacks._protocol import pad_examples
+
+    batch = pad_examples(cb.examples.rows)
+    result = AttentionIntegratedGradients(module.model).attribute(batch, target="labels", n_steps=3)
+    expected = attribution_head_scores(result, pooling="max").mean(0)
+    torch.testing.assert_close(cb.importance, expected, rtol=1e-5, atol=1e-8)
