@@ -145,3 +145,29 @@ def test_faithfulness_two_processes_equal_one(trained_run, tmp_path):
     for convention, data in truth_b["conventions"].items():
         for name, row in data["methods"].items():
             assert truth_a["conventions"][convention]["methods"][name] == row, (convention, name)
+
+
+@pytest.mark.cuda
+def test_two_gpu_processes_under_nccl_equal_one_cpu_process(trained_run, tmp_path):
+    """`analyze.py heads` on two GPUs (NCCL) equals one CPU process (needs two GPUs: a single GPU is
+    checked with two ranks sharing it in tests/callbacks/test_ddp.py)."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs two CUDA devices for NCCL, found {torch.cuda.device_count()}")
+    config, ckpt = trained_run
+    common = ["heads", "--config", str(config), "--ckpt_path", str(ckpt), "--methods=[attattr, taylor]"]
+    common += [
+        "--n_examples=21",
+        "--max_eval_examples=71",
+        "--fractions=[0, 0.5]",
+        "--trainer.enable_progress_bar=false",
+    ]
+    gpu = [f"--output_dir={tmp_path / 'gpu'}", "--trainer.accelerator=gpu", "--trainer.devices=2"]
+    _analyze([*common, *gpu, "--trainer.strategy=ddp"], tmp_path)
+    _analyze([*common, f"--output_dir={tmp_path / 'cpu'}", "--trainer.accelerator=cpu"], tmp_path)
+    a, b = (json.loads((tmp_path / name / "importance.json").read_text()) for name in ("gpu", "cpu"))
+    assert json.loads((tmp_path / "gpu" / "summary.json").read_text())["world_size"] == 2
+    for method in b["importance"]:
+        for row_a, row_b in zip(a["importance"][method], b["importance"][method]):
+            assert row_a == pytest.approx(row_b, rel=1e-4, abs=1e-7), method
