@@ -370,9 +370,11 @@ class AttentionController:
     def replacing(self, layer: int, probs: Tensor) -> Iterator[None]:
         """Replace layer ``layer``'s attention probabilities by ``probs`` in the forwards run inside this block.
 
-        ``probs`` is ``[batch, head, query_pos, key_pos]`` with the batch of the inputs; the layers
-        above recompute their attention from the changed hidden states, and gradients flow back to
-        ``probs`` (make it ``requires_grad``). This is the path integral's building block
+        ``probs`` is ``[batch, head, query_pos, key_pos]`` with the batch of the inputs (for a
+        cross-attention layer of an encoder-decoder ``[batch, head, decoder_pos, encoder_pos]``;
+        with grouped-query attention one map per query head); the layers above recompute their
+        attention from the changed hidden states, and gradients flow back to ``probs`` (make it
+        ``requires_grad``). This is the path integral's building block
         ``F(alpha * A)``; :class:`~lightning_attattr.core.attribution.AttentionIntegratedGradients`
         uses the same switch with batched steps and cached lower layers.
 

@@ -34,6 +34,7 @@ DEC = dict(
 GQA = dict(DEC, num_key_value_heads=2, pad_token_id=0)
 SEQ2SEQ = dict(num_labels=3, pad_token_id=0)
 # a softcap of 1 on scores of order 1 (query_pre_attn_scalar = head_dim: scaling 8 ** -0.5 instead of 256 ** -0.5)
+OSS = dict(head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=3)
 GEMMA2 = dict(head_dim=8, attn_logit_softcapping=1.0, query_pre_attn_scalar=8, sliding_window=3)
 
 # id -> (model class, config); every family and head the adapter supports beyond the BERT family
@@ -55,8 +56,11 @@ FAMILIES: dict[str, Callable[[], tuple[type, T.PretrainedConfig]]] = {
     "qwen3-lm": lambda: (T.Qwen3ForCausalLM, T.Qwen3Config(**GQA, head_dim=8)),
     "mistral-lm": lambda: (T.MistralForCausalLM, T.MistralConfig(**GQA, sliding_window=3)),
     "mistral-cls": lambda: (T.MistralForSequenceClassification, T.MistralConfig(**GQA, sliding_window=3)),
+    "qwen3-cls": lambda: (T.Qwen3ForSequenceClassification, T.Qwen3Config(**GQA, head_dim=8)),
     "phi3-lm": lambda: (T.Phi3ForCausalLM, T.Phi3Config(**GQA)),
+    "phi3-cls": lambda: (T.Phi3ForSequenceClassification, T.Phi3Config(**GQA)),
     "gemma-lm": lambda: (T.GemmaForCausalLM, T.GemmaConfig(**GQA, head_dim=8)),
+    "gemma-cls": lambda: (T.GemmaForSequenceClassification, T.GemmaConfig(**GQA, head_dim=8)),
     "gemma2-lm": lambda: (
         T.Gemma2ForCausalLM,
         T.Gemma2Config(**GQA, **GEMMA2),
@@ -66,10 +70,12 @@ FAMILIES: dict[str, Callable[[], tuple[type, T.PretrainedConfig]]] = {
         T.Gemma2Config(**GQA, **GEMMA2),
     ),
     "gemma3-lm": lambda: (T.Gemma3ForCausalLM, T.Gemma3TextConfig(**GQA, head_dim=8, sliding_window=3)),
-    "gpt_oss-lm": lambda: (
-        T.GptOssForCausalLM,
-        T.GptOssConfig(**GQA, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=3),
+    "gemma3-cls": lambda: (
+        T.Gemma3TextForSequenceClassification,
+        T.Gemma3TextConfig(**GQA, head_dim=8, sliding_window=3),
     ),
+    "gpt_oss-lm": lambda: (T.GptOssForCausalLM, T.GptOssConfig(**GQA, **OSS)),
+    "gpt_oss-cls": lambda: (T.GptOssForSequenceClassification, T.GptOssConfig(**GQA, **OSS)),
     "modernbert-cls": lambda: (
         T.ModernBertForSequenceClassification,
         T.ModernBertConfig(**DEC, pad_token_id=0, local_attention=4, global_attn_every_n_layers=2),
@@ -353,8 +359,10 @@ def test_kv_group_head_mask():
         assert ctrl.n_kv_heads == ctrl.n_heads == 4
 
 
-def test_pruned_query_heads_keep_their_key_value_group():
-    model = _build("llama-gqa")
+@pytest.mark.parametrize("family", ["llama-gqa", "gpt_oss-lm"])
+def test_pruned_query_heads_keep_their_key_value_group(family):
+    """Query heads 2 and 3 pruned from layer 0: the two left both read key/value group 0 (gpt-oss: and their sinks)."""
+    model = _build(family)
     batch = _batch(model)
     handle = _zero_heads_by_hand(model, 0, [2, 3])
     try:
@@ -362,13 +370,37 @@ def test_pruned_query_heads_keep_their_key_value_group():
     finally:
         handle.remove()
     attn, d = model.model.layers[0].self_attn, model.config.head_dim
-    keep = torch.arange(2 * d)  # query heads 0 and 1 stay; both read key/value group 0
+    keep = torch.arange(2 * d)  # the rows of query heads 0 and 1
+    q_proj = torch.nn.Linear(32, 2 * d, bias=attn.q_proj.bias is not None)
+    o_proj = torch.nn.Linear(2 * d, 32, bias=attn.o_proj.bias is not None)
     with torch.no_grad():
-        q_proj, o_proj = torch.nn.Linear(32, 2 * d, bias=False), torch.nn.Linear(2 * d, 32, bias=False)
         q_proj.weight.copy_(attn.q_proj.weight[keep])
         o_proj.weight.copy_(attn.o_proj.weight[:, keep])
+        if attn.q_proj.bias is not None:
+            q_proj.bias.copy_(attn.q_proj.bias[keep])
+        if attn.o_proj.bias is not None:
+            o_proj.bias.copy_(attn.o_proj.bias)
     attn.q_proj, attn.o_proj = q_proj, o_proj
     setattr(model.config, PRUNED_HEADS_KEY, {"0": [2, 3]})
     with attention_scope(model) as ctrl, ctrl.capturing() as probs:
         torch.testing.assert_close(_logits(model, batch), reference, rtol=1e-5, atol=1e-5)
     assert probs[0][:, 2:].abs().max() == 0 and probs[0][:, :2].abs().max() > 0
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "gemma2-lm", "gpt_oss-lm", "gpt2-lm"])
+def test_decoder_only_replays_cached_lower_layers(family):
+    """``can_skip_below``: layer 1 replaced by its own probabilities, its input expanded 3x, layer 0 replayed."""
+    model = _build(family)
+    batch = _batch(model)
+    reference = _logits(model, batch)
+    with attention_scope(model) as ctrl:
+        recorded: dict = {}
+        with ctrl.capturing([1]) as probs, ctrl._state(_record=frozenset({0}), _recorded=recorded):
+            _logits(model, batch)
+        steps = 3
+        replacement = probs[1].repeat_interleave(steps, dim=0)  # [batch * step, head, query_pos, key_pos]
+        state = dict(_replace_layer=1, _replacement=replacement, _expand=steps, _skip_below=1, _skip_output=recorded[0])
+        with ctrl._state(**state):
+            expanded = _logits(model, batch)
+        assert ctrl.layers_seen == [1]
+    torch.testing.assert_close(expanded, reference.repeat_interleave(steps, dim=0), rtol=1e-5, atol=1e-5)
