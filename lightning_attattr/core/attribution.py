@@ -13,12 +13,21 @@ Inside Transformer", AAAI 2021, https://arxiv.org/abs/2004.11207). The entry ``(
 the sum over heads, queries and keys approaches ``F_c(A) - F_c(A := 0)`` as the integration gets
 exact; :attr:`AttributionResult.convergence_delta` reports the gap per example and layer.
 
+``F`` is more general than a class probability: ``output`` selects the probability, log-probability
+or logit, language models attribute a token at a position, several positions, a contrast of two
+tokens, or any row-wise function of the output (:mod:`lightning_attattr.core.targets`). With
+``baseline="uniform"`` the path starts at uniform attention ``U`` over the keys each query may
+attend instead of zero: ``Attr(A) = (A - U) * integral_0^1 dF(U + alpha (A - U)) / dA d alpha``,
+summing to ``F(A) - F(U)``; models with a norm right after attention (Gemma 2/3) need it.
+
 How the work is organised (results never depend on it):
 
 - examples are sorted by length and grouped so that padding is (almost) never computed;
 - one clean forward per group captures every layer's probabilities and the outputs of the layers
-  below each target layer; the integration passes reuse those outputs, so the layers below a
-  target layer run once per example, not once per step;
+  below each target layer; the integration passes repeat the model inputs (and those outputs) once
+  per step and reuse the outputs instead of running those layers, so the layers below a target
+  layer run once per example, not once per step (unless the model's attention controller says
+  they cannot be skipped);
 - the integration steps of all examples of a group share one batched forward/backward per
   target layer, split into passes of at most ``internal_batch_size`` rows, or of as many rows as
   the free memory of the model's device allows (:mod:`lightning_attattr.core.memory`); a pass that
@@ -1450,7 +1459,7 @@ def _caller_stacklevel() -> int:
 
 
 class AttentionIntegratedGradients:
-    """Attention attribution (AttAttr) for a Hugging Face encoder classifier.
+    """Attention attribution (AttAttr) for a Hugging Face classifier or language model.
 
     Shaped like Captum's ``IntegratedGradients``: construct it around a model, then call
     :meth:`attribute` on batches. Supported model types are listed in
@@ -1458,12 +1467,14 @@ class AttentionIntegratedGradients:
 
     Args:
         model: a ``PreTrainedModel`` whose output has ``logits`` of shape ``[batch, classes]``
-            (e.g. ``AutoModelForSequenceClassification``, ``AutoModelForImageClassification``).
+            (e.g. ``AutoModelForSequenceClassification``, ``AutoModelForImageClassification``), or
+            a causal / sequence-to-sequence language model with logits ``[batch, pos, vocab]``
+            (targets: :mod:`lightning_attattr.core.targets`).
 
     Raises:
         TypeError: ``model`` is not a ``PreTrainedModel``.
         ValueError: its architecture does not route attention through ``AttentionInterface``
-            (e.g. DeBERTa-v2), or it has fewer than two output classes.
+            (e.g. DeBERTa-v2), or it is a classifier with fewer than two output classes.
 
     Example:
         >>> import torch

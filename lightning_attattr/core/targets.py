@@ -269,6 +269,8 @@ class GroupTarget:
 
 def _ids(name: str, value: object, vocab: int) -> list[int]:
     """``value`` as a list of token ids in ``[0, vocab)``."""
+    if isinstance(value, Tensor) and value.dim() == 0:
+        value = value.item()
     values = [value] if _is_int(value) else value
     if not isinstance(values, (Sequence, Tensor)) or isinstance(values, str) or not len(values):
         raise ArgumentTypeError(
