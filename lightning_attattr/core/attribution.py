@@ -13,12 +13,21 @@ Inside Transformer", AAAI 2021, https://arxiv.org/abs/2004.11207). The entry ``(
 the sum over heads, queries and keys approaches ``F_c(A) - F_c(A := 0)`` as the integration gets
 exact; :attr:`AttributionResult.convergence_delta` reports the gap per example and layer.
 
+``F`` is more general than a class probability: ``output`` selects the probability, log-probability
+or logit, language models attribute a token at a position, several positions, a contrast of two
+tokens, or any row-wise function of the output (:mod:`lightning_attattr.core.targets`). With
+``baseline="uniform"`` the path starts at uniform attention ``U`` over the keys each query may
+attend instead of zero: ``Attr(A) = (A - U) * integral_0^1 dF(U + alpha (A - U)) / dA d alpha``,
+summing to ``F(A) - F(U)``; models with a norm right after attention (Gemma 2/3) need it.
+
 How the work is organised (results never depend on it):
 
 - examples are sorted by length and grouped so that padding is (almost) never computed;
 - one clean forward per group captures every layer's probabilities and the outputs of the layers
-  below each target layer; the integration passes reuse those outputs, so the layers below a
-  target layer run once per example, not once per step;
+  below each target layer; the integration passes repeat the model inputs (and those outputs) once
+  per step and reuse the outputs instead of running those layers, so the layers below a target
+  layer run once per example, not once per step (unless the model's attention controller says
+  they cannot be skipped);
 - the integration steps of all examples of a group share one batched forward/backward per
   target layer, split into passes of at most ``internal_batch_size`` rows, or of as many rows as
   the free memory of the model's device allows (:mod:`lightning_attattr.core.memory`); a pass that
@@ -30,6 +39,7 @@ How the work is organised (results never depend on it):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import sys
@@ -52,7 +62,14 @@ from lightning_attattr.core.approximation import (
     validate_method,
     validate_n_steps,
 )
-from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, check_int, check_layers, check_number
+from lightning_attattr.core.checks import (
+    ArgumentError,
+    ArgumentTypeError,
+    check_choice,
+    check_int,
+    check_layers,
+    check_number,
+)
 from lightning_attattr.core.precision import (
     PRECISION_CODES,
     PRECISION_NAMES,
@@ -61,6 +78,13 @@ from lightning_attattr.core.precision import (
     integrand_precision,
     stalled,
     validate_precision,
+)
+from lightning_attattr.core.targets import (
+    CallTarget,
+    GroupTarget,
+    Output,
+    bind_target,
+    is_language_model,
 )
 
 if TYPE_CHECKING:
@@ -79,7 +103,17 @@ DEFAULT_COMPLETENESS_TOL = 1e-3
 #: instead of a relative one (a relative error of a near-zero difference is fp32 noise).
 COMPLETENESS_FLOOR = 1e-3
 
-_TARGET_STRINGS = ("predicted", "labels")
+#: Baselines of the path integral: ``"zero"`` (``A := 0``, the paper's) or ``"uniform"``.
+Baseline = Literal["zero", "uniform"]
+BASELINES: tuple[Baseline, ...] = ("zero", "uniform")
+# the zero baseline is degenerate for a pair when F(alpha A) over the nodes alpha in (0, 1] stays within this
+# fraction of |F(A) - F(0)| (a norm right after attention: the output does not depend on the scale of A)
+_FLAT_SHARE = 1e-2
+# the flatness test looks at the nodes alpha >= _FLAT_FROM: after a norm, F(alpha A) is constant only where
+# alpha^2 * mean(attention output^2) is well above the norm's epsilon, which the smallest nodes of a fine rule miss
+_FLAT_FROM = 0.1
+# relative spread of F over the nodes that counts as flat to rounding (F(0) is then evaluated to check)
+_ROUNDING_FLAT = 1e-6
 _AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 # a new length bucket starts when padding would add more than this fraction of real tokens
 _PAD_TOLERANCE = 0.1
@@ -89,15 +123,25 @@ _PAD_TOLERANCE = 0.1
 class AttributionResult:
     """AttAttr scores of a batch of examples.
 
+    Rows. A row is one example, except for language-model targets with several positions
+    (:class:`~lightning_attattr.core.targets.Tokens`,
+    :class:`~lightning_attattr.core.targets.Continuation`): there a row is one (example, position)
+    pair, example-major (all positions of example 0, then of example 1, ...), :attr:`example` names
+    each row's example and :attr:`position` its position. Every ``[batch]`` / ``[batch, layer]``
+    field below has one entry per row.
+
     Attributes:
-        attributions: one tensor per example, ``[layer, head, query_pos, key_pos]``, cropped to the
+        attributions: one tensor per row, ``[layer, head, query_pos, key_pos]``, cropped to the
             example's real tokens (padding removed; special tokens such as [CLS]/[SEP] kept). The
             layer axis follows :attr:`layers`.
         layers: the attributed layer indices, in the order of the layer axis.
-        target: ``[batch]`` class whose probability was attributed.
-        prob: ``[batch]`` probability ``F_c(A)`` of the target class in the unmodified model.
-        baseline_prob: ``[batch, layer]`` ``F_c(A^l := 0)``, or ``None`` unless the convergence
-            delta was requested.
+        target: ``[batch]`` class (or token id) whose output was attributed; for a
+            :class:`~lightning_attattr.core.targets.Contrast` the token counted positively; -1
+            for a callable target.
+        prob: ``[batch]`` the attributed output ``F(A)`` in the unmodified model: the target's
+            probability by default, its log-probability or logit with ``output``, the callable's value.
+        baseline_prob: ``[batch, layer]`` ``F`` at the baseline (``A^l := 0``, or uniform attention
+            with ``baseline="uniform"``), or ``None`` unless the convergence delta was requested.
         convergence_delta: ``[batch, layer]`` sum of the attributions minus
             ``prob - baseline_prob`` (completeness gap), or ``None`` unless requested.
         method: integration rule used.
@@ -123,6 +167,12 @@ class AttributionResult:
             codes of :data:`lightning_attattr.core.precision.PRECISION_CODES` (0 = fp32, 1 = tf32,
             2 = bf16; ``PRECISION_NAMES[code]`` names them); ``None`` when the call ran with
             ``precision="fp32"`` (everything in the model's precision).
+        output: the attributed scalar: ``"prob"``, ``"logprob"``, ``"logit"``, or ``"callable"``.
+        baseline: the path's start: ``"zero"`` or ``"uniform"``.
+        example: ``[batch]`` the input example of each row, or ``None`` when the rows are the examples.
+        position: ``[batch]`` real-token position of the attributed output (language models: 0 is
+            the example's first real token), else ``None``.
+        contrast: ``[batch]`` the subtracted token of a ``Contrast`` target, else ``None``.
     """
 
     attributions: list[Tensor]
@@ -139,6 +189,11 @@ class AttributionResult:
     unconverged: Tensor | None = None
     rows_per_pass: int | None = None
     precision_used: Tensor | None = None
+    output: str = "prob"
+    baseline: str = "zero"
+    example: Tensor | None = None
+    position: Tensor | None = None
+    contrast: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.attributions)
@@ -186,6 +241,38 @@ class _Batch:
     lengths: list[int]  # real tokens per example (seq_len for unpadded inputs)
     positions: list[Tensor] | None  # real-token indices per example when padding is not a suffix
     labels: Tensor | None
+
+    def expand(self, example: Tensor) -> _Batch:
+        """The batch whose row ``r`` is the example ``example[r]`` (``[rows]`` on the CPU)."""
+        rows = example.to(next(iter(self.tensors.values())).device)
+        ex = example.tolist()
+        return _Batch(
+            {k: t.index_select(0, rows) for k, t in self.tensors.items()},
+            len(ex),
+            self.seq_len,
+            [self.lengths[i] for i in ex],
+            None if self.positions is None else [self.positions[i] for i in ex],
+            None if self.labels is None else self.labels.index_select(0, rows),
+        )
+
+    def token_axis(self) -> tuple[list[int], list[Tensor], list[Tensor]]:
+        """Per example: real tokens on a language model's output axis, their indices, and their ids (CPU).
+
+        The output axis is ``decoder_input_ids``'s for an encoder-decoder model, else ``input_ids``'s
+        (``inputs_embeds``: indices only, ids empty).
+        """
+        key = "decoder_input_ids" if "decoder_input_ids" in self.tensors else "input_ids"
+        ids = self.tensors.get(key)
+        mask = self.tensors.get("decoder_attention_mask" if key == "decoder_input_ids" else "attention_mask")
+        length = (ids if ids is not None else self.tensors["inputs_embeds"]).shape[1]
+        index = []
+        for i in range(self.size):
+            if mask is not None and tuple(mask.shape[:2]) == (self.size, length):
+                index.append(mask[i].bool().nonzero().squeeze(1).cpu())
+            else:
+                index.append(torch.arange(length, device="cpu"))
+        tokens = [ids[i].cpu().index_select(0, index[i]) if ids is not None else index[i][:0] for i in range(self.size)]
+        return [len(i) for i in index], index, tokens
 
     def crop(self, example: int, attr: Tensor) -> Tensor:
         """Keep the real tokens of one example: ``[head, q, k] -> [head, n, n]`` on the CPU."""
@@ -340,6 +427,11 @@ def merge_shards(shards: Sequence[AttributionResult]) -> AttributionResult:
         unconverged=first.unconverged,
         rows_per_pass=min(sizes) if sizes else None,
         precision_used=first.precision_used,  # decided on summed values: the same on every shard
+        output=first.output,
+        baseline=first.baseline,
+        example=first.example,
+        position=first.position,
+        contrast=first.contrast,
     )
 
 
@@ -414,14 +506,31 @@ class _Adaptive:
         return [k for k in nodes if shard is None or (self.next_item() % shard[1]) == shard[0]]
 
 
-def completeness_scale(prob: Tensor, baseline_prob: Tensor) -> Tensor:
-    """``max(|F(A) - F(A := 0)|, COMPLETENESS_FLOOR)``: what a completeness gap is divided by.
+def completeness_scale(prob: Tensor, baseline_prob: Tensor, bounded: bool = True) -> Tensor:
+    """``max(|F(A) - F(A := 0)|, floor)``: what a completeness gap is divided by.
 
     The relative completeness error that ``n_steps="auto"`` holds below its tolerance, that
     :attr:`AttributionResult.completeness_error` reports and the callbacks log, is
     ``|convergence_delta| / completeness_scale(prob, baseline_prob)`` (shapes broadcast).
+
+    Args:
+        prob: ``F(A)``.
+        baseline_prob: ``F`` at the baseline.
+        bounded: the output is a probability (or a difference of two), in ``[-1, 1]``: the floor
+            is :data:`COMPLETENESS_FLOOR`. ``False`` for unbounded outputs (logits,
+            log-probabilities, callables): the floor is ``COMPLETENESS_FLOOR * max(1, |F(A)|,
+            |F(baseline)|)``, since the rounding error of a large logit grows with its size.
+
+    Example:
+        >>> completeness_scale(torch.tensor([0.5]), torch.tensor([0.4999]))
+        tensor([0.0010])
+        >>> completeness_scale(torch.tensor([20.0]), torch.tensor([19.999]), bounded=False)
+        tensor([0.0200])
     """
-    return (prob - baseline_prob).abs().clamp_min(COMPLETENESS_FLOOR)
+    if bounded:
+        return (prob - baseline_prob).abs().clamp_min(COMPLETENESS_FLOOR)
+    size = torch.maximum(prob.abs(), baseline_prob.abs()).clamp_min(1.0)
+    return torch.maximum((prob - baseline_prob).abs(), COMPLETENESS_FLOOR * size)
 
 
 def _take_rows(value: Any, rows: Tensor) -> Any:
@@ -441,10 +550,38 @@ def model_logits(model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
     return output.logits if hasattr(output, "logits") else output[0]
 
 
-def _target_prob(logits: Tensor, target: Tensor) -> Tensor:
-    """Softmax probability of ``target`` per row: ``[rows, classes], [rows] -> [rows]``."""
-    probs = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-    return probs.gather(1, target[:, None]).squeeze(1)
+def _repeat_rows(value: Any, examples: int, steps: int) -> Any:
+    """``value`` (inputs or a layer output) with every ``[examples, ...]`` tensor repeated ``steps`` times per row.
+
+    Example-major: row ``i * steps + k`` is example ``i``. Tensors whose first axis is not the
+    examples' (e.g. a position bias shared by the batch) are left as they are.
+    """
+    if steps == 1:
+        return value
+    if isinstance(value, Tensor):
+        return value.repeat_interleave(steps, dim=0) if value.dim() > 0 and value.shape[0] == examples else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_repeat_rows(v, examples, steps) for v in value)
+    if isinstance(value, dict):
+        return {k: _repeat_rows(v, examples, steps) for k, v in value.items()}
+    return value
+
+
+def uniform_attention(probs: Tensor) -> Tensor:
+    """Uniform attention over the keys each query may attend: ``[..., query_pos, key_pos]`` like ``probs``.
+
+    The keys a query may attend are the support of its clean probabilities (``probs > 0``):
+    padding and causal masks give exactly zero probability, and a softmax over allowed keys is
+    positive unless a score is more than about 100 (fp32) below the row's largest. Rows without
+    support (a pruned head) stay zero.
+
+    Example:
+        >>> uniform_attention(torch.tensor([[0.7, 0.3, 0.0], [0.2, 0.2, 0.6]]))
+        tensor([[0.5000, 0.5000, 0.0000],
+                [0.3333, 0.3333, 0.3333]])
+    """
+    support = (probs > 0).to(probs.dtype)
+    return support / support.sum(-1, keepdim=True).clamp_min(1)
 
 
 # ----------------------------------------------------------------- one attribute() call
@@ -554,6 +691,8 @@ class _Settings:
     memory_budget: int | float | None = None  # bytes or share of the free memory for planned passes
     precision: Precision = "fp32"  # of the integrand's passes; F(A), F(0) and the sums stay in fp32
     completeness_tol: float = DEFAULT_COMPLETENESS_TOL  # precision="auto": pairs above it are recomputed in fp32
+    baseline: Baseline = "zero"  # the path's start: A := 0, or uniform attention over the allowed keys
+    bounded: bool = True  # the attributed output is a probability (see completeness_scale)
 
     @property
     def n_steps(self) -> int | str:
@@ -689,12 +828,19 @@ class _Run:
             return contextlib.nullcontext()
         return torch.autocast(next(self.model.parameters()).device.type, dtype=dtype)
 
-    def clean_pass(self, inputs: dict[str, Tensor]) -> tuple[dict[int, Tensor], dict[int, Any], Tensor]:
-        """One unmodified forward: probabilities of the attributed layers and the outputs of the layers below them."""
+    @property
+    def can_skip_below(self) -> bool:
+        """Whether the integration passes may reuse the recorded outputs of the layers below the target layer."""
+        return bool(getattr(self.ctrl, "can_skip_below", True))
+
+    def clean_pass(
+        self, inputs: dict[str, Tensor], model_kwargs: dict[str, Any]
+    ) -> tuple[dict[int, Tensor], dict[int, Any], Any]:
+        """One unmodified forward: probabilities of the attributed layers, outputs of the layers below them, outputs."""
         layers = self.settings.layers
         captured: dict[int, Tensor] = {}
         recorded: dict[int, Any] = {}
-        record = frozenset(layer - 1 for layer in layers if layer > 0)
+        record = frozenset(layer - 1 for layer in layers if layer > 0) if self.can_skip_below else frozenset()
         with (
             torch.no_grad(),
             self.ctrl._state(
@@ -702,9 +848,9 @@ class _Run:
             ),
             self.autocast(),
         ):
-            logits = model_logits(self.model, inputs)
+            outputs = self.model(**inputs, **model_kwargs)
         self.ctrl.check_all_layers_ran()
-        return captured, recorded, logits
+        return captured, recorded, outputs
 
     def passes(self, pair: _LayerIntegration, alphas: Tensor, group: int, consume: _Consume) -> None:
         """``pair.gradients`` at every ``alphas`` (``[step]`` float64), in passes within the row limit.
@@ -760,13 +906,20 @@ class _Run:
         return None
 
     def attribute_group(
-        self, index: list[int], targets: Tensor | None, owned: list[list[int]] | None, out: _Outputs
+        self, index: list[int], targets: CallTarget, owned: list[list[int]] | None, out: _Outputs
     ) -> None:
         """The clean pass of the examples ``index``, then the integration of every attributed layer."""
         inputs = _subset(out.batch, index)
-        probs, recorded, logits = self.clean_pass(inputs)
-        target = targets[index].to(logits.device) if targets is not None else logits.argmax(-1)
-        f_full = _target_prob(logits, target).detach().double().cpu()
+        device = next(iter(inputs.values())).device
+        absolute = None
+        if targets.position is not None:  # real-token positions -> indices in the group's (trimmed) inputs
+            absolute = torch.stack([out.token_index[i][targets.position[i]] for i in index])
+        target = targets.group(index, absolute, device)
+        probs, recorded, outputs = self.clean_pass(inputs, target.model_kwargs)
+        target.resolve(outputs)
+        rows = torch.arange(len(index), device=device)
+        with torch.no_grad():
+            f_full = target.scalar(outputs, rows).detach().double().cpu()
         for li, layer in enumerate(self.settings.layers):
             pair = _LayerIntegration(
                 self,
@@ -776,11 +929,12 @@ class _Run:
                 target,
                 recorded.get(layer - 1),
                 f_full,
-                precision=first_precision(self.settings.precision, logits.device),
+                precision=first_precision(self.settings.precision, device),
+                base=uniform_attention(probs[layer]) if self.settings.baseline == "uniform" else None,
             )
             refinement = pair.integrate([] if owned is None else owned[li])
             out.add(index, li, pair, refinement)
-        out.target[index] = target.cpu()
+        out.target[index] = target.labels(len(index)).cpu()
         out.prob[index] = f_full
 
 
@@ -789,20 +943,28 @@ class _LayerIntegration:
     """The integral of one attributed layer over one length group: the state both integration rules work on.
 
     The fixed rule (:meth:`fixed_rule`) and the nested rule of ``n_steps="auto"`` (:class:`_Refinement`)
-    evaluate ``dF(alpha A)/dA`` through :meth:`gradients` and leave ``attr`` and ``f_zero`` here.
+    evaluate ``dF(B + alpha (A - B))/dA`` through :meth:`gradients` and leave ``attr`` and ``f_zero``
+    here; the baseline ``B`` is zero (``base=None``) or uniform attention.
     """
 
     run: _Run
     inputs: dict[str, Tensor]  # the group's model inputs
     layer: int
     probs: Tensor  # A: [batch, head, query_pos, key_pos], the layer's probabilities in the clean pass
-    target: Tensor  # [batch] attributed class, on the model's device
+    target: GroupTarget  # what is attributed, per example
     below: Any  # recorded output of layer ``layer - 1`` (None for layer 0): the layers below do not run again
     f_full: Tensor  # F(A): [batch] float64 on the CPU
-    f_zero: Tensor | None = None  # F(A := 0): [batch], once evaluated
-    attr: Tensor | None = None  # A * sum_k w_k dF(alpha_k A)/dA: [batch, head, query_pos, key_pos]
+    f_zero: Tensor | None = None  # F(baseline): [batch], once evaluated
+    attr: Tensor | None = None  # (A - B) * sum_k w_k dF/dA at B + alpha_k (A - B): [batch, head, query_pos, key_pos]
     precision: str = "fp32"  # of the integrand's passes (gradients); fp32, tf32 or bf16
     modes: Tensor | None = None  # [batch] long: PRECISION_CODES of the precision each example finished in
+    base: Tensor | None = None  # B: [batch, head, query_pos, key_pos], or None for the zero baseline
+    spread: Tensor | None = None  # [batch] float64: max |F(alpha A) - F(A)|, fp32 nodes alpha >= 0.1 (nan: none)
+    interior: bool = False  # a node with 0.1 <= alpha < 1 went into `spread`
+    degenerate: Tensor | None = None  # [batch] bool: F flat in alpha on (0, 1] but F(0) != F(A) (zero baseline)
+
+    def __post_init__(self) -> None:
+        self.diff = self.probs if self.base is None else self.probs - self.base  # A - B
 
     def integrate(self, steps: list[int]) -> _Refinement | None:
         """Fill ``attr`` (and ``f_zero`` where needed) by the call's rule; the nested rule's accumulators or None."""
@@ -812,20 +974,57 @@ class _LayerIntegration:
             self.f_zero = self.zero_prob()
             refinement = _Refinement.start(self, settings.adaptive)
             self.attr = refinement.refine()
+            self.check_degenerate()
             return refinement
         self.fixed_rule(steps)
         if settings.want_delta and self.f_zero is None:
             self.f_zero = self.zero_prob()
         if settings.precision == "auto":
             self.recompute_missed(steps)
+        self.check_degenerate()
         return None
+
+    def note(self, rows: Tensor | None, alphas: Tensor, values: Tensor, precision: str) -> None:
+        """Record ``F`` (``values``, ``[rows, step]``) at ``alphas`` (``[step]``) of the examples ``rows``.
+
+        Feeds the flatness test of :meth:`check_degenerate`; only fp32 values count.
+        """
+        keep = alphas >= _FLAT_FROM
+        if precision != "fp32" or not bool(keep.any()):
+            return
+        self.interior = self.interior or bool((keep & (alphas < 1)).any())
+        index = torch.arange(len(self.probs), device="cpu") if rows is None else rows.cpu()
+        spread = (values[:, keep.to(values.device)].double().cpu() - self.f_full[index][:, None]).abs().amax(1)
+        if self.spread is None:
+            # nan: no fp32 node yet (never flat)
+            self.spread = torch.full((len(self.probs),), math.nan, dtype=torch.float64, device="cpu")
+        self.spread[index] = torch.fmax(self.spread[index], spread)
+
+    def check_degenerate(self) -> None:
+        """Zero baseline: flag the examples whose ``F(alpha A)`` is flat in ``alpha`` while ``F(0)`` differs.
+
+        Flat: over the evaluated nodes ``alpha >= 0.1`` (and ``alpha = 1``), ``F`` stays within 1% of
+        ``|F(A) - F(0)|``.
+
+        Uses ``F(0)`` when the call evaluated it (``n_steps="auto"``, the convergence delta, a rule
+        with ``alpha = 0``); otherwise evaluates it only when some example is flat to rounding.
+        """
+        if self.base is not None or self.spread is None or not self.interior:
+            return
+        size = torch.maximum(self.f_full.abs(), torch.ones_like(self.f_full))
+        if self.f_zero is None:
+            if not bool((self.spread <= _ROUNDING_FLAT * size).any()):
+                return
+            self.f_zero = self.zero_prob()
+        gap = (self.f_full - self.f_zero.double().cpu()).abs()
+        self.degenerate = (self.spread <= _FLAT_SHARE * gap) & (gap > _ROUNDING_FLAT * size)
 
     def recompute_missed(self, steps: list[int]) -> None:
         """``precision="auto"``, fixed rule: recompute in fp32, at the same nodes, the examples above the tolerance."""
         assert self.attr is not None and self.f_zero is not None and self.modes is not None
         f_zero = self.f_zero.double().cpu()
         gap = self.attr.flatten(1).sum(1).double().cpu() - (self.f_full - f_zero)  # [batch]
-        error = gap.abs() / completeness_scale(self.f_full, f_zero)
+        error = gap.abs() / completeness_scale(self.f_full, f_zero, self.run.settings.bounded)
         missed = (error > self.run.settings.completeness_tol).nonzero().squeeze(1)  # [missed] on the CPU
         if not len(missed):
             return
@@ -836,7 +1035,7 @@ class _LayerIntegration:
         self.modes[missed] = PRECISION_CODES["fp32"]
 
     def fixed_rule(self, steps: list[int]) -> None:
-        """``A * sum_k w_k dF(alpha_k A)/dA`` over the fixed rule's ``steps``; ``F(0)`` when ``alpha = 0`` is one."""
+        """``(A - B) * sum_k w_k dF/dA`` over the fixed rule's ``steps``; ``F(B)`` when ``alpha = 0`` is one."""
         settings = self.run.settings
         mine = torch.tensor(steps, dtype=torch.long, device="cpu")
         alphas, weights = settings.alphas[mine], settings.weights[mine]
@@ -849,6 +1048,7 @@ class _LayerIntegration:
                 grad_sum.add_(part)
             else:
                 grad_sum.index_add_(0, rows.to(grad_sum.device), part)
+            self.note(rows, alphas[begin:end], p, self.precision)
             zero = (a == 0).nonzero()
             if zero.numel() and self.precision == "fp32":  # F(0) of a reduced-precision pass is not kept
                 if rows is None:
@@ -859,48 +1059,57 @@ class _LayerIntegration:
                     self.f_zero[rows.to(p.device)] = p[:, int(zero[0])]
 
         self.run.passes(self, alphas, len(self.probs), consume)
-        self.attr = self.probs * grad_sum
+        self.attr = self.diff * grad_sum
 
     def gradients(self, alphas: Tensor) -> tuple[Tensor, Tensor]:
-        """``dF(alpha A)/dA`` ``[batch, step, head, query_pos, key_pos]`` and ``F(alpha A)`` ``[batch, step]``.
+        """``dF/dA`` at ``B + alpha (A - B)``, ``[batch, step, head, query_pos, key_pos]``, and ``F`` there.
+
+        ``F`` is ``[batch, step]``.
 
         One batched forward/backward for all examples and all ``alphas`` (``[step]``).
         """
         batch, steps = self.probs.shape[0], len(alphas)
         # [batch * step, head, query_pos, key_pos], example-major rows
-        x = (alphas.view(1, steps, 1, 1, 1) * self.probs.unsqueeze(1)).flatten(0, 1).requires_grad_(True)
+        if self.base is None:
+            x = alphas.view(1, steps, 1, 1, 1) * self.probs.unsqueeze(1)
+        else:
+            x = self.base.unsqueeze(1) + alphas.view(1, steps, 1, 1, 1) * self.diff.unsqueeze(1)
+        x = x.flatten(0, 1).requires_grad_(True)
+        rows = torch.arange(batch, device=self.probs.device).repeat_interleave(steps)  # [batch * step]
         with integrand_precision(self.precision, self.probs.device):
-            logits = self.replaced_logits(x, steps)  # [batch * step, classes]
-            p = _target_prob(logits, self.target.repeat_interleave(steps))  # [batch * step]
+            outputs = self.replaced_outputs(x, steps)
+            p = self.target.scalar(outputs, rows)  # [batch * step]
             (grad,) = torch.autograd.grad(p.sum(), x)
         return grad.view(batch, steps, *grad.shape[1:]), p.detach().view(batch, steps)
 
     def zero_prob(self) -> Tensor:
-        """``F_c(A^l := 0)`` per example: ``[batch]``."""
+        """``F(B)`` per example: ``[batch]`` (``F(A^l := 0)`` for the zero baseline)."""
         with torch.no_grad():
-            logits = self.replaced_logits(torch.zeros_like(self.probs), 1)
-            return _target_prob(logits, self.target)
+            outputs = self.replaced_outputs(torch.zeros_like(self.probs) if self.base is None else self.base, 1)
+            return self.target.scalar(outputs, torch.arange(len(self.probs), device=self.probs.device))
 
-    def replaced_logits(self, replacement: Tensor, steps: int) -> Tensor:
-        """Logits with the layer's probabilities replaced by ``replacement``.
+    def replaced_outputs(self, replacement: Tensor, steps: int) -> Any:
+        """The model's output with the layer's probabilities replaced by ``replacement``.
 
-        ``replacement`` is ``[batch * steps, head, query_pos, key_pos]`` (example-major); the
-        hidden state entering the layer is repeated ``steps`` times, and the layers below return
-        their recorded clean outputs (``below``) instead of running.
+        ``replacement`` is ``[batch * steps, head, query_pos, key_pos]`` (example-major); the model
+        inputs are repeated ``steps`` times per example, and the layers below return their
+        recorded clean outputs (``below``, repeated likewise) instead of running, unless the
+        controller says they cannot be skipped (``can_skip_below``): then the whole model runs.
         """
         run = self.run
+        batch = len(self.probs)
+        skip = run.can_skip_below and self.below is not None
         with (
             run.ctrl._state(
                 _replace_layer=self.layer,
                 _replacement=replacement,
-                _expand=steps,
-                _skip_below=self.layer,
-                _skip_output=self.below,
+                _skip_below=self.layer if skip else 0,
+                _skip_output=_repeat_rows(self.below, batch, steps) if skip else None,
                 use_sdpa=True,
             ),
             run.autocast(),
         ):
-            return model_logits(run.model, self.inputs)
+            return run.model(**_repeat_rows(self.inputs, batch, steps), **self.target.model_kwargs)
 
     def rows(self, rows: Tensor, precision: str | None = None) -> _LayerIntegration:
         """The same integral restricted to the examples ``rows`` (``[rows]`` batch indices on the CPU).
@@ -913,10 +1122,11 @@ class _LayerIntegration:
             {key: value.index_select(0, dev_rows) for key, value in self.inputs.items()},
             self.layer,
             self.probs.index_select(0, dev_rows),  # [rows, head, q, k]
-            self.target.index_select(0, dev_rows),
+            self.target.rows(dev_rows),
             _take_rows(self.below, dev_rows),
             self.f_full[rows],
             precision=self.precision if precision is None else precision,
+            base=None if self.base is None else self.base.index_select(0, dev_rows),
         )
 
 
@@ -936,8 +1146,8 @@ class _Refinement:
     pair: _LayerIntegration
     rule: _Adaptive
     acc: Tensor  # [level, batch, head, q, k]: sum_k weights[level, k] * dF/dA(alpha_k A) over the nodes so far
-    h: Tensor  # [batch, node] float64: sum(A * dF/dA(alpha_k A)) (this shard's nodes)
-    target_diff: Tensor  # [batch] float64: F(A) - F(A := 0), what the integral of h must reach
+    h: Tensor  # [batch, node] float64: sum((A - B) * dF/dA(B + alpha_k (A - B))) (this shard's nodes)
+    target_diff: Tensor  # [batch] float64: F(A) - F(B), what the integral of h must reach
     gap: Tensor  # [batch] float64: what a completeness error is divided by
     final: Tensor  # [batch] the level whose estimate is kept
     error: Tensor  # [batch] float64: achieved relative completeness error (from the summed terms)
@@ -960,7 +1170,7 @@ class _Refinement:
             acc=torch.zeros(rule.n_levels, *probs.shape, dtype=probs.dtype, device=probs.device),
             h=torch.zeros(batch, rule.sizes[-1], dtype=torch.float64, device="cpu"),
             target_diff=pair.f_full - f_zero,
-            gap=completeness_scale(pair.f_full, f_zero),
+            gap=completeness_scale(pair.f_full, f_zero, pair.run.settings.bounded),
             final=torch.full((batch,), rule.n_levels - 1, dtype=torch.long, device="cpu"),
             error=torch.zeros(batch, dtype=torch.float64, device="cpu"),
             flagged=torch.zeros(batch, dtype=torch.bool, device="cpu"),
@@ -990,7 +1200,7 @@ class _Refinement:
             if not len(active):
                 break
         chosen = self.acc[self.final.to(self.acc.device), torch.arange(len(self.final), device=self.acc.device)]
-        return self.pair.probs * chosen  # [batch, head, q, k]: this shard's part
+        return self.pair.diff * chosen  # [batch, head, q, k]: this shard's part
 
     def stop_reduced(self, active: Tensor, level: int, estimate: Tensor, done: Tensor) -> Tensor:
         """Deal with the reduced-precision examples among ``active`` that stalled; which of them are now done.
@@ -1059,10 +1269,11 @@ class _Refinement:
         part = self.pair.rows(rows, PRECISION_NAMES[code])
         acc, weights = self.acc[level:], self.rule.weights[level:]  # [level, ...]: this and the finer levels
 
-        def consume(sub: Tensor | None, begin: int, end: int, grad: Tensor, _prob: Tensor) -> None:
+        def consume(sub: Tensor | None, begin: int, end: int, grad: Tensor, prob: Tensor) -> None:
             chunk = nodes[begin:end]
             mine = rows if sub is None else rows[sub]  # batch indices of this pass
-            probs = part.probs if sub is None else part.probs.index_select(0, sub.to(part.probs.device))
+            probs = part.diff if sub is None else part.diff.index_select(0, sub.to(part.diff.device))
+            self.pair.note(mine, self.rule.alphas[chunk], prob, part.precision)
             grad = grad.to(acc.dtype)  # [rows, step, head, q, k]
             w = weights[:, chunk].to(grad)  # [level, step]
             acc[:, mine.to(acc.device)] += torch.einsum("ls,bs...->lb...", w, grad)
@@ -1111,6 +1322,9 @@ class _Outputs:
     flagged: Tensor | None  # n_steps="auto" only
     rows_per_pass: int | None = None  # set from the call's _RowPlan when the passes are done
     precision_used: Tensor | None = None  # [batch, layer] int8 PRECISION_CODES, unless precision="fp32"
+    token_index: list[Tensor] = dataclasses.field(default_factory=list)  # per row: real-token indices (targets)
+    call_target: CallTarget | None = None
+    degenerate: set[int] = dataclasses.field(default_factory=set)  # layers with a degenerate zero-baseline pair
 
     @classmethod
     def empty(cls, batch: _Batch, settings: _Settings) -> _Outputs:
@@ -1133,6 +1347,8 @@ class _Outputs:
     def add(self, index: list[int], li: int, pair: _LayerIntegration, refinement: _Refinement | None) -> None:
         """Crop the maps of the examples ``index`` at layer position ``li``; record F(A := 0) and the gap."""
         assert pair.attr is not None
+        if pair.degenerate is not None and bool(pair.degenerate.any()):
+            self.degenerate.add(self.settings.layers[li])
         if self.precision_used is not None and pair.modes is not None:
             self.precision_used[index, li] = pair.modes.to(torch.int8)
         if refinement is not None:
@@ -1150,11 +1366,13 @@ class _Outputs:
         self.baseline[index, li] = f_zero
         self.delta[index, li] = pair.attr.flatten(1).sum(1).double().cpu() - share * (pair.f_full - f_zero)
         if refinement is None and shard is None and self.error is not None:  # a shard's delta is partial
-            self.error[index, li] = self.delta[index, li].abs() / completeness_scale(pair.f_full, f_zero)
+            self.error[index, li] = self.delta[index, li].abs() / completeness_scale(
+                pair.f_full, f_zero, self.settings.bounded
+            )
 
     def result(self) -> AttributionResult:
         """The assembled :class:`AttributionResult`."""
-        settings = self.settings
+        settings, target = self.settings, self.call_target
         return AttributionResult(
             attributions=[torch.stack(maps) for maps in self.maps],
             layers=settings.layers,
@@ -1170,7 +1388,30 @@ class _Outputs:
             unconverged=self.flagged,
             rows_per_pass=self.rows_per_pass,
             precision_used=self.precision_used,
+            output="callable" if target is not None and target.fn is not None else _output_name(target),
+            baseline=settings.baseline,
+            example=None if target is None else target.example,
+            position=None if target is None else target.position,
+            contrast=None if target is None else target.other,
         )
+
+
+def _output_name(target: CallTarget | None) -> str:
+    """The attributed output's name for the result (``"prob"`` without a bound target)."""
+    return "prob" if target is None else target.output
+
+
+def _warn_degenerate(layers: set[int]) -> None:
+    """One warning when the zero baseline was degenerate for some (example, layer) pair."""
+    if not layers:
+        return
+    warnings.warn(
+        f"The zero baseline is degenerate for layer(s) {sorted(layers)}: the attributed output is the same for "
+        "every scaled attention alpha * A (alpha in (0, 1]) but differs at A := 0, so the attributions cannot "
+        "add up to F(A) - F(0). A normalization right after attention makes the output invariant to scaling A; "
+        "use baseline='uniform' (the path from uniform attention to A).",
+        stacklevel=_caller_stacklevel(),
+    )
 
 
 def _warn_unconverged(
@@ -1218,7 +1459,7 @@ def _caller_stacklevel() -> int:
 
 
 class AttentionIntegratedGradients:
-    """Attention attribution (AttAttr) for a Hugging Face encoder classifier.
+    """Attention attribution (AttAttr) for a Hugging Face classifier or language model.
 
     Shaped like Captum's ``IntegratedGradients``: construct it around a model, then call
     :meth:`attribute` on batches. Supported model types are listed in
@@ -1226,12 +1467,14 @@ class AttentionIntegratedGradients:
 
     Args:
         model: a ``PreTrainedModel`` whose output has ``logits`` of shape ``[batch, classes]``
-            (e.g. ``AutoModelForSequenceClassification``, ``AutoModelForImageClassification``).
+            (e.g. ``AutoModelForSequenceClassification``, ``AutoModelForImageClassification``), or
+            a causal / sequence-to-sequence language model with logits ``[batch, pos, vocab]``
+            (targets: :mod:`lightning_attattr.core.targets`).
 
     Raises:
         TypeError: ``model`` is not a ``PreTrainedModel``.
         ValueError: its architecture does not route attention through ``AttentionInterface``
-            (e.g. DeBERTa-v2), or it has fewer than two output classes.
+            (e.g. DeBERTa-v2), or it is a classifier with fewer than two output classes.
 
     Example:
         >>> import torch
@@ -1253,9 +1496,10 @@ class AttentionIntegratedGradients:
     def __init__(self, model: nn.Module) -> None:
         self._n_layers = len(layer_modules(model))  # validates the architecture
         self.model = model
+        self._language_model = is_language_model(model)
         num_labels: Any = cast("PreTrainedModel", model).config.num_labels  # None without id2label: int() refuses it
         self._num_labels = int(num_labels)
-        if self._num_labels < 2:
+        if self._num_labels < 2 and not self._language_model:
             raise ArgumentError(
                 "AttAttr attributes a class probability; expected a classifier with `num_labels` >= 2, "
                 f"but the model has num_labels={self._num_labels}."
@@ -1284,16 +1528,27 @@ class AttentionIntegratedGradients:
         reduce: Callable[[Tensor], Tensor] | None = None,
         memory_budget: int | float | None = None,
         precision: Precision = "fp32",
+        output: Output = "prob",
+        baseline: Baseline = "zero",
     ) -> AttributionResult:
-        """Attribute the target-class probability to every attention connection of the chosen layers.
+        """Attribute the target's output to every attention connection of the chosen layers.
 
         Args:
             inputs: the model's own inputs for a batch: ``input_ids`` / ``attention_mask`` /
                 ``token_type_ids`` for text (any padding), ``pixel_values`` for ViT. A ``labels``
                 entry is used only by ``target="labels"``.
-            target: class to explain. ``None`` or ``"predicted"``: the model's prediction;
-                ``"labels"``: ``inputs["labels"]`` (gold labels); an int: that class for every
-                example; a sequence or ``[batch]`` tensor: one class per example.
+            target: what to explain. Classifiers: ``None`` or ``"predicted"``: the model's
+                prediction; ``"labels"``: ``inputs["labels"]`` (gold labels); an int: that class
+                for every example; a sequence or ``[batch]`` tensor: one class per example.
+                Language models (logits ``[batch, pos, vocab]``, see
+                :mod:`lightning_attattr.core.targets`): ``None`` or ``"predicted"``: the predicted
+                next token at the last real position (any padding); an int or one id per
+                example: that token there; ``Token(id, position)``; ``Tokens(ids, positions)``
+                and ``Continuation(ids)`` (one result row per (example, position), see
+                :class:`AttributionResult`); ``Contrast(a, b, position)``: output of ``a`` minus
+                output of ``b``. Any model: a callable taking the model's output object for a
+                batch of rows and returning one scalar per row (``[rows]``); it must be
+                row-wise, as the rows are the examples repeated over the integration steps.
             layers: layer index or indices to attribute (negative counts from the end), each
                 named once (``[0, 0]`` is an error); default all layers. Results are in
                 increasing layer order whatever the order given.
@@ -1353,6 +1608,19 @@ class AttentionIntegratedGradients:
                 model's precision. ``result.precision_used`` says which precision each pair
                 finished in. See "Reduced precision" below.
 
+            output: the attributed scalar of a class or token target: ``"prob"`` (softmax
+                probability, default), ``"logprob"`` (log-softmax) or ``"logit"``. Completeness
+                holds for the chosen output; for unbounded outputs (logits, log-probabilities,
+                callables) the floor of the relative completeness error scales with the size of
+                the output (:func:`completeness_scale`).
+            baseline: the start ``B`` of the integration path ``B + alpha (A - B)``:
+                ``"zero"`` (default, the paper's ``A := 0``) or ``"uniform"``: each query attends
+                uniformly to the keys it may attend (those with ``A > 0``: padding and causal
+                masks respected). The attributions are ``(A - B) * integral of dF/dA`` and sum
+                to ``F(A) - F(B)``. Models with a normalization right after attention (Gemma 2/3)
+                give the same output for every ``alpha * A`` with ``alpha > 0``, which makes the
+                zero baseline degenerate: a warning says so, and ``"uniform"`` is the remedy.
+
         Memory. A pass runs ``rows = examples x steps`` copies of a length group through the
         attributed layer and the layers above it and keeps their activations for the backward
         pass, so its memory grows linearly with the rows. With ``internal_batch_size=None`` the
@@ -1409,6 +1677,7 @@ class AttentionIntegratedGradients:
                 example at one step), so there is nothing smaller to retry.
         """
         layer_ids = self._validate_layers(layers)
+        baseline = check_choice("baseline", baseline, BASELINES)
         rule = _check_rule(method, n_steps, completeness_tol, max_steps, reduce, autocast_dtype)
         settings = _check_settings(
             layer_ids,
@@ -1429,10 +1698,15 @@ class AttentionIntegratedGradients:
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
             batch = _prepare_inputs(inputs, device)
             self._check_token_ids(batch)
-            targets = self._validate_target(target, batch)
+            targets, token_index = self._validate_target(target, output, batch)
+            if targets.example is not None:
+                batch = batch.expand(targets.example)
+                token_index = [token_index[i] for i in targets.example.tolist()]
+            settings = dataclasses.replace(settings, baseline=baseline, bounded=targets.bounded)
             plan = self._row_plan(settings, device)
             groups = _plan_groups(batch, functools.partial(plan.max_examples, batch))
-            result = self._integrate(batch, groups, targets, settings, plan, show_progress)
+            result, degenerate = self._integrate(batch, groups, targets, token_index, settings, plan, show_progress)
+        _warn_degenerate(degenerate)
         _warn_out_of_memory(plan)
         _warn_unconverged(result, completeness_tol, max_steps, settings.precision)
         return result
@@ -1458,14 +1732,16 @@ class AttentionIntegratedGradients:
         self,
         batch: _Batch,
         groups: list[list[int]],
-        targets: Tensor | None,
+        targets: CallTarget,
+        token_index: list[Tensor],
         settings: _Settings,
         plan: _RowPlan,
         show_progress: bool,
-    ) -> AttributionResult:
-        """Integrate every (group, layer) pair inside the model's attention scope and assemble the result."""
+    ) -> tuple[AttributionResult, set[int]]:
+        """Integrate every (group, layer) pair inside the model's attention scope; the result and degenerate layers."""
         owned, total = _plan_steps(batch, groups, settings, plan)
         out = _Outputs.empty(batch, settings)
+        out.token_index, out.call_target = token_index, targets
         progress = _progress(total, show_progress)
         try:
             with frozen_eval(self.model), attention_scope(self.model) as ctrl:
@@ -1475,7 +1751,7 @@ class AttentionIntegratedGradients:
         finally:
             progress.close()
         out.rows_per_pass = plan.rows_per_pass
-        return out.result()
+        return out.result(), out.degenerate
 
     # ----------------------------------------------------------------- validation
     def _validate_layers(self, layers: int | Sequence[int] | None) -> tuple[int, ...]:
@@ -1501,42 +1777,18 @@ class AttentionIntegratedGradients:
                 f"tokens), but got {sorted(set(bad.tolist()))[:5]} (was the batch made with another tokenizer?)."
             )
 
-    def _validate_target(self, target: object, batch: _Batch) -> Tensor | None:
-        c = self._num_labels
-        if target is None or target == "predicted":
-            return None
-        if isinstance(target, str):
-            if target != "labels":
-                raise ArgumentError(
-                    f"Expected `target` to be one of {list(_TARGET_STRINGS)}, an int, a sequence of "
-                    f"ints or None, but got {target!r}."
-                )
-            if batch.labels is None:
-                raise ArgumentError("`target='labels'` needs a `labels` entry in `inputs`, but there is none.")
-            values = batch.labels
-        elif isinstance(target, bool):
-            raise ArgumentTypeError(
-                f"Expected `target` to be an int, a sequence of ints, a string or None, but got {target!r}."
+    def _validate_target(self, target: object, output: object, batch: _Batch) -> tuple[CallTarget, list[Tensor]]:
+        """The checked target, one entry per result row, and per example the indices of its real tokens."""
+        if not self._language_model:
+            bound = bind_target(
+                target, output, model=self.model, n_classes=self._num_labels, lengths=batch.lengths, labels=batch.labels
             )
-        elif isinstance(target, int):
-            values = torch.full((batch.size,), target, device="cpu")
-        else:
-            try:
-                values = torch.as_tensor(target, device="cpu")
-            except (TypeError, ValueError, RuntimeError) as err:
-                raise ArgumentTypeError(
-                    f"Expected `target` to be an int, a sequence of ints, a string or None, but got {target!r}."
-                ) from err
-        if values.dtype.is_floating_point or values.dtype == torch.bool or values.dtype.is_complex:
-            raise ArgumentTypeError(f"Expected integer class indices in `target`, but got dtype {values.dtype}.")
-        if values.shape != (batch.size,):
-            raise ArgumentError(
-                f"Expected `target` to have one class per example, shape [{batch.size}], but got {list(values.shape)}."
-            )
-        bad = values[(values < 0) | (values >= c)]
-        if bad.numel():
-            raise ArgumentError(f"Expected `target` classes in [0, {c - 1}], but got {bad.tolist()}.")
-        return values.long().cpu()
+            return bound, []
+        lengths, index, tokens = batch.token_axis()
+        bound = bind_target(
+            target, output, model=self.model, n_classes=None, lengths=lengths, labels=batch.labels, tokens=tokens
+        )
+        return bound, index
 
 
 def attribute(model: nn.Module, inputs: Mapping[str, Any], **kwargs: Any) -> AttributionResult:

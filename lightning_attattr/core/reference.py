@@ -11,13 +11,15 @@ batch 1 and the target layer's input broadcast to the steps, exactly as the offi
 ``method="riemann_left"``, ``n_steps=20`` and ``steps_per_pass=20`` it mirrors the official
 head-importance computation.
 
-Only models whose attention modules carry ``layer_idx`` (BERT, RoBERTa, ELECTRA, XLM-RoBERTa) are
-supported.
+Models whose layers each run their attention once through ``AttentionInterface`` are supported
+(BERT family, and causal LMs such as Llama, Mistral, Phi-3 and Gemma); the target is a class
+(with ``output`` ``"prob"``, ``"logprob"`` or ``"logit"``) or any function of the example's
+logits, and the baseline zero or uniform attention over the keys the attention mask allows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +33,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 REFERENCE_IMPLEMENTATION = "attattr_reference"
-_STATE: dict[str, Any] = {"layer": None, "x": None}
+# layer: the replaced layer; x: its replacement; current: the layer running; clean: layer -> (probs, allowed keys)
+_STATE: dict[str, Any] = {"layer": None, "x": None, "current": None, "clean": None}
 
 
 def _reference_attention(
@@ -44,13 +47,24 @@ def _reference_attention(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[Tensor, Tensor]:
-    if getattr(module, "layer_idx", None) == _STATE["layer"]:
+    groups = query.shape[1] // key.shape[1]  # grouped-query attention: each key/value head serves `groups` heads
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    if _STATE["current"] == _STATE["layer"]:
         probs = _STATE["x"]  # [steps, head, query_pos, key_pos]
     else:
         scores = query @ key.transpose(2, 3) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+        allowed = torch.ones_like(scores, dtype=torch.bool)
         if attention_mask is not None:
-            scores = scores + attention_mask
+            mask = attention_mask[..., : key.shape[-2]]
+            if mask.dtype == torch.bool:
+                allowed = allowed & mask
+                mask = torch.zeros_like(scores).masked_fill(~mask, torch.finfo(scores.dtype).min)
+            else:
+                allowed = allowed & (mask > torch.finfo(mask.dtype).min / 2)
+            scores = scores + mask
         probs = scores.softmax(-1)
+        if _STATE["clean"] is not None:
+            _STATE["clean"][_STATE["current"]] = (probs.detach(), allowed)
     return (probs @ value).transpose(1, 2).contiguous(), probs
 
 
@@ -69,7 +83,7 @@ class ReferenceResult:
     Attributes:
         attributions: per example ``[layer, head, n, n]`` over its real tokens (CPU).
         prob: ``[batch]`` ``F(A)`` (CPU, float64).
-        baseline_prob: ``[batch, layer]`` ``F(A^l := 0)`` (CPU, float64).
+        baseline_prob: ``[batch, layer]`` ``F`` at the baseline (``A^l := 0`` or uniform; CPU, float64).
     """
 
     attributions: list[Tensor]
@@ -77,27 +91,53 @@ class ReferenceResult:
     baseline_prob: Tensor
 
 
+#: ``scalar(logits, example)``: the attributed value ``[steps]`` from the logits of one example's
+#: ``steps`` rows (``[steps, classes]`` or ``[steps, pos, vocab]`` over its real tokens).
+Scalar = Callable[[Tensor, int], Tensor]
+
+
+def _class_scalar(target: Tensor, output: str) -> Scalar:
+    def scalar(logits: Tensor, example: int) -> Tensor:
+        if output == "prob":
+            values = logits.softmax(-1)
+        elif output == "logprob":
+            values = logits.log_softmax(-1)
+        else:
+            values = logits
+        return values[:, int(target[example])]
+
+    return scalar
+
+
 def reference_attattr(
     model: PreTrainedModel,
     inputs: Mapping[str, Tensor],
-    target: Tensor,
+    target: Tensor | Scalar,
     *,
     method: str = "riemann_left",
     n_steps: int = 20,
     pad_to: int | None = None,
     steps_per_pass: int = 1,
+    output: str = "prob",
+    baseline: str = "zero",
 ) -> ReferenceResult:
     """AttAttr of every layer, one example, one layer and ``steps_per_pass`` steps at a time.
 
     Args:
-        model: a BERT-family classifier (attention modules with ``layer_idx``); it is not modified
-            (a scope switches its attention implementation and restores it).
-        inputs: right-padded ``input_ids`` / ``attention_mask`` (/ ``token_type_ids``) ``[batch, pos]``.
-        target: ``[batch]`` class per example.
+        model: a classifier or language model whose layers each run their attention once, through
+            ``AttentionInterface`` (BERT family, Llama, Mistral, Phi-3, Gemma); it is not modified
+            (its attention implementation is switched and restored).
+        inputs: ``input_ids`` / ``attention_mask`` (/ ``token_type_ids``) ``[batch, pos]``, any padding.
+        target: ``[batch]`` class per example, or a function ``scalar(logits, example)`` returning
+            the attributed value ``[steps]`` from the example's logits (``[steps, classes]``, or
+            ``[steps, pos, vocab]`` over its real tokens).
         method: integration rule (see :mod:`lightning_attattr.core.approximation`).
         n_steps: integration steps.
-        pad_to: pad each example to this length (the official code uses 128); default unpadded.
+        pad_to: pad each example at the end to this length (the official code uses 128); default unpadded.
         steps_per_pass: integration steps per forward/backward (1 = one step at a time).
+        output: for a class target: ``"prob"``, ``"logprob"`` or ``"logit"``.
+        baseline: ``"zero"`` (``A := 0``) or ``"uniform"``: each query row uniform over the keys
+            its attention mask allows; the path is ``B + alpha (A - B)``.
 
     Returns:
         A :class:`ReferenceResult`, on the CPU as
@@ -106,51 +146,70 @@ def reference_attattr(
     """
     if model.training:
         raise ValueError("`reference_attattr` expects the model in eval mode (call `model.eval()`), as AttAttr does.")
-    if any(getattr(m, "layer_idx", None) is None for m in _attention_modules(model)):
-        raise ValueError("`reference_attattr` needs attention modules with `layer_idx` (BERT, RoBERTa, ELECTRA).")
+    layers = layer_modules(model)
+    if len({id(m) for m in layers}) < len(layers):
+        raise ValueError("`reference_attattr` needs one module per layer (not ALBERT's shared layer).")
+    scalar = _class_scalar(target, output) if isinstance(target, Tensor) else target
     _register()
     alphas, weights = approximation_parameters(method, n_steps)
-    layers = layer_modules(model)
     previous = model.config._attn_implementation
     grad_flags = [p.requires_grad for p in model.parameters()]
     model.set_attn_implementation(REFERENCE_IMPLEMENTATION)
     model.requires_grad_(False)
+    hooks = [
+        module.register_forward_pre_hook(lambda _m, _args, index=index: _STATE.update(current=index))
+        for index, module in enumerate(layers)
+    ]
     device = next(model.parameters()).device
     maps, probs, baselines = [], [], []
     try:
         for i in range(inputs["input_ids"].shape[0]):
-            n = int(inputs["attention_mask"][i].sum())
+            mask = inputs.get("attention_mask")
+            real = (
+                mask[i].bool().nonzero().squeeze(1)
+                if mask is not None
+                else torch.arange(inputs["input_ids"].shape[1], device=inputs["input_ids"].device)
+            )
+            n = len(real)
             # [1, pad_to or n] on the model's device, the example's real tokens first
             one = {k: torch.zeros(1, pad_to or n, dtype=v.dtype, device=device) for k, v in inputs.items()}
             for k, v in inputs.items():
-                one[k][0, :n] = v[i, :n].to(device)
-            c = int(target[i])
-            _STATE.update(layer=None, x=None)
+                one[k][0, :n] = v[i].index_select(0, real.to(v.device)).to(device)
+            _STATE.update(layer=None, x=None, clean={})
             with torch.no_grad():
-                out = model(**one, output_attentions=True)
-            f_full = float(out.logits.softmax(-1)[0, c])
+                logits = _logits(model, one, n)
+            clean = _STATE["clean"]
+            _STATE.update(clean=None)
+            f_full = float(scalar(logits, i)[0])
             per_layer, f_zero = [], []
-            for layer, a in enumerate(out.attentions):  # a: [1, head, pos, pos]
+            for layer in range(len(layers)):
+                a, allowed = clean[layer]  # [1, head, pos, pos]
+                base = torch.zeros_like(a)
+                if baseline == "uniform":
+                    support = allowed.expand_as(a).to(a.dtype)
+                    base = support / support.sum(-1, keepdim=True)
                 total, zero = torch.zeros_like(a[0]), None
                 for start in range(0, n_steps, steps_per_pass):
                     al = torch.tensor(alphas[start : start + steps_per_pass], dtype=a.dtype, device=a.device)
                     w = torch.tensor(weights[start : start + steps_per_pass], dtype=a.dtype, device=a.device)
-                    x = (al.view(-1, 1, 1, 1) * a).requires_grad_(True)  # [steps, head, pos, pos]
-                    p = _forward_replaced(model, layers[layer], layer, x, one)[:, c]  # [steps]
+                    x = (base + al.view(-1, 1, 1, 1) * (a - base)).requires_grad_(True)  # [steps, head, pos, pos]
+                    p = scalar(_forward_replaced(model, layers[layer], layer, x, one, n), i)  # [steps]
                     (g,) = torch.autograd.grad((p * w).sum(), x)
                     total += g.sum(0)
                     if (al == 0).any():
                         zero = float(p[int((al == 0).nonzero()[0])].detach())
                 if zero is None:
                     with torch.no_grad():
-                        zero = float(_forward_replaced(model, layers[layer], layer, torch.zeros_like(a), one)[0, c])
-                per_layer.append((a[0] * total)[:, :n, :n])
+                        zero = float(scalar(_forward_replaced(model, layers[layer], layer, base.clone(), one, n), i)[0])
+                per_layer.append(((a - base)[0] * total)[:, :n, :n])
                 f_zero.append(zero)
             maps.append(torch.stack(per_layer).cpu())  # [layer, head, n, n]
             probs.append(f_full)
             baselines.append(f_zero)
     finally:
-        _STATE.update(layer=None, x=None)
+        for hook in hooks:
+            hook.remove()
+        _STATE.update(layer=None, x=None, current=None, clean=None)
         model.set_attn_implementation(previous)
         for p, flag in zip(model.parameters(), grad_flags):
             p.requires_grad_(flag)
@@ -161,17 +220,19 @@ def reference_attattr(
     )
 
 
-def _attention_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if type(m).__name__.endswith("SelfAttention")]
+def _logits(model: nn.Module, one: dict, n: int) -> Tensor:
+    """Logits of a forward on ``one``: ``[rows, classes]``, or ``[rows, n, vocab]`` over the real tokens."""
+    logits = model(**one).logits
+    return logits[:, :n] if logits.dim() == 3 else logits
 
 
-def _forward_replaced(model: nn.Module, layer_module: nn.Module, layer: int, x: Tensor, one: dict) -> Tensor:
-    """Softmax output with layer ``layer``'s probabilities replaced by ``x``; the layer's input is broadcast."""
+def _forward_replaced(model: nn.Module, layer_module: nn.Module, layer: int, x: Tensor, one: dict, n: int) -> Tensor:
+    """Logits with layer ``layer``'s probabilities replaced by ``x``; the layer's input is broadcast to the steps."""
     steps = x.shape[0]
     _STATE.update(layer=layer, x=x)
     hook = layer_module.register_forward_pre_hook(lambda _m, args: (args[0].expand(steps, -1, -1), *args[1:]))
     try:
-        return model(**one).logits.softmax(-1)  # [steps, classes]
+        return _logits(model, one, n)  # [steps, ...]
     finally:
         hook.remove()
         _STATE.update(layer=None, x=None)
