@@ -1,5 +1,8 @@
 """Heads of decoder LLMs: head masks against an independent computation, structural pruning, key/value groups."""
 
+import copy
+import io
+
 import pytest
 import torch
 import transformers
@@ -37,7 +40,7 @@ def decoder_config(family: str, n_kv_heads: int = HEADS) -> transformers.Pretrai
             eos_token_id=2,
             num_labels=3,
         )
-    extra = {"head_dim": HEAD_DIM} if family in ("gemma", "qwen3") else {}
+    extra = {"head_dim": HEAD_DIM} if family.startswith(("gemma", "qwen3")) else {}
     return transformers.AutoConfig.for_model(
         family,
         vocab_size=100,
@@ -185,6 +188,26 @@ def test_phi3_fused_projection_rows():
     assert attn.config._attn_implementation == model.config._attn_implementation
 
 
+def test_pruned_phi3_copies_and_pickles():
+    """The per-layer view of the config follows a deep copy (and a pickle) of the model."""
+    model = make_decoder("phi3")
+    batch = decoder_batch()
+    prune_heads(model, PRUNE)
+    with torch.no_grad():
+        expected = model(**batch).logits
+    copied = copy.deepcopy(model)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for other in (copied, loaded):
+        assert other.model.layers[1].self_attn.config.num_attention_heads == 2
+        assert other.model.layers[1].self_attn.config._base is other.config
+        with torch.no_grad():
+            torch.testing.assert_close(other(**batch).logits, expected, rtol=0, atol=0)
+    torch.testing.assert_close(scoped_logits(copied, batch, None), expected, rtol=1e-10, atol=1e-10)
+
+
 def test_gpt2_conv1d_columns():
     """GPT-2's Conv1D weights are [in, out]: c_attn loses output columns, c_proj input rows."""
     model = make_decoder("gpt2")
@@ -231,7 +254,7 @@ def test_decoder_refusals(heads, match):
 
 
 # ----------------------------------------------------------------------------- grouped-query attention
-GQA_FAMILIES = ("llama", "qwen2", "qwen3", "gemma", "phi3")
+GQA_FAMILIES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
 GROUPS = {0: [1], 1: [0]}  # 4 query heads in 2 groups: group g holds query heads 2g, 2g + 1
 
 
