@@ -1,7 +1,7 @@
 """The one place that knows transformers' internals: a head-mask and attention-probability interface.
 
-transformers v5 removed ``head_mask`` and ``prune_heads`` and routes the attention of its encoder
-models through a pluggable function chosen by ``config._attn_implementation``
+transformers v5 removed ``head_mask`` and ``prune_heads`` and routes the attention of its models
+through a pluggable function chosen by ``config._attn_implementation``
 (``transformers.AttentionInterface``). This module registers such a function, named
 ``"attattr"``, together with the matching mask builder in ``AttentionMaskInterface`` (without that
 registration transformers silently drops the padding mask for unknown implementation names).
@@ -15,15 +15,23 @@ per forward pass,
 - replace one layer's probabilities by a supplied tensor (batched over integration steps) so that
   gradients flow to it, expanding the batch at that layer's input so that everything below is
   computed once per example,
-- reuse cached outputs of the layers below a target layer instead of recomputing them.
+- reuse cached outputs of the layers below a target layer instead of recomputing them (not for
+  encoder-decoders: ``controller.can_skip_below``).
 
 The model's forward code is never copied or edited: the scope switches the attention
-implementation, wraps the ``forward`` of each transformer layer instance to know which layer is
-running, and undoes all of it on exit, also when an exception is raised inside.
+implementation, wraps the ``forward`` of each attention layer's module instance to know which
+layer is running, and undoes all of it on exit, also when an exception is raised inside.
 
-Layer order is found per architecture: ``module.layer_idx`` is not available everywhere
-(DistilBERT, ViT) and ALBERT calls one shared layer module for every layer, so the scope counts
-layer calls instead. DeBERTa(-v2) computes attention in its own code, not through the interface,
+Where attention runs, per architecture, lives in :mod:`lightning_attattr.core.families`:
+encoder-only and decoder-only models have one attention call per transformer layer, while
+encoder-decoders (BART, T5) have encoder self-attention, decoder self-attention and decoder
+cross-attention sites (:func:`attention_layers` names them). ``module.layer_idx`` is not available
+everywhere (DistilBERT, ViT) and ALBERT calls one shared layer module for every layer, so the scope
+counts layer calls instead. Grouped-query attention (fewer key/value heads than query heads) is
+computed per query head; the family-specific terms of Gemma2 (score softcapping), gpt-oss
+(attention sinks) and T5 (relative position bias) are computed as transformers' eager attention
+does, and any other keyword the attention function receives must be known to be harmless or the
+model is refused. DeBERTa(-v2) computes attention in its own code, not through the interface,
 and is refused with an error that lists the supported architectures.
 """
 
@@ -37,29 +45,40 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor, nn
 
-from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, UnsupportedModelError
+from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
+from lightning_attattr.core.families import (
+    SUPPORTED_MODEL_TYPES,
+    AttentionExtras,
+    attention_extras,
+    attention_layers,
+    attention_sites,
+    kv_head_count,
+    unsupported,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+__all__ = [
+    "ATTN_IMPLEMENTATION",
+    "PRUNED_HEADS_KEY",
+    "SUPPORTED_MODEL_TYPES",
+    "AttentionController",
+    "active_controller",
+    "attattr_attention",
+    "attention_layers",
+    "attention_scope",
+    "check_head_mask",
+    "kv_group_head_mask",
+    "layer_modules",
+    "max_sequence_length",
+    "register_attention",
+]
 
 ATTN_IMPLEMENTATION = "attattr"
 #: Config attribute where :mod:`lightning_attattr.core.pruning` records removed heads,
 #: ``{str(layer): [original head indices]}``.
 PRUNED_HEADS_KEY = "attattr_pruned_heads"
-
-#: Model types whose attention we have verified to run through ``AttentionInterface``.
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
-    "bert",
-    "roberta",
-    "electra",
-    "xlm-roberta",
-    "camembert",
-    "distilbert",
-    "albert",
-    "vit",
-)
-#: Model types known not to route attention through the interface.
-_REFUSED_MODEL_TYPES: frozenset[str] = frozenset({"deberta", "deberta-v2", "sew-d"})
 
 # Model types whose position ids start after the padding index (RoBERTa's convention), so that
 # `max_position_embeddings - padding_idx - 1` positions are usable.
@@ -112,19 +131,53 @@ def _additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
     return mask.to(dtype)
 
 
-def _eager_probs(query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float) -> Tensor:
-    """Post-softmax attention probabilities ``[batch, head, query_pos, key_pos]`` in the compute dtype."""
+def _add_rows(scores: Tensor, addend: Tensor) -> Tensor:
+    """``scores + addend``, ``addend`` with 1, ``rows`` or ``batch`` rows (``rows = batch * steps``, example-major)."""
+    rows, batch = scores.shape[0], addend.shape[0]
+    if batch not in (1, rows):  # broadcast over the steps without copying the addend
+        return (scores.view(batch, rows // batch, *scores.shape[1:]) + addend.unsqueeze(1)).flatten(0, 1)
+    return scores + addend
+
+
+def _repeat_kv(states: Tensor, n_heads: int) -> Tensor:
+    """Repeat grouped key/value heads ``[batch, kv_head, pos, dim]`` to ``n_heads`` query heads.
+
+    Query head ``h`` uses key/value head ``h // (n_heads // kv_head)``, as transformers' ``repeat_kv``.
+    """
+    n_kv = states.shape[1]
+    if n_kv == n_heads:
+        return states
+    if n_heads % n_kv:
+        raise RuntimeError(f"Cannot share {n_kv} key/value heads among {n_heads} query heads.")
+    return states.repeat_interleave(n_heads // n_kv, dim=1)
+
+
+def _eager_probs(
+    query: Tensor,
+    key: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+    extras: AttentionExtras | None = None,
+) -> Tensor:
+    """Post-softmax attention probabilities ``[batch, head, query_pos, key_pos]`` in the compute dtype.
+
+    ``key`` has the query's heads (grouped heads already repeated). ``extras``: the family-specific
+    terms, applied in the order of the family's eager attention (softcap before the position bias
+    and the mask; the sink logits join the softmax and their column is dropped).
+    """
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # [batch, head, query_pos, key_pos]
     dtype = _compute_dtype(scores.dtype)
     scores = scores.to(dtype)
+    if extras is not None and extras.softcap is not None:
+        scores = torch.tanh(scores / extras.softcap) * extras.softcap
+    if extras is not None and extras.bias is not None:
+        scores = _add_rows(scores, extras.bias.to(dtype)[..., : key.shape[-2]])
     if attention_mask is not None:
-        mask = _additive(attention_mask, dtype)[..., : key.shape[-2]]
-        rows, batch = scores.shape[0], mask.shape[0]
-        if batch not in (1, rows):  # rows = batch * steps, example-major: broadcast without copying
-            scores = (scores.view(batch, rows // batch, *scores.shape[1:]) + mask.unsqueeze(1)).flatten(0, 1)
-        else:
-            scores = scores + mask
-    return torch.softmax(scores, dim=-1)
+        scores = _add_rows(scores, _additive(attention_mask, dtype)[..., : key.shape[-2]])
+    if extras is None or extras.sinks is None:
+        return torch.softmax(scores, dim=-1)
+    sinks = extras.sinks.to(dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)  # [batch, head, query_pos, 1]
+    return torch.softmax(torch.cat([scores, sinks], dim=-1), dim=-1)[..., :-1]
 
 
 def attattr_attention(
@@ -143,27 +196,36 @@ def attattr_attention(
     computes. Inside a scope the active :class:`AttentionController` decides per layer.
 
     Args:
-        module: the calling self-attention module.
+        module: the calling attention module.
         query: ``[batch, head, query_pos, head_dim]``.
-        key: ``[batch, head, key_pos, head_dim]``.
-        value: ``[batch, head, key_pos, head_dim]``.
+        key: ``[batch, kv_head, key_pos, head_dim]`` (``kv_head`` divides ``head``: grouped-query
+            attention shares each key/value head among ``head // kv_head`` query heads).
+        value: ``[batch, kv_head, key_pos, head_dim]``.
         attention_mask: ``None``, an additive float mask or a boolean mask, broadcastable to
             ``[batch, 1, query_pos, key_pos]``.
         scaling: factor applied to ``query @ key^T`` (default ``head_dim ** -0.5``).
         dropout: attention-probability dropout rate (applied in training mode only).
-        **kwargs: ignored (transformers passes model-specific extras).
+        **kwargs: model-specific extras. ``softcap`` (Gemma2), ``s_aux`` (gpt-oss attention sinks)
+            and ``position_bias`` (T5) are computed as the family's eager attention does; the
+            keywords in :data:`~lightning_attattr.core.families.HARMLESS_KEYWORDS` do not change
+            the computation; any other keyword is refused.
 
     Returns:
         ``(output [batch, query_pos, head, head_dim], probabilities [batch, head, query_pos, key_pos])``;
         the probabilities are ``None`` where the controller chose the fused SDPA kernel.
+
+    Raises:
+        UnsupportedModelError: a keyword that is neither implemented nor known to be harmless.
     """
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
+    extras = attention_extras(module, kwargs, attention_mask, key.shape[-2])
     current = _CURRENT.get()
     if current is not None:
         controller, layer = current
-        return controller._attend(module, layer, query, key, value, attention_mask, scaling, dropout)
-    probs = _eager_probs(query, key, attention_mask, scaling).to(query.dtype)
+        return controller._attend(module, layer, query, key, value, attention_mask, scaling, dropout, extras)
+    key, value = _repeat_kv(key, query.shape[1]), _repeat_kv(value, query.shape[1])
+    probs = _eager_probs(query, key, attention_mask, scaling, extras).to(query.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
 
@@ -217,13 +279,31 @@ class AttentionController:
 
     Attributes:
         n_layers: number of attention layers (calls per forward).
-        n_heads: attention heads per layer.
+        n_heads: attention (query) heads per layer.
+        n_kv_heads: key/value heads per layer (``n_heads`` unless the model uses grouped-query or
+            multi-query attention; query head ``h`` reads key/value head
+            ``h // (n_heads // n_kv_heads)``). Head masks and probabilities stay per query head
+            (:func:`kv_group_head_mask` turns a per-group mask into one).
+        layer_names: one name per attention layer (:func:`attention_layers`).
+        can_skip_below: whether the layers below a target layer may be replaced by their cached
+            output (``False`` for encoder-decoders, whose attention layers are modules inside the
+            transformer layers: every pass then runs the full model).
         layers_seen: layer indices whose attention ran through the interface in the last forward.
     """
 
-    def __init__(self, n_layers: int, n_heads: int) -> None:
+    def __init__(
+        self,
+        n_layers: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        layer_names: list[str] | None = None,
+        can_skip_below: bool = True,
+    ) -> None:
         self.n_layers = n_layers
         self.n_heads = n_heads
+        self.n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        self.layer_names = [f"layer.{i}" for i in range(n_layers)] if layer_names is None else list(layer_names)
+        self.can_skip_below = can_skip_below
         self.head_mask: Tensor | None = None
         self.use_sdpa = False
         self.layers_seen: list[int] = []
@@ -290,9 +370,11 @@ class AttentionController:
     def replacing(self, layer: int, probs: Tensor) -> Iterator[None]:
         """Replace layer ``layer``'s attention probabilities by ``probs`` in the forwards run inside this block.
 
-        ``probs`` is ``[batch, head, query_pos, key_pos]`` with the batch of the inputs; the layers
-        above recompute their attention from the changed hidden states, and gradients flow back to
-        ``probs`` (make it ``requires_grad``). This is the path integral's building block
+        ``probs`` is ``[batch, head, query_pos, key_pos]`` with the batch of the inputs (for a
+        cross-attention layer of an encoder-decoder ``[batch, head, decoder_pos, encoder_pos]``;
+        with grouped-query attention one map per query head); the layers above recompute their
+        attention from the changed hidden states, and gradients flow back to ``probs`` (make it
+        ``requires_grad``). This is the path integral's building block
         ``F(alpha * A)``; :class:`~lightning_attattr.core.attribution.AttentionIntegratedGradients`
         uses the same switch with batched steps and cached lower layers.
 
@@ -382,6 +464,12 @@ class AttentionController:
         return index
 
     def _run_layer(self, layer: int, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        if not self.can_skip_below and (self._skip_below > 0 or self._expand > 1):
+            raise RuntimeError(
+                "Expected no skipped or batch-expanded layers for this model (its attention layers are "
+                "modules inside encoder and decoder layers, so cached lower layers cannot be replayed), "
+                f"but got skip_below={self._skip_below}, expand={self._expand}."
+            )
         if layer < self._skip_below:
             return self._skip_output
         if self._expand > 1 and layer == self._replace_layer:
@@ -405,9 +493,13 @@ class AttentionController:
         attention_mask: Tensor | None,
         scaling: float,
         dropout: float,
+        extras: AttentionExtras | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         self.layers_seen.append(layer)
         kept = self._kept.get(layer)
+        key, value = self._heads_of_queries(kept, query, key, value)
+        if kept is not None and extras is not None:
+            extras = self._kept_extras(kept, extras)
         if layer == self._replace_layer and self._replacement is not None:
             probs = self._replacement  # [rows, head, query_pos, key_pos], all original heads
             if kept is not None:
@@ -426,10 +518,15 @@ class AttentionController:
                 mask_row = mask_row.index_select(1, kept.to(mask_row.device))
         edge_mask = self._edge_masks.get(layer)
         plain = mask_row is None and edge_mask is None and layer not in self._probe
-        if self.use_sdpa and layer not in self._capture and plain:
+        # softcapping and sink logits have no fused kernel: those layers always take the eager path
+        fusable = extras is None or (extras.softcap is None and extras.sinks is None)
+        if self.use_sdpa and layer not in self._capture and plain and fusable:
             attn_mask = _expand_rows(attention_mask, query.shape[0])
             if attn_mask is not None and attn_mask.dtype != torch.bool:
                 attn_mask = attn_mask.to(query.dtype)
+            if extras is not None and extras.bias is not None:  # T5: the position bias joins the additive mask
+                bias = cast(Tensor, _expand_rows(extras.bias, query.shape[0]))
+                attn_mask = bias.to(query.dtype) if attn_mask is None else _additive(attn_mask, query.dtype) + bias
             out = nn.functional.scaled_dot_product_attention(
                 query,
                 key,
@@ -439,7 +536,7 @@ class AttentionController:
                 scale=scaling,
             )
             return self._keep_context(layer, out).transpose(1, 2).contiguous(), None
-        probs = _eager_probs(query, key, attention_mask, scaling)
+        probs = _eager_probs(query, key, attention_mask, scaling, extras)
         if mask_row is not None:
             if mask_row.shape[0] not in (1, probs.shape[0]):
                 raise ArgumentError(
@@ -468,6 +565,25 @@ class AttentionController:
         out = self._keep_context(layer, torch.matmul(probs, value))  # [batch, head, query_pos, head_dim]
         return out.transpose(1, 2).contiguous(), probs
 
+    def _heads_of_queries(
+        self, kept: Tensor | None, query: Tensor, key: Tensor, value: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Key and value ``[batch, head, key_pos, head_dim]`` with one head per (kept) query head."""
+        if kept is not None and self.n_kv_heads != self.n_heads and key.shape[1] == self.n_kv_heads:
+            # pruned query heads of a grouped-query layer: each keeps its original key/value group
+            group = (kept // (self.n_heads // self.n_kv_heads)).to(key.device)
+            return key.index_select(1, group), value.index_select(1, group)
+        return _repeat_kv(key, query.shape[1]), _repeat_kv(value, query.shape[1])
+
+    def _kept_extras(self, kept: Tensor, extras: AttentionExtras) -> AttentionExtras:
+        """Per-head extras of all original heads restricted to the heads left after pruning."""
+        sinks, bias = extras.sinks, extras.bias
+        if sinks is not None and sinks.shape[0] == self.n_heads:
+            sinks = sinks.index_select(0, kept.to(sinks.device))
+        if bias is not None and bias.shape[1] == self.n_heads:
+            bias = bias.index_select(1, kept.to(bias.device))
+        return extras._replace(sinks=sinks, bias=bias)
+
     def _keep_context(self, layer: int, out: Tensor) -> Tensor:
         if layer in self._context:
             self._contexts[layer] = out
@@ -483,17 +599,12 @@ def _expand_hidden(args: tuple, kwargs: dict, factor: int) -> tuple[tuple, dict]
     return args, kwargs
 
 
-def _unsupported(model: nn.Module, why: str) -> UnsupportedModelError:
-    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-    return UnsupportedModelError(
-        f"Model type {model_type!r} is not supported: {why}. Supported model types: "
-        f"{', '.join(SUPPORTED_MODEL_TYPES)} (and other encoders that route attention through "
-        "transformers' AttentionInterface)."
-    )
-
-
 def layer_modules(model: nn.Module) -> list[nn.Module]:
-    """Modules called once per transformer layer, in call order (ALBERT repeats its shared module).
+    """Modules called once per attention layer, in call order (ALBERT repeats its shared module).
+
+    For encoder-only and decoder-only models these are the transformer layers; for
+    encoder-decoders (BART, T5) the attention modules themselves (encoder self-attention, then
+    per decoder layer its self- and cross-attention), named by :func:`attention_layers`.
 
     Args:
         model: a Hugging Face ``PreTrainedModel`` of a supported architecture.
@@ -505,27 +616,38 @@ def layer_modules(model: nn.Module) -> list[nn.Module]:
         TypeError: ``model`` is not a Hugging Face ``PreTrainedModel``.
         ValueError: the architecture does not route attention through ``AttentionInterface``.
     """
-    from transformers import PreTrainedModel
+    return attention_sites(model).modules
 
-    if not isinstance(model, PreTrainedModel):
-        raise ArgumentTypeError(
-            f"Expected `model` to be a Hugging Face `PreTrainedModel`, but got {type(model).__name__}."
+
+def kv_group_head_mask(mask: Tensor, n_heads: int) -> Tensor:
+    """Turn a per key/value-group head mask into the per query head mask the controller takes.
+
+    With grouped-query attention, ``n_heads // n_kv_heads`` consecutive query heads share one
+    key/value head; masking a group masks every query head of it.
+
+    Args:
+        mask: ``[..., n_kv_heads]`` (e.g. ``[layer, kv_head]``), one multiplier per key/value head.
+        n_heads: query heads per layer (a multiple of ``n_kv_heads``).
+
+    Returns:
+        ``[..., n_heads]``: query head ``h`` gets the multiplier of group ``h // (n_heads // n_kv_heads)``.
+
+    Raises:
+        ArgumentTypeError: ``mask`` is not a tensor.
+        ArgumentError: ``n_heads`` is not a positive multiple of the mask's last dimension.
+
+    Example:
+        >>> kv_group_head_mask(torch.tensor([[1.0, 0.0]]), n_heads=4)
+        tensor([[1., 1., 0., 0.]])
+    """
+    if not isinstance(mask, Tensor):
+        raise ArgumentTypeError(f"Expected `mask` to be a tensor, but got {type(mask).__name__}.")
+    n_kv = mask.shape[-1] if mask.dim() else 0
+    if n_kv == 0 or not isinstance(n_heads, int) or n_heads <= 0 or n_heads % n_kv:
+        raise ArgumentError(
+            f"Expected `n_heads` to be a positive multiple of the mask's key/value heads ({n_kv}), but got {n_heads!r}."
         )
-    config = model.config
-    if config.model_type in _REFUSED_MODEL_TYPES:
-        raise _unsupported(model, "its attention does not run through transformers' AttentionInterface")
-    base: Any = model.base_model  # architecture-specific submodules: torch types them Tensor | Module
-    if config.model_type == "albert":
-        groups = base.encoder.albert_layer_groups
-        n_layers, n_groups = config.num_hidden_layers, config.num_hidden_groups
-        return [layer for i in range(n_layers) for layer in groups[int(i / (n_layers / n_groups))].albert_layers]
-    for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
-        found: Any = base
-        for name in path.split("."):
-            found = getattr(found, name, None)
-        if isinstance(found, nn.ModuleList) and len(found) > 0:
-            return list(found)
-    raise _unsupported(model, "no transformer layer list was found")
+    return mask.repeat_interleave(n_heads // n_kv, dim=-1)
 
 
 def active_controller(model: nn.Module) -> AttentionController | None:
@@ -598,10 +720,17 @@ def attention_scope(model: nn.Module) -> Iterator[AttentionController]:
     if active is not None:
         yield active
         return
-    modules = layer_modules(model)
-    model = cast("PreTrainedModel", model)  # layer_modules refuses anything else
+    sites = attention_sites(model)
+    modules = sites.modules
+    model = cast("PreTrainedModel", model)  # attention_sites refuses anything else
     register_attention()
-    controller = AttentionController(n_layers=len(modules), n_heads=model.config.num_attention_heads)
+    controller = AttentionController(
+        n_layers=len(modules),
+        n_heads=model.config.num_attention_heads,
+        n_kv_heads=kv_head_count(model.config),
+        layer_names=sites.names,
+        can_skip_below=sites.can_skip_below,
+    )
     n_heads = controller.n_heads
     # the kept-head indices live where the attention runs (a layer elsewhere moves them when it uses them)
     device = next((p.device for p in model.parameters()), None)
@@ -614,7 +743,7 @@ def attention_scope(model: nn.Module) -> Iterator[AttentionController]:
     try:
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
         if model.config._attn_implementation != ATTN_IMPLEMENTATION:
-            raise _unsupported(model, "its attention implementation cannot be switched")
+            raise unsupported(model, "its attention implementation cannot be switched")
         shared = len({id(m) for m in modules}) < len(modules)
         for index, module in enumerate(modules):
             if shared and any(m is module for m in modules[:index]):
