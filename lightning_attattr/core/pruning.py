@@ -20,7 +20,8 @@ for GPT-2, transformers' ``Conv1D``) modules and the per-module head counts are 
 projections are cut per block: Phi-3's ``qkv_proj`` rows are ``[query | key | value]`` (its attention
 module then sees its own head count through a view of the config that changes nothing else), and
 GPT-2's ``c_attn`` columns likewise (its ``split_size`` and ``num_heads`` are updated). Per-head norms
-(Qwen3's and Gemma3's ``q_norm``/``k_norm``) act on ``head_dim`` and are left as they are.
+(Qwen3's and Gemma3's ``q_norm``/``k_norm``) act on ``head_dim`` and are left as they are;
+gpt-oss's per-head attention sinks lose the removed heads' entries.
 
 Grouped-query attention (``num_key_value_heads < num_attention_heads``, query head ``h`` reading
 key/value head ``h // group_size``): pruning removes whole key/value groups, i.e. all query heads
@@ -50,6 +51,7 @@ from torch import Tensor, nn
 
 from lightning_attattr.core.adapter import PRUNED_HEADS_KEY, active_controller, layer_modules
 from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
+from lightning_attattr.core.families import kv_head_count
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -79,7 +81,7 @@ _FUSED_LAYOUTS: tuple[tuple[str, str, str], ...] = (
 )
 _SUPPORTED = (
     "BERT, RoBERTa, ELECTRA, XLM-RoBERTa, CamemBERT, DistilBERT, ViT, Llama, Mistral, Qwen2, Qwen3, "
-    "Gemma, Phi-3 and GPT-2"
+    "Gemma (1-3), gpt-oss, Phi-3 and GPT-2"
 )
 
 
@@ -224,14 +226,9 @@ def _keep(projection: nn.Module, index: Tensor, outputs: bool) -> nn.Module:
     return new
 
 
-def _kv_heads(config: Any) -> int:
-    """Key/value heads per layer: ``num_key_value_heads`` where the config has one, else the query heads."""
-    return int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
-
-
 def _group_size(model: nn.Module) -> int:
     config = cast("PreTrainedModel", model).config
-    n_heads, n_kv = int(config.num_attention_heads), _kv_heads(config)
+    n_heads, n_kv = int(config.num_attention_heads), kv_head_count(config)
     if n_kv <= 0 or n_heads % n_kv:
         raise ArgumentError(
             f"Expected `num_attention_heads` ({n_heads}) to be a multiple of `num_key_value_heads`, but got {n_kv}."
@@ -271,7 +268,7 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]] | Tensor) -
 
     Args:
         model: a Hugging Face ``PreTrainedModel``: BERT family, DistilBERT, ViT, or a decoder
-            (Llama, Mistral, Qwen2, Qwen3, Gemma, Phi-3, GPT-2), with any task head.
+            (Llama, Mistral, Qwen2, Qwen3, Gemma 1-3, gpt-oss, Phi-3, GPT-2), with any task head.
         heads: ``{layer: [head, ...]}`` in original (query) head indices, or a ``[layer, head]``
             mask whose zeros mark the heads to remove (the convention of the head mask). Heads
             that are already gone are ignored, so the call is idempotent. With grouped-query
@@ -379,6 +376,10 @@ def _prune_layer(
         attn.split_size = n_kept * head_dim
     if hasattr(attn, "num_key_value_heads"):  # Phi-3 slices key and value by it
         attn.num_key_value_heads = len(keep_groups)
+    sinks = getattr(attn, "sinks", None)
+    if isinstance(sinks, nn.Parameter) and sinks.shape == (n_present,):  # gpt-oss: one sink logit per query head
+        kept_sinks = nn.Parameter(sinks.detach()[torch.tensor(keep_heads, device=sinks.device)].clone())
+        attn.sinks = kept_sinks.requires_grad_(sinks.requires_grad)
     if attention.fused and isinstance(first, nn.Linear) and hasattr(attn, "config"):
         # Phi-3 finds the end of the query block at `config.num_attention_heads * head_dim`
         attn.config = _LayerConfig(attn.config, n_kept)

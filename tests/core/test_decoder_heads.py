@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from lightning_attattr.core.adapter import attention_scope
+from lightning_attattr.core.adapter import attention_scope, kv_group_head_mask
 from lightning_attattr.core.importance import heads_of_kv_groups, heads_to_prune, kv_group_importance
 from lightning_attattr.core.pruning import (
     PRUNED_HEADS_KEY,
@@ -22,61 +22,77 @@ HIDDEN, HEADS, HEAD_DIM, LAYERS = 32, 4, 8, 2
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "gpt2")
 TASKS = {"causal": transformers.AutoModelForCausalLM, "classify": transformers.AutoModelForSequenceClassification}
 # attention biases per family: (query, key/value); the output projection's bias is per hidden unit and stays
-BIASES = {"qwen2": (True, True), "gpt2": (True, True)}
+BIASES = {"qwen2": (True, True), "gpt2": (True, True), "gpt_oss": (True, True)}
 PRUNE = {0: [1], 1: [0, 3]}  # MHA: any heads
 
 
+# family-specific terms switched on so that they shape the attention of 7-token inputs
+EXTRA = {
+    "mistral": {"sliding_window": 3},
+    "qwen3": {"head_dim": HEAD_DIM},
+    "gemma": {"head_dim": HEAD_DIM},
+    "gemma2": {"head_dim": HEAD_DIM, "attn_logit_softcapping": 1.0, "query_pre_attn_scalar": 8, "sliding_window": 3},
+    "gemma3_text": {"head_dim": HEAD_DIM, "sliding_window": 3},
+    "phi3": {"sliding_window": 3},
+    "gpt_oss": {"head_dim": HEAD_DIM, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 3},
+}
+
+
 def decoder_config(family: str, n_kv_heads: int = HEADS) -> transformers.PretrainedConfig:
-    """A tiny random decoder config (hidden 32, 2 layers, 4 heads of dim 8, vocab 100, pad id 0)."""
+    """A tiny random decoder config (hidden 32, 2 layers, 4 heads of dim 8, vocab 100, pad id 0).
+
+    ``initializer_range=0.2``: weights large enough that every head visibly changes the output.
+    """
+    common = {"vocab_size": 100, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "num_labels": 3}
     if family == "gpt2":
         return transformers.GPT2Config(
-            vocab_size=100,
-            n_embd=HIDDEN,
-            n_layer=LAYERS,
-            n_head=HEADS,
-            n_positions=32,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-            num_labels=3,
+            n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=32, initializer_range=0.2, **common
         )
-    extra = {"head_dim": HEAD_DIM} if family.startswith(("gemma", "qwen3")) else {}
     return transformers.AutoConfig.for_model(
         family,
-        vocab_size=100,
         hidden_size=HIDDEN,
         num_hidden_layers=LAYERS,
         num_attention_heads=HEADS,
         num_key_value_heads=n_kv_heads,
-        intermediate_size=37,
+        intermediate_size=64,  # gpt-oss: expert matrices need 16-byte strides
         max_position_embeddings=32,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        num_labels=3,
-        **extra,
+        initializer_range=0.2,
+        **common,
+        **EXTRA.get(family, {}),
     )
 
 
 def make_decoder(family: str, task: str = "causal", n_kv_heads: int = HEADS) -> torch.nn.Module:
+    """In float64, except gpt-oss (its expert kernel takes float32 at most)."""
     torch.manual_seed(0)
-    return TASKS[task].from_config(decoder_config(family, n_kv_heads), dtype=torch.float64).eval()
+    dtype = torch.float32 if family == "gpt_oss" else torch.float64
+    return TASKS[task].from_config(decoder_config(family, n_kv_heads), dtype=dtype).eval()
+
+
+def tolerance(family: str) -> dict[str, float]:
+    """How close two computations of the same logits must be.
+
+    Gemma2's native attention (eager, for its softcapping) takes the softmax in float32 whatever the
+    model's dtype, and gpt-oss runs in float32; everything else agrees to float64 rounding.
+    """
+    tol = {"gemma2": 1e-6, "gpt_oss": 1e-5}.get(family, 1e-10)
+    return {"rtol": tol, "atol": tol}
 
 
 def decoder_batch() -> dict[str, torch.Tensor]:
     """Two right-padded sequences (pad id 0): the classifier reads each one's last real token."""
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, 100, (2, 7), generator=g)
+    ids = torch.randint(3, 100, (2, 7), generator=g)  # tokens 0-2 are pad, bos, eos
     mask = torch.ones_like(ids)
     ids[1, 5:], mask[1, 5:] = 0, 0
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def mask_for(heads: dict[int, list[int]], rows: int | None = None) -> torch.Tensor:
+def mask_for(heads: dict[int, list[int]]) -> torch.Tensor:
     mask = torch.ones(LAYERS, HEADS, dtype=torch.float64)
     for layer, hs in heads.items():
         mask[layer, hs] = 0
-    return mask if rows is None else mask.expand(rows, -1, -1).clone()
+    return mask
 
 
 def output_projection(model: torch.nn.Module, layer: int) -> torch.nn.Module:
@@ -128,14 +144,14 @@ def test_head_mask_equals_zeroed_head_outputs(family):
     model = make_decoder(family, "causal")
     batch = decoder_batch()
     plain = scoped_logits(model, batch, None)
-    torch.testing.assert_close(plain, hooked_logits(model, batch, [{}, {}]), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(plain, hooked_logits(model, batch, [{}, {}]), **tolerance(family))
     masked = scoped_logits(model, batch, mask_for(PRUNE))
-    torch.testing.assert_close(masked, hooked_logits(model, batch, [PRUNE, PRUNE]), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(masked, hooked_logits(model, batch, [PRUNE, PRUNE]), **tolerance(family))
     assert (masked - plain).abs().max() > 1e-3  # the heads mattered
     # one mask per batch row: row 0 loses head 2 of layer 1, row 1 keeps everything
     per_row = torch.stack([mask_for({1: [2]}), mask_for({})])
     want = hooked_logits(model, batch, [{1: [2]}, {}])
-    torch.testing.assert_close(scoped_logits(model, batch, per_row), want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(scoped_logits(model, batch, per_row), want, **tolerance(family))
 
 
 # ----------------------------------------------------------------------------- structural pruning, MHA
@@ -150,8 +166,8 @@ def test_pruned_decoder_equals_masked(family, task):
     assert report.pruned == PRUNE and report.n_heads_pruned == 3
     with torch.no_grad():
         native = model(**batch).logits  # plain forward, the model's own attention implementation
-    torch.testing.assert_close(native, expected, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(scoped_logits(model, batch, None), expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(native, expected, **tolerance(family))
+    torch.testing.assert_close(scoped_logits(model, batch, None), expected, **tolerance(family))
     assert report.n_parameters_before == n_before
     assert n_before - report.n_parameters_after == removed_parameters(family, 3, 3)
     assert report.n_parameters_after == count_parameters(model)
@@ -166,7 +182,7 @@ def test_pruned_decoder_in_scope_keeps_original_heads(family):
     prune_heads(model, PRUNE)
     extra = {0: [3]}
     want = scoped_logits(reference, batch, mask_for({0: [1, 3], 1: [0, 3]}))
-    torch.testing.assert_close(scoped_logits(model, batch, mask_for(extra)), want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(scoped_logits(model, batch, mask_for(extra)), want, **tolerance(family))
     with torch.no_grad(), attention_scope(model) as ctrl, ctrl.capturing() as probs:
         model(**batch)
     assert probs[1].shape == (2, HEADS, 7, 7)
@@ -230,11 +246,11 @@ def test_decoder_save_load_round_trip(family, task, tmp_path):
     batch = decoder_batch()
     prune_heads(model, PRUNE)
     model.save_pretrained(tmp_path)
-    loaded = from_pretrained_pruned(str(tmp_path), TASKS[task]).to(torch.float64)
+    loaded = from_pretrained_pruned(str(tmp_path), TASKS[task]).to(model.dtype)
     assert pruned_heads(loaded) == PRUNE and getattr(loaded.config, PRUNED_HEADS_KEY) == {"0": [1], "1": [0, 3]}
     assert count_parameters(loaded) == count_parameters(model)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, **tolerance(family))
 
 
 @pytest.mark.parametrize(
@@ -254,7 +270,7 @@ def test_decoder_refusals(heads, match):
 
 
 # ----------------------------------------------------------------------------- grouped-query attention
-GQA_FAMILIES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
+GQA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt_oss")
 GROUPS = {0: [1], 1: [0]}  # 4 query heads in 2 groups: group g holds query heads 2g, 2g + 1
 
 
@@ -266,11 +282,21 @@ def test_gqa_group_pruning_equals_zeroed_heads(family, task):
     heads = heads_of_kv_groups(GROUPS, n_heads=HEADS, n_kv_heads=2)
     assert heads == {0: [2, 3], 1: [0, 1]}
     expected = hooked_logits(model, batch, [heads, heads])
+    group_mask = torch.ones(LAYERS, 2, dtype=torch.float64)
+    group_mask[0, 1] = group_mask[1, 0] = 0
+    head_mask = kv_group_head_mask(group_mask, n_heads=HEADS)
+    torch.testing.assert_close(head_mask, mask_for(heads))
+    torch.testing.assert_close(scoped_logits(model, batch, head_mask), expected, **tolerance(family))
     n_before = count_parameters(model)
     report = prune_heads(model, heads)
     with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, expected, rtol=1e-10, atol=1e-10)
-    assert n_before - report.n_parameters_after == removed_parameters(family, 4, 2)
+        torch.testing.assert_close(model(**batch).logits, expected, **tolerance(family))
+    torch.testing.assert_close(scoped_logits(model, batch, None), expected, **tolerance(family))
+    with torch.no_grad(), attention_scope(model) as ctrl, ctrl.capturing() as probs:
+        model(**batch)
+    assert probs[0][:, 2:].abs().max() == 0 and probs[1][:, :2].abs().max() == 0  # removed heads, original index
+    sinks = 4 if family == "gpt_oss" else 0  # one sink logit per removed query head
+    assert n_before - report.n_parameters_after == removed_parameters(family, 4, 2) + sinks
     attn = model.model.layers[0].self_attn
     k_proj = attn.qkv_proj if family == "phi3" else attn.k_proj
     assert k_proj.weight.shape[0] == (2 * HEAD_DIM + 2 * HEAD_DIM if family == "phi3" else HEAD_DIM)
@@ -278,11 +304,24 @@ def test_gqa_group_pruning_equals_zeroed_heads(family, task):
 
 
 @pytest.mark.parametrize("family", GQA_FAMILIES)
+def test_gqa_head_mask_is_per_query_head(family):
+    """Under GQA a head mask still silences single query heads (no structural counterpart): equal to zeroing them."""
+    model = make_decoder(family, n_kv_heads=2)
+    batch = decoder_batch()
+    heads = {0: [1], 1: [2, 3]}
+    want = hooked_logits(model, batch, [heads, heads])
+    torch.testing.assert_close(scoped_logits(model, batch, mask_for(heads)), want, **tolerance(family))
+    per_row = torch.stack([mask_for({0: [3]}), mask_for({})])
+    want = hooked_logits(model, batch, [{0: [3]}, {}])
+    torch.testing.assert_close(scoped_logits(model, batch, per_row), want, **tolerance(family))
+
+
+@pytest.mark.parametrize("family", GQA_FAMILIES)
 def test_gqa_round_trip(family, tmp_path):
     model = make_decoder(family, "classify", n_kv_heads=2)
     prune_heads(model, {1: [2, 3]})
     model.save_pretrained(tmp_path)
-    loaded = from_pretrained_pruned(str(tmp_path)).to(torch.float64)
+    loaded = from_pretrained_pruned(str(tmp_path)).to(model.dtype)
     assert pruned_heads(loaded) == {1: [2, 3]} and count_parameters(loaded) == count_parameters(model)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**decoder_batch()).logits, model(**decoder_batch()).logits)
