@@ -175,6 +175,12 @@ def _is_projection(module: object) -> bool:
 
 
 def _layout(layer: nn.Module) -> _Attention:
+    if getattr(layer, "crossattention", None) is not None:  # GPT-2 built with `add_cross_attention=True`
+        raise ArgumentError(
+            f"Cannot prune heads of {type(layer).__name__} with a cross-attention module: structural pruning "
+            "supports self-attention only; use a head mask instead."
+        )
+
     def found(attn_path: str, names: tuple[str, ...], out_path: str, count_attrs: tuple[str, ...]) -> _Attention | None:
         attn, out = _resolve(layer, attn_path), _resolve(layer, out_path)
         if attn is None or out is None or not all(_is_projection(getattr(attn, n, None)) for n in names):

@@ -269,6 +269,19 @@ def test_decoder_refusals(heads, match):
     assert pruned_heads(model) == {}
 
 
+def test_refuses_cross_attention_and_encoder_decoders():
+    config = decoder_config("gpt2")
+    config.add_cross_attention = True
+    with pytest.raises(ValueError, match="GPT2Block with a cross-attention module"):
+        prune_heads(transformers.GPT2LMHeadModel(config), {0: [1]})
+    bart = transformers.BartConfig(
+        vocab_size=100, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=32,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="projections in layer module BartAttention; structural pruning supports"):
+        prune_heads(transformers.BartForConditionalGeneration(bart), {0: [1]})
+
+
 # ----------------------------------------------------------------------------- grouped-query attention
 GQA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt_oss")
 GROUPS = {0: [1], 1: [0]}  # 4 query heads in 2 groups: group g holds query heads 2g, 2g + 1
