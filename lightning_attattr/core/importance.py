@@ -29,6 +29,12 @@ attention probabilities are multiplied by 0 (the head mask of
 
 Heads are always addressed by their original index, also in structurally pruned models (removed
 heads score 0).
+
+With grouped-query attention (``num_key_value_heads < num_attention_heads``) structural pruning
+removes whole key/value groups: :func:`kv_group_importance` sums the query heads' importance per
+group, :func:`heads_to_prune` ranks the groups like heads, and :func:`heads_of_kv_groups` turns the
+chosen groups back into the query heads that
+:func:`~lightning_attattr.core.pruning.prune_heads` takes.
 """
 
 from __future__ import annotations
@@ -72,7 +78,9 @@ __all__ = [
     "attention_weight_importance",
     "attribution_head_scores",
     "head_importance",
+    "heads_of_kv_groups",
     "heads_to_prune",
+    "kv_group_importance",
     "normalize_per_layer",
     "prune_mask",
     "pruning_order",
@@ -620,3 +628,85 @@ def prune_mask(importance: Tensor, fraction: float) -> Tensor:
     for layer, heads in heads_to_prune(importance, fraction).items():
         mask[layer, heads] = 0
     return mask
+
+
+# ----------------------------------------------------------------------------- grouped-query attention
+def _check_group_count(n_heads: int, n_kv_heads: object) -> int:
+    n_kv = check_positive_int("n_kv_heads", n_kv_heads)
+    if n_heads % n_kv:
+        raise ArgumentError(f"Expected `n_kv_heads` to divide the number of query heads ({n_heads}), but got {n_kv}.")
+    return n_kv
+
+
+def kv_group_importance(importance: Tensor, n_kv_heads: int) -> Tensor:
+    """Importance of each key/value group: the sum of its query heads' importance.
+
+    With grouped-query attention, ``n_heads // n_kv_heads`` consecutive query heads share one
+    key/value head (query head ``h`` is in group ``h // (n_heads // n_kv_heads)``, as
+    transformers' ``repeat_kv``). Removing a group removes all of its query heads, so its score
+    is the sum of theirs (for AttAttr importance: the summed per-head maxima). With
+    ``n_kv_heads == n_heads`` the importance is returned unchanged.
+
+    Args:
+        importance: ``[layer, head]`` scores of the query heads (no NaN).
+        n_kv_heads: key/value heads per layer (``config.num_key_value_heads``), a divisor of ``head``.
+
+    Returns:
+        ``[layer, n_kv_heads]`` scores, in ``importance``'s dtype and device.
+
+    Raises:
+        TypeError, ValueError: bad ``importance``, or ``n_kv_heads`` not a positive divisor of the head count.
+
+    Example:
+        >>> import torch
+        >>> kv_group_importance(torch.tensor([[0.5, 0.1, 0.2, 0.9]]), n_kv_heads=2)
+        tensor([[0.6000, 1.1000]])
+    """
+    importance = _check_importance(importance)
+    n_layers, n_heads = importance.shape
+    n_kv = _check_group_count(n_heads, n_kv_heads)
+    return importance.reshape(n_layers, n_kv, n_heads // n_kv).sum(dim=-1)  # [layer, kv_head]
+
+
+def heads_of_kv_groups(groups: Mapping[int, Sequence[int]], n_heads: int, n_kv_heads: int) -> dict[int, list[int]]:
+    """The query heads of chosen key/value groups: ``{layer: [group, ...]}`` to ``{layer: [head, ...]}``.
+
+    Rank groups with :func:`heads_to_prune` on :func:`kv_group_importance` (it treats the groups
+    as heads), then pass this function's result to
+    :func:`~lightning_attattr.core.pruning.prune_heads`, or build a head mask from it.
+
+    Args:
+        groups: ``{layer: [group index, ...]}``.
+        n_heads: query heads per layer (``config.num_attention_heads``).
+        n_kv_heads: key/value heads per layer (``config.num_key_value_heads``), a divisor of ``n_heads``.
+
+    Returns:
+        ``{layer: sorted query heads}`` for the layers with a chosen group.
+
+    Raises:
+        TypeError, ValueError: ``groups`` is not a mapping of layers to group indices in
+            ``[0, n_kv_heads - 1]``, or ``n_kv_heads`` is not a positive divisor of ``n_heads``.
+
+    Example:
+        >>> heads_of_kv_groups({0: [1], 2: [0, 1]}, n_heads=4, n_kv_heads=2)
+        {0: [2, 3], 2: [0, 1, 2, 3]}
+    """
+    n_heads = check_positive_int("n_heads", n_heads)
+    n_kv = _check_group_count(n_heads, n_kv_heads)
+    if not isinstance(groups, Mapping):
+        raise ArgumentTypeError(
+            f"Expected `groups` to be a mapping {{layer: [group, ...]}}, but got {type(groups).__name__}."
+        )
+    size = n_heads // n_kv
+    heads: dict[int, list[int]] = {}
+    for layer, chosen in sorted(groups.items()):
+        members: set[int] = set()
+        for group in chosen:
+            if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < n_kv:
+                raise ArgumentError(
+                    f"Expected group indices in [0, {n_kv - 1}] in `groups[{layer}]`, but got {group!r}."
+                )
+            members.update(range(group * size, (group + 1) * size))
+        if members:
+            heads[layer] = sorted(members)
+    return heads

@@ -15,9 +15,27 @@ that
 A head mask with zeros gives the same logits as pruning those heads (tested), so masks are the
 cheap way to try a pruning and this module the way to keep it.
 
-No model code is copied or edited: the projections are replaced by smaller ``nn.Linear`` modules
-and the per-module head counts are updated. ALBERT shares one layer module across all layers, so
-its heads cannot be pruned per layer; it is refused.
+No model code is copied or edited: the projections are replaced by smaller ``nn.Linear`` (or,
+for GPT-2, transformers' ``Conv1D``) modules and the per-module head counts are updated. Fused
+projections are cut per block: Phi-3's ``qkv_proj`` rows are ``[query | key | value]`` (its attention
+module then sees its own head count through a view of the config that changes nothing else), and
+GPT-2's ``c_attn`` columns likewise (its ``split_size`` and ``num_heads`` are updated). Per-head norms
+(Qwen3's and Gemma3's ``q_norm``/``k_norm``) act on ``head_dim`` and are left as they are;
+gpt-oss's per-head attention sinks lose the removed heads' entries.
+
+Grouped-query attention (``num_key_value_heads < num_attention_heads``, query head ``h`` reading
+key/value head ``h // group_size``): pruning removes whole key/value groups, i.e. all query heads
+of a group together with the group's key and value rows. Removing only some query heads of a
+group is refused, because the groups would no longer have equal sizes and transformers'
+``repeat_kv`` cannot express that; a head mask (per query head) can still silence single heads.
+:func:`~lightning_attattr.core.importance.kv_group_importance` and
+:func:`~lightning_attattr.core.importance.heads_of_kv_groups` rank groups and turn the chosen ones
+into query heads. The config keeps its original ``num_attention_heads`` and
+``num_key_value_heads`` (the record of removed query heads is all
+:func:`from_pretrained_pruned` needs to rebuild the structure).
+
+ALBERT shares one layer module across all layers, so its heads cannot be pruned per layer; it is
+refused.
 """
 
 from __future__ import annotations
@@ -33,6 +51,7 @@ from torch import Tensor, nn
 
 from lightning_attattr.core.adapter import PRUNED_HEADS_KEY, active_controller, layer_modules
 from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
+from lightning_attattr.core.families import kv_head_count
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -51,8 +70,18 @@ __all__ = [
 _LAYOUTS: tuple[tuple[str, tuple[str, str, str], str, tuple[str, ...]], ...] = (
     ("attention.self", ("query", "key", "value"), "attention.output.dense", ("num_attention_heads",)),  # BERT family
     ("attention", ("q_proj", "k_proj", "v_proj"), "attention.o_proj", ("num_attention_heads",)),  # ViT (v5)
+    # Llama, Mistral, Qwen2/3, Gemma(2/3): the decoders read their head counts from the projections' shapes
     ("self_attn", ("q_proj", "k_proj", "v_proj"), "self_attn.o_proj", ("num_attention_heads", "num_heads")),
     ("attention", ("q_lin", "k_lin", "v_lin"), "attention.out_lin", ("n_heads",)),  # DistilBERT
+)
+# (attention module path, fused projection, output projection path): rows [query | key | value]
+_FUSED_LAYOUTS: tuple[tuple[str, str, str], ...] = (
+    ("self_attn", "qkv_proj", "self_attn.o_proj"),  # Phi-3 (nn.Linear)
+    ("attn", "c_attn", "attn.c_proj"),  # GPT-2 (transformers' Conv1D: weight [in, out])
+)
+_SUPPORTED = (
+    "BERT, RoBERTa, ELECTRA, XLM-RoBERTa, CamemBERT, DistilBERT, ViT, Llama, Mistral, Qwen2, Qwen3, "
+    "Gemma (1-3), gpt-oss, Phi-3 and GPT-2"
 )
 
 
@@ -95,6 +124,41 @@ def kept_heads(model: nn.Module) -> dict[int, list[int]]:
     return {layer: [h for h in range(n_heads) if h not in set(gone)] for layer, gone in pruned_heads(model).items()}
 
 
+class _LayerConfig:
+    """The model config as one pruned attention module sees it: its own ``num_attention_heads``.
+
+    Phi-3's attention splits its fused projection at ``config.num_attention_heads * head_dim``;
+    after pruning that module needs its own count while everything else (the attention
+    implementation, which :func:`~lightning_attattr.core.adapter.attention_scope` switches on the
+    model config) still comes from the shared config.
+    """
+
+    def __init__(self, base: Any, num_attention_heads: int) -> None:
+        self._base = getattr(base, "_base", base)
+        self.num_attention_heads = num_attention_heads
+
+    def __getattr__(self, name: str) -> Any:  # only called for names not set on the instance
+        base = self.__dict__.get("_base")
+        if base is None:  # during unpickling/copying, before the state is restored
+            raise AttributeError(name)
+        return getattr(base, name)
+
+
+@dataclass(frozen=True)
+class _Attention:
+    """One layer's attention projections: separate q/k/v or one fused projection."""
+
+    module: nn.Module
+    projections: tuple[str, ...]  # (q, k, v) names, or the one fused projection
+    out_parent: nn.Module
+    out_name: str
+    count_attrs: tuple[str, ...]
+
+    @property
+    def fused(self) -> bool:
+        return len(self.projections) == 1
+
+
 def _resolve(module: nn.Module, path: str) -> Any:
     found: Any = module
     for name in path.split("."):
@@ -104,32 +168,78 @@ def _resolve(module: nn.Module, path: str) -> Any:
     return found
 
 
-def _layout(layer: nn.Module) -> tuple[nn.Module, tuple[str, str, str], nn.Module, str, tuple[str, ...]]:
-    for attn_path, qkv, out_path, count_attrs in _LAYOUTS:
+def _is_projection(module: object) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def _layout(layer: nn.Module) -> _Attention:
+    if getattr(layer, "crossattention", None) is not None:  # GPT-2 built with `add_cross_attention=True`
+        raise ArgumentError(
+            f"Cannot prune heads of {type(layer).__name__} with a cross-attention module: structural pruning "
+            "supports self-attention only; use a head mask instead."
+        )
+
+    def found(attn_path: str, names: tuple[str, ...], out_path: str, count_attrs: tuple[str, ...]) -> _Attention | None:
         attn, out = _resolve(layer, attn_path), _resolve(layer, out_path)
-        if attn is not None and out is not None and all(isinstance(getattr(attn, n, None), nn.Linear) for n in qkv):
-            parent_path, _, out_name = out_path.rpartition(".")
-            return attn, qkv, _resolve(layer, parent_path), out_name, count_attrs
+        if attn is None or out is None or not all(_is_projection(getattr(attn, n, None)) for n in names):
+            return None
+        parent_path, _, out_name = out_path.rpartition(".")
+        return _Attention(attn, names, _resolve(layer, parent_path), out_name, count_attrs)
+
+    for attn_path, qkv, out_path, count_attrs in _LAYOUTS:
+        attention = found(attn_path, qkv, out_path, count_attrs)
+        if attention is not None:
+            return attention
+    for attn_path, fused, out_path in _FUSED_LAYOUTS:
+        attention = found(attn_path, (fused,), out_path, ("num_heads",))
+        if attention is not None:
+            return attention
     raise ArgumentError(
         f"Cannot find the query/key/value and output projections in layer module {type(layer).__name__}; "
-        "structural pruning supports BERT, RoBERTa, ELECTRA, XLM-RoBERTa, CamemBERT, DistilBERT and ViT."
+        f"structural pruning supports {_SUPPORTED}."
     )
 
 
-def _keep(linear: nn.Linear, index: Tensor, dim: int) -> nn.Linear:
-    """A new ``nn.Linear`` with only ``index`` along ``dim`` of the weight (0: outputs, 1: inputs)."""
-    weight = linear.weight.detach().index_select(dim, index.to(linear.weight.device))
-    bias = linear.bias
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+def _keep(projection: nn.Module, index: Tensor, outputs: bool) -> nn.Module:
+    """A copy of an ``nn.Linear`` or ``Conv1D`` with only ``index`` of its outputs (or inputs).
+
+    ``nn.Linear`` stores its weight as ``[out, in]``, transformers' ``Conv1D`` as ``[in, out]``.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    linear = isinstance(projection, nn.Linear)
+    weight_param = cast(Tensor, projection.weight)
+    dim = (0 if linear else 1) if outputs else (1 if linear else 0)
+    weight = weight_param.detach().index_select(dim, index.to(weight_param.device))
+    bias = cast("Tensor | None", projection.bias)
+    new: nn.Module
+    if linear:
+        new = nn.Linear(
+            weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype
+        )
+    else:
+        new = Conv1D(weight.shape[1], weight.shape[0]).to(device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:
-            new.bias.copy_(bias.detach()[index.to(bias.device)] if dim == 0 else bias.detach())
-    new.weight.requires_grad_(linear.weight.requires_grad)
+            new.bias.copy_(bias.detach()[index.to(bias.device)] if outputs else bias.detach())
+    new.weight.requires_grad_(weight_param.requires_grad)
     if bias is not None:
         new.bias.requires_grad_(bias.requires_grad)
-    new.train(linear.training)
+    new.train(projection.training)
     return new
+
+
+def _group_size(model: nn.Module) -> int:
+    config = cast("PreTrainedModel", model).config
+    n_heads, n_kv = int(config.num_attention_heads), kv_head_count(config)
+    if n_kv <= 0 or n_heads % n_kv:
+        raise ArgumentError(
+            f"Expected `num_attention_heads` ({n_heads}) to be a multiple of `num_key_value_heads`, but got {n_kv}."
+        )
+    return n_heads // n_kv
 
 
 def _normalize_heads(heads: Mapping[int, Iterable[int]] | Tensor, n_layers: int, n_heads: int) -> dict[int, set[int]]:
@@ -163,17 +273,20 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]] | Tensor) -
     """Remove attention heads from ``model`` in place.
 
     Args:
-        model: a Hugging Face ``PreTrainedModel`` (BERT family, DistilBERT, ViT).
-        heads: ``{layer: [head, ...]}`` in original head indices, or a ``[layer, head]`` mask
-            whose zeros mark the heads to remove (the convention of the head mask). Heads that
-            are already gone are ignored, so the call is idempotent.
+        model: a Hugging Face ``PreTrainedModel``: BERT family, DistilBERT, ViT, or a decoder
+            (Llama, Mistral, Qwen2, Qwen3, Gemma 1-3, gpt-oss, Phi-3, GPT-2), with any task head.
+        heads: ``{layer: [head, ...]}`` in original (query) head indices, or a ``[layer, head]``
+            mask whose zeros mark the heads to remove (the convention of the head mask). Heads
+            that are already gone are ignored, so the call is idempotent. With grouped-query
+            attention the heads must make up whole key/value groups.
 
     Returns:
         A :class:`PruningReport` with the parameter counts before and after.
 
     Raises:
         ValueError: bad layer/head indices or mask shape, every head of a layer chosen (use a head
-            mask to silence a whole layer), ALBERT (shared layers), or an unsupported layout.
+            mask to silence a whole layer), part of a key/value group chosen, ALBERT (shared
+            layers), or an unsupported layout.
         RuntimeError: called inside an :func:`~lightning_attattr.core.adapter.attention_scope` of
             ``model``.
 
@@ -195,14 +308,25 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]] | Tensor) -
             "be pruned per layer; use a head mask instead."
         )
     n_layers, n_heads = len(modules), int(config.num_attention_heads)
+    group_size = _group_size(model)
     wanted = _normalize_heads(heads, n_layers, n_heads)
     before = pruned_heads(model)
-    for layer, chosen in wanted.items():
-        if len(chosen | set(before.get(layer, []))) == n_heads:
+    for layer, chosen in sorted(wanted.items()):
+        gone = chosen | set(before.get(layer, []))
+        if len(gone) == n_heads:
             raise ArgumentError(
                 f"Cannot remove every head of layer {layer} structurally (the layer would have no attention "
                 "projection left); keep at least one head, or silence the layer with a head mask."
             )
+        for group in sorted({h // group_size for h in chosen}):
+            members = list(range(group * group_size, (group + 1) * group_size))
+            if not set(members) <= gone:
+                raise ArgumentError(
+                    f"Expected whole key/value groups in `heads[{layer}]` (groups of {group_size} query heads share "
+                    f"one key/value head, and transformers' repeat_kv needs equal-size groups), but got only heads "
+                    f"{sorted(chosen & set(members))} of group {group} (query heads {members}); remove all of them "
+                    "or use a head mask."
+                )
     n_before = count_parameters(model)
     record = {layer: list(heads_) for layer, heads_ in before.items()}
     newly: dict[int, list[int]] = {}
@@ -211,27 +335,60 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]] | Tensor) -
         new = sorted(chosen - gone)
         if not new:
             continue
-        present = [h for h in range(n_heads) if h not in gone]  # original index of each current head
-        attn, qkv, out_parent, out_name, count_attrs = _layout(modules[layer])
-        q = getattr(attn, qkv[0])
-        head_dim = q.out_features // len(present)
+        present = [h for h in range(n_heads) if h not in gone]  # original index of each current query head
+        groups = sorted({h // group_size for h in present})  # original index of each current key/value group
         keep_heads = [i for i, h in enumerate(present) if h not in chosen]
-        # [kept * head_dim] rows of the query/key/value projections that stay, on the weights' device
-        index = torch.tensor(
-            [i * head_dim + d for i in keep_heads for d in range(head_dim)], dtype=torch.long, device=q.weight.device
-        )
-        for name in qkv:
-            setattr(attn, name, _keep(getattr(attn, name), index, dim=0))
-        setattr(out_parent, out_name, _keep(getattr(out_parent, out_name), index, dim=1))
-        for attr in count_attrs:
-            if hasattr(attn, attr):
-                setattr(attn, attr, len(keep_heads))
-        if hasattr(attn, "all_head_size"):
-            attn.all_head_size = len(keep_heads) * head_dim
+        keep_groups = [i for i, g in enumerate(groups) if g * group_size not in chosen]
+        _prune_layer(_layout(modules[layer]), len(present), len(groups), keep_heads, keep_groups)
         record[layer] = sorted(gone | set(new))
         newly[layer] = new
     setattr(model.config, PRUNED_HEADS_KEY, {str(layer): heads_ for layer, heads_ in sorted(record.items())})
     return PruningReport(pruned_heads(model), newly, n_before, count_parameters(model))
+
+
+def _prune_layer(
+    attention: _Attention, n_present: int, n_groups: int, keep_heads: list[int], keep_groups: list[int]
+) -> None:
+    """Keep the query heads ``keep_heads`` and key/value groups ``keep_groups`` (current positions) of one layer."""
+    attn: Any = attention.module  # an architecture's attention module: its head-count attributes vary
+    first: Any = getattr(attn, attention.projections[0])
+    device = first.weight.device
+    n_outputs = int(first.weight.shape[0 if isinstance(first, nn.Linear) else 1])
+    # fused rows are [query (n_present heads) | key (n_groups) | value (n_groups)], each head_dim wide
+    head_dim = n_outputs // (n_present + 2 * n_groups) if attention.fused else n_outputs // n_present
+
+    def rows(positions: list[int], offset: int = 0) -> Tensor:  # [len(positions) * head_dim]
+        return torch.tensor(
+            [offset + i * head_dim + d for i in positions for d in range(head_dim)], dtype=torch.long, device=device
+        )
+
+    q_rows, kv_rows = rows(keep_heads), rows(keep_groups)
+    if attention.fused:
+        q_width, kv_width = n_present * head_dim, n_groups * head_dim
+        fused = torch.cat([q_rows, rows(keep_groups, q_width), rows(keep_groups, q_width + kv_width)])
+        setattr(attn, attention.projections[0], _keep(first, fused, outputs=True))
+    else:
+        for name, index in zip(attention.projections, (q_rows, kv_rows, kv_rows)):
+            setattr(attn, name, _keep(getattr(attn, name), index, outputs=True))
+    out = getattr(attention.out_parent, attention.out_name)
+    setattr(attention.out_parent, attention.out_name, _keep(out, q_rows, outputs=False))
+    n_kept = len(keep_heads)
+    for attr in attention.count_attrs:
+        if hasattr(attn, attr):
+            setattr(attn, attr, n_kept)
+    if hasattr(attn, "all_head_size"):  # BERT family
+        attn.all_head_size = n_kept * head_dim
+    if hasattr(attn, "split_size"):  # GPT-2 splits its fused projection into three blocks of this width
+        attn.split_size = n_kept * head_dim
+    if hasattr(attn, "num_key_value_heads"):  # Phi-3 slices key and value by it
+        attn.num_key_value_heads = len(keep_groups)
+    sinks = getattr(attn, "sinks", None)
+    if isinstance(sinks, nn.Parameter) and sinks.shape == (n_present,):  # gpt-oss: one sink logit per query head
+        kept_sinks = nn.Parameter(sinks.detach()[torch.tensor(keep_heads, device=sinks.device)].clone())
+        attn.sinks = kept_sinks.requires_grad_(sinks.requires_grad)
+    if attention.fused and isinstance(first, nn.Linear) and hasattr(attn, "config"):
+        # Phi-3 finds the end of the query block at `config.num_attention_heads * head_dim`
+        attn.config = _LayerConfig(attn.config, n_kept)
 
 
 def _state_dict_files(path: str, **hub_kwargs: Any) -> dict[str, Tensor]:
@@ -301,7 +458,10 @@ def from_pretrained_pruned(path: str, model_class: Any = None, **kwargs: Any) ->
         reinitialised = {k for k, v in state.items() if k in own and own[k].shape != v.shape}
         state = {k: v for k, v in state.items() if k not in reinitialised}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids") and k not in reinitialised]
+    # tied weights (a decoder's output embedding) are saved once, under one of their names
+    loaded = {id(p) for name, p in model.named_parameters(remove_duplicate=False) if name in state}
+    tied = {name for name, p in model.named_parameters(remove_duplicate=False) if id(p) in loaded}
+    missing = [k for k in missing if not k.endswith("position_ids") and k not in reinitialised and k not in tied]
     if missing or unexpected:
         raise RuntimeError(
             f"Weights in {path!r} do not match the pruned structure: missing {missing[:5]}, "
