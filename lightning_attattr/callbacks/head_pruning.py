@@ -27,6 +27,7 @@ from lightning_attattr.core.checks import (
     check_positive_int,
     check_seed,
 )
+from lightning_attattr.core.families import kv_head_count
 from lightning_attattr.core.importance import POOLINGS, PRUNING_FRACTIONS, heads_to_prune, prune_mask, random_importance
 from lightning_attattr.core.pruning import prune_heads
 from lightning_attattr.lightning.compat import pl, rank_zero_info
@@ -68,7 +69,9 @@ class HeadPruningCallback(EpochEndAnalysis):
         batch_size: examples per attribution call.
         seed: seed of the random ranking.
         schedule: ``{training epoch: fraction}`` of heads to prune at the start of that epoch.
-        mode: ``"mask"`` or ``"structural"`` for scheduled pruning.
+        mode: ``"mask"`` or ``"structural"`` for scheduled pruning. A mask can remove any query head;
+            structural pruning makes the model smaller, and on a grouped-query model removes whole
+            key/value groups (the fraction counts groups; each takes all of its query heads).
     """
 
     def __init__(
@@ -237,11 +240,13 @@ class HeadPruningCallback(EpochEndAnalysis):
         if fraction is None or any(a["epoch"] == trainer.current_epoch for a in self.applied):
             return
         importance = self.importance if self.importance is not None else self.compute_importance(trainer, pl_module)
-        mask = trainer.strategy.broadcast(prune_mask(importance, fraction), src=0)
+        # structural pruning removes whole key/value groups of a grouped-query model; a mask any query head
+        groups = kv_head_count(resolve_model(pl_module).config) if self.mode == "structural" else None
+        mask = trainer.strategy.broadcast(prune_mask(importance, fraction, groups), src=0)
         if self.pruned_mask is not None:
             mask = mask * self.pruned_mask
         self.pruned_mask = mask
-        heads = heads_to_prune(importance, fraction)
+        heads = heads_to_prune(importance, fraction, groups)
         self._apply(trainer, pl_module, mask)
         self.applied.append({"epoch": trainer.current_epoch, "fraction": fraction, "heads": heads})
         rank_zero_info(f"HeadPruningCallback: epoch {trainer.current_epoch}, pruned {int((mask == 0).sum())} heads.")

@@ -15,12 +15,17 @@ Three layouts are supported:
 
 Every keyword argument a model passes to the attention function is either implemented
 (:data:`IMPLEMENTED_KEYWORDS`), known to be harmless for the computation
-(:data:`HARMLESS_KEYWORDS`, each with the reason), or refused: an attention variant we do not
-compute exactly must fail loudly rather than give silently wrong attributions.
+(:data:`HARMLESS_KEYWORDS`, each with the reason), ignored by the family's own eager attention
+(it receives the keyword only in ``**kwargs``: model-level inputs such as ``token_type_ids`` given
+to a Llama), or refused: an attention variant we do not compute exactly must fail loudly rather
+than give silently wrong attributions.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import Tensor, nn
@@ -264,7 +269,7 @@ def attention_extras(
     for name, value in kwargs.items():
         if name in IMPLEMENTED_KEYWORDS or value is None:
             continue
-        if name not in HARMLESS_KEYWORDS:
+        if name not in HARMLESS_KEYWORDS and not _ignored_by_eager(module, name):
             allowed = sorted({*IMPLEMENTED_KEYWORDS, *HARMLESS_KEYWORDS})
             raise UnsupportedModelError(
                 f"Expected the attention keywords of model type {_model_type(module)!r} to be among {allowed}, "
@@ -281,6 +286,29 @@ def attention_extras(
     if softcap is None and sinks is None and bias is None:
         return _NO_EXTRAS
     return AttentionExtras(None if softcap is None else float(softcap), sinks, bias)
+
+
+@functools.cache
+def _eager_parameters(module_name: str) -> frozenset[str] | None:
+    """The named parameters of the eager attention function of the modeling module ``module_name``, if it has one."""
+    eager = getattr(sys.modules.get(module_name), "eager_attention_forward", None)
+    if not callable(eager):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(name for name, p in inspect.signature(eager).parameters.items() if p.kind in kinds)
+
+
+def _ignored_by_eager(module: nn.Module, name: str) -> bool:
+    """Whether the family's own eager attention receives ``name`` only in its ``**kwargs`` (and so ignores it).
+
+    Model-level keywords (``token_type_ids`` given to a Llama, for example) travel down to every
+    attention call; the family's eager attention, which our function reproduces, drops them. A
+    keyword that function names is part of its computation: it is implemented here or refused.
+    Unknown families (no ``eager_attention_forward`` beside the module's class) accept only the
+    listed keywords.
+    """
+    names = _eager_parameters(type(module).__module__)
+    return names is not None and name not in names
 
 
 def _model_type(module: nn.Module) -> str:

@@ -576,7 +576,7 @@ def _n_to_prune(fraction: float, n_total: int) -> int:
     return min(n_total, math.floor(fraction * n_total))
 
 
-def heads_to_prune(importance: Tensor, fraction: float) -> dict[int, list[int]]:
+def heads_to_prune(importance: Tensor, fraction: float, n_kv_heads: int | None = None) -> dict[int, list[int]]:
     """The heads removed at ``fraction`` of all heads: the ``floor(fraction * n_layers * n_heads)`` lowest.
 
     Args:
@@ -584,6 +584,10 @@ def heads_to_prune(importance: Tensor, fraction: float) -> dict[int, list[int]]:
         fraction: in ``[0, 1]``, e.g. one of :data:`PRUNING_FRACTIONS`. The count is computed in
             floating point as the official script does (for 144 heads: 0, 14, 28, 43, 57, 72, 86,
             100, 115, 129, 144).
+        n_kv_heads: with grouped-query attention, the key/value heads per layer: whole groups are
+            removed instead, the ``floor(fraction * n_layers * n_kv_heads)`` groups of lowest
+            :func:`kv_group_importance`, and the result lists all their query heads (what
+            structural pruning can remove). ``None`` (or the head count): single heads.
 
     Returns:
         ``{layer: [head, ...]}`` (sorted, only layers that lose a head). Feed it to
@@ -599,6 +603,10 @@ def heads_to_prune(importance: Tensor, fraction: float) -> dict[int, list[int]]:
         {0: [1], 1: [0]}
     """
     importance = _check_importance(importance)
+    n_heads = importance.shape[1]
+    if n_kv_heads is not None and _check_group_count(n_heads, n_kv_heads) != n_heads:
+        groups = heads_to_prune(kv_group_importance(importance, n_kv_heads), fraction)
+        return heads_of_kv_groups(groups, n_heads, n_kv_heads)
     k = _n_to_prune(check_number("fraction", fraction, 0.0, 1.0), importance.numel())
     chosen: dict[int, list[int]] = {}
     for head in pruning_order(importance)[:k]:
@@ -606,12 +614,14 @@ def heads_to_prune(importance: Tensor, fraction: float) -> dict[int, list[int]]:
     return {layer: sorted(heads) for layer, heads in sorted(chosen.items())}
 
 
-def prune_mask(importance: Tensor, fraction: float) -> Tensor:
+def prune_mask(importance: Tensor, fraction: float, n_kv_heads: int | None = None) -> Tensor:
     """``[layer, head]`` head mask with 0 at the heads :func:`heads_to_prune` removes, 1 elsewhere.
 
     Args:
         importance: ``[layer, head]`` scores (no NaN).
         fraction: in ``[0, 1]``.
+        n_kv_heads: remove whole key/value groups (see :func:`heads_to_prune`); ``None``: single
+            query heads (a mask can remove any query head, also part of a group).
 
     Returns:
         ``[layer, head]`` mask on ``importance``'s device, in its dtype if floating point, else float32;
@@ -625,7 +635,7 @@ def prune_mask(importance: Tensor, fraction: float) -> Tensor:
     importance = _check_importance(importance)
     dtype = importance.dtype if importance.is_floating_point() else torch.float32
     mask = torch.ones(importance.shape, dtype=dtype, device=importance.device)
-    for layer, heads in heads_to_prune(importance, fraction).items():
+    for layer, heads in heads_to_prune(importance, fraction, n_kv_heads).items():
         mask[layer, heads] = 0
     return mask
 

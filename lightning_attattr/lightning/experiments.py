@@ -50,6 +50,7 @@ from lightning_attattr.analysis.store import (
 from lightning_attattr.core.adapter import attention_scope, layer_modules
 from lightning_attattr.core.attribution import AttentionIntegratedGradients, AttributionResult, model_logits
 from lightning_attattr.core.checks import ArgumentError
+from lightning_attattr.core.families import kv_head_count
 from lightning_attattr.core.importance import (
     attention_weight_importance,
     attribution_head_scores,
@@ -482,8 +483,9 @@ def _pruned_copies(
     variants = []
     skipped = []
     n_heads = importance.shape[1]
+    groups = kv_head_count(model.config)  # a grouped-query model loses whole key/value groups
     for fraction in fractions:
-        heads = heads_to_prune(importance, fraction)
+        heads = heads_to_prune(importance, fraction, groups)
         emptied = [layer for layer, h in heads.items() if len(h) >= n_heads]
         if emptied:  # a layer without any head has no attention projection left: masking only
             skipped.append(

@@ -151,3 +151,50 @@ def test_importance_under_a_mixed_precision_trainer_is_the_fp32_computation(tmp_
     result = AttentionIntegratedGradients(module.model).attribute(batch, target="labels", n_steps=3)
     expected = attribution_head_scores(result, pooling="max").mean(0)
     torch.testing.assert_close(cb.importance, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_structural_pruning_of_a_grouped_query_llama_removes_whole_groups(tmp_path):
+    llama = {
+        "model_type": "llama",
+        "vocab_size": 29,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 37,
+        "max_position_embeddings": 64,
+        "pad_token_id": 0,
+    }
+    import pytorch_lightning as pl
+
+    from lightning_attattr.data.modules import SyntheticDataModule
+    from lightning_attattr.lightning.classifier import AttAttrClassifier
+
+    torch.manual_seed(0)
+    module = AttAttrClassifier(model_config=llama, num_labels=2, task="synthetic", learning_rate=1e-3)
+    data = SyntheticDataModule(n_train=32, n_val=16, train_batch_size=16, eval_batch_size=16)
+    cb = HeadPruningCallback(
+        fractions=[0.0, 0.5], n_examples=4, n_steps=2, batch_size=2, schedule={1: 0.5}, mode="structural"
+    )
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=[cb],
+    )
+    trainer.fit(module, data)
+    # half of the 4 key/value groups (2 per layer), each with both of its query heads
+    (applied,) = cb.applied
+    removed = {int(layer): heads for layer, heads in applied["heads"].items()}
+    assert sum(len(h) for h in removed.values()) == 4
+    assert all(sorted(h) in ([0, 1], [2, 3], [0, 1, 2, 3]) for h in removed.values())
+    for layer, attention in enumerate(layer.self_attn for layer in module.model.model.layers):
+        kept_groups = 2 - len(removed.get(layer, [])) // 2
+        assert attention.k_proj.weight.shape[0] == kept_groups * 8  # head_dim 8
+        assert attention.q_proj.weight.shape[0] == (4 - len(removed.get(layer, []))) * 8

@@ -374,3 +374,14 @@ def test_group_importance_and_ranking():
 def test_group_helper_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_heads_to_prune_with_key_value_groups_ranks_whole_groups():
+    from lightning_attattr.core.importance import heads_of_kv_groups, heads_to_prune, kv_group_importance, prune_mask
+
+    importance = torch.tensor([[0.9, 0.1, 0.2, 0.3], [0.05, 0.8, 0.6, 0.7]])
+    # groups (sums): layer 0: [1.0, 0.5], layer 1: [0.85, 1.3]; the lowest half of 4 groups: (0, 1) and (1, 0)
+    expected = heads_of_kv_groups(heads_to_prune(kv_group_importance(importance, 2), 0.5), 4, 2)
+    assert heads_to_prune(importance, 0.5, n_kv_heads=2) == expected == {0: [2, 3], 1: [0, 1]}
+    assert heads_to_prune(importance, 0.5, n_kv_heads=4) == heads_to_prune(importance, 0.5)  # no groups
+    assert prune_mask(importance, 0.5, n_kv_heads=2).tolist() == [[1, 1, 0, 0], [0, 0, 1, 1]]

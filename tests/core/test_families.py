@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import pytest
 import torch
 import transformers as T
+from torch import nn
 
-from lightning_attattr.core import adapter
+from lightning_attattr.core import adapter, families
 from lightning_attattr.core.adapter import (
     PRUNED_HEADS_KEY,
     SUPPORTED_MODEL_TYPES,
@@ -273,16 +275,31 @@ def test_allowed_keywords_reach_the_function_and_stay_exact(monkeypatch):
     assert set(HARMLESS_KEYWORDS) | set(IMPLEMENTED_KEYWORDS) <= seen
 
 
-def test_unknown_keywords_are_refused_in_one_line():
+def test_unknown_keywords_are_refused_in_one_line(monkeypatch):
     model = _build("llama-gqa")
     module = model.model.layers[0].self_attn
     q, k = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 3, 8)
+    # a keyword the family's eager attention computes with (as a future variant would) and we do not
+    modeling = sys.modules[type(module).__module__]
+    eager = modeling.eager_attention_forward
+
+    def with_window_mix(module, query, key, value, attention_mask, scaling, dropout=0.0, window_mix=None, **kwargs):
+        return eager(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+    monkeypatch.setattr(modeling, "eager_attention_forward", with_window_mix)
+    families._eager_parameters.cache_clear()
     match = r"^Expected the attention keywords of model type 'llama' to be among \[.*\], but got `window_mix`"
     with pytest.raises(UnsupportedModelError, match=match) as error:
         attattr_attention(module, q, k, k, None, window_mix=2)
     assert "\n" not in str(error.value)
     with attention_scope(model), pytest.raises(UnsupportedModelError, match=match):
         attattr_attention(module, q, k, k, None, window_mix=2)
+    monkeypatch.undo()
+    families._eager_parameters.cache_clear()
+    # a family without an eager function of its own beside its attention module: only the listed keywords
+    stranger = nn.Linear(2, 2)
+    with pytest.raises(UnsupportedModelError, match="but got `window_mix`"):
+        attattr_attention(stranger, q, k, k, None, window_mix=2)
     # harmless only when the mask carries them
     with pytest.raises(UnsupportedModelError, match="Expected an attention mask that carries `sliding_window`"):
         attattr_attention(module, q, k, k, None, sliding_window=2)
@@ -404,3 +421,13 @@ def test_decoder_only_replays_cached_lower_layers(family):
             expanded = _logits(model, batch)
         assert ctrl.layers_seen == [1]
     torch.testing.assert_close(expanded, reference.repeat_interleave(steps, dim=0), rtol=1e-5, atol=1e-5)
+
+
+def test_keywords_the_familys_eager_attention_ignores_pass_as_in_the_native_model():
+    # model-level inputs reach every attention call; Llama's eager attention drops them, and so do we
+    model = _build("llama-cls")
+    batch = _batch(model)
+    kw = {"token_type_ids": torch.zeros_like(batch["input_ids"])}
+    reference = _logits(model, batch, **kw)
+    with attention_scope(model) as ctrl, ctrl.capturing():
+        torch.testing.assert_close(_logits(model, batch, **kw), reference, rtol=1e-5, atol=1e-5)
