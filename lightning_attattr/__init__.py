@@ -3,6 +3,7 @@
 The main classes are importable from the package root::
 
     from lightning_attattr import AttentionIntegratedGradients, attention_scope        # the core (no Lightning)
+    from lightning_attattr import Token, Tokens, Continuation, Contrast                # language-model targets
     from lightning_attattr import AttributionMonitor, HeadImportanceCallback, HeadPruningCallback  # callbacks
     from lightning_attattr import AttAttrClassifier, SyntheticDataModule               # module and data
 
@@ -25,6 +26,12 @@ _LAZY: dict[str, str] = {
     "AttentionIntegratedGradients": "lightning_attattr.core.attribution",
     "AttributionResult": "lightning_attattr.core.attribution",
     "attention_scope": "lightning_attattr.core.adapter",
+    "attention_layers": "lightning_attattr.core.families",
+    "kv_group_head_mask": "lightning_attattr.core.adapter",
+    "Token": "lightning_attattr.core.targets",
+    "Tokens": "lightning_attattr.core.targets",
+    "Continuation": "lightning_attattr.core.targets",
+    "Contrast": "lightning_attattr.core.targets",
     "HeadId": "lightning_attattr.core.importance",
     "prune_heads": "lightning_attattr.core.pruning",
     # Lightning callbacks
@@ -45,6 +52,8 @@ __all__ = [
     "AttentionIntegratedGradients",
     "AttributionMonitor",
     "AttributionResult",
+    "Continuation",
+    "Contrast",
     "EpochCheckpoint",
     "EpochSummary",
     "GlueDataModule",
@@ -52,8 +61,12 @@ __all__ = [
     "HeadImportanceCallback",
     "HeadPruningCallback",
     "SyntheticDataModule",
+    "Token",
+    "Tokens",
     "__version__",
+    "attention_layers",
     "attention_scope",
+    "kv_group_head_mask",
     "prune_heads",
 ]
 
@@ -65,10 +78,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` 
         HeadImportanceCallback,
         HeadPruningCallback,
     )
-    from lightning_attattr.core.adapter import attention_scope
+    from lightning_attattr.core.adapter import attention_scope, kv_group_head_mask
     from lightning_attattr.core.attribution import AttentionIntegratedGradients, AttributionResult
+    from lightning_attattr.core.families import attention_layers
     from lightning_attattr.core.importance import HeadId
     from lightning_attattr.core.pruning import prune_heads
+    from lightning_attattr.core.targets import Continuation, Contrast, Token, Tokens
     from lightning_attattr.data.modules import GlueDataModule, SyntheticDataModule
     from lightning_attattr.lightning.classifier import AttAttrClassifier
 
