@@ -321,7 +321,7 @@ def merge_shards(shards: Sequence[AttributionResult]) -> AttributionResult:
 
     Returns:
         The complete :class:`AttributionResult`, equal to the unsplit computation up to
-        floating-point summation order.
+        floating-point summation order (a reduction's values are summed too).
 
     Raises:
         ValueError: missing or duplicate shards, or shards of different computations.
@@ -333,18 +333,12 @@ def merge_shards(shards: Sequence[AttributionResult]) -> AttributionResult:
     indices = sorted(s.shard[0] if s.shard is not None else 0 for s in shards)
     if indices != list(range(count)) or any((s.shard or (0, 1))[1] != count for s in shards):
         raise ArgumentError(f"Expected shards 0..{count - 1} exactly once, but got indices {indices}.")
+
+    def computation(s: AttributionResult) -> tuple[Any, ...]:
+        return s.layers, s.method, s.n_steps, len(s), s.reduced is None
+
     for other in shards[1:]:
-        if (
-            (other.layers, other.method, other.n_steps, len(other))
-            != (
-                first.layers,
-                first.method,
-                first.n_steps,
-                len(first),
-            )
-            or not torch.equal(other.target, first.target)
-            or (other.reduced is None) != (first.reduced is None)
-        ):
+        if computation(other) != computation(first) or not torch.equal(other.target, first.target):
             raise ArgumentError(
                 "Expected shards of one computation (same inputs, layers, target, method, n_steps and reduction)."
             )

@@ -290,3 +290,15 @@ def test_load_streamed_refuses_missing_layers(bert, tmp_path):
     result = attribute(bert, text_batch(lengths=(5, 3)), n_steps=3, reduction=Stream(tmp_path))
     with pytest.raises(ArgumentError, match="Expected layers"):
         load_streamed(result.reduced.paths[:-1])
+
+
+@pytest.mark.parametrize("model_type", ["distilbert", "albert"])
+def test_models_without_layer_index(model_type):
+    """DistilBERT and ALBERT (one module for all layers) count their layers: the per-layer recompute must agree."""
+    model = make_model(model_type)
+    batch = text_batch(lengths=(6, 4))
+    batch.pop("token_type_ids")
+    full = attribute(model, batch, n_steps=3)
+    result = attribute(model, batch, n_steps=3, reduction=Rows([-1, 0]))
+    for i, a in enumerate(full.attributions):
+        torch.testing.assert_close(result.reduced.rows[i], a[:, :, [-1, 0], :], rtol=1e-6, atol=1e-9)
