@@ -73,6 +73,7 @@ def make_batch(n_tokens: int, device: torch.device) -> dict[str, torch.Tensor]:
 def child(spec: dict) -> dict:
     """One ``attribute`` call of one (size, mode); its time and peak memory."""
     device = torch.device(spec["device"])
+    torch.set_num_threads(spec["threads"])
     model = build(spec["family"], spec["layers"], spec["heads"], spec["hidden"], spec["max_tokens"]).to(device)
     ig = AttentionIntegratedGradients(model)
     kwargs = dict(n_steps=spec["n_steps"], internal_batch_size=spec["internal_batch_size"])
@@ -126,6 +127,7 @@ def main() -> None:
     parser.add_argument("--n-steps", type=int, default=4, help="Gauss-Legendre nodes (a fixed rule)")
     parser.add_argument("--internal-batch-size", type=int, default=1, help="rows per pass")
     parser.add_argument("--repeat", type=int, default=2, help="timed calls per case; the fastest counts")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: least disturbed on a shared CPU)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per case")
     parser.add_argument("--child-spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -143,7 +145,12 @@ def main() -> None:
             "heads": args.heads,
             "hidden": args.hidden,
         },
-        "workload": {"examples": 1, "n_steps": args.n_steps, "internal_batch_size": args.internal_batch_size},
+        "workload": {
+            "examples": 1,
+            "n_steps": args.n_steps,
+            "internal_batch_size": args.internal_batch_size,
+            "threads": args.threads,
+        },
         "modes": {},
     }
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -162,6 +169,7 @@ def main() -> None:
                 n_steps=args.n_steps,
                 internal_batch_size=args.internal_batch_size,
                 repeat=args.repeat,
+                threads=args.threads,
             )
             case: dict = {"n_tokens": n, "full_maps_mib": round(args.layers * args.heads * n * n * 4 / 2**20, 1)}
             try:
