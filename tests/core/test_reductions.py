@@ -302,3 +302,33 @@ def test_models_without_layer_index(model_type):
     result = attribute(model, batch, n_steps=3, reduction=Rows([-1, 0]))
     for i, a in enumerate(full.attributions):
         torch.testing.assert_close(result.reduced.rows[i], a[:, :, [-1, 0], :], rtol=1e-6, atol=1e-9)
+
+
+def test_llama_causal_maps(tmp_path):
+    """A multi-head Llama classifier (causal attention), one example with one row per pass."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=37,
+        num_labels=3,
+        pad_token_id=0,
+    )
+    model = transformers.LlamaForSequenceClassification(cfg).eval()
+    ids = torch.randint(5, 99, (1, 9), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    kw = dict(n_steps=3, internal_batch_size=1, return_convergence_delta=True)
+    full = attribute(model, batch, **kw)
+    a = full.attributions[0]
+    assert bool((a.triu(1) == 0).all())  # causal: no query attends to a later key
+    rows = attribute(model, batch, reduction=Rows(-1), **kw)
+    torch.testing.assert_close(rows.reduced.rows[0], a[:, :, -1:], rtol=1e-6, atol=1e-9)
+    scores = attribute(model, batch, reduction=HeadScores(), **kw)
+    torch.testing.assert_close(scores.reduced.head_scores, attribution_head_scores(full), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(scores.convergence_delta, full.convergence_delta, rtol=0, atol=1e-12)
+    streamed = attribute(model, batch, reduction=Stream(tmp_path), **kw)
+    assert torch.equal(load_streamed(streamed.reduced.paths)[0], a)
