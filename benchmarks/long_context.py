@@ -2,9 +2,9 @@
 
 For a random model of the chosen family (``bert``: ``BertForSequenceClassification`` with
 ``max_position_embeddings`` as large as the longest input; ``llama``: a multi-head
-``LlamaForSequenceClassification``, measured only where the core accepts it) and one example of
-exactly ``n`` tokens per size, it runs one ``attribute`` call per mode, each in a fresh
-subprocess so that the peak is that call's alone:
+``LlamaForSequenceClassification``, whose passes must hold one row, as the default
+``--internal-batch-size 1`` does) and one example of exactly ``n`` tokens per size, it runs one
+``attribute`` call per mode, each in a fresh subprocess so that the peak is that call's alone:
 
 - ``full``: the full ``[layer, head, n, n]`` maps (the default);
 - ``last_row``: ``reduction=Rows([-1])``, the last token's row of every map;
