@@ -79,6 +79,7 @@ from lightning_attattr.core.precision import (
     stalled,
     validate_precision,
 )
+from lightning_attattr.core.reductions import Reduced, Reducer, Reduction, check_reduction
 from lightning_attattr.core.targets import (
     CallTarget,
     GroupTarget,
@@ -173,6 +174,9 @@ class AttributionResult:
         position: ``[batch]`` real-token position of the attributed output (language models: 0 is
             the example's first real token), else ``None``.
         contrast: ``[batch]`` the subtracted token of a ``Contrast`` target, else ``None``.
+        reduced: what ``attribute(..., reduction=...)`` kept of the maps
+            (:class:`~lightning_attattr.core.reductions.Reduced`); ``attributions`` is then empty.
+            ``None`` for full maps.
     """
 
     attributions: list[Tensor]
@@ -194,9 +198,10 @@ class AttributionResult:
     example: Tensor | None = None
     position: Tensor | None = None
     contrast: Tensor | None = None
+    reduced: Reduced | None = None
 
     def __len__(self) -> int:
-        return len(self.attributions)
+        return len(self.target)
 
     def require(
         self, name: Literal["baseline_prob", "convergence_delta", "n_steps_used", "completeness_error"]
@@ -214,10 +219,19 @@ class AttributionResult:
         return value
 
     def __getitem__(self, index: int) -> Tensor:
+        self._check_full()
         return self.attributions[index]
+
+    def _check_full(self) -> None:
+        if self.reduced is not None:
+            raise ArgumentError(
+                f"Expected a result with full maps, but this one was reduced by {self.reduced.reduction!r}: "
+                "read `result.reduced`."
+            )
 
     def padded(self) -> Tensor:
         """Stack the per-example maps, zero-padded, into ``[batch, layer, head, query_pos, key_pos]``."""
+        self._check_full()
         n = max(a.shape[-1] for a in self.attributions)
         out = self.attributions[0].new_zeros(len(self), *self.attributions[0].shape[:2], n, n)
         for i, a in enumerate(self.attributions):
@@ -276,13 +290,17 @@ class _Batch:
 
     def crop(self, example: int, attr: Tensor) -> Tensor:
         """Keep the real tokens of one example: ``[head, q, k] -> [head, n, n]`` on the CPU."""
+        return self.real(example, attr).cpu()
+
+    def real(self, example: int, attr: Tensor) -> Tensor:
+        """Keep the real tokens of one example: ``[head, q, k] -> [head, n, n]`` on ``attr``'s device."""
         if self.positions is not None:
             pos = self.positions[example]
-            return attr.index_select(1, pos).index_select(2, pos).cpu()
+            return attr.index_select(1, pos).index_select(2, pos)
         if self.seq_len is None:
-            return attr.cpu()
+            return attr
         n = self.lengths[example]
-        return attr[:, :n, :n].cpu()
+        return attr[:, :n, :n]
 
 
 def _as_tensor(name: str, value: Any) -> Tensor:
@@ -390,7 +408,7 @@ def merge_shards(shards: Sequence[AttributionResult]) -> AttributionResult:
 
     Returns:
         The complete :class:`AttributionResult`, equal to the unsplit computation up to
-        floating-point summation order.
+        floating-point summation order (a reduction's values are summed too).
 
     Raises:
         ValueError: missing or duplicate shards, or shards of different computations.
@@ -402,19 +420,20 @@ def merge_shards(shards: Sequence[AttributionResult]) -> AttributionResult:
     indices = sorted(s.shard[0] if s.shard is not None else 0 for s in shards)
     if indices != list(range(count)) or any((s.shard or (0, 1))[1] != count for s in shards):
         raise ArgumentError(f"Expected shards 0..{count - 1} exactly once, but got indices {indices}.")
+
+    def computation(s: AttributionResult) -> tuple[Any, ...]:
+        return s.layers, s.method, s.n_steps, len(s), s.reduced is None
+
     for other in shards[1:]:
-        if (other.layers, other.method, other.n_steps, len(other)) != (
-            first.layers,
-            first.method,
-            first.n_steps,
-            len(first),
-        ) or not torch.equal(other.target, first.target):
-            raise ArgumentError("Expected shards of one computation (same inputs, layers, target, method and n_steps).")
+        if computation(other) != computation(first) or not torch.equal(other.target, first.target):
+            raise ArgumentError(
+                "Expected shards of one computation (same inputs, layers, target, method, n_steps and reduction)."
+            )
     deltas = [s.convergence_delta for s in shards if s.convergence_delta is not None]
     sizes = [s.rows_per_pass for s in shards if s.rows_per_pass is not None]
     return AttributionResult(
         # sum() of tensors: typeshed adds the 0 of an empty sum to the type
-        attributions=[cast(Tensor, sum(s.attributions[i] for s in shards)) for i in range(len(first))],
+        attributions=[cast(Tensor, sum(s.attributions[i] for s in shards)) for i in range(len(first.attributions))],
         layers=first.layers,
         target=first.target,
         prob=first.prob,
@@ -432,6 +451,7 @@ def merge_shards(shards: Sequence[AttributionResult]) -> AttributionResult:
         example=first.example,
         position=first.position,
         contrast=first.contrast,
+        reduced=None if first.reduced is None else Reduced.merge([s.reduced for s in shards if s.reduced is not None]),
     )
 
 
@@ -693,6 +713,7 @@ class _Settings:
     completeness_tol: float = DEFAULT_COMPLETENESS_TOL  # precision="auto": pairs above it are recomputed in fp32
     baseline: Baseline = "zero"  # the path's start: A := 0, or uniform attention over the allowed keys
     bounded: bool = True  # the attributed output is a probability (see completeness_scale)
+    reduction: Reduction | None = None  # reduce each (group, layer) pair's maps as soon as they are done
 
     @property
     def n_steps(self) -> int | str:
@@ -739,6 +760,7 @@ def _check_settings(
     memory_budget: int | float | None = None,
     precision: object = "fp32",
     completeness_tol: float = DEFAULT_COMPLETENESS_TOL,
+    reduction: object = None,
 ) -> _Settings:
     """Check the arguments that shape the passes and bundle them with the layers and the rule."""
     method, alphas, weights, adaptive = rule
@@ -751,6 +773,7 @@ def _check_settings(
             f"used as given), but got memory_budget={memory_budget!r} with internal_batch_size={internal_batch_size}."
         )
     shard = _validate_shard(shard)
+    checked_reduction = check_reduction(reduction, 1 if shard is None else shard[1])
     if adaptive is not None and shard is not None and shard[1] > 1 and adaptive.reduce is None:
         raise ArgumentError(
             "Expected `reduce` (a function summing a tensor over the shards) with `n_steps='auto'` and "
@@ -784,6 +807,7 @@ def _check_settings(
         memory_budget,
         checked,
         completeness_tol,
+        reduction=checked_reduction,
     )
 
 
@@ -811,6 +835,17 @@ def _plan_steps(
 _Consume = Callable[[Tensor | None, int, int, Tensor, Tensor], None]
 
 
+class _Dropped(dict[int, Tensor]):
+    """A capture store that keeps nothing.
+
+    The clean pass of a reduced call then computes the attributed layers' probabilities as a full
+    call does (same kernels, same recorded outputs) without holding them.
+    """
+
+    def __setitem__(self, key: int, value: Tensor) -> None:
+        pass
+
+
 @dataclass
 class _Run:
     """What every forward of one ``attribute`` call shares: the model, its scope's controller, the settings."""
@@ -836,9 +871,12 @@ class _Run:
     def clean_pass(
         self, inputs: dict[str, Tensor], model_kwargs: dict[str, Any]
     ) -> tuple[dict[int, Tensor], dict[int, Any], Any]:
-        """One unmodified forward: probabilities of the attributed layers, outputs of the layers below them, outputs."""
+        """One unmodified forward: probabilities of the attributed layers, outputs of the layers below them, outputs.
+
+        With a reduction the probabilities are not kept (:meth:`layer_probs` recomputes one layer's at a time).
+        """
         layers = self.settings.layers
-        captured: dict[int, Tensor] = {}
+        captured: dict[int, Tensor] = {} if self.settings.reduction is None else _Dropped()
         recorded: dict[int, Any] = {}
         record = frozenset(layer - 1 for layer in layers if layer > 0) if self.can_skip_below else frozenset()
         with (
@@ -851,6 +889,29 @@ class _Run:
             outputs = self.model(**inputs, **model_kwargs)
         self.ctrl.check_all_layers_ran()
         return captured, recorded, outputs
+
+    def layer_probs(self, inputs: dict[str, Tensor], target: GroupTarget, layer: int, below: Any) -> Tensor:
+        """``layer``'s clean probabilities ``[batch, head, query_pos, key_pos]``, from the recorded output ``below``.
+
+        The same computation as the clean pass's capture (the layer's input is the recorded one), run
+        from ``layer`` upwards without gradients; the whole model where the layers below cannot be
+        skipped (``can_skip_below``) or ``layer`` is the first.
+        """
+        captured: dict[int, Tensor] = {}
+        skip = self.can_skip_below and below is not None
+        with (
+            torch.no_grad(),
+            self.ctrl._state(
+                _capture=frozenset({layer}),
+                _captured=captured,
+                _skip_below=layer if skip else 0,
+                _skip_output=below if skip else None,
+                use_sdpa=True,
+            ),
+            self.autocast(),
+        ):
+            self.model(**inputs, **target.model_kwargs)
+        return captured[layer]
 
     def passes(self, pair: _LayerIntegration, alphas: Tensor, group: int, consume: _Consume) -> None:
         """``pair.gradients`` at every ``alphas`` (``[step]`` float64), in passes within the row limit.
@@ -921,19 +982,22 @@ class _Run:
         with torch.no_grad():
             f_full = target.scalar(outputs, rows).detach().double().cpu()
         for li, layer in enumerate(self.settings.layers):
+            below = recorded.get(layer - 1)
+            a = probs[layer] if self.settings.reduction is None else self.layer_probs(inputs, target, layer, below)
             pair = _LayerIntegration(
                 self,
                 inputs,
                 layer,
-                probs[layer],
+                a,
                 target,
-                recorded.get(layer - 1),
+                below,
                 f_full,
                 precision=first_precision(self.settings.precision, device),
-                base=uniform_attention(probs[layer]) if self.settings.baseline == "uniform" else None,
+                base=uniform_attention(a) if self.settings.baseline == "uniform" else None,
             )
             refinement = pair.integrate([] if owned is None else owned[li])
             out.add(index, li, pair, refinement)
+            del a, pair, refinement  # a reduced call holds one layer's maps at a time
         out.target[index] = target.labels(len(index)).cpu()
         out.prob[index] = f_full
 
@@ -1325,10 +1389,11 @@ class _Outputs:
     token_index: list[Tensor] = dataclasses.field(default_factory=list)  # per row: real-token indices (targets)
     call_target: CallTarget | None = None
     degenerate: set[int] = dataclasses.field(default_factory=set)  # layers with a degenerate zero-baseline pair
+    reducer: Reducer | None = None  # reduces the maps instead of keeping them (`maps` stays empty)
 
     @classmethod
-    def empty(cls, batch: _Batch, settings: _Settings) -> _Outputs:
-        """Zeroed outputs for ``batch``."""
+    def empty(cls, batch: _Batch, settings: _Settings, n_tokens: Sequence[int] = ()) -> _Outputs:
+        """Zeroed outputs for ``batch`` (``n_tokens``: real tokens per example, needed by a reduction)."""
         size, pairs, want_delta = batch.size, (batch.size, len(settings.layers)), settings.want_delta
         return cls(
             batch,
@@ -1342,6 +1407,9 @@ class _Outputs:
             error=torch.zeros(pairs, dtype=torch.float64, device="cpu") if want_delta else None,
             flagged=torch.zeros(pairs, dtype=torch.bool, device="cpu") if settings.adaptive is not None else None,
             precision_used=torch.zeros(pairs, dtype=torch.int8, device="cpu") if settings.precision != "fp32" else None,
+            reducer=None
+            if settings.reduction is None
+            else Reducer(settings.reduction, size, len(settings.layers), n_tokens),
         )
 
     def add(self, index: list[int], li: int, pair: _LayerIntegration, refinement: _Refinement | None) -> None:
@@ -1355,8 +1423,11 @@ class _Outputs:
             assert self.error is not None and self.flagged is not None
             self.used[index, li], self.error[index, li] = refinement.used, refinement.error
             self.flagged[index, li] = refinement.flagged
-        for j, i in enumerate(index):
-            self.maps[i].append(self.batch.crop(i, pair.attr[j]))
+        if self.reducer is not None:
+            self.reducer.add(index, li, pair.layer, pair.attr, self.batch.real)
+        else:
+            for j, i in enumerate(index):
+                self.maps[i].append(self.batch.crop(i, pair.attr[j]))
         if self.baseline is None or self.delta is None:
             return
         assert pair.f_zero is not None
@@ -1374,7 +1445,7 @@ class _Outputs:
         """The assembled :class:`AttributionResult`."""
         settings, target = self.settings, self.call_target
         return AttributionResult(
-            attributions=[torch.stack(maps) for maps in self.maps],
+            attributions=[] if self.reducer is not None else [torch.stack(maps) for maps in self.maps],
             layers=settings.layers,
             target=self.target,
             prob=self.prob,
@@ -1393,6 +1464,7 @@ class _Outputs:
             example=None if target is None else target.example,
             position=None if target is None else target.position,
             contrast=None if target is None else target.other,
+            reduced=None if self.reducer is None else self.reducer.result(),
         )
 
 
@@ -1530,6 +1602,7 @@ class AttentionIntegratedGradients:
         precision: Precision = "fp32",
         output: Output = "prob",
         baseline: Baseline = "zero",
+        reduction: Reduction | None = None,
     ) -> AttributionResult:
         """Attribute the target's output to every attention connection of the chosen layers.
 
@@ -1607,6 +1680,19 @@ class AttentionIntegratedGradients:
                 pass ``F(A := 0)``, the sums of the integral and the completeness check run in the
                 model's precision. ``result.precision_used`` says which precision each pair
                 finished in. See "Reduced precision" below.
+            reduction: keep a reduction of the maps instead of the maps, computed on the model's
+                device as soon as each (length group, layer) integral is done, for long inputs whose
+                maps do not fit: ``HeadScores(pooling)`` (``[batch, layer, head]``), ``Rows(positions)``
+                (query rows such as the last real token, ``Rows([-1])``), ``TopK(k)`` (the largest
+                edges per layer) or ``Stream(folder)`` (the full maps written to files, one per
+                (length group, layer)), all from :mod:`lightning_attattr.core.reductions`; the result's
+                ``attributions`` is then empty and ``result.reduced`` holds the reduction. Only one
+                layer's maps exist at a time (the clean pass keeps none; each layer's probabilities
+                are recomputed from the cached input of the layer, a forward without gradients from
+                that layer up). ``convergence_delta`` and ``completeness_error`` still come from the
+                full maps. With ``shard``, only ``Rows`` and ``HeadScores("sum"/"mean")`` (which add
+                up over shards, :func:`merge_shards`). Default ``None``: full maps. Not to be
+                confused with ``reduce``.
 
             output: the attributed scalar of a class or token target: ``"prob"`` (softmax
                 probability, default), ``"logprob"`` (log-softmax) or ``"logit"``. Completeness
@@ -1689,6 +1775,7 @@ class AttentionIntegratedGradients:
             memory_budget,
             precision,
             completeness_tol,
+            reduction,
         )
         device = next(self.model.parameters()).device
         # everything below also runs when the caller is inside torch.inference_mode() or no_grad()
@@ -1722,7 +1809,8 @@ class AttentionIntegratedGradients:
             config=getattr(self.model, "config", None),
             n_layers=self._n_layers,
             lowest=min(settings.layers),
-            n_attributed=len(settings.layers),
+            # a reduced call holds the maps of one layer at a time
+            n_attributed=len(settings.layers) if settings.reduction is None else 1,
             accumulators=1 if settings.adaptive is None else settings.adaptive.n_levels,
             dtype=settings.autocast_dtype or next(self.model.parameters()).dtype,
             ceiling=memory.max_planned_rows(device),
@@ -1740,7 +1828,9 @@ class AttentionIntegratedGradients:
     ) -> tuple[AttributionResult, set[int]]:
         """Integrate every (group, layer) pair inside the model's attention scope; the result and degenerate layers."""
         owned, total = _plan_steps(batch, groups, settings, plan)
-        out = _Outputs.empty(batch, settings)
+        # real tokens per example (patches and [CLS] for pixel inputs)
+        n_tokens = [plan.tokens(batch, [i]) if batch.seq_len is None else n for i, n in enumerate(batch.lengths)]
+        out = _Outputs.empty(batch, settings, n_tokens)  # checks a reduction's positions before any forward
         out.token_index, out.call_target = token_index, targets
         progress = _progress(total, show_progress)
         try:

@@ -65,6 +65,7 @@ from lightning_attattr.core.checks import (
     check_seed,
     check_shape,
 )
+from lightning_attattr.core.reductions import POOLINGS, Pooling, pool_heads
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -88,11 +89,8 @@ __all__ = [
     "taylor_importance",
 ]
 
-Pooling = Literal["max", "mean", "sum"]
 TaylorVariant = Literal["official", "michel"]
 
-#: Ways to pool one head's ``[query_pos, key_pos]`` attribution map into a score.
-POOLINGS: tuple[Pooling, ...] = ("max", "mean", "sum")
 #: Variants of the Taylor baseline (see :func:`taylor_importance`).
 TAYLOR_VARIANTS: tuple[TaylorVariant, ...] = ("official", "michel")
 #: Fractions of all heads removed in the official pruning protocol: 0.0, 0.1, ..., 1.0.
@@ -179,13 +177,7 @@ def attribution_head_scores(attributions: AttributionResult | Sequence[Tensor], 
         check_shape(f"attributions[{i}]", m, (*layer_head, None, None), "[layer, head, query_pos, key_pos]")
         if m.shape[-1] == 0 or m.shape[-2] == 0:
             raise ArgumentError(f"Expected `attributions[{i}]` to have at least one entry, but got {list(m.shape)}.")
-        flat = m.flatten(-2)  # [layer, head, query_pos * key_pos]
-        if pooling == "max":
-            pooled.append(flat.amax(-1))
-        elif pooling == "mean":
-            pooled.append(flat.mean(-1))
-        else:
-            pooled.append(flat.sum(-1))
+        pooled.append(pool_heads(m, pooling))  # [layer, head]
     return torch.stack(pooled)  # [batch, layer, head]
 
 
