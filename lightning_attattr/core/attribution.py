@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_attattr.core import memory
-from lightning_attattr.core.adapter import AttentionController, attention_scope, layer_modules
+from lightning_attattr.core.adapter import AttentionController, attention_layers, attention_scope, layer_modules
 from lightning_attattr.core.approximation import (
     AUTO,
     NESTED_LEVELS,
@@ -133,7 +133,11 @@ class AttributionResult:
     Attributes:
         attributions: one tensor per row, ``[layer, head, query_pos, key_pos]``, cropped to the
             example's real tokens (padding removed; special tokens such as [CLS]/[SEP] kept). The
-            layer axis follows :attr:`layers`.
+            layer axis follows :attr:`layers`. Encoder-decoders (BART, T5): a site's map is
+            ``[head, n_query, n_key]`` with the real decoder tokens on the query axis of decoder
+            sites and on the key axis of decoder self-attention, the real input tokens elsewhere
+            (``decoder.<i>.cross``: decoder queries, encoder keys); maps of different shapes are
+            zero-padded at the end of their axes to the largest.
         layers: the attributed layer indices, in the order of the layer axis.
         target: ``[batch]`` class (or token id) whose output was attributed; for a
             :class:`~lightning_attattr.core.targets.Contrast` the token counted positively; -1
@@ -218,7 +222,7 @@ class AttributionResult:
 
     def padded(self) -> Tensor:
         """Stack the per-example maps, zero-padded, into ``[batch, layer, head, query_pos, key_pos]``."""
-        n = max(a.shape[-1] for a in self.attributions)
+        n = max(max(a.shape[-2:]) for a in self.attributions)
         out = self.attributions[0].new_zeros(len(self), *self.attributions[0].shape[:2], n, n)
         for i, a in enumerate(self.attributions):
             out[i, :, :, : a.shape[-2], : a.shape[-1]] = a
@@ -255,27 +259,63 @@ class _Batch:
             None if self.labels is None else self.labels.index_select(0, rows),
         )
 
+    @property
+    def has_decoder_inputs(self) -> bool:
+        """Whether the inputs hold an encoder-decoder model's decoder tokens (ids or embeddings)."""
+        return "decoder_input_ids" in self.tensors or "decoder_inputs_embeds" in self.tensors
+
+    @functools.cached_property
+    def decoder_index(self) -> list[Tensor] | None:
+        """Per example the indices (CPU) of its real decoder tokens, or ``None`` without decoder inputs.
+
+        The real tokens are those of ``decoder_attention_mask`` when it is given, else all of them.
+        """
+        if not self.has_decoder_inputs:
+            return None
+        ids = self.tensors.get("decoder_input_ids")
+        length = (ids if ids is not None else self.tensors["decoder_inputs_embeds"]).shape[1]
+        mask = self.tensors.get("decoder_attention_mask")
+        if mask is not None and tuple(mask.shape[:2]) == (self.size, length):
+            return [mask[i].bool().nonzero().squeeze(1).cpu() for i in range(self.size)]
+        return [torch.arange(length, device="cpu") for _ in range(self.size)]
+
     def token_axis(self) -> tuple[list[int], list[Tensor], list[Tensor]]:
         """Per example: real tokens on a language model's output axis, their indices, and their ids (CPU).
 
-        The output axis is ``decoder_input_ids``'s for an encoder-decoder model, else ``input_ids``'s
-        (``inputs_embeds``: indices only, ids empty).
+        The output axis is the decoder's for an encoder-decoder model (``decoder_input_ids`` with
+        ``decoder_attention_mask``), else ``input_ids``'s (embeddings: indices only, ids empty).
         """
-        key = "decoder_input_ids" if "decoder_input_ids" in self.tensors else "input_ids"
-        ids = self.tensors.get(key)
-        mask = self.tensors.get("decoder_attention_mask" if key == "decoder_input_ids" else "attention_mask")
-        length = (ids if ids is not None else self.tensors["inputs_embeds"]).shape[1]
-        index = []
-        for i in range(self.size):
-            if mask is not None and tuple(mask.shape[:2]) == (self.size, length):
-                index.append(mask[i].bool().nonzero().squeeze(1).cpu())
-            else:
-                index.append(torch.arange(length, device="cpu"))
+        decoder = self.decoder_index
+        if decoder is not None:
+            index, ids = decoder, self.tensors.get("decoder_input_ids")
+        else:
+            ids = self.tensors.get("input_ids")
+            mask = self.tensors.get("attention_mask")
+            length = (ids if ids is not None else self.tensors["inputs_embeds"]).shape[1]
+            index = []
+            for i in range(self.size):
+                if mask is not None and tuple(mask.shape[:2]) == (self.size, length):
+                    index.append(mask[i].bool().nonzero().squeeze(1).cpu())
+                else:
+                    index.append(torch.arange(length, device="cpu"))
         tokens = [ids[i].cpu().index_select(0, index[i]) if ids is not None else index[i][:0] for i in range(self.size)]
         return [len(i) for i in index], index, tokens
 
-    def crop(self, example: int, attr: Tensor) -> Tensor:
-        """Keep the real tokens of one example: ``[head, q, k] -> [head, n, n]`` on the CPU."""
+    def crop(self, example: int, attr: Tensor, on_decoder: tuple[bool, bool] = (False, False)) -> Tensor:
+        """Keep the real tokens of one example: ``[head, q, k] -> [head, n_q, n_k]`` on the CPU.
+
+        ``on_decoder``: whether the query and the key axis are the decoder's (an encoder-decoder's
+        decoder self- and cross-attention) rather than the inputs'; without decoder inputs (the
+        model derives its decoder tokens from the inputs, as BART's classifier does) both follow
+        the inputs.
+        """
+        if any(on_decoder) and self.decoder_index is not None:
+            decoder = self.decoder_index[example].to(attr.device)
+            inputs = self.positions[example] if self.positions is not None else None
+            if inputs is None:
+                inputs = torch.arange(self.lengths[example], device=attr.device)
+            query, key = (decoder if flag else inputs.to(attr.device) for flag in on_decoder)
+            return attr.index_select(1, query).index_select(2, key).cpu()
         if self.positions is not None:
             pos = self.positions[example]
             return attr.index_select(1, pos).index_select(2, pos).cpu()
@@ -471,7 +511,8 @@ def _subset(batch: _Batch, index: list[int]) -> dict[str, Tensor]:
     out = {}
     for key, t in batch.tensors.items():
         t = t.index_select(0, rows)
-        if n is not None and t.dim() >= 2 and t.shape[1] == batch.seq_len:
+        # the decoder inputs of an encoder-decoder have their own length: only the inputs' axis is trimmed
+        if n is not None and t.dim() >= 2 and t.shape[1] == batch.seq_len and not key.startswith("decoder_"):
             t = t[:, :n]
         out[key] = t
     return out
@@ -1325,6 +1366,8 @@ class _Outputs:
     token_index: list[Tensor] = dataclasses.field(default_factory=list)  # per row: real-token indices (targets)
     call_target: CallTarget | None = None
     degenerate: set[int] = dataclasses.field(default_factory=set)  # layers with a degenerate zero-baseline pair
+    # per attributed layer: whether its query and key axes are the decoder's (encoder-decoders), else empty
+    site_axes: list[tuple[bool, bool]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def empty(cls, batch: _Batch, settings: _Settings) -> _Outputs:
@@ -1355,8 +1398,9 @@ class _Outputs:
             assert self.error is not None and self.flagged is not None
             self.used[index, li], self.error[index, li] = refinement.used, refinement.error
             self.flagged[index, li] = refinement.flagged
+        axes = self.site_axes[li] if self.site_axes else (False, False)
         for j, i in enumerate(index):
-            self.maps[i].append(self.batch.crop(i, pair.attr[j]))
+            self.maps[i].append(self.batch.crop(i, pair.attr[j], axes))
         if self.baseline is None or self.delta is None:
             return
         assert pair.f_zero is not None
@@ -1374,7 +1418,7 @@ class _Outputs:
         """The assembled :class:`AttributionResult`."""
         settings, target = self.settings, self.call_target
         return AttributionResult(
-            attributions=[torch.stack(maps) for maps in self.maps],
+            attributions=[_stack_sites(maps) for maps in self.maps],
             layers=settings.layers,
             target=self.target,
             prob=self.prob,
@@ -1394,6 +1438,29 @@ class _Outputs:
             position=None if target is None else target.position,
             contrast=None if target is None else target.other,
         )
+
+
+def _stack_sites(maps: list[Tensor]) -> Tensor:
+    """``[layer, head, query_pos, key_pos]`` from per-layer ``[head, n_q, n_k]`` maps.
+
+    The sites of an encoder-decoder differ in shape (encoder ``[n_enc, n_enc]``, decoder
+    self-attention ``[n_dec, n_dec]``, cross-attention ``[n_dec, n_enc]``): each map is then
+    zero-padded at the end of its axes to the largest query and key counts.
+    """
+    q, k = max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps)
+    if all(m.shape[-2:] == (q, k) for m in maps):
+        return torch.stack(maps)
+    return torch.stack([nn.functional.pad(m, (0, k - m.shape[-1], 0, q - m.shape[-2])) for m in maps])
+
+
+def _site_axes(model: nn.Module, layers: Sequence[int]) -> list[tuple[bool, bool]]:
+    """Per layer of ``layers``: whether its query and key axes are an encoder-decoder's decoder tokens."""
+    names = attention_layers(model)
+    axes = []
+    for layer in layers:
+        name = names[layer]
+        axes.append((name.startswith("decoder."), name.startswith("decoder.") and name.endswith(".self")))
+    return axes
 
 
 def _output_name(target: CallTarget | None) -> str:
@@ -1742,6 +1809,8 @@ class AttentionIntegratedGradients:
         owned, total = _plan_steps(batch, groups, settings, plan)
         out = _Outputs.empty(batch, settings)
         out.token_index, out.call_target = token_index, targets
+        if getattr(getattr(self.model, "config", None), "is_encoder_decoder", False):
+            out.site_axes = _site_axes(self.model, settings.layers)
         progress = _progress(total, show_progress)
         try:
             with frozen_eval(self.model), attention_scope(self.model) as ctrl:
@@ -1784,6 +1853,12 @@ class AttentionIntegratedGradients:
                 target, output, model=self.model, n_classes=self._num_labels, lengths=batch.lengths, labels=batch.labels
             )
             return bound, []
+        if getattr(self.model.config, "is_encoder_decoder", False) and not batch.has_decoder_inputs:
+            raise ArgumentError(
+                "Expected `inputs['decoder_input_ids']` for an encoder-decoder language model (the decoder tokens "
+                "whose next-token outputs are attributed; [[model.config.decoder_start_token_id]] per example "
+                "attributes the first generated token), but got none."
+            )
         lengths, index, tokens = batch.token_axis()
         bound = bind_target(
             target, output, model=self.model, n_classes=None, lengths=lengths, labels=batch.labels, tokens=tokens
