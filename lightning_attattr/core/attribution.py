@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_attattr.core import memory
-from lightning_attattr.core.adapter import AttentionController, attention_scope, layer_modules
+from lightning_attattr.core.adapter import AttentionController, attention_layers, attention_scope, layer_modules
 from lightning_attattr.core.approximation import (
     AUTO,
     NESTED_LEVELS,
@@ -79,7 +79,7 @@ from lightning_attattr.core.precision import (
     stalled,
     validate_precision,
 )
-from lightning_attattr.core.reductions import Reduced, Reducer, Reduction, check_reduction
+from lightning_attattr.core.reductions import Reduced, Reducer, Reduction, check_reduction, stack_sites
 from lightning_attattr.core.targets import (
     CallTarget,
     GroupTarget,
@@ -134,7 +134,11 @@ class AttributionResult:
     Attributes:
         attributions: one tensor per row, ``[layer, head, query_pos, key_pos]``, cropped to the
             example's real tokens (padding removed; special tokens such as [CLS]/[SEP] kept). The
-            layer axis follows :attr:`layers`.
+            layer axis follows :attr:`layers`. Encoder-decoders (BART, T5): a site's map is
+            ``[head, n_query, n_key]`` with the real decoder tokens on the query axis of decoder
+            sites and on the key axis of decoder self-attention, the real input tokens elsewhere
+            (``decoder.<i>.cross``: decoder queries, encoder keys); maps of different shapes are
+            zero-padded at the end of their axes to the largest.
         layers: the attributed layer indices, in the order of the layer axis.
         target: ``[batch]`` class (or token id) whose output was attributed; for a
             :class:`~lightning_attattr.core.targets.Contrast` the token counted positively; -1
@@ -232,7 +236,7 @@ class AttributionResult:
     def padded(self) -> Tensor:
         """Stack the per-example maps, zero-padded, into ``[batch, layer, head, query_pos, key_pos]``."""
         self._check_full()
-        n = max(a.shape[-1] for a in self.attributions)
+        n = max(max(a.shape[-2:]) for a in self.attributions)
         out = self.attributions[0].new_zeros(len(self), *self.attributions[0].shape[:2], n, n)
         for i, a in enumerate(self.attributions):
             out[i, :, :, : a.shape[-2], : a.shape[-1]] = a
@@ -269,31 +273,67 @@ class _Batch:
             None if self.labels is None else self.labels.index_select(0, rows),
         )
 
+    @property
+    def has_decoder_inputs(self) -> bool:
+        """Whether the inputs hold an encoder-decoder model's decoder tokens (ids or embeddings)."""
+        return "decoder_input_ids" in self.tensors or "decoder_inputs_embeds" in self.tensors
+
+    @functools.cached_property
+    def decoder_index(self) -> list[Tensor] | None:
+        """Per example the indices (CPU) of its real decoder tokens, or ``None`` without decoder inputs.
+
+        The real tokens are those of ``decoder_attention_mask`` when it is given, else all of them.
+        """
+        if not self.has_decoder_inputs:
+            return None
+        ids = self.tensors.get("decoder_input_ids")
+        length = (ids if ids is not None else self.tensors["decoder_inputs_embeds"]).shape[1]
+        mask = self.tensors.get("decoder_attention_mask")
+        if mask is not None and tuple(mask.shape[:2]) == (self.size, length):
+            return [mask[i].bool().nonzero().squeeze(1).cpu() for i in range(self.size)]
+        return [torch.arange(length, device="cpu") for _ in range(self.size)]
+
     def token_axis(self) -> tuple[list[int], list[Tensor], list[Tensor]]:
         """Per example: real tokens on a language model's output axis, their indices, and their ids (CPU).
 
-        The output axis is ``decoder_input_ids``'s for an encoder-decoder model, else ``input_ids``'s
-        (``inputs_embeds``: indices only, ids empty).
+        The output axis is the decoder's for an encoder-decoder model (``decoder_input_ids`` with
+        ``decoder_attention_mask``), else ``input_ids``'s (embeddings: indices only, ids empty).
         """
-        key = "decoder_input_ids" if "decoder_input_ids" in self.tensors else "input_ids"
-        ids = self.tensors.get(key)
-        mask = self.tensors.get("decoder_attention_mask" if key == "decoder_input_ids" else "attention_mask")
-        length = (ids if ids is not None else self.tensors["inputs_embeds"]).shape[1]
-        index = []
-        for i in range(self.size):
-            if mask is not None and tuple(mask.shape[:2]) == (self.size, length):
-                index.append(mask[i].bool().nonzero().squeeze(1).cpu())
-            else:
-                index.append(torch.arange(length, device="cpu"))
+        decoder = self.decoder_index
+        if decoder is not None:
+            index, ids = decoder, self.tensors.get("decoder_input_ids")
+        else:
+            ids = self.tensors.get("input_ids")
+            mask = self.tensors.get("attention_mask")
+            length = (ids if ids is not None else self.tensors["inputs_embeds"]).shape[1]
+            index = []
+            for i in range(self.size):
+                if mask is not None and tuple(mask.shape[:2]) == (self.size, length):
+                    index.append(mask[i].bool().nonzero().squeeze(1).cpu())
+                else:
+                    index.append(torch.arange(length, device="cpu"))
         tokens = [ids[i].cpu().index_select(0, index[i]) if ids is not None else index[i][:0] for i in range(self.size)]
         return [len(i) for i in index], index, tokens
 
-    def crop(self, example: int, attr: Tensor) -> Tensor:
-        """Keep the real tokens of one example: ``[head, q, k] -> [head, n, n]`` on the CPU."""
-        return self.real(example, attr).cpu()
+    def crop(self, example: int, attr: Tensor, on_decoder: tuple[bool, bool] = (False, False)) -> Tensor:
+        """Keep the real tokens of one example: ``[head, q, k] -> [head, n_q, n_k]`` on the CPU.
 
-    def real(self, example: int, attr: Tensor) -> Tensor:
-        """Keep the real tokens of one example: ``[head, q, k] -> [head, n, n]`` on ``attr``'s device."""
+        ``on_decoder``: whether the query and the key axis are the decoder's (an encoder-decoder's
+        decoder self- and cross-attention) rather than the inputs'; without decoder inputs (the
+        model derives its decoder tokens from the inputs, as BART's classifier does) both follow
+        the inputs.
+        """
+        return self.real(example, attr, on_decoder).cpu()
+
+    def real(self, example: int, attr: Tensor, on_decoder: tuple[bool, bool] = (False, False)) -> Tensor:
+        """:meth:`crop` on ``attr``'s device."""
+        if any(on_decoder) and self.decoder_index is not None:
+            decoder = self.decoder_index[example].to(attr.device)
+            inputs = self.positions[example] if self.positions is not None else None
+            if inputs is None:
+                inputs = torch.arange(self.lengths[example], device=attr.device)
+            query, key = (decoder if flag else inputs.to(attr.device) for flag in on_decoder)
+            return attr.index_select(1, query).index_select(2, key)
         if self.positions is not None:
             pos = self.positions[example]
             return attr.index_select(1, pos).index_select(2, pos)
@@ -491,7 +531,8 @@ def _subset(batch: _Batch, index: list[int]) -> dict[str, Tensor]:
     out = {}
     for key, t in batch.tensors.items():
         t = t.index_select(0, rows)
-        if n is not None and t.dim() >= 2 and t.shape[1] == batch.seq_len:
+        # the decoder inputs of an encoder-decoder have their own length: only the inputs' axis is trimmed
+        if n is not None and t.dim() >= 2 and t.shape[1] == batch.seq_len and not key.startswith("decoder_"):
             t = t[:, :n]
         out[key] = t
     return out
@@ -1390,6 +1431,8 @@ class _Outputs:
     call_target: CallTarget | None = None
     degenerate: set[int] = dataclasses.field(default_factory=set)  # layers with a degenerate zero-baseline pair
     reducer: Reducer | None = None  # reduces the maps instead of keeping them (`maps` stays empty)
+    # per attributed layer: whether its query and key axes are the decoder's (encoder-decoders), else empty
+    site_axes: list[tuple[bool, bool]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def empty(cls, batch: _Batch, settings: _Settings, n_tokens: Sequence[int] = ()) -> _Outputs:
@@ -1423,11 +1466,12 @@ class _Outputs:
             assert self.error is not None and self.flagged is not None
             self.used[index, li], self.error[index, li] = refinement.used, refinement.error
             self.flagged[index, li] = refinement.flagged
+        axes = self.site_axes[li] if self.site_axes else (False, False)
         if self.reducer is not None:
-            self.reducer.add(index, li, pair.layer, pair.attr, self.batch.real)
+            self.reducer.add(index, li, pair.layer, pair.attr, lambda i, a: self.batch.real(i, a, axes))
         else:
             for j, i in enumerate(index):
-                self.maps[i].append(self.batch.crop(i, pair.attr[j]))
+                self.maps[i].append(self.batch.crop(i, pair.attr[j], axes))
         if self.baseline is None or self.delta is None:
             return
         assert pair.f_zero is not None
@@ -1445,7 +1489,7 @@ class _Outputs:
         """The assembled :class:`AttributionResult`."""
         settings, target = self.settings, self.call_target
         return AttributionResult(
-            attributions=[] if self.reducer is not None else [torch.stack(maps) for maps in self.maps],
+            attributions=[] if self.reducer is not None else [stack_sites(maps) for maps in self.maps],
             layers=settings.layers,
             target=self.target,
             prob=self.prob,
@@ -1466,6 +1510,16 @@ class _Outputs:
             contrast=None if target is None else target.other,
             reduced=None if self.reducer is None else self.reducer.result(),
         )
+
+
+def _site_axes(model: nn.Module, layers: Sequence[int]) -> list[tuple[bool, bool]]:
+    """Per layer of ``layers``: whether its query and key axes are an encoder-decoder's decoder tokens."""
+    names = attention_layers(model)
+    axes = []
+    for layer in layers:
+        name = names[layer]
+        axes.append((name.startswith("decoder."), name.startswith("decoder.") and name.endswith(".self")))
+    return axes
 
 
 def _output_name(target: CallTarget | None) -> str:
@@ -1832,6 +1886,8 @@ class AttentionIntegratedGradients:
         n_tokens = [plan.tokens(batch, [i]) if batch.seq_len is None else n for i, n in enumerate(batch.lengths)]
         out = _Outputs.empty(batch, settings, n_tokens)  # checks a reduction's positions before any forward
         out.token_index, out.call_target = token_index, targets
+        if getattr(getattr(self.model, "config", None), "is_encoder_decoder", False):
+            out.site_axes = _site_axes(self.model, settings.layers)
         progress = _progress(total, show_progress)
         try:
             with frozen_eval(self.model), attention_scope(self.model) as ctrl:
@@ -1874,6 +1930,12 @@ class AttentionIntegratedGradients:
                 target, output, model=self.model, n_classes=self._num_labels, lengths=batch.lengths, labels=batch.labels
             )
             return bound, []
+        if getattr(self.model.config, "is_encoder_decoder", False) and not batch.has_decoder_inputs:
+            raise ArgumentError(
+                "Expected `inputs['decoder_input_ids']` for an encoder-decoder language model (the decoder tokens "
+                "whose next-token outputs are attributed; [[model.config.decoder_start_token_id]] per example "
+                "attributes the first generated token), but got none."
+            )
         lengths, index, tokens = batch.token_axis()
         bound = bind_target(
             target, output, model=self.model, n_classes=None, lengths=lengths, labels=batch.labels, tokens=tokens

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_attattr.analysis.store import atomic_write
 from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, check_choice, check_int
@@ -113,7 +113,9 @@ class Rows:
     """Keep chosen query rows of every map: ``[layer, head, rows, key_pos]`` per example.
 
     Positions index each example's real tokens (padding removed), Python style: ``-1`` is the last
-    real token of every example whatever its length, ``-2`` the one before, ``0`` the first.
+    real token of every example whatever its length, ``-2`` the one before, ``0`` the first. In an
+    encoder-decoder the rows of a decoder site count its decoder tokens, and the layers of one example
+    are zero-padded to the longest key axis (as :attr:`AttributionResult.attributions`).
 
     Args:
         positions: one or more distinct ints (or a single int).
@@ -287,6 +289,19 @@ class Reduced:
         raise ArgumentError(f"Expected shards reduced by Rows or HeadScores, but got {first.reduction!r}.")
 
 
+def stack_sites(maps: list[Tensor]) -> Tensor:
+    """``[layer, head, query_pos, key_pos]`` from per-layer ``[head, n_q, n_k]`` maps.
+
+    The sites of an encoder-decoder differ in shape (encoder ``[n_enc, n_enc]``, decoder
+    self-attention ``[n_dec, n_dec]``, cross-attention ``[n_dec, n_enc]``): each map is then
+    zero-padded at the end of its axes to the largest query and key counts.
+    """
+    q, k = max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps)
+    if all(m.shape[-2:] == (q, k) for m in maps):
+        return torch.stack(maps)
+    return torch.stack([nn.functional.pad(m, (0, k - m.shape[-1], 0, q - m.shape[-2])) for m in maps])
+
+
 class Reducer:
     """Collects the reduction of one ``attribute`` call, (length group, layer) pair by pair.
 
@@ -306,6 +321,7 @@ class Reducer:
         self.paths: list[Path] = []
         self.groups: dict[tuple[int, ...], int] = {}
         self.query_positions: Tensor | None = None
+        self.n_tokens = list(n_tokens)
         if isinstance(reduction, Rows):  # checked before any forward
             self.query_positions = torch.tensor([reduction.resolve(n) for n in n_tokens], dtype=torch.long)
         if isinstance(reduction, Stream):
@@ -333,7 +349,10 @@ class Reducer:
                 self.scores[i, li] = pool_heads(m, reduction.pooling).cpu()
             elif isinstance(reduction, Rows):
                 assert self.query_positions is not None
-                rows = self.query_positions[i].to(m.device)
+                rows = self.query_positions[i]
+                if m.shape[1] != self.n_tokens[i]:  # an encoder-decoder's decoder site: count its decoder tokens
+                    rows = torch.tensor(reduction.resolve(m.shape[1]), dtype=torch.long)
+                rows = rows.to(m.device)
                 self.per_example[i].append(m.index_select(1, rows).cpu())  # [head, rows, n]
             else:
                 values, where = _top_edges(m, reduction)
@@ -362,7 +381,7 @@ class Reducer:
         if isinstance(reduction, HeadScores):
             return Reduced(reduction, head_scores=self.scores)
         if isinstance(reduction, Rows):
-            rows = [torch.stack(per) for per in self.per_example]  # [layer, head, rows, n]
+            rows = [stack_sites(per) for per in self.per_example]  # [layer, head, rows, n]
             return Reduced(reduction, rows=rows, query_positions=self.query_positions)
         if isinstance(reduction, TopK):
             values = [torch.stack(per) for per in self.per_example]  # [layer, k]

@@ -11,8 +11,12 @@ batch 1 and the target layer's input broadcast to the steps, exactly as the offi
 ``method="riemann_left"``, ``n_steps=20`` and ``steps_per_pass=20`` it mirrors the official
 head-importance computation.
 
-Models whose layers each run their attention once through ``AttentionInterface`` are supported
-(BERT family, and causal LMs such as Llama, Mistral, Phi-3 and Gemma); the target is a class
+Models whose attention runs through ``AttentionInterface`` are supported: one call per layer
+(BERT family, and causal LMs such as Llama, Mistral, Phi-3, Gemma and gpt-oss), or, for the
+encoder-decoders BART and T5, one call per attention site (encoder self-attention, decoder
+self- and cross-attention; see :func:`~lightning_attattr.core.adapter.attention_layers`), where
+the whole model runs on the example repeated once per step. The attention function computes the
+family terms itself: Gemma 2's logit softcap, gpt-oss's sink logits and T5's position bias. The target is a class
 (with ``output`` ``"prob"``, ``"logprob"`` or ``"logit"``) or any function of the example's
 logits, and the baseline zero or uniform attention over the keys the attention mask allows.
 """
@@ -26,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from lightning_attattr.core.adapter import layer_modules
+from lightning_attattr.core.adapter import attention_layers, layer_modules
 from lightning_attattr.core.approximation import approximation_parameters
 
 if TYPE_CHECKING:
@@ -53,6 +57,12 @@ def _reference_attention(
         probs = _STATE["x"]  # [steps, head, query_pos, key_pos]
     else:
         scores = query @ key.transpose(2, 3) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+        softcap = kwargs.get("softcap")  # Gemma 2: logits squashed into (-softcap, softcap) before the mask
+        if softcap is not None:
+            scores = softcap * torch.tanh(scores / softcap)
+        bias = kwargs.get("position_bias")  # T5: relative position bias [1 or batch, head, query_pos, key_pos]
+        if bias is not None:
+            scores = scores + bias[..., : key.shape[-2]]
         allowed = torch.ones_like(scores, dtype=torch.bool)
         if attention_mask is not None:
             mask = attention_mask[..., : key.shape[-2]]
@@ -62,7 +72,12 @@ def _reference_attention(
             else:
                 allowed = allowed & (mask > torch.finfo(mask.dtype).min / 2)
             scores = scores + mask
-        probs = scores.softmax(-1)
+        sinks = kwargs.get("s_aux")  # gpt-oss: one extra logit per head that takes probability mass, then is dropped
+        if sinks is None:
+            probs = scores.softmax(-1)
+        else:
+            column = sinks.to(scores.dtype).reshape(1, -1, 1, 1).expand(scores.shape[0], -1, scores.shape[2], 1)
+            probs = torch.cat([scores, column], dim=-1).softmax(-1)[..., :-1]
         if _STATE["clean"] is not None:
             _STATE["clean"][_STATE["current"]] = (probs.detach(), allowed)
     return (probs @ value).transpose(1, 2).contiguous(), probs
@@ -81,7 +96,10 @@ class ReferenceResult:
     """Reference AttAttr output.
 
     Attributes:
-        attributions: per example ``[layer, head, n, n]`` over its real tokens (CPU).
+        attributions: per example ``[layer, head, n, n]`` over its real tokens (CPU). For an
+            encoder-decoder a site's map is ``[head, n_query, n_key]`` (decoder tokens on the query
+            axis of decoder sites and on the key axis of decoder self-attention, encoder tokens
+            elsewhere), zero-padded at the end to the largest of the sites.
         prob: ``[batch]`` ``F(A)`` (CPU, float64).
         baseline_prob: ``[batch, layer]`` ``F`` at the baseline (``A^l := 0`` or uniform; CPU, float64).
     """
@@ -127,10 +145,11 @@ def reference_attattr(
         model: a classifier or language model whose layers each run their attention once, through
             ``AttentionInterface`` (BERT family, Llama, Mistral, Phi-3, Gemma); it is not modified
             (its attention implementation is switched and restored).
-        inputs: ``input_ids`` / ``attention_mask`` (/ ``token_type_ids``) ``[batch, pos]``, any padding.
+        inputs: ``input_ids`` / ``attention_mask`` (/ ``token_type_ids``) ``[batch, pos]``, any padding;
+            encoder-decoders also ``decoder_input_ids`` (/ ``decoder_attention_mask``) ``[batch, decoder_pos]``.
         target: ``[batch]`` class per example, or a function ``scalar(logits, example)`` returning
             the attributed value ``[steps]`` from the example's logits (``[steps, classes]``, or
-            ``[steps, pos, vocab]`` over its real tokens).
+            ``[steps, pos, vocab]`` over its real tokens; the real decoder tokens of an encoder-decoder).
         method: integration rule (see :mod:`lightning_attattr.core.approximation`).
         n_steps: integration steps.
         pad_to: pad each example at the end to this length (the official code uses 128); default unpadded.
@@ -161,23 +180,26 @@ def reference_attattr(
         for index, module in enumerate(layers)
     ]
     device = next(model.parameters()).device
+    # encoder-decoders: which sites have the decoder's tokens on their query / key axis
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    names = attention_layers(model) if seq2seq else ["layer"] * len(layers)
     maps, probs, baselines = [], [], []
     try:
         for i in range(inputs["input_ids"].shape[0]):
-            mask = inputs.get("attention_mask")
-            real = (
-                mask[i].bool().nonzero().squeeze(1)
-                if mask is not None
-                else torch.arange(inputs["input_ids"].shape[1], device=inputs["input_ids"].device)
-            )
+            real = _real(inputs, "attention_mask", "input_ids", i)
+            assert real is not None
             n = len(real)
-            # [1, pad_to or n] on the model's device, the example's real tokens first
-            one = {k: torch.zeros(1, pad_to or n, dtype=v.dtype, device=device) for k, v in inputs.items()}
+            decoder = _real(inputs, "decoder_attention_mask", "decoder_input_ids", i) if seq2seq else None
+            m = n if decoder is None else len(decoder)  # real decoder tokens (the inputs' when derived from them)
+            # [1, pad_to or n] on the model's device, the example's real tokens first (decoder inputs: its own)
+            one = {}
             for k, v in inputs.items():
-                one[k][0, :n] = v[i].index_select(0, real.to(v.device)).to(device)
+                rows = decoder if k.startswith("decoder_") and decoder is not None else real
+                one[k] = torch.zeros(1, pad_to or len(rows), dtype=v.dtype, device=device)
+                one[k][0, : len(rows)] = v[i].index_select(0, rows.to(v.device)).to(device)
             _STATE.update(layer=None, x=None, clean={})
             with torch.no_grad():
-                logits = _logits(model, one, n)
+                logits = _logits(model, one, m)
             clean = _STATE["clean"]
             _STATE.update(clean=None)
             f_full = float(scalar(logits, i)[0])
@@ -193,17 +215,25 @@ def reference_attattr(
                     al = torch.tensor(alphas[start : start + steps_per_pass], dtype=a.dtype, device=a.device)
                     w = torch.tensor(weights[start : start + steps_per_pass], dtype=a.dtype, device=a.device)
                     x = (base + al.view(-1, 1, 1, 1) * (a - base)).requires_grad_(True)  # [steps, head, pos, pos]
-                    p = scalar(_forward_replaced(model, layers[layer], layer, x, one, n), i)  # [steps]
+                    p = scalar(_forward_replaced(model, layers[layer], layer, x, one, m, seq2seq), i)  # [steps]
                     (g,) = torch.autograd.grad((p * w).sum(), x)
                     total += g.sum(0)
                     if (al == 0).any():
                         zero = float(p[int((al == 0).nonzero()[0])].detach())
                 if zero is None:
                     with torch.no_grad():
-                        zero = float(scalar(_forward_replaced(model, layers[layer], layer, base.clone(), one, n), i)[0])
-                per_layer.append(((a - base)[0] * total)[:, :n, :n])
+                        replaced = _forward_replaced(model, layers[layer], layer, base.clone(), one, m, seq2seq)
+                        zero = float(scalar(replaced, i)[0])
+                # query axis: the decoder's for decoder self- and cross-attention; key axis: for decoder self-attention
+                n_query = m if names[layer].startswith("decoder.") else n
+                n_key = m if names[layer].startswith("decoder.") and names[layer].endswith(".self") else n
+                per_layer.append(((a - base)[0] * total)[:, :n_query, :n_key])
                 f_zero.append(zero)
-            maps.append(torch.stack(per_layer).cpu())  # [layer, head, n, n]
+            size = (max(t.shape[1] for t in per_layer), max(t.shape[2] for t in per_layer))
+            padded = [torch.zeros(t.shape[0], *size, dtype=t.dtype, device=t.device) for t in per_layer]
+            for t, out in zip(per_layer, padded):
+                out[:, : t.shape[1], : t.shape[2]] = t
+            maps.append(torch.stack(padded).cpu())  # [layer, head, n, n] (encoder-decoders: zero-padded sites)
             probs.append(f_full)
             baselines.append(f_zero)
     finally:
@@ -220,16 +250,40 @@ def reference_attattr(
     )
 
 
+def _real(inputs: Mapping[str, Tensor], mask_key: str, ids_key: str, i: int) -> Tensor | None:
+    """Indices of example ``i``'s real tokens per ``inputs[mask_key]`` (all of ``inputs[ids_key]`` without a mask).
+
+    ``None`` when ``inputs`` has no ``ids_key``.
+    """
+    mask, ids = inputs.get(mask_key), inputs.get(ids_key)
+    if ids is None:
+        return None
+    if mask is None:
+        return torch.arange(ids.shape[1], device=ids.device)
+    return mask[i].bool().nonzero().squeeze(1)
+
+
 def _logits(model: nn.Module, one: dict, n: int) -> Tensor:
     """Logits of a forward on ``one``: ``[rows, classes]``, or ``[rows, n, vocab]`` over the real tokens."""
     logits = model(**one).logits
     return logits[:, :n] if logits.dim() == 3 else logits
 
 
-def _forward_replaced(model: nn.Module, layer_module: nn.Module, layer: int, x: Tensor, one: dict, n: int) -> Tensor:
-    """Logits with layer ``layer``'s probabilities replaced by ``x``; the layer's input is broadcast to the steps."""
+def _forward_replaced(
+    model: nn.Module, layer_module: nn.Module, layer: int, x: Tensor, one: dict, n: int, seq2seq: bool = False
+) -> Tensor:
+    """Logits with layer ``layer``'s probabilities replaced by ``x`` (``[steps, ...]``).
+
+    The layer's input is broadcast to the steps; an encoder-decoder's attention sites sit inside
+    its layers, so there the whole model runs on the inputs repeated once per step.
+    """
     steps = x.shape[0]
     _STATE.update(layer=layer, x=x)
+    if seq2seq:
+        try:
+            return _logits(model, {k: v.repeat(steps, *([1] * (v.dim() - 1))) for k, v in one.items()}, n)
+        finally:
+            _STATE.update(layer=None, x=None)
     hook = layer_module.register_forward_pre_hook(lambda _m, args: (args[0].expand(steps, -1, -1), *args[1:]))
     try:
         return _logits(model, one, n)  # [steps, ...]

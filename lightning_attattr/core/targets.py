@@ -12,6 +12,12 @@ spirit of Captum's ``LLMAttribution`` targets:
 - :class:`Contrast`: the output of token ``a`` minus that of token ``b`` (e.g. the logit
   difference of the indirect-object task).
 
+An encoder-decoder language model (BART, T5) needs ``decoder_input_ids`` in the inputs (e.g.
+``[[model.config.decoder_start_token_id]]`` per example to attribute the first generated token;
+without them ``attribute`` raises): its positions are those of the decoder tokens, real per
+``decoder_attention_mask`` when given (else all), and the default target is the predicted next
+token at the last real decoder position.
+
 Positions count the example's real tokens (padding excluded): ``0`` is its first real token,
 ``-1`` its last, so left and right padding give the same result as the unpadded example. The
 output at position ``p`` is the model's prediction of the token that follows position ``p``.

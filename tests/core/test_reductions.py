@@ -240,7 +240,9 @@ def _track_live_maps(monkeypatch):
     monkeypatch.setattr(attribution_module._LayerIntegration, "integrate", integrate)
     layer_probs = attribution_module._Run.layer_probs
 
-    def recompute(self, inputs, target, layer, below):  # a reduced call recomputes a layer's maps: the last ones are gone
+    def recompute(
+        self, inputs, target, layer, below
+    ):  # a reduced call recomputes a layer's maps: the last ones are gone
         alive_others.append(sum(ref() is not None for ref in refs))
         return layer_probs(self, inputs, target, layer, below)
 
@@ -332,3 +334,33 @@ def test_llama_causal_maps(tmp_path):
     torch.testing.assert_close(scores.convergence_delta, full.convergence_delta, rtol=0, atol=1e-12)
     streamed = attribute(model, batch, reduction=Stream(tmp_path), **kw)
     assert torch.equal(load_streamed(streamed.reduced.paths)[0], a)
+
+
+def test_encoder_decoder_reductions_follow_each_sites_axes():
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BartConfig(
+        vocab_size=100,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+    )
+    model = transformers.BartForConditionalGeneration(config).eval()
+    ids = torch.randint(3, 100, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": torch.randint(3, 100, (2, 4))}
+    full = attribute(model, inputs, n_steps=3)  # sites: encoder.0, decoder.0.self, decoder.0.cross
+    scores = attribute(model, inputs, n_steps=3, reduction=HeadScores()).reduced.head_scores
+    torch.testing.assert_close(scores, torch.stack([pool_heads(a, "max") for a in full.attributions]))
+    rows = attribute(model, inputs, n_steps=3, reduction=Rows(-1)).reduced.rows
+    for i, n_enc in enumerate((6, 4)):
+        a = full.attributions[i]  # [site, head, q, k], zero-padded to the largest axes
+        torch.testing.assert_close(rows[i][0, :, 0, :n_enc], a[0, :, n_enc - 1, :n_enc])  # last input token
+        torch.testing.assert_close(rows[i][1, :, 0, :4], a[1, :, 3, :4])  # last decoder token over decoder keys
+        torch.testing.assert_close(rows[i][2, :, 0, :n_enc], a[2, :, 3, :n_enc])  # ... over the encoder's
