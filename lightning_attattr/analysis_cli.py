@@ -59,6 +59,7 @@ from lightning_attattr.core.checks import (
 from lightning_attattr.lightning.checkpoints import read_checkpoint
 from lightning_attattr.lightning.classifier import AttAttrClassifier
 from lightning_attattr.lightning.compat import pl, rank_zero_only
+from lightning_attattr.lightning.console import quiet_lightning
 from lightning_attattr.lightning.job import Examples, Job
 from lightning_attattr.lightning.subcommands import Run, subcommand
 
@@ -407,7 +408,9 @@ class AnalysisTrainer(pl.Trainer):
                     "result": {k: v for k, v in result.items() if k != "timings"},
                 }
                 write_json(folder.file("summary.json"), summary)
-                folder.log(f"{kind}: complete in {summary['seconds']} s; results in {folder.path}")
+                done = f"{kind}: complete in {summary['seconds']} s; results in {folder.path}"
+                folder.log(done)
+                print(done, flush=True)
         return result
 
 
@@ -506,6 +509,13 @@ class AnalyzeCLI(AttAttrCLI):
     def subcommands() -> dict[str, set[str]]:
         """The analysis subcommands; ``model`` and ``datamodule`` come from the config, not from flags."""
         return {name: {"model", "datamodule"} for name in SETTINGS}
+
+    def rewrite_args(self, args: list[str]) -> list[str]:
+        """Shipped config names resolved, and the natural forms of list options (:func:`natural_lists`)."""
+        args = super().rewrite_args(args)
+        if args and args[0] in SETTINGS:
+            return [args[0], *natural_lists(args[1:], list_options(args[0]))]
+        return args
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> pl.Trainer:
         """Only the hardware settings of the config's trainer; no training callbacks, logger or checkpoints."""
@@ -728,22 +738,96 @@ def main() -> None:
     cli_main()
 
 
+def list_options(subcommand: str) -> dict[str, type]:
+    """The list-valued options of ``subcommand`` (``--text``, ``--indices``, ``--results``...) and their item types."""
+    import typing
+
+    from lightning_attattr.analysis.settings import Integration
+
+    if subcommand == "universality":
+        return {"results": str, "names": str}
+    settings = SETTINGS.get(subcommand)
+    if settings is None:
+        return {}
+    hints = {**typing.get_type_hints(Integration), **typing.get_type_hints(settings)}
+    out: dict[str, type] = {}
+    for f in settings.options():
+        for candidate in (hints[f.name], *typing.get_args(hints[f.name])):  # `list[int]` or `list[int] | None`
+            if typing.get_origin(candidate) is list:
+                (item,) = typing.get_args(candidate)
+                out[f.name] = item if isinstance(item, type) else str
+    return out
+
+
+def natural_lists(argv: list[str], options: dict[str, type]) -> list[str]:
+    """``argv`` with the natural forms of list options rewritten to the list form the parser reads.
+
+    ``--text "a film"`` (one value), ``--results a b`` (several values up to the next option) and
+    ``--indices=3`` become ``--text '["a film"]'``, ``--results '["a", "b"]'`` and ``--indices=[3]``;
+    a value that already is a list (``"[0, 1]"``) or ``null`` is left as it is.
+
+    Args:
+        argv: the command line (options and values).
+        options: the list options (names without ``--``) and the type of their items.
+
+    Returns:
+        The rewritten command line.
+
+    Example:
+        >>> argv = ["--text", "a film", "--indices", "0", "2", "--overwrite", "true"]
+        >>> natural_lists(argv, {"text": str, "indices": int})
+        ['--text', '["a film"]', '--indices', '[0, 2]', '--overwrite', 'true']
+    """
+
+    def as_list(name: str, values: list[str]) -> str:
+        if options[name] is str:
+            return json.dumps(values)
+        return "[" + ", ".join(v.strip() for v in values) + "]"
+
+    def kept(values: list[str]) -> bool:
+        return len(values) == 1 and (values[0].lstrip().startswith("[") or values[0].strip() in ("null", "None"))
+
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        if name not in options:
+            out.append(token)
+            i += 1
+        elif eq:
+            out.append(token if kept([value]) else f"--{name}={as_list(name, [value])}")
+            i += 1
+        else:
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--") and argv[j] not in ("-h",):
+                j += 1
+            values = argv[i + 1 : j]
+            out.append(token)
+            if values:
+                out.append(values[0] if kept(values) else as_list(name, values))
+            i = j
+    return out
+
+
 def _dispatch(argv: list[str], args: list[str] | None, run: bool, prog: str) -> Any:
     from jsonargparse import auto_cli
 
     from lightning_attattr.core.checks import exit_on_user_error
 
+    command = [prog, *argv]  # what summary.json records (also when called in-process with `args`)
     if argv and argv[0] == "report":
         sub = f"{prog} report"
         return exit_on_user_error(lambda: auto_cli(write_report, args=argv[1:], prog=sub), prog=sub)
-    command = [prog, *argv]  # what summary.json records (also when called in-process with `args`)
     if argv and argv[0] == "universality":
         sub = f"{prog} universality"
-        return exit_on_user_error(lambda: _universality_cli(argv[1:], sub, command), prog=sub)
+        rest = natural_lists(argv[1:], list_options("universality"))
+        return exit_on_user_error(lambda: _universality_cli(rest, sub, command), prog=sub)
     if not argv or argv[0] in ("-h", "--help"):
         print(overview(prog))
         if not argv:
             return None
+    quiet_lightning()
     return exit_on_user_error(
         AnalyzeCLI,
         AttAttrClassifier,

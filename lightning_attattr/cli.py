@@ -65,6 +65,7 @@ from lightning_attattr.lightning.checkpoints import (
 )
 from lightning_attattr.lightning.classifier import AttAttrClassifier
 from lightning_attattr.lightning.compat import pl, to_this_package, trainer_callbacks
+from lightning_attattr.lightning.console import quiet_lightning
 from lightning_attattr.shipped_configs import resolve_config_args
 
 if TYPE_CHECKING:  # the same classes in both packages: checked against one, like `compat.pl`
@@ -121,13 +122,17 @@ class AttAttrCLI(LightningCLI):
             PathNotFoundError: a ``--config`` value that is neither a file nor a shipped name.
         """
         if args is None:
-            resolved = resolve_config_args(sys.argv[1:])
+            resolved = self.rewrite_args(sys.argv[1:])
             if resolved != sys.argv[1:]:  # parsed here: Lightning warns about `args` next to a command line
                 self.config = parser.parse_args(resolved)
                 return
         elif isinstance(args, (list, tuple)):
-            args = resolve_config_args(args)
+            args = self.rewrite_args(list(args))
         super().parse_arguments(parser, args)
+
+    def rewrite_args(self, args: list[str]) -> list[str]:
+        """The command line as the parser reads it: ``--config NAME`` of a shipped config made a path."""
+        return resolve_config_args(args)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         """The subcommand's parser, with ``--weights_only`` defaulting to ``true`` (no unpickling of code)."""
@@ -163,6 +168,35 @@ class AttAttrCLI(LightningCLI):
         except SystemExit:
             sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
             raise
+
+    #: The data stage of each subcommand whose data files are checked as soon as the data module is built.
+    DATA_STAGES: dict[str, str] = {"fit": "fit", "validate": "validate", "test": "test", "predict": "predict"}
+
+    def _add_instantiators(self) -> None:
+        """Lightning's instantiators, the data module's wrapped: its files are checked as soon as it is built.
+
+        The data module is instantiated before the model (``data.num_labels`` is linked into the
+        model), so a missing, undecodable or malformed data file is reported before any model is
+        downloaded or loaded.
+        """
+        super()._add_instantiators()
+        lightning_cli = importlib.import_module(f"{pl.__name__}.cli")
+        build = lightning_cli._InstantiatorFn(cli=self, key="data")
+        stage = self.DATA_STAGES.get(self.subcommand or "")
+
+        def build_and_check(class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any) -> Any:
+            datamodule = build(class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs)
+            check_files = getattr(datamodule, "check_files", None)
+            if stage is not None and callable(check_files):
+                check_files(stage)
+            return datamodule
+
+        self.parser.add_instantiator(
+            build_and_check,
+            lightning_cli._get_module_type(self._datamodule_class),
+            subclasses=self.subclass_mode_data,
+            prepend=True,
+        )
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """The trainer, with one ``EpochSummary`` (the default one unless the config lists its own)."""
@@ -203,8 +237,17 @@ class AttAttrCLI(LightningCLI):
             self.datamodule.tokenizer = tokenizer_from_files(self._checkpoint[TOKENIZER_KEY])
 
     def before_fit(self) -> None:
-        """Check everything that can be checked before training starts."""
+        """Check everything that can be checked before training starts; print the model's line."""
         self.preflight("fit")
+        if self.trainer.is_global_zero and not _has_model_summary(self.trainer):
+            print(model_line(self.model), file=sys.stderr, flush=True)
+
+    def after_fit(self) -> None:
+        """Print where the run is and the exact command that analyses it (rank zero)."""
+        if not self.trainer.is_global_zero:
+            return
+        for line in next_steps(self.trainer, str(self.parser_kwargs.get("prog") or PROG)):
+            print(line, flush=True)
 
     def before_validate(self) -> None:
         """Check everything that can be checked before validation starts."""
@@ -290,6 +333,86 @@ class AttAttrCLI(LightningCLI):
                 shutil.rmtree(path, ignore_errors=True)
 
 
+def _has_model_summary(trainer: pl.Trainer) -> bool:
+    summary_classes = tuple(package.callbacks.ModelSummary for package in _packages())
+    return any(isinstance(cb, summary_classes) for cb in trainer_callbacks(trainer))
+
+
+def _packages() -> list[Any]:
+    from lightning_attattr.lightning.compat import available
+
+    return available()
+
+
+def model_line(module: Any) -> str:
+    """One line about ``module``: the class of the model it trains and its parameter counts.
+
+    Example:
+        >>> import torch
+        >>> model_line(torch.nn.Linear(3, 2))
+        'model: Linear | 8 parameters (8 trainable)'
+    """
+    net = getattr(module, "model", module)
+    params = list(module.parameters())
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return f"model: {type(net).__name__} | {_count(total)} parameters ({_count(trainable)} trainable)"
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return str(n)
+
+
+def next_steps(trainer: pl.Trainer, prog: str = PROG) -> list[str]:
+    """The lines ``train.py fit`` ends with: the run directory and the exact ``analyze.py heads`` command of it.
+
+    Empty when the run has no saved config or no checkpoint (nothing to analyse).
+    """
+    log_dir = trainer.log_dir
+    checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or getattr(
+        trainer.checkpoint_callback, "best_model_path", ""
+    )
+    if not log_dir or not checkpoint or not (Path(log_dir) / "config.yaml").is_file():
+        return []
+    run_dir = _shown(Path(log_dir))
+    name = getattr(trainer.logger, "name", None) if trainer.logger is not None else None
+    output = f"results/{name}-heads" if isinstance(name, str) and name else "results/heads"
+    analyze = analyze_program(prog)
+    return [
+        f"run: {run_dir} (config.yaml, checkpoints, TensorBoard events, progress.log)",
+        f"next: {analyze} heads --config {run_dir / 'config.yaml'} --ckpt_path {_shown(Path(checkpoint))} "
+        f"--output_dir {output}",
+    ]
+
+
+def analyze_program(prog: str) -> str:
+    """The ``analyze.py`` command that goes with the training command ``prog`` (the way the user ran it).
+
+    Example:
+        >>> [analyze_program(p) for p in ("train.py", "attattr-train", "python -m lightning_attattr train")]
+        ['python analyze.py', 'attattr-analyze', 'python -m lightning_attattr analyze']
+    """
+    if prog == "attattr-train":
+        return "attattr-analyze"
+    if prog.endswith(" train"):
+        return prog.removesuffix("train") + "analyze"
+    if prog.endswith("lightning_attattr.cli"):
+        return prog.removesuffix("cli") + "analysis_cli"
+    return "python analyze.py"
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it is below it, else absolute."""
+    path = path.resolve()
+    try:
+        return path.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def _class_name(data: Any) -> str:
     return str(getattr(data, "class_path", "")).rpartition(".")[2]
 
@@ -346,18 +469,33 @@ def cli_main(args: Any = None, run: bool = True, prog: str | None = None) -> Att
     """
     if prog is None:
         prog = program_name(PROG) if args is None else PROG
+    quiet_lightning()
     return exit_on_user_error(
         AttAttrCLI,
         AttAttrClassifier,
         pl.LightningDataModule,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [_epoch_summary()]},
+        trainer_defaults=console_defaults(callbacks=[_epoch_summary()]),
         parser_kwargs={"prog": prog},
         args=args,
         run=run,
         prog=prog,
     )
+
+
+def console_defaults(**defaults: Any) -> dict[str, Any]:
+    """The trainer defaults of both commands (``--trainer.*`` and configs override them), ``defaults`` added.
+
+    - ``enable_progress_bar``: only when stderr is a terminal; a log file or pipe gets the lines of
+      :class:`~lightning_attattr.callbacks.EpochSummary` (per epoch, and every few seconds within one)
+      instead of a bar's last frame;
+    - ``enable_model_summary``: off; ``train.py fit`` prints one line with the model's class and
+      parameter counts instead (``--trainer.enable_model_summary true`` brings Lightning's table back).
+    """
+    from lightning_attattr.callbacks.progress import _is_tty
+
+    return {"enable_progress_bar": _is_tty(sys.stderr), "enable_model_summary": False, **defaults}
 
 
 def main() -> None:
