@@ -32,7 +32,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -48,7 +48,7 @@ from lightning_attattr.analysis.settings import (
     TreeSettings,
 )
 from lightning_attattr.analysis.store import ResultsFolder, write_json
-from lightning_attattr.cli import AttAttrCLI
+from lightning_attattr.cli import AttAttrCLI, default_progress_bar
 from lightning_attattr.core.checks import (
     ArgumentError,
     check_bool,
@@ -500,15 +500,27 @@ def _read_importance(folder: Path, method: str, argument: str) -> tuple[torch.Te
 class AnalyzeCLI(AttAttrCLI):
     """LightningCLI whose subcommands are :class:`AnalysisTrainer`'s experiments (see the module docstring)."""
 
-    def __init__(self, *args: Any, command: list[str] | None = None, **kwargs: Any) -> None:
-        """``command``: the command line the trainer records in ``summary.json`` (default: the process')."""
+    def __init__(self, *args: Any, command: list[str] | None = None, only: str | None = None, **kwargs: Any) -> None:
+        """``command``: the command line the trainer records in ``summary.json`` (default: the process').
+
+        ``only``: the subcommand the command line names; only its parser is built (each parser
+        introspects trainer, model and data: building all six takes seconds, e.g. before ``--help``).
+        """
         self.command = command
+        if only in SETTINGS:
+            setattr(self, "subcommands", lambda: {only: {"model", "datamodule"}})  # noqa: B010  (shadows the static method)
         super().__init__(*args, **kwargs)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """The analysis subcommands; ``model`` and ``datamodule`` come from the config, not from flags."""
         return {name: {"model", "datamodule"} for name in SETTINGS}
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        """The subcommand's parser, its help led by its own options (see :func:`arrange_help`)."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        arrange_help(parser, self._subcommand_method_arguments[subcommand], subcommand)
+        return parser
 
     def rewrite_args(self, args: list[str]) -> list[str]:
         """Shipped config names resolved, and the natural forms of list options (:func:`natural_lists`)."""
@@ -527,8 +539,7 @@ class AnalyzeCLI(AttAttrCLI):
             inference_mode=False,
             callbacks=[],
         )
-        if "enable_progress_bar" in config and config["enable_progress_bar"] is not None:
-            kept["enable_progress_bar"] = config["enable_progress_bar"]
+        kept["enable_progress_bar"] = default_progress_bar(config.get("enable_progress_bar"))
         return self.trainer_class(**kept)
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
@@ -543,6 +554,57 @@ class AnalyzeCLI(AttAttrCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         self.preflight("validate", subcommand=subcommand)
         super()._run_subcommand(subcommand)
+
+
+#: The help line of list options (the forms :func:`natural_lists` accepts).
+LIST_FORMS = "List options ([ITEM,...]) take one value, several (--NAME a b) or a list (--NAME '[a, b]')."
+
+
+def arrange_help(parser: Any, own: Iterable[str], name: str) -> None:
+    """Order the ``--help`` of an analysis subcommand: its own options first, then model and data, then hardware.
+
+    The trainer options an analysis ignores (everything but :data:`HARDWARE_KEYS` and
+    ``enable_progress_bar``) and the optimizer and scheduler options (training only) are hidden
+    from the help and usage; they are still accepted, so a training config parses unchanged.
+
+    Args:
+        parser: the subcommand's parser (jsonargparse/argparse).
+        own: the destinations of the subcommand's own arguments (``ckpt_path``, ``n_examples``...).
+        name: the subcommand (the title of its options' group).
+    """
+    import argparse
+
+    own = set(own)
+    shown_trainer = {f"trainer.{k}" for k in (*HARDWARE_KEYS, "enable_progress_bar")}
+    hidden_prefixes = ("trainer.", "optimizer", "lr_scheduler")
+    for action in parser._actions:
+        dest = str(action.dest)
+        if dest.startswith(hidden_prefixes) and dest not in shown_trainer and dest != "trainer":
+            action.help = argparse.SUPPRESS
+        elif dest in ("trainer", "optimizer", "lr_scheduler"):
+            action.help = argparse.SUPPRESS
+
+    def rank(dest: str) -> int:
+        if dest in own:
+            return 1
+        if dest.startswith(("model", "data")):
+            return 2
+        if dest.startswith("trainer"):
+            return 3
+        return 0 if dest in ("help", "config", "print_config", "seed_everything") else 4
+
+    parser._actions.sort(key=lambda a: rank(str(a.dest)))  # usage order; a stable sort
+    groups = parser._action_groups
+    own_groups = [g for g in groups if any(str(a.dest) in own for a in g._group_actions)]
+    trainer_groups = [g for g in groups if any(str(a.dest).startswith("trainer.") for a in g._group_actions)]
+    for group in trainer_groups:
+        group.title = "hardware (the only trainer options an analysis uses)"
+        group.description = None
+    for group in own_groups:
+        group.title = f"{name} options"
+        group.description = LIST_FORMS
+    rest = [g for g in groups if g not in own_groups and g not in trainer_groups]
+    parser._action_groups = [*rest[:1], *own_groups, *rest[1:], *trainer_groups]
 
 
 def universality(
@@ -825,8 +887,7 @@ def _dispatch(argv: list[str], args: list[str] | None, run: bool, prog: str) -> 
         return exit_on_user_error(lambda: _universality_cli(rest, sub, command), prog=sub)
     if not argv or argv[0] in ("-h", "--help"):
         print(overview(prog))
-        if not argv:
-            return None
+        return None
     quiet_lightning()
     return exit_on_user_error(
         AnalyzeCLI,
@@ -840,6 +901,7 @@ def _dispatch(argv: list[str], args: list[str] | None, run: bool, prog: str) -> 
         run=run,
         prog=prog,
         command=command,
+        only=argv[0] if argv else None,
     )
 
 

@@ -36,6 +36,7 @@ by a run that failed on a user error is removed.
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -204,6 +205,10 @@ class AttAttrCLI(LightningCLI):
 
         trainer = super().instantiate_trainer(**kwargs)
         callbacks = trainer_callbacks(trainer)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if not default_progress_bar(config.trainer.get("enable_progress_bar")):
+            bars = tuple(package.callbacks.ProgressBar for package in _packages())
+            callbacks[:] = [cb for cb in callbacks if not isinstance(cb, bars)]
         summaries = [cb for cb in callbacks if isinstance(cb, EpochSummary)]
         for default in summaries[1:]:  # the default comes last: the configured one wins
             callbacks.remove(default)
@@ -406,9 +411,9 @@ def analyze_program(prog: str) -> str:
 
 def _shown(path: Path) -> Path:
     """``path`` relative to the working directory when it is below it, else absolute."""
-    path = path.resolve()
+    path = Path(os.path.abspath(path))  # not resolve(): last.ckpt may be a link, and its name is the one to show
     try:
-        return path.relative_to(Path.cwd().resolve())
+        return path.relative_to(Path(os.path.abspath(Path.cwd())))
     except ValueError:
         return path
 
@@ -485,17 +490,26 @@ def cli_main(args: Any = None, run: bool = True, prog: str | None = None) -> Att
 
 
 def console_defaults(**defaults: Any) -> dict[str, Any]:
-    """The trainer defaults of both commands (``--trainer.*`` and configs override them), ``defaults`` added.
+    """The trainer defaults of ``train.py`` (``--trainer.*`` and configs override them), ``defaults`` added.
 
-    - ``enable_progress_bar``: only when stderr is a terminal; a log file or pipe gets the lines of
-      :class:`~lightning_attattr.callbacks.EpochSummary` (per epoch, and every few seconds within one)
-      instead of a bar's last frame;
-    - ``enable_model_summary``: off; ``train.py fit`` prints one line with the model's class and
-      parameter counts instead (``--trainer.enable_model_summary true`` brings Lightning's table back).
+    ``enable_model_summary`` is off: ``train.py fit`` prints one line with the model's class and
+    parameter counts instead (``--trainer.enable_model_summary true`` brings Lightning's table back).
+    The progress bar is shown only when stderr is a terminal, unless ``enable_progress_bar`` is set
+    (see :func:`default_progress_bar`).
+    """
+    return {"enable_model_summary": False, **defaults}
+
+
+def default_progress_bar(setting: bool | None) -> bool:
+    """Whether to show a progress bar: ``setting`` when the user set it, else only when stderr is a terminal.
+
+    A log file or pipe gets the lines of :class:`~lightning_attattr.callbacks.EpochSummary` (per epoch,
+    and every few seconds within one) instead of the last frame of a bar. Not a trainer default, so that
+    a run's saved ``config.yaml`` does not record where its output went.
     """
     from lightning_attattr.callbacks.progress import _is_tty
 
-    return {"enable_progress_bar": _is_tty(sys.stderr), "enable_model_summary": False, **defaults}
+    return setting if setting is not None else _is_tty(sys.stderr)
 
 
 def main() -> None:

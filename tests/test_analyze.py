@@ -478,9 +478,11 @@ def test_attribute_completeness(trained, tmp_path):
             "--output_dir",
             out,
             "--indices",
-            "[0]",
+            "0",  # the natural forms: one value, one string (the list forms are tested elsewhere)
             "--text",
-            '["a0 w3 b1 w7 w2"]',
+            "a0 w3 b1 w7 w2",
+            "--plots",
+            "true",
             "--trainer.enable_progress_bar=false",
         ]
     )
