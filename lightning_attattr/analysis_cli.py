@@ -511,6 +511,9 @@ class AnalyzeCLI(AttAttrCLI):
             setattr(self, "subcommands", lambda: {only: {"model", "datamodule"}})  # noqa: B010  (shadows the static method)
         super().__init__(*args, **kwargs)
 
+    #: The data each analysis reads (its files are checked before the model loads): the dev set; attack also train.
+    DATA_STAGES = {**{name: "validate" for name in SETTINGS}, "attack": "fit"}
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """The analysis subcommands; ``model`` and ``datamodule`` come from the config, not from flags."""

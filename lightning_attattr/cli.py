@@ -173,32 +173,6 @@ class AttAttrCLI(LightningCLI):
     #: The data stage of each subcommand whose data files are checked as soon as the data module is built.
     DATA_STAGES: dict[str, str] = {"fit": "fit", "validate": "validate", "test": "test", "predict": "predict"}
 
-    def _add_instantiators(self) -> None:
-        """Lightning's instantiators, the data module's wrapped: its files are checked as soon as it is built.
-
-        The data module is instantiated before the model (``data.num_labels`` is linked into the
-        model), so a missing, undecodable or malformed data file is reported before any model is
-        downloaded or loaded.
-        """
-        super()._add_instantiators()
-        lightning_cli = importlib.import_module(f"{pl.__name__}.cli")
-        build = lightning_cli._InstantiatorFn(cli=self, key="data")
-        stage = self.DATA_STAGES.get(self.subcommand or "")
-
-        def build_and_check(class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any) -> Any:
-            datamodule = build(class_type, *args, applied_instantiation_links=applied_instantiation_links, **kwargs)
-            check_files = getattr(datamodule, "check_files", None)
-            if stage is not None and callable(check_files):
-                check_files(stage)
-            return datamodule
-
-        self.parser.add_instantiator(
-            build_and_check,
-            lightning_cli._get_module_type(self._datamodule_class),
-            subclasses=self.subclass_mode_data,
-            prepend=True,
-        )
-
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """The trainer, with one ``EpochSummary`` (the default one unless the config lists its own)."""
         from lightning_attattr.callbacks import EpochSummary
@@ -215,8 +189,21 @@ class AttAttrCLI(LightningCLI):
         return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link the number of labels of the instantiated data module into the model."""
-        parser.link_arguments("data.num_labels", "model.num_labels", apply_on="instantiate")
+        """Link the number of labels of the instantiated data module into the model, checking its files first.
+
+        The data module is instantiated before the model (this link), and its files are checked right
+        then (:meth:`check_data_files`): a missing, undecodable or malformed data file is reported
+        before any model is downloaded or loaded.
+        """
+        parser.link_arguments("data", "model.num_labels", compute_fn=self.check_data_files, apply_on="instantiate")
+
+    def check_data_files(self, datamodule: Any) -> Any:
+        """Check the files the subcommand's stage reads (``check_files``); return the number of labels."""
+        stage = self.DATA_STAGES.get(self.subcommand or "")
+        check_files = getattr(datamodule, "check_files", None)
+        if stage is not None and callable(check_files):
+            check_files(stage)
+        return datamodule.num_labels
 
     def before_instantiate_classes(self) -> None:
         """Take model config and tokenizer from ``--ckpt_path``; fill in task, tokenizer source, vocabulary size."""
@@ -249,9 +236,10 @@ class AttAttrCLI(LightningCLI):
 
     def after_fit(self) -> None:
         """Print where the run is and the exact command that analyses it (rank zero)."""
+        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank
         if not self.trainer.is_global_zero:
             return
-        for line in next_steps(self.trainer, str(self.parser_kwargs.get("prog") or PROG)):
+        for line in next_steps(self.trainer, str(self.parser_kwargs.get("prog") or PROG), log_dir=log_dir):
             print(line, flush=True)
 
     def before_validate(self) -> None:
@@ -371,12 +359,13 @@ def _count(n: int) -> str:
     return str(n)
 
 
-def next_steps(trainer: pl.Trainer, prog: str = PROG) -> list[str]:
+def next_steps(trainer: pl.Trainer, prog: str = PROG, log_dir: str | None = None) -> list[str]:
     """The lines ``train.py fit`` ends with: the run directory and the exact ``analyze.py heads`` command of it.
 
+    ``log_dir``: the trainer's ``log_dir``, read by the caller on every rank (default: read here).
     Empty when the run has no saved config or no checkpoint (nothing to analyse).
     """
-    log_dir = trainer.log_dir
+    log_dir = trainer.log_dir if log_dir is None else log_dir
     checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or getattr(
         trainer.checkpoint_callback, "best_model_path", ""
     )

@@ -214,6 +214,10 @@ class _PaddedTextDataModule(pl.LightningDataModule):
         self.seed = seed
         self._datasets: dict[str, datasets.Dataset] = {}
 
+    def __str__(self) -> str:
+        """The class name (Lightning's ``__str__`` builds every dataloader: tokenizer, data, downloads)."""
+        return type(self).__name__
+
     # subclasses provide these
     @property
     def splits(self) -> tuple[str, ...]:
