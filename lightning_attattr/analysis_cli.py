@@ -21,6 +21,10 @@ Face model directory or hub name with ``--data.*`` options works too. Only the t
 settings are used (``accelerator``, ``devices``, ``strategy``, ``num_nodes``, ``precision``): the
 config's callbacks and logger belong to training and are dropped; the analysis writes its own
 TensorBoard events under ``<output_dir>/tensorboard``.
+
+List options take one value, several, or a list: ``--text "a film"``, ``--text "a film" "a play"``,
+``--results DIR1 DIR2``, ``--indices "[0, 3]"`` (see :func:`natural_lists`). A finished analysis
+prints one line with its results folder; progress bars (on a terminal) are named by stage.
 """
 
 from __future__ import annotations
