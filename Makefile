@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup quickstart analyze demo test gpu-check wheel-smoke lint typecheck bench clean
+.PHONY: setup quickstart analyze demo test test-browser gpu-check wheel-smoke lint typecheck bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,9 @@ quickstart: setup  ## main job: train a tiny BERT on the synthetic task with Lig
 	$(PY) train.py fit --config configs/quickstart.yaml
 	@# the interactive report of three dev examples of the run just trained; prints how to open it
 	$(PY) analyze.py attribute --config $(LAST_QUICKSTART)/config.yaml --ckpt_path $(LAST_QUICKSTART)/checkpoints/last.ckpt \
-		--indices "[0, 1, 2]" --plots false --report true --overwrite true --output_dir results/quickstart-attribute \
+		--indices 0 1 2 --report true --overwrite true --output_dir results/quickstart-attribute \
 		--trainer.enable_progress_bar false
+	@echo "next: make analyze   (= $(PY) analyze.py heads --config $(LAST_QUICKSTART)/config.yaml --ckpt_path $(LAST_QUICKSTART)/checkpoints/last.ckpt --output_dir results/quickstart-heads)"
 
 analyze: setup  ## after `make quickstart`: the head experiments on its last checkpoint (results/quickstart-heads)
 	$(PY) analyze.py heads --config $(LAST_QUICKSTART)/config.yaml \
@@ -35,6 +36,12 @@ demo: setup  ## attribute a sentence with a tiny random BERT (seconds, offline)
 
 test: setup
 	$(PY) -m pytest -q
+	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || echo "note: the report's browser tests were skipped (no Chromium): \`make test-browser\` installs it and runs them"
+
+test-browser: setup  ## the report's browser tests: installs Debian's chromium and chromium-driver (apt-get, sudo if needed) and selenium, then runs them
+	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); $$S apt-get update -qq && $$S apt-get install -y -qq chromium chromium-driver; }
+	$(PY) -m pip install -q "selenium>=4.20"
+	$(PY) -m pytest -q tests/report/test_browser.py
 
 gpu-check: setup  ## on a CUDA machine (CUDA torch, see TORCH above): the `cuda`-marked tests, then the GPU speed, memory and precision tables as JSON in benchmarks/results/ (< 5 min on one GPU)
 	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check needs a CUDA device: torch.cuda.is_available() is False (is a CUDA build of torch installed? see TORCH in the Makefile)')"

@@ -21,6 +21,10 @@ Face model directory or hub name with ``--data.*`` options works too. Only the t
 settings are used (``accelerator``, ``devices``, ``strategy``, ``num_nodes``, ``precision``): the
 config's callbacks and logger belong to training and are dropped; the analysis writes its own
 TensorBoard events under ``<output_dir>/tensorboard``.
+
+List options take one value, several, or a list: ``--text "a film"``, ``--text "a film" "a play"``,
+``--results DIR1 DIR2``, ``--indices "[0, 3]"`` (see :func:`natural_lists`). A finished analysis
+prints one line with its results folder; progress bars (on a terminal) are named by stage.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -48,7 +52,7 @@ from lightning_attattr.analysis.settings import (
     TreeSettings,
 )
 from lightning_attattr.analysis.store import ResultsFolder, write_json
-from lightning_attattr.cli import AttAttrCLI
+from lightning_attattr.cli import AttAttrCLI, default_progress_bar
 from lightning_attattr.core.checks import (
     ArgumentError,
     check_bool,
@@ -59,6 +63,7 @@ from lightning_attattr.core.checks import (
 from lightning_attattr.lightning.checkpoints import read_checkpoint
 from lightning_attattr.lightning.classifier import AttAttrClassifier
 from lightning_attattr.lightning.compat import pl, rank_zero_only
+from lightning_attattr.lightning.console import quiet_lightning
 from lightning_attattr.lightning.job import Examples, Job
 from lightning_attattr.lightning.subcommands import Run, subcommand
 
@@ -407,7 +412,9 @@ class AnalysisTrainer(pl.Trainer):
                     "result": {k: v for k, v in result.items() if k != "timings"},
                 }
                 write_json(folder.file("summary.json"), summary)
-                folder.log(f"{kind}: complete in {summary['seconds']} s; results in {folder.path}")
+                done = f"{kind}: complete in {summary['seconds']} s; results in {folder.path}"
+                folder.log(done)
+                print(done, flush=True)
         return result
 
 
@@ -497,15 +504,37 @@ def _read_importance(folder: Path, method: str, argument: str) -> tuple[torch.Te
 class AnalyzeCLI(AttAttrCLI):
     """LightningCLI whose subcommands are :class:`AnalysisTrainer`'s experiments (see the module docstring)."""
 
-    def __init__(self, *args: Any, command: list[str] | None = None, **kwargs: Any) -> None:
-        """``command``: the command line the trainer records in ``summary.json`` (default: the process')."""
+    def __init__(self, *args: Any, command: list[str] | None = None, only: str | None = None, **kwargs: Any) -> None:
+        """``command``: the command line the trainer records in ``summary.json`` (default: the process').
+
+        ``only``: the subcommand the command line names; only its parser is built (each parser
+        introspects trainer, model and data: building all six takes seconds, e.g. before ``--help``).
+        """
         self.command = command
+        if only in SETTINGS:
+            setattr(self, "subcommands", lambda: {only: {"model", "datamodule"}})  # noqa: B010  (shadows the static method)
         super().__init__(*args, **kwargs)
+
+    #: The data each analysis reads (its files are checked before the model loads): the dev set; attack also train.
+    DATA_STAGES = {**{name: "validate" for name in SETTINGS}, "attack": "fit"}
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """The analysis subcommands; ``model`` and ``datamodule`` come from the config, not from flags."""
         return {name: {"model", "datamodule"} for name in SETTINGS}
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        """The subcommand's parser, its help led by its own options (see :func:`arrange_help`)."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        arrange_help(parser, self._subcommand_method_arguments[subcommand], subcommand)
+        return parser
+
+    def rewrite_args(self, args: list[str]) -> list[str]:
+        """Shipped config names resolved, and the natural forms of list options (:func:`natural_lists`)."""
+        args = super().rewrite_args(args)
+        if args and args[0] in SETTINGS:
+            return [args[0], *natural_lists(args[1:], list_options(args[0]))]
+        return args
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> pl.Trainer:
         """Only the hardware settings of the config's trainer; no training callbacks, logger or checkpoints."""
@@ -517,8 +546,7 @@ class AnalyzeCLI(AttAttrCLI):
             inference_mode=False,
             callbacks=[],
         )
-        if "enable_progress_bar" in config and config["enable_progress_bar"] is not None:
-            kept["enable_progress_bar"] = config["enable_progress_bar"]
+        kept["enable_progress_bar"] = default_progress_bar(config.get("enable_progress_bar"))
         return self.trainer_class(**kept)
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
@@ -533,6 +561,57 @@ class AnalyzeCLI(AttAttrCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         self.preflight("validate", subcommand=subcommand)
         super()._run_subcommand(subcommand)
+
+
+#: The help line of list options (the forms :func:`natural_lists` accepts).
+LIST_FORMS = "List options ([ITEM,...]) take one value, several (--NAME a b) or a list (--NAME '[a, b]')."
+
+
+def arrange_help(parser: Any, own: Iterable[str], name: str) -> None:
+    """Order the ``--help`` of an analysis subcommand: its own options first, then model and data, then hardware.
+
+    The trainer options an analysis ignores (everything but :data:`HARDWARE_KEYS` and
+    ``enable_progress_bar``) and the optimizer and scheduler options (training only) are hidden
+    from the help and usage; they are still accepted, so a training config parses unchanged.
+
+    Args:
+        parser: the subcommand's parser (jsonargparse/argparse).
+        own: the destinations of the subcommand's own arguments (``ckpt_path``, ``n_examples``...).
+        name: the subcommand (the title of its options' group).
+    """
+    import argparse
+
+    own = set(own)
+    shown_trainer = {f"trainer.{k}" for k in (*HARDWARE_KEYS, "enable_progress_bar")}
+    hidden_prefixes = ("trainer.", "optimizer", "lr_scheduler")
+    for action in parser._actions:
+        dest = str(action.dest)
+        if dest.startswith(hidden_prefixes) and dest not in shown_trainer and dest != "trainer":
+            action.help = argparse.SUPPRESS
+        elif dest in ("trainer", "optimizer", "lr_scheduler"):
+            action.help = argparse.SUPPRESS
+
+    def rank(dest: str) -> int:
+        if dest in own:
+            return 1
+        if dest.startswith(("model", "data")):
+            return 2
+        if dest.startswith("trainer"):
+            return 3
+        return 0 if dest in ("help", "config", "print_config", "seed_everything") else 4
+
+    parser._actions.sort(key=lambda a: rank(str(a.dest)))  # usage order; a stable sort
+    groups = parser._action_groups
+    own_groups = [g for g in groups if any(str(a.dest) in own for a in g._group_actions)]
+    trainer_groups = [g for g in groups if any(str(a.dest).startswith("trainer.") for a in g._group_actions)]
+    for group in trainer_groups:
+        group.title = "hardware (the only trainer options an analysis uses)"
+        group.description = None
+    for group in own_groups:
+        group.title = f"{name} options"
+        group.description = LIST_FORMS
+    rest = [g for g in groups if g not in own_groups and g not in trainer_groups]
+    parser._action_groups = [*rest[:1], *own_groups, *rest[1:], *trainer_groups]
 
 
 def universality(
@@ -728,22 +807,95 @@ def main() -> None:
     cli_main()
 
 
+def list_options(subcommand: str) -> dict[str, type]:
+    """The list-valued options of ``subcommand`` (``--text``, ``--indices``, ``--results``...) and their item types."""
+    import typing
+
+    from lightning_attattr.analysis.settings import Integration
+
+    if subcommand == "universality":
+        return {"results": str, "names": str}
+    settings = SETTINGS.get(subcommand)
+    if settings is None:
+        return {}
+    hints = {**typing.get_type_hints(Integration), **typing.get_type_hints(settings)}
+    out: dict[str, type] = {}
+    for f in settings.options():
+        for candidate in (hints[f.name], *typing.get_args(hints[f.name])):  # `list[int]` or `list[int] | None`
+            if typing.get_origin(candidate) is list:
+                (item,) = typing.get_args(candidate)
+                out[f.name] = item if isinstance(item, type) else str
+    return out
+
+
+def natural_lists(argv: list[str], options: dict[str, type]) -> list[str]:
+    """``argv`` with the natural forms of list options rewritten to the list form the parser reads.
+
+    ``--text "a film"`` (one value), ``--results a b`` (several values up to the next option) and
+    ``--indices=3`` become ``--text '["a film"]'``, ``--results '["a", "b"]'`` and ``--indices=[3]``;
+    a value that already is a list (``"[0, 1]"``) or ``null`` is left as it is.
+
+    Args:
+        argv: the command line (options and values).
+        options: the list options (names without ``--``) and the type of their items.
+
+    Returns:
+        The rewritten command line.
+
+    Example:
+        >>> argv = ["--text", "a film", "--indices", "0", "2", "--overwrite", "true"]
+        >>> natural_lists(argv, {"text": str, "indices": int})
+        ['--text', '["a film"]', '--indices', '[0, 2]', '--overwrite', 'true']
+    """
+
+    def as_list(name: str, values: list[str]) -> str:
+        if options[name] is str:
+            return json.dumps(values)
+        return "[" + ", ".join(v.strip() for v in values) + "]"
+
+    def kept(values: list[str]) -> bool:
+        return len(values) == 1 and (values[0].lstrip().startswith("[") or values[0].strip() in ("null", "None"))
+
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        if name not in options:
+            out.append(token)
+            i += 1
+        elif eq:
+            out.append(token if kept([value]) else f"--{name}={as_list(name, [value])}")
+            i += 1
+        else:
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--") and argv[j] not in ("-h",):
+                j += 1
+            values = argv[i + 1 : j]
+            out.append(token)
+            if values:
+                out.append(values[0] if kept(values) else as_list(name, values))
+            i = j
+    return out
+
+
 def _dispatch(argv: list[str], args: list[str] | None, run: bool, prog: str) -> Any:
     from jsonargparse import auto_cli
 
     from lightning_attattr.core.checks import exit_on_user_error
 
+    command = [prog, *argv]  # what summary.json records (also when called in-process with `args`)
     if argv and argv[0] == "report":
         sub = f"{prog} report"
         return exit_on_user_error(lambda: auto_cli(write_report, args=argv[1:], prog=sub), prog=sub)
-    command = [prog, *argv]  # what summary.json records (also when called in-process with `args`)
     if argv and argv[0] == "universality":
         sub = f"{prog} universality"
-        return exit_on_user_error(lambda: _universality_cli(argv[1:], sub, command), prog=sub)
+        rest = natural_lists(argv[1:], list_options("universality"))
+        return exit_on_user_error(lambda: _universality_cli(rest, sub, command), prog=sub)
     if not argv or argv[0] in ("-h", "--help"):
         print(overview(prog))
-        if not argv:
-            return None
+        return None
+    quiet_lightning()
     return exit_on_user_error(
         AnalyzeCLI,
         AttAttrClassifier,
@@ -756,6 +908,7 @@ def _dispatch(argv: list[str], args: list[str] | None, run: bool, prog: str) -> 
         run=run,
         prog=prog,
         command=command,
+        only=argv[0] if argv else None,
     )
 
 

@@ -36,6 +36,7 @@ by a run that failed on a user error is removed.
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -65,6 +66,7 @@ from lightning_attattr.lightning.checkpoints import (
 )
 from lightning_attattr.lightning.classifier import AttAttrClassifier
 from lightning_attattr.lightning.compat import pl, to_this_package, trainer_callbacks
+from lightning_attattr.lightning.console import quiet_lightning
 from lightning_attattr.shipped_configs import resolve_config_args
 
 if TYPE_CHECKING:  # the same classes in both packages: checked against one, like `compat.pl`
@@ -121,13 +123,17 @@ class AttAttrCLI(LightningCLI):
             PathNotFoundError: a ``--config`` value that is neither a file nor a shipped name.
         """
         if args is None:
-            resolved = resolve_config_args(sys.argv[1:])
+            resolved = self.rewrite_args(sys.argv[1:])
             if resolved != sys.argv[1:]:  # parsed here: Lightning warns about `args` next to a command line
                 self.config = parser.parse_args(resolved)
                 return
         elif isinstance(args, (list, tuple)):
-            args = resolve_config_args(args)
+            args = self.rewrite_args(list(args))
         super().parse_arguments(parser, args)
+
+    def rewrite_args(self, args: list[str]) -> list[str]:
+        """The command line as the parser reads it: ``--config NAME`` of a shipped config made a path."""
+        return resolve_config_args(args)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         """The subcommand's parser, with ``--weights_only`` defaulting to ``true`` (no unpickling of code)."""
@@ -164,20 +170,40 @@ class AttAttrCLI(LightningCLI):
             sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
             raise
 
+    #: The data stage of each subcommand whose data files are checked as soon as the data module is built.
+    DATA_STAGES: dict[str, str] = {"fit": "fit", "validate": "validate", "test": "test", "predict": "predict"}
+
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         """The trainer, with one ``EpochSummary`` (the default one unless the config lists its own)."""
         from lightning_attattr.callbacks import EpochSummary
 
         trainer = super().instantiate_trainer(**kwargs)
         callbacks = trainer_callbacks(trainer)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if not default_progress_bar(config.trainer.get("enable_progress_bar")):
+            bars = tuple(package.callbacks.ProgressBar for package in _packages())
+            callbacks[:] = [cb for cb in callbacks if not isinstance(cb, bars)]
         summaries = [cb for cb in callbacks if isinstance(cb, EpochSummary)]
         for default in summaries[1:]:  # the default comes last: the configured one wins
             callbacks.remove(default)
         return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link the number of labels of the instantiated data module into the model."""
-        parser.link_arguments("data.num_labels", "model.num_labels", apply_on="instantiate")
+        """Link the number of labels of the instantiated data module into the model, checking its files first.
+
+        The data module is instantiated before the model (this link), and its files are checked right
+        then (:meth:`check_data_files`): a missing, undecodable or malformed data file is reported
+        before any model is downloaded or loaded.
+        """
+        parser.link_arguments("data", "model.num_labels", compute_fn=self.check_data_files, apply_on="instantiate")
+
+    def check_data_files(self, datamodule: Any) -> Any:
+        """Check the files the subcommand's stage reads (``check_files``); return the number of labels."""
+        stage = self.DATA_STAGES.get(self.subcommand or "")
+        check_files = getattr(datamodule, "check_files", None)
+        if stage is not None and callable(check_files):
+            check_files(stage)
+        return datamodule.num_labels
 
     def before_instantiate_classes(self) -> None:
         """Take model config and tokenizer from ``--ckpt_path``; fill in task, tokenizer source, vocabulary size."""
@@ -203,8 +229,18 @@ class AttAttrCLI(LightningCLI):
             self.datamodule.tokenizer = tokenizer_from_files(self._checkpoint[TOKENIZER_KEY])
 
     def before_fit(self) -> None:
-        """Check everything that can be checked before training starts."""
+        """Check everything that can be checked before training starts; print the model's line."""
         self.preflight("fit")
+        if self.trainer.is_global_zero and not _has_model_summary(self.trainer):
+            print(model_line(self.model), file=sys.stderr, flush=True)
+
+    def after_fit(self) -> None:
+        """Print where the run is and the exact command that analyses it (rank zero)."""
+        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank
+        if not self.trainer.is_global_zero:
+            return
+        for line in next_steps(self.trainer, str(self.parser_kwargs.get("prog") or PROG), log_dir=log_dir):
+            print(line, flush=True)
 
     def before_validate(self) -> None:
         """Check everything that can be checked before validation starts."""
@@ -290,6 +326,87 @@ class AttAttrCLI(LightningCLI):
                 shutil.rmtree(path, ignore_errors=True)
 
 
+def _has_model_summary(trainer: pl.Trainer) -> bool:
+    summary_classes = tuple(package.callbacks.ModelSummary for package in _packages())
+    return any(isinstance(cb, summary_classes) for cb in trainer_callbacks(trainer))
+
+
+def _packages() -> list[Any]:
+    from lightning_attattr.lightning.compat import available
+
+    return available()
+
+
+def model_line(module: Any) -> str:
+    """One line about ``module``: the class of the model it trains and its parameter counts.
+
+    Example:
+        >>> import torch
+        >>> model_line(torch.nn.Linear(3, 2))
+        'model: Linear | 8 parameters (8 trainable)'
+    """
+    net = getattr(module, "model", module)
+    params = list(module.parameters())
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return f"model: {type(net).__name__} | {_count(total)} parameters ({_count(trainable)} trainable)"
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return str(n)
+
+
+def next_steps(trainer: pl.Trainer, prog: str = PROG, log_dir: str | None = None) -> list[str]:
+    """The lines ``train.py fit`` ends with: the run directory and the exact ``analyze.py heads`` command of it.
+
+    ``log_dir``: the trainer's ``log_dir``, read by the caller on every rank (default: read here).
+    Empty when the run has no saved config or no checkpoint (nothing to analyse).
+    """
+    log_dir = trainer.log_dir if log_dir is None else log_dir
+    checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or getattr(
+        trainer.checkpoint_callback, "best_model_path", ""
+    )
+    if not log_dir or not checkpoint or not (Path(log_dir) / "config.yaml").is_file():
+        return []
+    run_dir = _shown(Path(log_dir))
+    name = getattr(trainer.logger, "name", None) if trainer.logger is not None else None
+    output = f"results/{name}-heads" if isinstance(name, str) and name else "results/heads"
+    analyze = analyze_program(prog)
+    return [
+        f"run: {run_dir} (config.yaml, checkpoints, TensorBoard events, progress.log)",
+        f"next: {analyze} heads --config {run_dir / 'config.yaml'} --ckpt_path {_shown(Path(checkpoint))} "
+        f"--output_dir {output}",
+    ]
+
+
+def analyze_program(prog: str) -> str:
+    """The ``analyze.py`` command that goes with the training command ``prog`` (the way the user ran it).
+
+    Example:
+        >>> [analyze_program(p) for p in ("train.py", "attattr-train", "python -m lightning_attattr train")]
+        ['python analyze.py', 'attattr-analyze', 'python -m lightning_attattr analyze']
+    """
+    if prog == "attattr-train":
+        return "attattr-analyze"
+    if prog.endswith(" train"):
+        return prog.removesuffix("train") + "analyze"
+    if prog.endswith("lightning_attattr.cli"):
+        return prog.removesuffix("cli") + "analysis_cli"
+    return "python analyze.py"
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it is below it, else absolute."""
+    path = Path(os.path.abspath(path))  # not resolve(): last.ckpt may be a link, and its name is the one to show
+    try:
+        return path.relative_to(Path(os.path.abspath(Path.cwd())))
+    except ValueError:
+        return path
+
+
 def _class_name(data: Any) -> str:
     return str(getattr(data, "class_path", "")).rpartition(".")[2]
 
@@ -346,18 +463,42 @@ def cli_main(args: Any = None, run: bool = True, prog: str | None = None) -> Att
     """
     if prog is None:
         prog = program_name(PROG) if args is None else PROG
+    quiet_lightning()
     return exit_on_user_error(
         AttAttrCLI,
         AttAttrClassifier,
         pl.LightningDataModule,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [_epoch_summary()]},
+        trainer_defaults=console_defaults(callbacks=[_epoch_summary()]),
         parser_kwargs={"prog": prog},
         args=args,
         run=run,
         prog=prog,
     )
+
+
+def console_defaults(**defaults: Any) -> dict[str, Any]:
+    """The trainer defaults of ``train.py`` (``--trainer.*`` and configs override them), ``defaults`` added.
+
+    ``enable_model_summary`` is off: ``train.py fit`` prints one line with the model's class and
+    parameter counts instead (``--trainer.enable_model_summary true`` brings Lightning's table back).
+    The progress bar is shown only when stderr is a terminal, unless ``enable_progress_bar`` is set
+    (see :func:`default_progress_bar`).
+    """
+    return {"enable_model_summary": False, **defaults}
+
+
+def default_progress_bar(setting: bool | None) -> bool:
+    """Whether to show a progress bar: ``setting`` when the user set it, else only when stderr is a terminal.
+
+    A log file or pipe gets the lines of :class:`~lightning_attattr.callbacks.EpochSummary` (per epoch,
+    and every few seconds within one) instead of the last frame of a bar. Not a trainer default, so that
+    a run's saved ``config.yaml`` does not record where its output went.
+    """
+    from lightning_attattr.callbacks.progress import _is_tty
+
+    return setting if setting is not None else _is_tty(sys.stderr)
 
 
 def main() -> None:

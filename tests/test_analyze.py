@@ -478,9 +478,11 @@ def test_attribute_completeness(trained, tmp_path):
             "--output_dir",
             out,
             "--indices",
-            "[0]",
+            "0",  # the natural forms: one value, one string (the list forms are tested elsewhere)
             "--text",
-            '["a0 w3 b1 w7 w2"]',
+            "a0 w3 b1 w7 w2",
+            "--plots",
+            "true",
             "--trainer.enable_progress_bar=false",
         ]
     )
@@ -1094,3 +1096,207 @@ def test_report_subcommand_and_attribute_report(trained, tmp_path, capsys):
     assert (tmp_path / "elsewhere.html").read_text(encoding="utf-8") == page
     line = user_error(["report", tmp_path / "missing"], capsys, prog="analyze.py report")
     assert "`results_dir`" in line and "missing" in line
+
+
+# ----------------------------------------------------------------------------- the console and the command line
+def documented_commands() -> list[list[str]]:
+    """Every `analyze.py SUBCOMMAND ...` example of analyze.py's docstring, the README and the Makefile, as argv."""
+    import re
+    import shlex
+
+    texts = [(ROOT / "analyze.py").read_text(encoding="utf-8"), (ROOT / "README.md").read_text(encoding="utf-8")]
+    texts.append((ROOT / "Makefile").read_text(encoding="utf-8").replace("$(LAST_QUICKSTART)", "RUN"))
+    commands = []
+    for text in texts:
+        text = text.replace("\\\n", " ")
+        for line in text.splitlines():
+            match = re.match(  # command lines (not prose): `python analyze.py SUB ...`, `$(PY) analyze.py SUB ...`
+                r"\s*(?:\.venv/bin/python|python|\$\(PY\)) analyze\.py "
+                r"((attribute|tree|heads|effectiveness|faithfulness|attack|universality) .*)",
+                line,
+            )
+            if match and "--help" not in match.group(1):
+                commands.append(shlex.split(match.group(1).split("  #")[0]))
+    return commands
+
+
+def test_every_documented_command_line_parses_to_what_it_says(trained, tmp_path, monkeypatch):
+    """The natural forms (`--text "a film"`, `--results a b`) and the list forms, as the docs show them."""
+    from lightning_attattr.analysis_cli import AnalyzeCLI, list_options
+
+    parsed: list[tuple[str, dict]] = []
+    monkeypatch.setattr(AnalyzeCLI, "_run_subcommand", lambda self, sub: parsed.append((sub, self.config[sub])))
+    monkeypatch.setattr(
+        "lightning_attattr.analysis_cli._universality", lambda **kw: parsed.append(("universality", kw))
+    )
+    commands = documented_commands()
+    forms = {(c[0], c[i]) for c in commands for i in range(len(c)) if c[i].startswith("--")}
+    assert {("universality", "--results"), ("attribute", "--text"), ("tree", "--index")} <= forms, forms
+    for command in commands:
+        sub, options = command[0], list_options(command[0])
+        argv = []
+        for k, token in enumerate(command):  # this run's config, checkpoint and folders for the placeholders
+            before = command[k - 1] if k else ""
+            if before == "--config" or token.endswith("config.yaml"):
+                token = str(trained.config)
+            elif before == "--ckpt_path" or token.endswith(".ckpt"):
+                token = str(trained.ckpt)
+            elif before == "--output_dir":
+                token = str(tmp_path / "out")
+            argv.append(token)
+        parsed.clear()
+        analyze(argv)
+        ((name, got),) = parsed
+        assert name == sub
+        for k, token in enumerate(command):
+            option = token.removeprefix("--")
+            if not token.startswith("--") or option not in options:
+                continue
+            values = []
+            for value in command[k + 1 :]:
+                if value.startswith("--"):
+                    break
+                values.append(value)
+            if len(values) == 1 and values[0].startswith("["):
+                expected = yaml.safe_load(values[0])  # the list form
+            else:
+                expected = [options[option](v) for v in values]  # the natural form: one value or several
+            assert got[option] == expected, (command, option, got[option])
+
+
+def test_list_options_accept_one_value_several_or_a_list(heads_dir, small_heads_dir, tmp_path):
+    from lightning_attattr.analysis_cli import natural_lists
+
+    kinds = {"text": str, "indices": int, "fractions": float}
+    assert natural_lists(["--text", "a, b", "--indices", "0", "3", "--fractions=0.5"], kinds) == [
+        "--text",
+        '["a, b"]',
+        "--indices",
+        "[0, 3]",
+        "--fractions=[0.5]",
+    ]
+    untouched = ["--text", '["x"]', "--indices", "null", "--fractions=[0, 1]", "--other", "a", "b"]
+    assert natural_lists(untouched, kinds) == untouched
+    # several folders after --results, end to end: the same matrices as the list form
+    one = analyze(["universality", "--results", heads_dir, small_heads_dir, "--output_dir", tmp_path / "a"])
+    two = analyze(
+        [
+            "universality",
+            "--results",
+            json.dumps([str(heads_dir), str(small_heads_dir)]),
+            "--output_dir",
+            tmp_path / "b",
+        ]
+    )
+    assert one["pearson"] == two["pearson"] and len(one["tasks"]) == 2
+
+
+def test_subcommand_help_shows_its_own_options_first_and_one_usage(capsys, monkeypatch):
+    from lightning_attattr.analysis_cli import AnalyzeCLI
+
+    built = []
+    original = AnalyzeCLI._prepare_subcommand_parser
+    monkeypatch.setattr(
+        AnalyzeCLI,
+        "_prepare_subcommand_parser",
+        lambda self, klass, sub, **kw: built.append(sub) or original(self, klass, sub, **kw),
+    )
+    with pytest.raises(SystemExit) as info:
+        analyze(["heads", "--help"])
+    assert info.value.code == 0 and built == ["heads"]  # only the parser asked for is built
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) < 300, len(out.splitlines())
+    help_part = out[out.index("heads options:") :]
+    order = [help_part.index(o) for o in ("--n_examples", "--model.model_name_or_path", "--trainer.devices")]
+    assert order == sorted(order), order
+    assert "--trainer.max_epochs" not in out and "--optimizer" not in out  # ignored by an analysis: hidden
+    assert "several (--NAME a b)" in help_part
+    analyze(["--help"])
+    out = capsys.readouterr().out
+    assert out.count("usage:") == 1 and all(f"  {s} " in out for s in ("attribute", "universality", "report"))
+
+
+def test_attribute_writes_no_plots_unless_asked_and_ends_with_the_results_path(trained, tmp_path, capsys):
+    out = tmp_path / "attribute"
+    analyze(["attribute", *trained.base, "--output_dir", out, "--indices", "1", "--trainer.enable_progress_bar=false"])
+    assert (out / "attributions.json").is_file() and not (out / "plots").exists()
+    assert not (out / ".lock").exists()
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("attribute: complete in ") and last.endswith(f"; results in {out}"), last
+
+
+def test_progress_bars_are_named_by_stage(trained, tmp_path, capfd):
+    analyze(
+        [
+            "heads",
+            *trained.base,
+            *SMALL_ARGS[:-1],
+            "--output_dir",
+            tmp_path / "heads",
+            "--trainer.enable_progress_bar=true",
+        ]
+    )
+    captured = capfd.readouterr()
+    err = captured.out + captured.err
+    assert "importance" in err and "pruning" in err and "Predicting" not in err, err
+
+
+def test_a_failed_attack_does_not_block_its_retry(glue, tokenizer_dir, tmp_path, capsys):
+    """The advice of the error ("lower `threshold`") works on the same folder: the failed run left nothing."""
+    out = tmp_path / "attack"
+    args = [
+        "attack",
+        "--model.model_config",
+        TINY_BERT,
+        "--data",
+        "GlueDataModule",
+        "--data.task_name",
+        "sst2",
+        "--data.data_dir",
+        glue,
+        "--data.model_name_or_path",
+        tokenizer_dir,
+        "--data.max_seq_length",
+        "48",
+        "--output_dir",
+        out,
+        "--min_tokens",
+        "0",
+        "--n_random",
+        "1",
+        "--n_steps",
+        "2",
+        "--method",
+        "riemann_left",
+        "--trainer.enable_progress_bar=false",
+    ]
+    line = user_error([*args, "--threshold", "1e9"], capsys)
+    assert "lower `threshold`" in line and not out.exists()
+    analyze([*args, "--threshold", "0"])
+    assert read_json(out / "summary.json")["status"] == "complete"
+
+
+def test_results_folder_after_a_user_error_keeps_only_what_was_there(tmp_path):
+    from lightning_attattr.analysis.store import ResultsFolder
+    from lightning_attattr.core.checks import ArgumentError
+
+    def fail(folder: ResultsFolder, error: Exception) -> None:
+        with pytest.raises(type(error)), folder:
+            folder.file("parts/x/part.bin").write_bytes(b"1")
+            raise error
+
+    new = tmp_path / "new"
+    fail(ResultsFolder(new, "attack", {"threshold": 1}), ArgumentError("lower `threshold`"))
+    assert not new.exists()  # made by the failed run: removed
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fail(ResultsFolder(empty, "attack", {"threshold": 1}), ArgumentError("no"))
+    assert empty.is_dir() and not any(empty.iterdir())  # the user's folder stays, emptied of what the run wrote
+    crash = tmp_path / "crash"
+    fail(ResultsFolder(crash, "attack", {"threshold": 1}), RuntimeError("a bug or a kill: resume later"))
+    assert (crash / "manifest.json").is_file() and (crash / "parts/x/part.bin").is_file()
+    fail(ResultsFolder(crash, "attack", {"threshold": 1}), ArgumentError("resumed run: its parts stay"))
+    assert (crash / "parts/x/part.bin").is_file() and not (crash / ".lock").exists()
+    with ResultsFolder(crash, "attack", {"threshold": 1}):  # and it resumes
+        assert (crash / ".lock").exists()
+    assert not (crash / ".lock").exists()

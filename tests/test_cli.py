@@ -113,7 +113,7 @@ def test_quickstart_trains_logs_tensorboard_and_checkpoints(tmp_path):
     assert cli.trainer.progress_bar_callback is None  # switched off above; on by default (next test)
 
 
-def test_trainer_flags_and_callbacks_append(tmp_path):
+def test_trainer_flags_and_callbacks_append(tmp_path, monkeypatch):
     cli = run(
         [
             "fit",
@@ -132,8 +132,17 @@ def test_trainer_flags_and_callbacks_append(tmp_path):
     assert cli.model.hparams.learning_rate == 3e-4
     monitor = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "AttributionMonitor")
     assert monitor.analyses_done == 1 and not list(tmp_path.rglob("attributions"))  # ran; a dry run writes nothing
-    default = cli_main(["--config", QUICKSTART, "--trainer.fast_dev_run=true"], run=False)
-    assert default.trainer.progress_bar_callback is not None  # the Lightning progress bar shows by default
+    import lightning_attattr.callbacks.progress as progress
+
+    for terminal in (True, False):  # the Lightning progress bar shows by default on a terminal, not in a log file
+        monkeypatch.setattr(progress, "_is_tty", lambda stream, terminal=terminal: terminal)
+        default = cli_main(["--config", QUICKSTART, "--trainer.fast_dev_run=true"], run=False)
+        assert (default.trainer.progress_bar_callback is not None) == terminal
+        assert default.config.trainer.enable_progress_bar is None  # the saved config does not record the terminal
+    asked = cli_main(
+        ["--config", QUICKSTART, "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=true"], run=False
+    )
+    assert asked.trainer.progress_bar_callback is not None  # asked for: shown in a log file too
 
 
 @pytest.mark.parametrize("task", ["sst2", "rte", "mrpc", "cola", "mnli"])

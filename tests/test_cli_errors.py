@@ -170,6 +170,37 @@ def test_non_utf8_data_file_names_file_and_line(tmp_path, capsys, tiny_model_dir
     assert "train.tsv" in line and "line 3" in line
 
 
+@pytest.mark.parametrize(
+    "train_tsv, expected",
+    [
+        (b"sentence\tlabel\ngood\t1\nbad \xff\xfe film\t0\n", "line 3"),  # encoding
+        (b"sentence\tlabel\ngood\t1\nbad film\n", "line 3"),  # a column missing
+        (None, "train.tsv"),  # no file
+    ],
+)
+def test_data_files_are_checked_before_the_model_loads(tmp_path, capsys, monkeypatch, train_tsv, expected):
+    """A bad data file is reported even when the model cannot load (offline hub name): it is read first."""
+    from lightning_attattr.lightning.classifier import AttAttrClassifier
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the data files were checked")
+
+    monkeypatch.setattr(AttAttrClassifier, "_build_model", staticmethod(no_model))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = tmp_path / "glue"
+    (data / "SST-2").mkdir(parents=True)
+    if train_tsv is not None:
+        (data / "SST-2" / "train.tsv").write_bytes(train_tsv)
+    (data / "SST-2" / "dev.tsv").write_bytes(b"sentence\tlabel\ngood\t1\n")
+    line = user_error(
+        ["fit", "--config", CONFIGS["sst2"], "--model.model_name_or_path", "no-such-org/no-such-model"]
+        + ["--data.data_dir", str(data)],
+        tmp_path,
+        capsys,
+    )
+    assert expected in line and "no-such-org" not in line, line
+
+
 def test_cola_with_a_header_line(tmp_path, capsys, tiny_model_dir):
     data = tmp_path / "glue"
     rows = "source\tlabel\toriginal_label\tsentence\ngj04\t1\t\tThe cat sat.\n"

@@ -150,7 +150,11 @@ class AttributeSettings(AnalysisSettings):
     target: str | int = option("predicted", '``"predicted"``, ``"labels"`` (gold, dev examples only) or a class index.')
     layers: list[int] | None = option(None, "layers to attribute (default all; negative counts from the end).")
     batch_size: int = option(8, "examples per attribution batch.", decides=False)
-    plots: bool = option(True, "write one PNG/SVG per example (head-summed map of every layer).", decides=False)
+    plots: bool = option(
+        False,
+        "also write one PNG/SVG per example (head-summed map of every layer; as slow as the attribution).",
+        decides=False,
+    )
     report: bool = option(
         False, "also write the interactive page ``output_dir/report.html`` (``analyze.py report``).", decides=False
     )

@@ -7,11 +7,13 @@ No Lightning here. A :class:`ResultsFolder` guarantees what a long analysis need
 - **one run at a time**: the main process holds an exclusive lock on ``<folder>/.lock`` (the
   ``filelock`` package: ``flock`` on POSIX, ``msvcrt`` locking on Windows) for the whole run; a
   second run on the same folder fails at once with a clear message (the lock dies with its process,
-  so a killed run never leaves a stale lock);
+  so a killed run never leaves a stale lock; a run that ends removes the lock file);
 - **no mixing**: ``<folder>/manifest.json`` records the subcommand, the arguments that decide the
   results and the layout of the parts (:data:`PARTS_FORMAT`); a rerun with other arguments, or on a
   folder written with another parts layout, is refused (or, with ``overwrite=True``, the folder's
-  previous results are removed first);
+  previous results are removed first); a run that started a folder and failed on a user error (an
+  option that cannot work, found only while it ran) removes what it wrote, so that its retry with
+  corrected options is not refused;
 - **resume**: per-example results go to :class:`PartStore` files (one per batch, keyed by example
   index); a rerun computes only the examples that have no part yet;
 - **nothing unpickled**: parts are safetensors files (the tensors) whose metadata holds the rest as
@@ -402,6 +404,8 @@ class ResultsFolder:
         self.overwrite = overwrite
         self.main = main
         self._lock: Any = None
+        self._started_here = False  # this run wrote the manifest of an empty or new folder
+        self._made_folder = False  # this run created the folder
 
     # ----------------------------------------------------------------- lifecycle
     def open(self) -> ResultsFolder:
@@ -416,6 +420,7 @@ class ResultsFolder:
             raise ArgumentError(f"Expected `output_dir` to be a folder, but {str(self.path)!r} is a file.")
         if not self.main:
             return self
+        self._made_folder = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self._acquire()
         try:
@@ -482,6 +487,7 @@ class ResultsFolder:
                 )
             self._clear()
         write_json(manifest, wanted)
+        self._started_here = True
 
     def _clear(self) -> None:
         for child in self.path.iterdir():
@@ -493,15 +499,29 @@ class ResultsFolder:
                 child.unlink()
 
     def close(self) -> None:
-        """Release the lock (idempotent)."""
+        """Release the lock and remove the lock file (idempotent)."""
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+            try:
+                (self.path / LOCK).unlink()
+            except OSError:  # already gone, or locked by another process (Windows)
+                pass
 
     def __enter__(self) -> ResultsFolder:
         return self.open()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, traceback: Any) -> None:
+        """Release the lock; after a user error in a run that started this folder, remove what the run wrote."""
+        from lightning_attattr.core.checks import find_user_error
+
+        failed = exc is not None and find_user_error(exc) is not None
+        if failed and self.main and self._started_here and self._lock is not None:
+            self._clear()  # no result: nothing to resume, and a kept manifest would refuse the corrected retry
+            self.close()
+            if self._made_folder:
+                shutil.rmtree(self.path, ignore_errors=True)
+            return
         self.close()
 
     # ----------------------------------------------------------------- contents

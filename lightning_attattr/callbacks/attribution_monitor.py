@@ -20,6 +20,7 @@ from lightning_attattr.callbacks._protocol import (
     tokens_of,
     world,
 )
+from lightning_attattr.callbacks.progress import epoch_title
 from lightning_attattr.core.adapter import layer_modules
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
 from lightning_attattr.core.attribution import (
@@ -240,7 +241,7 @@ class AttributionMonitor(EpochEndAnalysis):
                 heat = token_heatmap(
                     attr[li].sum(0),
                     tokens or [str(j) for j in range(attr.shape[-1])],
-                    title=f"layer {layer}, example {i}, epoch {result['epoch']}",
+                    title=f"layer {layer}, example {i}, {epoch_title(result['epoch'])}",
                 )
                 figures.image(f"attr/layer{layer}/example{i}", heat, step)
                 grid = head_grid(attr[li], tokens=tokens, title=f"layer {layer}, example {i}")
@@ -264,7 +265,7 @@ class AttributionMonitor(EpochEndAnalysis):
         for i, attr in enumerate(result["attributions"][: self.max_image_examples]):
             tokens = result["tokens"][i] or None
             tree = build_tree(attr.sum(1), tokens, tau=self.tree_tau)  # [layer, query_pos, key_pos]
-            fig = tree_figure(tree, tokens, title=f"attribution tree, example {i}, epoch {result['epoch']}")
+            fig = tree_figure(tree, tokens, title=f"attribution tree, example {i}, {epoch_title(result['epoch'])}")
             figures.image(f"attr_tree/example{i}", fig, step)
 
     @override

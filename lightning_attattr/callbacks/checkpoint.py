@@ -20,11 +20,17 @@ What PyTorch Lightning 2.6.6 does (``pytorch_lightning/callbacks/model_checkpoin
   ``<default_root_dir>/checkpoints/``, by default the working directory), and because of the
   version counter every further ``fast_dev_run`` adds ``last-v1.ckpt``, ``last-v2.ckpt``, ...
 
-:class:`EpochCheckpoint` changes exactly these two points and inherits everything else (top-k
+* With ``save_last=True``, a step that writes a top-k checkpoint writes ``last.ckpt`` as a second
+  full copy of the same state: a one-epoch run of a 273 MB model leaves two 273 MB files.
+
+:class:`EpochCheckpoint` changes exactly these three points and inherits everything else (top-k
 selection, file names, ``every_n_*`` triggers, ``save_last="link"``, state dict).
 """
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 from typing_extensions import override
 
@@ -49,6 +55,9 @@ class EpochCheckpoint(DualModelCheckpoint):  # either Lightning package's Traine
       top-k file).
     * Under ``fast_dev_run`` nothing at all is written; upstream ``on_train_end`` still writes
       ``last.ckpt`` (then ``last-v1.ckpt``, ...) in a debug run.
+    * When a top-k checkpoint was written at the same step, ``last.ckpt`` is a link to it (as with
+      ``save_last="link"``; a copy where links cannot be made) instead of a second copy of the
+      same state; a later epoch that writes no top-k file replaces the link with a real file.
 
     Example:
         >>> checkpoint = EpochCheckpoint(monitor="val/acc", mode="max", save_last=True)
@@ -80,3 +89,27 @@ class EpochCheckpoint(DualModelCheckpoint):  # either Lightning package's Traine
         """
         if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    @override
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        """Link ``last.ckpt`` to the top-k checkpoint of this step, or write it (replacing an older link)."""
+        same_step = (
+            self.save_last is True
+            and self.save_top_k != 0
+            and bool(self._last_checkpoint_saved)
+            and self._last_global_step_saved == trainer.global_step
+            and os.path.isfile(self._last_checkpoint_saved)
+            and not os.path.islink(self._last_checkpoint_saved)
+        )
+        if same_step:
+            self.save_last = "link"
+            try:
+                super()._save_last_checkpoint(trainer, monitor_candidates)
+            finally:
+                self.save_last = True
+            return
+        if self.save_last is True and trainer.is_global_zero:
+            path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+            if os.path.islink(path):
+                os.remove(path)  # the state of this step goes into a file of its own, not through the link
+        super()._save_last_checkpoint(trainer, monitor_candidates)

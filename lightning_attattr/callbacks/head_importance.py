@@ -11,6 +11,7 @@ from lightning_attattr.analysis.universality import spearman
 from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples
 from lightning_attattr.callbacks._figures import FigureLogger
 from lightning_attattr.callbacks._protocol import resolve_model
+from lightning_attattr.callbacks.progress import epoch_title
 from lightning_attattr.core.approximation import Method, validate_method, validate_n_steps
 from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, AttentionIntegratedGradients
 from lightning_attattr.core.checks import ArgumentError, check_bool, check_choice, check_positive_int
@@ -203,7 +204,9 @@ class HeadImportanceCallback(EpochEndAnalysis):
 
             for name in ("attattr", "taylor"):
                 if name in record:
-                    fig = importance_heatmap(record[name], title=f"{name} head importance, epoch {record['epoch']}")
+                    fig = importance_heatmap(
+                        record[name], title=f"{name} head importance, {epoch_title(record['epoch'])}"
+                    )
                     figures.image(f"importance/{name}", fig, trainer.global_step)
 
     @override

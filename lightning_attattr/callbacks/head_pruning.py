@@ -14,6 +14,7 @@ from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples
 from lightning_attattr.callbacks._figures import FigureLogger
 from lightning_attattr.callbacks._protocol import reduce_sum, resolve_inputs, resolve_model
 from lightning_attattr.callbacks.head_importance import attattr_importance, taylor_head_importance
+from lightning_attattr.callbacks.progress import epoch_title
 from lightning_attattr.core.adapter import attention_scope
 from lightning_attattr.core.approximation import validate_method, validate_n_steps
 from lightning_attattr.core.attribution import DEFAULT_METHOD, DEFAULT_N_STEPS, model_logits
@@ -230,7 +231,7 @@ class HeadPruningCallback(EpochEndAnalysis):
             fig = pruning_curve(
                 self.fractions,
                 {self.importance_kind: accuracies},
-                title=f"pruning curve, epoch {trainer.current_epoch}",
+                title=f"pruning curve, {epoch_title(trainer.current_epoch)}",
             )
             FigureLogger(trainer).image("prune/curve", fig, trainer.global_step)
 
@@ -249,7 +250,9 @@ class HeadPruningCallback(EpochEndAnalysis):
         heads = heads_to_prune(importance, fraction, groups)
         self._apply(trainer, pl_module, mask)
         self.applied.append({"epoch": trainer.current_epoch, "fraction": fraction, "heads": heads})
-        rank_zero_info(f"HeadPruningCallback: epoch {trainer.current_epoch}, pruned {int((mask == 0).sum())} heads.")
+        rank_zero_info(
+            f"HeadPruningCallback: {epoch_title(trainer.current_epoch)}, pruned {int((mask == 0).sum())} heads."
+        )
 
     def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule, mask: Tensor) -> None:
         if self.mode == "mask":

@@ -6,8 +6,15 @@ epoch instead, for example::
 
     epoch 3/10 | train/loss 0.123 | train/acc 0.951 | val/loss 0.101 | val/acc 0.982 | 12.4 s
 
-and one line at the end of a ``validate`` or ``test`` run. Each line can also be appended, with
-a timestamp, to ``progress.log`` in the trainer's log directory.
+and one line at the end of a ``validate`` or ``test`` run. Within a long epoch, a line every
+``every_n_seconds`` (10 s by default) shows how far it got::
+
+    epoch 3/10 | batch 40/63 | step 166/630 | train/loss 0.131 | 8.2 s
+
+Epochs are counted from 1 here, as in every title and message meant for a reader (figure titles of
+the callbacks included); file names and the ``epoch`` fields of stored records keep Lightning's
+``current_epoch``, which counts from 0. Each line can also be appended, with a timestamp, to
+``progress.log`` in the trainer's log directory.
 
 Hook order in PyTorch Lightning 2.6.6: the validation that ends a training epoch runs inside the
 training epoch loop (``_TrainingEpochLoop.on_advance_end`` calls ``self.val_loop.run()`` after
@@ -36,7 +43,7 @@ from typing import Any
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_attattr.core.checks import ArgumentTypeError
+from lightning_attattr.core.checks import ArgumentTypeError, check_number
 from lightning_attattr.lightning.compat import DualCallback, is_fast_dev_run, pl, rank_zero_warn
 
 _SKIPPED = ("importance/", "prune/")  # per-head importance scores and pruning curves: too many for one line
@@ -65,10 +72,14 @@ class EpochSummary(DualCallback):  # works in a Trainer of either Lightning pack
             relative to ``trainer.log_dir`` (the logger's version directory, or
             ``default_root_dir`` without a logger). ``None`` writes no file. Nothing is written
             under ``fast_dev_run``.
+        every_n_seconds: within a training epoch, a line of the batch, step and training metrics
+            at most this often (the first after this many seconds), where the epoch lines go;
+            ``None``: only the epoch lines.
 
     Raises:
         ArgumentTypeError: ``to_terminal`` is not ``True``, ``False`` or ``None``, or
             ``log_file`` is not a non-empty path or ``None`` (a ``TypeError`` and a ``ValueError``).
+        ArgumentError: ``every_n_seconds`` is not a positive number or ``None``.
 
     Example:
         >>> summary = EpochSummary(to_terminal=False, log_file=None)
@@ -79,7 +90,12 @@ class EpochSummary(DualCallback):  # works in a Trainer of either Lightning pack
         Expected `to_terminal` to be True, False or None, but got 'yes'.
     """
 
-    def __init__(self, to_terminal: bool | None = None, log_file: str | None = "progress.log") -> None:
+    def __init__(
+        self,
+        to_terminal: bool | None = None,
+        log_file: str | None = "progress.log",
+        every_n_seconds: float | None = 10.0,
+    ) -> None:
         if to_terminal is not None and not isinstance(to_terminal, bool):
             raise ArgumentTypeError(f"Expected `to_terminal` to be True, False or None, but got {to_terminal!r}.")
         if log_file is not None and (not isinstance(log_file, (str, os.PathLike)) or not str(log_file)):
@@ -87,8 +103,12 @@ class EpochSummary(DualCallback):  # works in a Trainer of either Lightning pack
                 f"Expected `log_file` to be a file name or path (relative to the log directory) or None, "
                 f"but got {log_file!r}."
             )
+        if every_n_seconds is not None:
+            check_number("every_n_seconds", every_n_seconds, 0.0, low_open=True)
         self.to_terminal = to_terminal
         self.log_file = log_file
+        self.every_n_seconds = every_n_seconds
+        self._last_line: float | None = None
         self.log_path: Path | None = None  # resolved in `setup`
         self._started: float | None = None
         self._validated_epoch: int | None = None
@@ -106,7 +126,23 @@ class EpochSummary(DualCallback):  # works in a Trainer of either Lightning pack
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._started = time.monotonic()
+        self._started = self._last_line = time.monotonic()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Every ``every_n_seconds``: a line of the epoch, batch, step and training metrics."""
+        now = time.monotonic()
+        if self.every_n_seconds is None or self._last_line is None or now - self._last_line < self.every_n_seconds:
+            return
+        self._last_line = now
+        parts = [_epoch_header(trainer), f"batch {batch_idx + 1}" + _out_of(trainer.num_training_batches)]
+        parts.append(f"step {trainer.global_step}" + _out_of(trainer.estimated_stepping_batches))
+        parts += format_metrics(trainer.callback_metrics, ("train/",))
+        if self._started is not None:
+            parts.append(f"{now - self._started:.1f} s")
+        self._write(trainer, " | ".join(parts))
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -134,21 +170,22 @@ class EpochSummary(DualCallback):  # works in a Trainer of either Lightning pack
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Print the epoch's line; ``val`` metrics only if validation ran in this epoch."""
-        epoch = trainer.current_epoch
-        max_epochs = trainer.max_epochs
-        header = f"epoch {epoch + 1}" + (f"/{max_epochs}" if max_epochs is not None and max_epochs > 0 else "")
-        prefixes = ("train/", "val") if self._validated_epoch == epoch else ("train/",)
-        self._emit(trainer, header, prefixes)
+        prefixes = ("train/", "val") if self._validated_epoch == trainer.current_epoch else ("train/",)
+        self._emit(trainer, _epoch_header(trainer), prefixes)
+        self._last_line = None
 
     def _emit(self, trainer: pl.Trainer, header: str, prefixes: tuple[str, ...]) -> None:
         """Format the line and send it to stderr and the log file (rank zero only)."""
-        if not trainer.is_global_zero:
-            return
         parts = [header, *format_metrics(trainer.callback_metrics, prefixes)]
         if self._started is not None:
             parts.append(f"{time.monotonic() - self._started:.1f} s")
             self._started = None
-        line = " | ".join(parts)
+        self._write(trainer, " | ".join(parts))
+
+    def _write(self, trainer: pl.Trainer, line: str) -> None:
+        """Send ``line`` to stderr and the log file (rank zero only)."""
+        if not trainer.is_global_zero:
+            return
         if self._show_on_terminal(trainer):
             print(line, file=sys.stderr, flush=True)
         if self.log_path is not None:
@@ -164,6 +201,24 @@ class EpochSummary(DualCallback):  # works in a Trainer of either Lightning pack
         if self.to_terminal is not None:
             return self.to_terminal
         return trainer.progress_bar_callback is None or not _is_tty(sys.stderr)
+
+
+def epoch_title(epoch: int, max_epochs: int | None = None) -> str:
+    """``"epoch N"`` (or ``"epoch N/M"``) for a reader: Lightning's 0-based ``current_epoch`` counted from 1.
+
+    Example:
+        >>> epoch_title(0, 10), epoch_title(9)
+        ('epoch 1/10', 'epoch 10')
+    """
+    return f"epoch {epoch + 1}" + (f"/{max_epochs}" if max_epochs is not None and max_epochs > 0 else "")
+
+
+def _epoch_header(trainer: pl.Trainer) -> str:
+    return epoch_title(trainer.current_epoch, trainer.max_epochs)
+
+
+def _out_of(total: float | int) -> str:
+    return f"/{int(total)}" if isinstance(total, (int, float)) and math.isfinite(total) else ""
 
 
 def format_metrics(metrics: Mapping[str, Any], prefixes: tuple[str, ...]) -> list[str]:

@@ -214,6 +214,10 @@ class _PaddedTextDataModule(pl.LightningDataModule):
         self.seed = seed
         self._datasets: dict[str, datasets.Dataset] = {}
 
+    def __str__(self) -> str:
+        """The class name (Lightning's ``__str__`` builds every dataloader: tokenizer, data, downloads)."""
+        return type(self).__name__
+
     # subclasses provide these
     @property
     def splits(self) -> tuple[str, ...]:
@@ -447,11 +451,13 @@ class GlueDataModule(_PaddedTextDataModule):
         self._datasets.clear()  # splits tokenized before must be tokenized again with this tokenizer
 
     def check_files(self, stage: str | None = None) -> None:
-        """Raise unless the split files ``stage`` reads exist under ``data_dir`` (nothing to check for the hub).
+        """Raise unless the split files ``stage`` reads exist under ``data_dir`` and parse (hub data: nothing).
 
         ``fit`` (and ``None``) reads the train and validation split(s); ``validate``, ``test`` and
-        ``predict`` read the validation split(s) only. Called at the start of ``prepare_data`` and
-        ``setup``, so that a missing file fails before any tokenizer or model is loaded.
+        ``predict`` read the validation split(s) only. The files are read (encoding, columns, labels;
+        kept for later use), so that a bad file fails before any tokenizer or model is loaded.
+        Called at the start of ``prepare_data`` and ``setup``, and by the command line as soon as
+        the data module is built.
 
         Args:
             stage: ``fit``, ``validate``, ``test``, ``predict`` or ``None`` (every split).
@@ -459,6 +465,7 @@ class GlueDataModule(_PaddedTextDataModule):
         Raises:
             ArgumentError: unknown ``stage``.
             PathNotFoundError: a split file is missing (the message names the stage and the files).
+            DataFileError: a split file does not parse (the message names the file, line and value).
         """
         splits = self._stage_splits(stage)
         if self.data_dir is None:
@@ -478,6 +485,8 @@ class GlueDataModule(_PaddedTextDataModule):
                 f"{self.task.name!r}, but `data_dir`={str(self.data_dir)!r} has no {' or '.join(files)}: looked in "
                 f"{str(root / self.task.directory)!r} and {str(root)!r}."
             )
+        for split in splits:
+            self.examples(split)
 
     def prepare_data(self) -> None:
         """Download the hub dataset and the tokenizer into the caches (rank 0 only; no state is kept).

@@ -12,7 +12,8 @@ rerun computes only the rest.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -122,6 +123,27 @@ class PartWriter(pl.callbacks.BasePredictionWriter):
             )
 
 
+@contextmanager
+def stage_label(trainer: pl.Trainer, label: str) -> Iterator[None]:
+    """Label the trainer's progress bar of ``predict`` with ``label`` (e.g. ``importance``) instead of "Predicting".
+
+    The bar (Lightning's TQDM or Rich bar, or any ``ProgressBar``) reads its ``predict_description``
+    property; for the duration of the block the bar is an instance of a subclass that returns
+    ``label`` there, and of its own class again afterwards.
+    """
+    bar = trainer.progress_bar_callback
+    if bar is None:
+        yield
+        return
+    original = type(bar)
+    labelled = type(original.__name__, (original,), {"predict_description": property(lambda self: label)})
+    bar.__class__ = labelled
+    try:
+        yield
+    finally:
+        bar.__class__ = original
+
+
 def run_examples(
     trainer: pl.Trainer,
     model: nn.Module,
@@ -154,7 +176,8 @@ def run_examples(
         callbacks = trainer_callbacks(trainer)
         callbacks.append(writer)
         try:
-            trainer.predict(ExampleStep(model, fn), dataloaders=loader, return_predictions=False)
+            with stage_label(trainer, stage):
+                trainer.predict(ExampleStep(model, fn), dataloaders=loader, return_predictions=False)
         finally:
             callbacks.remove(writer)
     trainer.strategy.barrier()

@@ -171,3 +171,31 @@ def test_log_trees_needs_all_layers(tmp_path):
 def test_bad_tree_arguments(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         AttributionMonitor(**kwargs)
+
+
+def test_figure_titles_count_epochs_from_one_like_the_console(tmp_path, monkeypatch):
+    import re
+
+    import lightning_attattr.plotting as plotting
+    from lightning_attattr.callbacks import HeadImportanceCallback, HeadPruningCallback
+
+    titles = []
+    for name in ("token_heatmap", "tree_figure", "importance_heatmap", "pruning_curve"):
+        original = getattr(plotting, name)
+
+        def record(*args, _original=original, **kwargs):
+            titles.append(kwargs.get("title"))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(plotting, name, record)
+    callbacks = [
+        AttributionMonitor(n_examples=1, n_steps=2, max_image_examples=1, log_histograms=False, log_trees=True),
+        HeadImportanceCallback(n_examples=2, n_steps=2),
+        HeadPruningCallback(n_examples=2, n_steps=2, fractions=[0.0, 0.5]),
+    ]
+    module, data, trainer = setup_run(tmp_path, callbacks)  # two epochs: "epoch 1" and "epoch 2"
+    trainer.fit(module, data)
+    epochs = {int(m) for t in titles if t for m in re.findall(r"epoch (\d+)", t)}
+    assert epochs == {1, 2}, titles
+    kinds = {t.split(",")[0] for t in titles if t}
+    assert {"attribution tree", "attattr head importance", "pruning curve"} <= kinds, kinds

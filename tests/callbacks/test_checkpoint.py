@@ -137,3 +137,27 @@ def test_resuming_from_last_continues_after_the_last_epoch(tmp_path, cls, repeat
     resumed = cls(monitor="val/acc", mode="max", save_last=True)
     trainer = fit(tmp_path, resumed, epochs, ckpt_path=first.last_model_path, max_epochs=4)
     assert epochs.epochs == [*repeated, 3] and trainer.global_step == 8
+
+
+def test_last_links_to_the_top_k_checkpoint_of_the_same_step_instead_of_a_second_copy(tmp_path):
+    ours = EpochCheckpoint(monitor="val/acc", mode="max", save_last=True)
+    fit(tmp_path / "one", ours, max_epochs=1)
+    folder = tmp_path / "one" / "checkpoints"
+    last, (best,) = folder / "last.ckpt", [p for p in folder.iterdir() if p.name != "last.ckpt"]
+    assert last.is_symlink() and last.resolve() == best.resolve()  # one file on disk
+    assert torch.load(last, weights_only=False)["epoch"] == 0
+
+    # upstream writes the same state twice (two full files); if this fails, Lightning stopped doing so
+    upstream = ModelCheckpoint(monitor="val/acc", mode="max", save_last=True)
+    fit(tmp_path / "upstream", upstream, max_epochs=1)
+    files = sorted((tmp_path / "upstream" / "checkpoints").iterdir())
+    assert len(files) == 2 and not any(p.is_symlink() for p in files)
+
+
+def test_a_later_epoch_replaces_the_link_without_touching_the_top_k_file(tmp_path):
+    ours = EpochCheckpoint(monitor="val/acc", mode="max", save_last=True)
+    trainer = fit(tmp_path, ours)  # val/acc never improves after epoch 0: the top-k file stays epoch 0
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert not last.is_symlink()
+    assert torch.load(last, weights_only=False)["epoch"] == 2 == trainer.current_epoch - 1
+    assert torch.load(ours.best_model_path, weights_only=False)["epoch"] == 0  # not written through the link

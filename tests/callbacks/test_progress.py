@@ -173,3 +173,44 @@ def test_format_metrics_orders_filters_and_shortens():
     many = {f"val/m{i}": float(i) for i in range(10)}
     parts = format_metrics(many, ("val",))
     assert len(parts) == 9 and parts[-1] == "+2 more"
+
+
+class Clock:
+    """A `time` stand-in whose monotonic clock advances one second per reading."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_lines_at_a_steady_interval_within_an_epoch(tmp_path, capsys, monkeypatch):
+    import lightning_attattr.callbacks.progress as progress
+
+    monkeypatch.setattr(progress, "time", Clock())
+    summary = EpochSummary(to_terminal=True, every_n_seconds=0.5)
+    module, data, trainer = make_run(tmp_path, summary)  # 4 batches of 8 per epoch, 2 epochs
+    trainer.fit(module, data)
+    lines = summary_lines(capsys.readouterr().err)
+    within = [line for line in lines if "| batch " in line]
+    expected = [(e, b, (e - 1) * 4 + b) for e in (1, 2) for b in (1, 2, 3, 4)]
+    assert [
+        tuple(map(int, re.match(r"epoch (\d)/2 \| batch (\d)/4 \| step (\d)/8 \|", x).groups())) for x in within
+    ] == (expected)
+    assert all("train/loss" in line and re.search(r"\| \d+\.\d s$", line) for line in within)
+    logged = (tmp_path / "csv" / "version_0" / "progress.log").read_text().splitlines()
+    assert len(logged) == len(lines) == len(within) + 2  # the log file gets them too, and the two epoch lines
+
+    quiet = EpochSummary(to_terminal=True, every_n_seconds=None)
+    module, data, trainer = make_run(tmp_path / "quiet", quiet)
+    trainer.fit(module, data)
+    assert [line.split(" |")[0] for line in summary_lines(capsys.readouterr().err)] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_every_n_seconds_must_be_positive():
+    from lightning_attattr.core.checks import ArgumentError
+
+    with pytest.raises(ArgumentError, match="`every_n_seconds`"):
+        EpochSummary(every_n_seconds=0)

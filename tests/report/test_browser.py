@@ -21,7 +21,8 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
     pytest.skip(
-        f"headless Chromium tests need {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)",
+        f"headless Chromium tests need {CHROMIUM} and {CHROMEDRIVER}: `make test-browser` installs them and runs "
+        "these tests (or apt-get install chromium chromium-driver)",
         allow_module_level=True,
     )
 try:
@@ -31,7 +32,10 @@ try:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 except ImportError:  # pragma: no cover - depends on the environment
-    pytest.skip("headless Chromium tests need selenium>=4.20 (pip install 'selenium>=4.20')", allow_module_level=True)
+    pytest.skip(
+        "headless Chromium tests need selenium>=4.20: `make test-browser` installs it and runs these tests",
+        allow_module_level=True,
+    )
 
 # JS: the number of drawn (opaque, not white) pixels of a canvas
 NON_BLANK = """
