@@ -1551,7 +1551,10 @@ def _warn_unconverged(
     warnings.warn(
         f"{int(bad.sum())} of {bad.numel()} (example, layer) pairs did not reach completeness_tol="
         f"{completeness_tol:g} within max_steps={max_steps} (worst relative completeness error "
-        f"{float(result.completeness_error[bad].max()):.2e}); they are flagged in `result.unconverged`."
+        f"{float(result.completeness_error[bad].max()):.2e}); they are flagged in `result.unconverged`. "
+        "The output changes along the path alpha * A faster than the nodes resolve (typically close to "
+        "alpha = 0, or at a kink or jump: ReLU, expert routing)"
+        + ("; baseline='uniform' starts the path elsewhere." if result.baseline == "zero" else ".")
         + (
             f" Under precision={precision!r} pairs whose error stopped improving stop early; "
             "precision='auto' recomputes them in fp32."

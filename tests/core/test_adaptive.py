@@ -140,6 +140,7 @@ def test_pairs_over_the_work_limit_are_flagged_and_warned_about_once():
         result = attribute(model, batch, completeness_tol=1e-8, max_steps=3)
     messages = [str(w.message) for w in caught if "completeness_tol" in str(w.message)]
     assert len(messages) == 1 and "max_steps=3" in messages[0] and "result.unconverged" in messages[0]
+    assert "baseline='uniform'" in messages[0] and "\n" not in messages[0]  # what to try next, on one line
     flagged = result.unconverged
     assert bool(flagged.any()) and bool((result.n_steps_used == 3).all())
     assert bool((result.completeness_error[flagged] > 1e-8).all())
