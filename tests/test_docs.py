@@ -149,8 +149,10 @@ def test_griffe_extension_rewrites_sections_and_roles():
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    text = "Summary with :class:`~a.b.Result` and :func:`a.b.f`.\n\nExample:\n    >>> 1\n    1"
-    assert module.rewrite(text) == "Summary with ``Result`` and ``a.b.f``.\n\nExamples:\n    >>> 1\n    1"
+    text = "Summary with :class:`~a.b.Result` and :func:`a.b.f`::\n\n    x = 1\n\nExample:\n    >>> 1\n    1"
+    want = "Summary with ``Result`` and ``a.b.f``:\n\n    x = 1\n\nExamples:\n    >>> 1\n    1"
+    assert module.rewrite(text) == want
+    assert module.rewrite(want) == want
 
 
 def test_mkdocs_build_strict(tmp_path):
