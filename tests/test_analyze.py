@@ -1100,11 +1100,12 @@ def test_report_subcommand_and_attribute_report(trained, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- the console and the command line
 def documented_commands() -> list[list[str]]:
-    """Every `analyze.py SUBCOMMAND ...` example of analyze.py's docstring, the README and the Makefile, as argv."""
+    """Every `analyze.py SUBCOMMAND ...` example of analyze.py's docstring, README, docs/ and Makefile, as argv."""
     import re
     import shlex
 
     texts = [(ROOT / "analyze.py").read_text(encoding="utf-8"), (ROOT / "README.md").read_text(encoding="utf-8")]
+    texts += [page.read_text(encoding="utf-8") for page in sorted((ROOT / "docs").rglob("*.md"))]
     texts.append((ROOT / "Makefile").read_text(encoding="utf-8").replace("$(LAST_QUICKSTART)", "RUN"))
     commands = []
     for text in texts:
