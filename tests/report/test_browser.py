@@ -286,9 +286,10 @@ def test_map_titles_above_and_special_token_toggle(driver, small_page):
         assert driver.execute_script(f"return +document.getElementById('{canvas}').dataset.rows") == n - 2
     shown = edges()
     assert len(shown) == 10 and not any(i in special or j in special for i, j in shown)
-    assert "2 special tokens hidden" in driver.find_element(By.ID, "top-edges").find_element(
-        By.XPATH, "preceding-sibling::h3[1]"
-    ).text
+    assert (
+        "2 special tokens hidden"
+        in driver.find_element(By.ID, "top-edges").find_element(By.XPATH, "preceding-sibling::h3[1]").text
+    )
     row, col = tokens[0].index("</script>") - 1, tokens[0].index('"<b>') - 1  # one column less: [CLS] hidden
     tip = hover_cell(driver, "attr-canvas", row, col)
     assert (tip["row"], tip["col"]) == ("</script>", '"<b>')  # not taken for a special token
