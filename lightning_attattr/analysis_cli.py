@@ -745,7 +745,8 @@ def write_report(
     Per example of an ``attribute`` folder: the AttAttr map of any layer and head (or all heads summed)
     with the raw attention beside it, hover values, top edges, the attribution tree, prediction and
     completeness; per model: whatever ``heads``, ``effectiveness``, ``universality``, ``attack`` and
-    ``faithfulness`` wrote. ``results_dir`` may also be a folder of such folders (e.g. ``results/minilm``).
+    ``faithfulness`` wrote. ``results_dir`` may also be a folder with such folders below it, at any depth
+    (e.g. ``results``); the folders shown and those skipped (with the reason) are printed.
 
     Args:
         results_dir: the results folder (or a parent of several).
@@ -757,7 +758,11 @@ def write_report(
 
     check_positive_int("max_examples", max_examples, optional=True)
     check_bool("attention", attention)
-    path = build_report(results_dir, max_examples=max_examples, include_attention=attention).save(output)
+    report = build_report(results_dir, max_examples=max_examples, include_attention=attention)
+    path = report.save(output)
+    print(f"report of {len(report.included)} results folders: {', '.join(report.included)}")
+    for folder, reason in report.skipped:
+        print(f"not in the report: {folder}: {reason}")
     print(f"report written: {path}\nopen it in a browser: xdg-open {path}   (macOS: open {path})")
     return str(path)
 

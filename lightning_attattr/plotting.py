@@ -89,6 +89,12 @@ def _fontsize(cell_in: float, lo: float = 5.0, hi: float = 10.0) -> float:
     return float(np.clip(0.75 * 72 * cell_in, lo, hi))
 
 
+def _label_room(labels: Sequence[str], fontsize: float) -> float:
+    """Inches that the longest of ``labels`` needs when rotated by 90 degrees (with a small gap)."""
+    longest = max((len(str(t)) for t in labels), default=0)
+    return 0.62 * fontsize / 72 * longest + 0.45
+
+
 def _set_token_ticks(ax: Axes, tokens: list[str], fontsize: float, *, x: bool = True, y: bool = True) -> None:
     positions = range(len(tokens))
     if x:
@@ -140,11 +146,13 @@ def token_heatmap(
     title = _check_title(title)
 
     side = float(np.clip(_CELL_IN * n + _MARGIN_IN, _MIN_SIDE_IN, _MAX_SIDE_IN))
-    fig = _new_figure((side + 1.0, side))  # + colorbar
+    fontsize = _fontsize((side - _MARGIN_IN) / n)
+    room = _label_room(labels, fontsize)  # the rotated x labels and the y labels must fit in the figure
+    fig = _new_figure((side + 1.0 + room, side + room))  # + colorbar
     ax = fig.add_subplot()
     limit = _symmetric_limit(arr)
     im = ax.imshow(arr, cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest", aspect="equal")
-    _set_token_ticks(ax, labels, _fontsize((side - _MARGIN_IN) / n))
+    _set_token_ticks(ax, labels, fontsize)
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query")
     fig.colorbar(im, ax=ax, label="attribution", shrink=0.8)
@@ -158,14 +166,19 @@ def head_grid(
     tokens: Sequence[str] | None = None,
     title: str | None = None,
     max_cols: int = 4,
+    *,
+    scale: str = "head",
 ) -> Figure:
-    """Grid of per-head attribution maps of one layer, on one shared colour scale.
+    """Grid of per-head attribution maps of one layer.
 
-    One panel per head (titled ``"head h"``), ``max_cols`` panels per row. All panels share a
-    colour scale symmetric around 0 (``[-max|attr|, max|attr|]`` over all heads) and one colorbar,
-    so heads can be compared directly. Token tick labels are drawn only when ``tokens`` is given
-    and has at most 24 entries (x labels on the bottom panel of each column, y labels on the first
-    column); otherwise the panels have no ticks.
+    One panel per head, ``max_cols`` panels per row. With ``scale="head"`` (the default) every panel
+    has its own colour scale, symmetric around 0 (``[-max|attr_h|, max|attr_h|]``) with its own
+    colorbar, and its title gives that range (``"head h (±0.12)"``): one large cell of one head (often
+    ``[CLS]`` <- ``[SEP]``) then no longer washes out the structure of the other heads. The figure
+    title says "colour scale per head". With ``scale="shared"`` all panels share one scale over all
+    heads and one colorbar, so heads can be compared by colour directly. Token tick labels are drawn
+    only when ``tokens`` is given and has at most 24 entries (x labels on the bottom panel of each
+    column, y labels on the first column); the figure leaves room for the longest label.
 
     Args:
         attr: ``[head, query_pos, key_pos]`` attribution of one example and layer, e.g.
@@ -173,16 +186,23 @@ def head_grid(
         tokens: Optional ``query_pos`` token strings for the tick labels.
         title: Figure title (suptitle); none by default.
         max_cols: Maximum number of panels per row, a positive integer. Default 4.
+        scale: ``"head"`` (one colour scale per panel, default) or ``"shared"`` (one for all).
 
     Returns:
-        A new figure with ``head`` image axes and one colorbar.
+        A new figure with ``head`` image axes and one colorbar per head (``"head"``) or one in all
+        (``"shared"``).
 
     Raises:
         ValueError: If ``attr`` is not a non-empty ``[head, query_pos, key_pos]`` map with
-            ``query_pos == key_pos``, ``tokens`` does not have ``query_pos`` entries, or ``max_cols``
-            is not positive.
+            ``query_pos == key_pos``, ``tokens`` does not have ``query_pos`` entries, ``max_cols``
+            is not positive, or ``scale`` is not ``"head"`` or ``"shared"``.
         TypeError: If ``attr`` cannot be converted to an array, ``tokens`` is not a sequence of
             strings, ``max_cols`` is not an integer, or ``title`` is not a string.
+
+    Example:
+        >>> fig = head_grid(np.eye(3)[None].repeat(2, 0) * [[[1.0]], [[0.1]]], ["a", "b", "c"])
+        >>> [ax.get_title() for ax in fig.axes if ax.images]
+        ['head 0 (±1)', 'head 1 (±0.1)']
     """
     dims = ("head", "query_pos", "key_pos")
     arr = as_array("attr", attr, dims)
@@ -191,32 +211,111 @@ def head_grid(
         raise ArgumentTypeError(f"Expected `max_cols` to be a positive integer, but got {max_cols!r}.")
     if max_cols < 1:
         raise ArgumentError(f"Expected `max_cols` to be a positive integer, but got {max_cols}.")
+    if scale not in ("head", "shared"):
+        raise ArgumentError(f"Expected `scale` to be 'head' or 'shared', but got {scale!r}.")
     n_heads, n = arr.shape[0], arr.shape[1]
     labels = None if tokens is None else _check_tokens(tokens, n, arr.shape)
     title = _check_title(title)
     tick_labels = labels if labels is not None and n <= MAX_GRID_TOKENS else None
+    per_head = scale == "head"
 
     n_cols = min(max_cols, n_heads)
     n_rows = math.ceil(n_heads / n_cols)
-    panel = _PANEL_IN + (0.8 if tick_labels else 0.0)  # room for tick labels
-    fig = _new_figure((n_cols * panel + 1.0, n_rows * panel + (0.4 if title else 0.0)))
+    fontsize = _fontsize(_PANEL_IN / n, hi=8.0)
+    room = _label_room(tick_labels, fontsize) if tick_labels else 0.0  # rotated x labels, y labels
+    width = n_cols * (_PANEL_IN + (0.9 if per_head else 0.0)) + room + 1.0
+    height = n_rows * (_PANEL_IN + 0.3) + room + (0.5 if title or per_head else 0.0)
+    fig = _new_figure((width, height))
     grid = fig.subplots(n_rows, n_cols, squeeze=False)
-    limit = _symmetric_limit(arr)
+    shared_limit = _symmetric_limit(arr)
     axes = []
     for h, ax in enumerate(grid.flat):
         if h >= n_heads:
             ax.remove()  # unused cells of the last row
             continue
-        im = ax.imshow(arr[h], cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
-        ax.set_title(f"head {h}", fontsize=9)
+        limit = _symmetric_limit(arr[h]) if per_head else shared_limit
+        # aspect "auto": the panel fills its slot, so the layout can keep the tick labels inside the figure
+        im = ax.imshow(arr[h], cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="nearest", aspect="auto")
+        ax.set_title(f"head {h} (\u00b1{limit:.2g})" if per_head else f"head {h}", fontsize=9)
         if tick_labels is not None:
             bottom = h + n_cols >= n_heads  # no panel below in this column
-            _set_token_ticks(ax, tick_labels, _fontsize(_PANEL_IN / n, hi=8.0), x=bottom, y=h % n_cols == 0)
+            _set_token_ticks(ax, tick_labels, fontsize, x=bottom, y=h % n_cols == 0)
         else:
             ax.set_xticks([])
             ax.set_yticks([])
+        if per_head:
+            bar = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
+            bar.ax.tick_params(labelsize=6)
         axes.append(ax)
-    fig.colorbar(im, ax=axes, label="attribution", shrink=0.8)
+    if not per_head:
+        fig.colorbar(im, ax=axes, label="attribution", shrink=0.8)
+    scale_note = "attribution, colour scale per head" if per_head else "attribution, one colour scale"
+    fig.suptitle(f"{title} ({scale_note})" if title is not None else scale_note)
+    return fig
+
+
+def layer_maps(
+    maps: Any,
+    tokens: Sequence[str],
+    layers: Sequence[int],
+    title: str | None = None,
+    max_cols: int = 3,
+) -> Figure:
+    """One panel per layer of one example's head-summed attribution maps, each on its own scale.
+
+    Every panel is symmetric around 0 (``[-max|map|, max|map|]``, given in its title) with a
+    diverging colormap. Token tick labels (x rotated by 90 degrees) are drawn up to 48 tokens, and
+    the figure leaves room for the longest of them, so no label is cut off.
+
+    Args:
+        maps: ``[layer, query_pos, key_pos]`` head-summed maps, e.g. ``result.attributions[i].sum(1)``.
+        tokens: ``query_pos`` token strings.
+        layers: the ``layer`` layer indices of the rows of ``maps`` (panel titles).
+        title: Figure title (suptitle); none by default.
+        max_cols: Maximum number of panels per row. Default 3.
+
+    Returns:
+        A new figure with one image axes per layer.
+
+    Raises:
+        ValueError: If ``maps`` is not a ``[layer, query_pos, key_pos]`` map with ``query_pos ==
+            key_pos``, or ``tokens`` / ``layers`` do not have one entry per position / row.
+        TypeError: If ``maps`` cannot be converted to an array, ``tokens`` is not a sequence of
+            strings, or ``title`` is not a string.
+
+    Example:
+        >>> fig = layer_maps(np.ones((2, 3, 3)), ["[CLS]", "a", "[SEP]"], [0, 1])
+        >>> [ax.get_title() for ax in fig.axes]
+        ['layer 0 (heads summed, \u00b11)', 'layer 1 (heads summed, \u00b11)']
+    """
+    dims = ("layer", "query_pos", "key_pos")
+    arr = as_array("maps", maps, dims)
+    check_square("maps", arr, dims)
+    n_layers, n = arr.shape[0], arr.shape[1]
+    labels = _check_tokens(tokens, n, arr.shape)
+    if len(layers) != n_layers:
+        raise ArgumentError(f"Expected `layers` to have one entry per map ({n_layers}), but got {len(layers)}.")
+    title = _check_title(title)
+    cols = min(max_cols, n_layers)
+    rows = math.ceil(n_layers / cols)
+    panel = 2.0 + 0.18 * n
+    show_ticks = n <= 48
+    fontsize = 6.0
+    room = _label_room(labels, fontsize) if show_ticks else 0.0
+    fig = _new_figure((cols * (panel + room), rows * (panel + room) + (0.5 if title else 0.0)))
+    grid = fig.subplots(rows, cols, squeeze=False)
+    for k, ax in enumerate(grid.flat):
+        if k >= n_layers:
+            ax.remove()
+            continue
+        limit = _symmetric_limit(arr[k])
+        ax.imshow(arr[k], cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="nearest", aspect="auto")
+        ax.set_title(f"layer {layers[k]} (heads summed, \u00b1{limit:.2g})", fontsize=9)
+        if show_ticks:
+            _set_token_ticks(ax, labels, fontsize)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
     if title is not None:
         fig.suptitle(title)
     return fig
@@ -357,8 +456,10 @@ def pruning_curve(
             plots any x values as they are.
 
     Returns:
-        A new figure with one axes holding one line (with markers) per entry of ``curves``, in
-        mapping order, with a legend and a grid.
+        A new figure with one axes holding one line per entry of ``curves``, in mapping order, with a
+        legend beside the axes and a grid. Each line has its own marker and line style; where curves
+        coincide, the earlier ones are drawn wider underneath so that every one stays visible, and
+        the legend names the curve a later one coincides with (``"taylor (= attattr)"``).
 
     Raises:
         ValueError: If ``fractions`` is empty, not 1-d, or outside ``[0, 1]``, ``curves`` is empty,
@@ -372,7 +473,7 @@ def pruning_curve(
 
     from matplotlib.ticker import PercentFormatter
 
-    fig = _new_figure((6.0, 4.0))
+    fig = _new_figure((7.5, 4.0))
     ax = fig.add_subplot()
     _plot_curves(ax, x, ys, bands)
     if percent:
@@ -380,7 +481,7 @@ def pruning_curve(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric_name)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the axes: covers no curve
     if title is not None:
         ax.set_title(title)
     return fig
@@ -417,16 +518,39 @@ def _check_curves(curves: Mapping[str, Sequence[float]], x: np.ndarray) -> dict[
     return ys
 
 
+#: Line styles of pruning_curve, cycled with the markers (8 x 4 distinct combinations).
+_LINESTYLES = ("-", "--", "-.", ":")
+_MARKERS = "osD^vP*X"
+
+
 def _plot_curves(
     ax: Axes,
     x: np.ndarray,
     ys: Mapping[str, np.ndarray],
     bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None,
 ) -> None:
-    """One line with markers per curve, and its band (if any) shaded in the line's colour."""
-    markers = "osD^vP*X"
+    """One line per curve, each distinguishable where curves coincide, and its band shaded in its colour.
+
+    Curves often coincide (all methods at the same accuracy until most heads are pruned). So each curve
+    has its own marker and line style, the first curve is drawn widest and largest at the bottom and
+    each later one narrower on top, so that every colour still shows at the rim of the ones above it,
+    and the legend names the earlier curve a curve coincides with (``"taylor (= attattr)"``).
+    """
+    n = len(ys)
+    names = list(ys)
     for k, (name, y) in enumerate(ys.items()):
-        (line,) = ax.plot(x, y, marker=markers[k % len(markers)], label=name)
+        depth = (n - 1 - k) / max(n - 1, 1)  # 1 for the bottom curve, 0 for the top one
+        same = next((other for other in names[:k] if np.array_equal(ys[other], y, equal_nan=True)), None)
+        (line,) = ax.plot(
+            x,
+            y,
+            marker=_MARKERS[k % len(_MARKERS)],
+            linestyle=_LINESTYLES[k % len(_LINESTYLES)],
+            linewidth=1.2 + 4.0 * depth,
+            markersize=4.0 + 10.0 * depth,
+            zorder=2 + k,
+            label=name if same is None else f"{name} (= {same})",
+        )
         if bands and name in bands:
             low, high = (np.asarray(v, dtype=float) for v in bands[name])
             ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
@@ -527,8 +651,11 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
     are drawn as nodes at the height of their ``layer`` (the layer of the edge that attached them;
     the root sits on the top row) and their labels are dark and bold, the others faint. Each edge is
     an arrow from the child (key) up to the parent (query), the direction in which information
-    flows, coloured and widened by its normalised score (``tau`` .. 1). The figure widens with the
-    number of tokens and stays readable for 40-token inputs; a root-only tree is drawn too.
+    flows, coloured and widened by its raw attribution (``a^l[i, j]``, on one linear scale from 0 to
+    the largest edge attribution, shown by the colorbar): the edge with the largest attribution is
+    the widest and darkest, whatever its layer. (The normalised score that selects the edges is
+    relative to its layer's largest entry, so it is not comparable across layers and is not drawn.)
+    The figure widens with the number of tokens and stays readable for 40-token inputs; a root-only tree is drawn too.
 
     A graph (:func:`lightning_attattr.analysis.trees.build_graph`) is drawn as its layered view
     (:func:`~lightning_attattr.analysis.trees.layered_dag`): an edge of layer ``l`` goes from the
@@ -568,7 +695,7 @@ def tree_figure(graph: Any, tokens: Sequence[str] | None, *, title: str | None =
         import matplotlib as mpl
 
         mappable = mpl.cm.ScalarMappable(norm=view.norm, cmap=view.cmap)
-        fig.colorbar(mappable, ax=ax, label="normalised score", shrink=0.8, pad=0.01)
+        fig.colorbar(mappable, ax=ax, label="edge colour and width: attribution", shrink=0.8, pad=0.01)
     ax.set_title(title)
     return fig
 
@@ -583,7 +710,7 @@ class _TreeView:
     n_layers: int
     width: float  # figure size, inches
     height: float
-    cmap: Colormap  # edge colour by score, over [vmin, vmax] = [tau, max(1, top score)]
+    cmap: Colormap  # edge colour by raw attribution, over [vmin, vmax] = [0, largest edge attribution]
     norm: Normalize
     vmin: float
     vmax: float
@@ -646,8 +773,10 @@ def _tree_view(graph: Any, labels: list[str]) -> _TreeView:
     n, n_layers = len(labels), int(graph.graph["n_layers"])
     # plasma without its palest end, so that the weakest edges still show on white
     cmap = ListedColormap(mpl.colormaps.get_cmap("plasma_r")(np.linspace(0.2, 1.0, 256)))
-    tau = float(graph.graph.get("tau", 0.0))
-    vmin, vmax = tau, max(1.0, max((float(s) for *_, s in graph.edges(data="score")), default=1.0))
+    # the raw attribution, comparable across layers (the normalised score is per layer: a layer's
+    # weakest edges can have score 1 while a stronger edge of another layer has a lower one)
+    top = max((abs(float(a)) for *_, a in graph.edges(data="attribution")), default=0.0)
+    vmin, vmax = 0.0, top if top > 0 else 1.0
     return _TreeView(
         graph=graph,
         labels=labels,
@@ -707,20 +836,22 @@ def _draw_tree_edges(ax: Axes, view: _TreeView, layout: _TreeLayout) -> None:
     """The residual links of a graph (faint vertical lines), then one arrow per edge."""
     for high, low in layout.residuals:
         ax.plot([high[1], low[1]], [high[0], low[0]], color="0.75", linewidth=1.0, zorder=1)
-    for x0, y0, x1, y1, data in layout.arrows:
+    # weakest first, so that the strongest edges are drawn on top
+    for x0, y0, x1, y1, data in sorted(layout.arrows, key=lambda arrow: abs(float(arrow[4]["attribution"]))):
         start, end = (x0, y0), (x1, y1)
-        ax.annotate("", xy=end, xytext=start, arrowprops=_arrow_props(view, start, end, data), zorder=2)
+        arrow = ax.annotate("", xy=end, xytext=start, arrowprops=_arrow_props(view, start, end, data), zorder=2)
+        arrow.set_gid(f"edge {int(x0)}->{int(x1)} layer {data['layer']}")  # child -> parent, for tests and SVG
 
 
 def _arrow_props(
     view: _TreeView, start: tuple[float, float], end: tuple[float, float], data: dict[str, Any]
 ) -> dict[str, Any]:
-    """An edge's arrow style: coloured and widened by its score, bowed within a layer, dashed if not in the tree."""
-    score = float(data["score"])
-    t = float(np.clip((score - view.vmin) / max(view.vmax - view.vmin, 1e-12), 0.0, 1.0))
+    """An edge's arrow style: colour and width by its attribution, bowed within a layer, dashed if not in the tree."""
+    value = abs(float(data["attribution"]))
+    t = float(np.clip((value - view.vmin) / max(view.vmax - view.vmin, 1e-12), 0.0, 1.0))
     return {
         "arrowstyle": "-|>",
-        "color": view.cmap(view.norm(score)),
+        "color": view.cmap(view.norm(value)),
         "linewidth": 0.8 + 2.2 * t,
         "shrinkA": 4,
         "shrinkB": 5,

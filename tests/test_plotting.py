@@ -97,7 +97,7 @@ def test_token_heatmap_bad_types():
 
 def test_head_grid_one_panel_per_head_shared_symmetric_scale():
     attr = signed_map(6, 7, 7)
-    fig = head_grid(attr, TOKENS, title="layer 0", max_cols=4)
+    fig = head_grid(attr, TOKENS, title="layer 0", max_cols=4, scale="shared")
     axes = image_axes(fig)
     assert len(axes) == 6 and len(fig.axes) == 6 + 1  # unused grid cells removed, one colorbar
     assert [ax.get_title() for ax in axes] == [f"head {h}" for h in range(6)]
@@ -110,7 +110,7 @@ def test_head_grid_one_panel_per_head_shared_symmetric_scale():
     for h, ax in enumerate(axes):
         assert tick_texts(ax.get_yticklabels()) == (TOKENS if h % 4 == 0 else [""] * 7)
         assert tick_texts(ax.get_xticklabels()) == (TOKENS if h + 4 >= 6 else [""] * 7)
-    assert fig.get_suptitle() == "layer 0"
+    assert fig.get_suptitle() == "layer 0 (attribution, one colour scale)"
 
 
 @pytest.mark.parametrize("tokens", [None, [f"t{i}" for i in range(25)]])
@@ -272,3 +272,143 @@ def test_figures_are_garbage_collected():
     del fig
     gc.collect()
     assert ref() is None  # no global registry (pyplot) keeps it alive
+
+
+# --- figures that do not mislead -----------------------------------------------------------------
+
+
+def clipped_tick_labels(fig):
+    """Tick labels (non-empty) whose drawn box reaches outside the figure."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    out = []
+    for ax in fig.axes:
+        (x_lo, x_hi), (y_lo, y_hi) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+        labels = [t for t in ax.get_xticklabels() if x_lo <= t.get_position()[0] <= x_hi]
+        labels += [t for t in ax.get_yticklabels() if y_lo <= t.get_position()[1] <= y_hi]  # drawn ticks only
+        for label in labels:
+            if not label.get_text() or not label.get_visible():
+                continue
+            box = label.get_window_extent(renderer)
+            if box.x0 < -0.5 or box.y0 < -0.5 or box.x1 > width + 0.5 or box.y1 > height + 0.5:
+                out.append(label.get_text())
+    return out
+
+
+QS_TOKENS = ["[CLS]", "a0", "x", "b1", "y", "z", "[SEP]"]
+
+
+@pytest.mark.parametrize("n_heads", [1, 2, 4, 12])
+def test_head_grid_per_head_scale_and_unclipped_labels(n_heads):
+    attr = signed_map(n_heads, 7, 7) * 0.01
+    attr[0, 6, 0] = 5.0  # one [SEP] <- [CLS] cell dominating head 0
+    attr[-1, 1, 3] = 0.02  # the planted pair, faint in absolute terms
+    fig = head_grid(attr, QS_TOKENS, title="layer 1")
+    axes = image_axes(fig)
+    for h, ax in enumerate(axes):
+        (im,) = ax.images
+        limit = attr[h].abs().max().item()
+        assert im.norm.vmax == pytest.approx(limit) and im.norm.vmin == pytest.approx(-limit)
+        assert ax.get_title() == f"head {h} (\u00b1{limit:.2g})"
+    # the planted cell of the last head is at full colour there, not washed out by head 0
+    if n_heads > 1:
+        assert axes[-1].images[0].norm(0.02) == pytest.approx(1.0)
+    assert "colour scale per head" in fig.get_suptitle()
+    assert len(colorbar_axes(fig)) == n_heads
+    assert clipped_tick_labels(fig) == []
+
+
+def test_head_grid_bad_scale():
+    with pytest.raises(ValueError, match="`scale` to be 'head' or 'shared', but got 'layer'"):
+        head_grid(torch.zeros(2, 3, 3), scale="layer")
+
+
+@pytest.mark.parametrize("tokens", [QS_TOKENS, ["[CLS]"] + [f"longtoken{i}" for i in range(30)] + ["[SEP]"]])
+def test_token_heatmap_and_layer_maps_labels_not_clipped(tokens):
+    from lightning_attattr.plotting import layer_maps
+
+    n = len(tokens)
+    assert clipped_tick_labels(token_heatmap(signed_map(n, n), tokens)) == []
+    for n_layers in (1, 2, 4):
+        fig = layer_maps(signed_map(n_layers, n, n), tokens, list(range(n_layers)), title="example: class 1")
+        assert clipped_tick_labels(fig) == []
+        assert len(image_axes(fig)) == n_layers
+
+
+def test_layer_maps_scale_per_layer():
+    from lightning_attattr.plotting import layer_maps
+
+    maps = signed_map(2, 3, 3)
+    maps[1] *= 100
+    fig = layer_maps(maps, ["a", "b", "c"], [4, 5])
+    for k, ax in enumerate(image_axes(fig)):
+        limit = maps[k].abs().max().item()
+        assert ax.images[0].norm.vmax == pytest.approx(limit)
+        assert ax.get_title().startswith(f"layer {4 + k} ")
+    with pytest.raises(ValueError, match="`layers` to have one entry per map"):
+        layer_maps(maps, ["a", "b", "c"], [4])
+
+
+def colour_pixels(image, rgb, tolerance=12):
+    return int((np.abs(image.astype(int) - np.asarray(rgb)[None, None, :]).max(-1) <= tolerance).sum())
+
+
+def test_pruning_curve_coinciding_curves_all_visible():
+    import matplotlib as mpl
+
+    x = np.linspace(0, 1, 11)
+    y = np.where(x <= 0.9, 1.0, 0.5)
+    names = ["attattr", "attention", "taylor", "gradient", "norm", "random", "entropy", "magnitude"]
+    fig = pruning_curve(x, {name: y for name in names})
+    (ax,) = fig.axes
+    lines = ax.get_lines()
+    styles = {(line.get_linestyle(), line.get_marker()) for line in lines}
+    assert len(styles) == len(names)  # every curve its own line style and marker
+    widths = [line.get_linewidth() for line in lines]
+    assert widths == sorted(widths, reverse=True) and len(set(widths)) == len(names)  # bottom widest
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["attattr"] + [f"{name} (= attattr)" for name in names[1:]]
+    # every colour is actually visible in the drawn plot (not covered by the later curves)
+    fig.legend_ = None
+    ax.get_legend().remove()
+    image = figure_to_array(fig)
+    for line in lines:
+        rgb = np.rint(np.asarray(mpl.colors.to_rgb(line.get_color())) * 255)
+        assert colour_pixels(image, rgb) > 40, line.get_label()
+
+
+def test_tree_figure_encodes_the_attribution_not_the_per_layer_score():
+    from lightning_attattr.analysis.trees import build_tree
+    from lightning_attattr.plotting import tree_figure
+
+    # layer 0: tiny attributions (its own normalised scores reach 1); layer 1: the planted a0 -> b1
+    # edge, large, but below other entries of its layer so that its normalised score is lower
+    n = 5
+    maps = torch.zeros(2, n, n)
+    maps[1, 0, 1] = 1.3e-5  # layer 1 (scanned first): tiny, but score 1 in its layer
+    maps[1, 0, 4] = 1.2e-5
+    maps[0, 1, 2] = 0.2
+    maps[0, 1, 3] = 0.131  # the planted a0 -> b1 edge: score 0.655 in its layer
+    tree = build_tree(maps, ["[CLS]", "a0", "x", "b1", "[SEP]"], tau=0.4)
+    attributions = {(p, c): d["attribution"] for p, c, d in tree.edges(data=True)}
+    scores = {(p, c): d["score"] for p, c, d in tree.edges(data=True)}
+    assert scores[(1, 3)] < scores[(0, 1)] and attributions[(1, 3)] > attributions[(0, 1)]  # score inverts it
+    fig = tree_figure(tree, None)
+    (ax,) = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    arrows = {}
+    for text in ax.texts:
+        gid = text.get_gid()
+        if gid and gid.startswith("edge "):
+            child, parent = (int(v) for v in gid.split()[1].split("->"))
+            arrows[(parent, child)] = text.arrow_patch
+    assert set(arrows) == set(attributions)
+    by_value = sorted(attributions, key=lambda edge: attributions[edge])
+    widths = [arrows[edge].get_linewidth() for edge in by_value]
+    assert widths == sorted(widths) and widths[-1] > widths[0]
+    darkness = [1 - np.mean(arrows[edge].get_edgecolor()[:3]) for edge in by_value]
+    assert darkness == sorted(darkness)
+    assert max(attributions, key=attributions.get) == (1, 2)
+    colorbar = [a for a in fig.axes if a.get_label() == "<colorbar>"][0]
+    assert "attribution" in colorbar.get_ylabel()
+    assert colorbar.get_ylim()[1] == pytest.approx(0.2)

@@ -704,29 +704,8 @@ def _index_item(records: Mapping[str, Any], row: int, name: str, examples: Examp
 
 def _plot_example(folder: ResultsFolder, item: Mapping[str, Any], attributions: Tensor) -> None:
     """One figure per example: the head-summed map of every attributed layer."""
-    import matplotlib
+    from lightning_attattr.plotting import layer_maps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tokens = item["tokens"]
-    layers = item["layers"]
-    maps = attributions.sum(1)  # [layer, q, k]
-    cols = min(3, len(layers))
-    rows = (len(layers) + cols - 1) // cols
-    size = 2.0 + 0.18 * len(tokens)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
-    for ax in axes.flat[len(layers) :]:
-        ax.axis("off")
-    for k, layer in enumerate(layers):
-        ax = axes.flat[k]
-        m = maps[k].numpy()
-        limit = float(abs(m).max()) or 1.0
-        ax.imshow(m, cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.set_title(f"layer {layer} (heads summed)", fontsize=9)
-        if len(tokens) <= 48:
-            ax.set_xticks(range(len(tokens)), labels=tokens, rotation=90, fontsize=6)
-            ax.set_yticks(range(len(tokens)), labels=tokens, fontsize=6)
-    fig.suptitle(f"{item['name']}: AttAttr of class {item['target']} (p={item['probs'][item['target']]:.3f})")
-    fig.tight_layout()
+    title = f"{item['name']}: AttAttr of class {item['target']} (p={item['probs'][item['target']]:.3f})"
+    fig = layer_maps(attributions.sum(1), item["tokens"], item["layers"], title=title)
     save_figure(fig, folder.file(f"plots/{item['name']}"))

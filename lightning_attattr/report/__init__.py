@@ -37,11 +37,21 @@ class Report:
     Args:
         html: the complete page.
         results_dir: the folder it was built from (the default place of :meth:`save`).
+        included: the results folders shown, relative to ``results_dir`` (``"."`` for itself).
+        skipped: ``(folder, reason)`` for the folders with results files that the page does not show.
     """
 
-    def __init__(self, html: str, results_dir: str | Path) -> None:
+    def __init__(
+        self,
+        html: str,
+        results_dir: str | Path,
+        included: list[str] | None = None,
+        skipped: list[tuple[str, str]] | None = None,
+    ) -> None:
         self.html = html
         self.results_dir = Path(results_dir)
+        self.included = list(included or [])
+        self.skipped = list(skipped or [])
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write the page atomically (UTF-8); returns the path.
@@ -69,8 +79,8 @@ def build_report(results_dir: str | Path, *, max_examples: int | None = 50, incl
 
     Args:
         results_dir: a results folder of ``analyze.py`` (``attribute``, ``heads``, ``effectiveness``,
-            ``universality``, ``attack``, ``faithfulness``), or a folder whose immediate sub-folders
-            are such folders (e.g. ``results/minilm``).
+            ``universality``, ``attack``, ``faithfulness``), or a folder with such folders below it
+            at any depth (e.g. ``results``); the page lists the folders it shows and those it skips.
         max_examples: show at most this many examples of ``attribute`` folders (``None``: all); a
             128-token example of a 12-layer, 12-head model adds a few MB.
         include_attention: show the raw attention maps beside the AttAttr maps when the example
@@ -84,4 +94,5 @@ def build_report(results_dir: str | Path, *, max_examples: int | None = 50, incl
         DataFileError: a results file that cannot be read.
     """
     data = load_report_data(results_dir, max_examples=max_examples, include_attention=include_attention)
-    return Report(render_page(data), results_dir)
+    skipped = [(item["folder"], item["reason"]) for item in data["skipped"]]
+    return Report(render_page(data), results_dir, included=data["included"], skipped=skipped)

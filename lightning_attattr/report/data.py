@@ -311,7 +311,9 @@ def _faithfulness(folder: Path) -> dict[str, Any]:
         for name, curve in (fa.get("curves", {}) or {}).items()
     }
     keys = ("ks", "methods", "n_examples", "mean_tokens", "trees", "paired")
-    return _clean({k: fa.get(k) for k in keys} | {"curves": curves})
+    truth = folder / "groundtruth.json"  # the planted-pair hit rates, where the task has a planted pair
+    extra = {"groundtruth": _read_json(truth)} if truth.is_file() else {}
+    return _clean({k: fa.get(k) for k in keys} | {"curves": curves} | extra)
 
 
 _SECTION_READERS = {
@@ -324,11 +326,42 @@ _SECTION_READERS = {
 
 
 # ----------------------------------------------------------------------------- the folder
+#: Sub-folders of a results folder that hold its parts, never results folders of their own.
+_INNER_FOLDERS = frozenset({"examples", "parts", "plots", "tensorboard", "trees"})
+
+
+def _markers() -> set[str]:
+    return {_ATTRIBUTE_INDEX, *(f for files in SECTION_FILES.values() for f in files)}
+
+
+def scan_folders(results_dir: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """``results_dir`` and all folders below it (any depth, name order): the reportable and the skipped.
+
+    Returns:
+        ``(included, skipped)``: the folders that hold something reportable, and ``(folder, reason)``
+        for every other folder with results files (``*.json``) that the report does not show.
+    """
+    markers = _markers()
+    included: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    stack = [results_dir]
+    while stack:
+        folder = stack.pop()
+        if any((folder / m).is_file() for m in markers):
+            included.append(folder)
+        else:
+            files = sorted(p.name for p in folder.glob("*.json") if p.is_file())
+            if files:
+                skipped.append((folder, f"no results the report shows ({', '.join(files[:4])})"))
+        is_results = (folder / "manifest.json").is_file() or (folder / "summary.json").is_file()
+        children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        stack += reversed([c for c in children if not (is_results and c.name in _INNER_FOLDERS)])
+    return sorted(included), sorted(skipped)
+
+
 def find_folders(results_dir: Path) -> list[Path]:
-    """``results_dir`` and its immediate sub-folders that hold something reportable, in name order."""
-    candidates = [results_dir] + sorted(p for p in results_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    markers = {_ATTRIBUTE_INDEX, *(f for files in SECTION_FILES.values() for f in files)}
-    return [p for p in candidates if any((p / m).is_file() for m in markers)]
+    """``results_dir`` and the folders below it (any depth) that hold something reportable, in name order."""
+    return scan_folders(results_dir)[0]
 
 
 def load_report_data(
@@ -358,18 +391,18 @@ def load_report_data(
         raise ArgumentError(f"Expected `max_examples` to be a non-negative integer or None, but got {max_examples!r}.")
     if max_examples is not None and max_examples < 0:
         raise ArgumentError(f"Expected `max_examples` to be a non-negative integer or None, but got {max_examples}.")
-    folders = find_folders(root)
+    folders, skipped = scan_folders(root)
     if not folders:
         wanted = ", ".join(sorted({_ATTRIBUTE_INDEX, *(f for files in SECTION_FILES.values() for f in files)}))
         raise ArgumentError(
-            f"Expected `results_dir` {str(root)!r} (or one of its immediate sub-folders) to hold results of "
+            f"Expected `results_dir` {str(root)!r} (or a folder below it, at any depth) to hold results of "
             f"analyze.py ({wanted}), but found none."
         )
     examples: list[dict[str, Any]] = []
     total = 0
     sections: list[dict[str, Any]] = []
     for folder in folders:
-        label = "" if folder == root else folder.name
+        label = "" if folder == root else folder.relative_to(root).as_posix()
         if (folder / _ATTRIBUTE_INDEX).is_file():
             room = None if max_examples is None else max(0, max_examples - len(examples))
             found, count = _examples_limited(folder, label, include_attention, room)
@@ -396,6 +429,8 @@ def load_report_data(
         "examples": examples,
         "n_examples_total": total,
         "sections": sections,
+        "included": [folder.relative_to(root).as_posix() or "." for folder in folders],
+        "skipped": [{"folder": f.relative_to(root).as_posix() or ".", "reason": why} for f, why in skipped],
     }
 
 

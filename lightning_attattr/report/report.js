@@ -17,6 +17,11 @@
   const DARK = [8, 48, 107];
   const TOP_EDGES = 10;
   const SUM = "sum"; // the head selector's value for "all heads summed"
+  // special tokens of the usual tokenizers: [CLS], [SEP], [PAD], <s>, </s>, <pad>, <|endoftext|>, ...
+  const SPECIAL = /^(\[(CLS|SEP|PAD|UNK|MASK|BOS|EOS)\]|<\/?s>|<(pad|unk|mask|bos|eos)>|<\|[^|]*\|>)$/;
+  function isSpecial(token) {
+    return SPECIAL.test(String(token).trim());
+  }
 
   // ------------------------------------------------------------------ DOM helpers
 
@@ -396,7 +401,7 @@
     constructor(examples) {
       this.examples = examples;
       this.cache = new Map(); // example index -> decoded arrays
-      this.state = { example: 0, layer: 0, head: SUM, treeMode: "tree" };
+      this.state = { example: 0, layer: 0, head: SUM, treeMode: "tree", hideSpecial: false };
       this.attr = new Heatmap({ id: "attr-canvas", "aria-label": "AttAttr map" });
       this.attn = new Heatmap({ id: "attn-canvas", "aria-label": "attention map" });
       this.root = el("section", { id: "examples" });
@@ -423,11 +428,21 @@
       });
       controls.appendChild(el("label", null, "layer", this.layerSelect));
       controls.appendChild(el("label", null, "head", this.headSelect));
+      // hide [CLS], [SEP], ... in both maps and the edge list (their edges often dominate both)
+      this.specialToggle = el("input", { type: "checkbox", id: "hide-special" });
+      this.specialToggle.addEventListener("change", () => {
+        this.state.hideSpecial = this.specialToggle.checked;
+        this.drawView();
+      });
+      controls.appendChild(el("label", null, this.specialToggle, " hide special tokens"));
       this.title = el("h3", { id: "example-title" });
       this.tokens = el("div", { class: "tokens", id: "tokens" });
       this.prediction = el("div", { class: "panel", id: "prediction" });
       this.attrCaption = el("figcaption");
-      this.attnFigure = el("figure", { id: "attn-figure" }, el("div", { class: "scroll" }, this.attn.canvas));
+      this.attrTitle = el("h4", { class: "map-title", id: "attr-title" });
+      this.attnTitle = el("h4", { class: "map-title", id: "attn-title" });
+      this.attnFigure = el("figure", { id: "attn-figure" }, this.attnTitle,
+        el("div", { class: "scroll" }, this.attn.canvas));
       this.attnCaption = el("figcaption");
       this.attnFigure.appendChild(this.attnCaption);
       this.edges = el("ol", { class: "edges", id: "top-edges" });
@@ -445,7 +460,8 @@
       append(this.root,
         this.title, controls, this.tokens, this.prediction,
         el("div", { class: "row" },
-          el("figure", { id: "attr-figure" }, el("div", { class: "scroll" }, this.attr.canvas), this.attrCaption),
+          el("figure", { id: "attr-figure" }, this.attrTitle, el("div", { class: "scroll" }, this.attr.canvas),
+            this.attrCaption),
           this.attnFigure),
         this.edgesTitle, this.edges,
         this.treeTitle, el("div", { class: "controls" }, el("label", null, "view", treeMode)),
@@ -537,42 +553,66 @@
       return data.attnMean.get(L);
     }
 
+    /** The token positions shown: all, or all but the special tokens (when hidden and any others remain). */
+    shownPositions(e) {
+      const all = e.tokens.map((_, k) => k);
+      if (!this.state.hideSpecial) return all;
+      const kept = all.filter((k) => !isSpecial(e.tokens[k]));
+      return kept.length ? kept : all;
+    }
+
+    /** The [keep, keep] sub-matrix of an [n, n] row-major map. */
+    subMatrix(values, n, keep) {
+      if (keep.length === n) return values;
+      const out = new Float32Array(keep.length * keep.length);
+      keep.forEach((i, r) => keep.forEach((j, c) => { out[r * keep.length + c] = values[i * n + j]; }));
+      return out;
+    }
+
     /** The layer/head-dependent parts: both heatmaps and the top edges. */
     drawView() {
       const e = this.examples[this.state.example];
       const data = this.cache.get(this.state.example);
       const n = e.tokens.length;
+      const keep = this.shownPositions(e);
+      const labels = keep.map((k) => e.tokens[k]);
+      const hidden = n - keep.length;
       const view = (this.state.head === SUM ? "all heads summed" : "head " + this.state.head) +
         ", layer " + e.layers[this.state.layer];
-      const values = this.attrMap(e, data);
+      const values = this.subMatrix(this.attrMap(e, data), n, keep);
       const [lo, hi] = extent(values);
       const limit = Math.max(-lo, hi);
-      const common = { rows: n, cols: n, rowLabels: e.tokens, colLabels: e.tokens, rowName: "query",
+      const m = keep.length;
+      const common = { rows: m, cols: m, rowLabels: labels, colLabels: labels, rowName: "query",
         colName: "key", maxSide: 600 };
+      const note = hidden ? "; " + hidden + " special tokens hidden" : "";
       this.attr.draw(Object.assign({ values: values, colour: diverging(limit), valueName: "AttAttr" }, common));
-      this.attrCaption.textContent = "AttAttr (" + view + "): rows = query, columns = key; colour range ±" +
-        fmt(limit) + " (red positive, blue negative)";
-      const attn = this.attnMap(e, data);
-      this.attnFigure.hidden = !attn;
-      if (attn) {
+      this.attrTitle.textContent = "AttAttr map (" + view + ")";
+      this.attrCaption.textContent = "rows = query, columns = key; colour range ±" + fmt(limit) +
+        " (red positive, blue negative)" + note;
+      const attnFull = this.attnMap(e, data);
+      this.attnFigure.hidden = !attnFull;
+      if (attnFull) {
+        const attn = this.subMatrix(attnFull, n, keep);
         const [, top] = extent(attn);
         this.attn.draw(Object.assign({ values: attn, colour: sequential(0, top), valueName: "attention" }, common));
-        this.attnCaption.textContent = "raw attention (" + (this.state.head === SUM ? "mean over heads" : "head " +
-          this.state.head) + ", layer " + e.layers[this.state.layer] + "); colour range 0 … " + fmt(top);
+        this.attnTitle.textContent = "Raw attention (" + (this.state.head === SUM ? "mean over heads" : "head " +
+          this.state.head) + ", layer " + e.layers[this.state.layer] + ")";
+        this.attnCaption.textContent = "rows = query, columns = key; colour range 0 … " + fmt(top) + note;
       }
-      this.drawEdges(e, values, view);
+      this.drawEdges(e, values, keep, view + note);
       if (window.__reportRendered === undefined) window.__reportRendered = performance.now(); // time to first render
     }
 
-    drawEdges(e, values, view) {
-      const n = e.tokens.length;
+    drawEdges(e, values, keep, view) {
+      const m = keep.length;
       const order = Array.from(values.keys()).sort((a, b) => values[b] - values[a]).slice(0, TOP_EDGES);
       this.edgesTitle.textContent = "Top " + order.length + " edges (" + view + ", largest AttAttr)";
       this.edges.textContent = "";
       for (const k of order) {
-        const i = Math.floor(k / n);
-        const j = k % n;
-        this.edges.appendChild(el("li", null,
+        const i = keep[Math.floor(k / m)];
+        const j = keep[k % m];
+        this.edges.appendChild(el("li", { "data-query": i, "data-key": j },
           el("span", { class: "tok" }, e.tokens[i]), " [" + i + "] ← ",
           el("span", { class: "tok" }, e.tokens[j]), " [" + j + "]: " + fmt(values[k])));
       }
@@ -589,11 +629,15 @@
       else this.drawTreeView(e);
     }
 
-    /** Token boxes side by side in token order (the tree's tokens), each as wide as its shortened token. */
-    tokenColumns(tree) {
+    /**
+     * Token boxes side by side in token order (the tree's tokens), each as wide as its shortened token
+     * and at least 12 px per edge ending on it (`inDegree`: token -> count), so converging edges stay apart.
+     */
+    tokenColumns(tree, inDegree) {
       const nodes = tree.nodes.slice().sort((a, b) => a.index - b.index);
       const label = new Map(nodes.map((node) => [node.index, shortLabel(node.token, 12)]));
-      const boxW = new Map(nodes.map((node) => [node.index, Math.max(28, 7.5 * label.get(node.index).length + 12)]));
+      const boxW = new Map(nodes.map((node) => [node.index, Math.max(28, 7.5 * label.get(node.index).length + 12,
+        12 * ((inDegree && inDegree.get(node.index)) || 0))]));
       const xOf = new Map();
       let cursor = 80;
       for (const node of nodes) {
@@ -620,9 +664,66 @@
       return [svg, y];
     }
 
+    /**
+     * Where each edge ends on its parent's box: the edges into one box (one row) get their own points,
+     * spread over the box width in the order of their start, so that they do not share one arrowhead.
+     * `edges` are [key, parent, child, startX]; returns key -> end x.
+     */
+    spreadEnds(edges, xOf, boxW) {
+      const groups = new Map();
+      for (const edge of edges) {
+        const id = edge[1] + "|" + edge[3];
+        if (!groups.has(id)) groups.set(id, []);
+        groups.get(id).push(edge);
+      }
+      const ends = new Map();
+      for (const group of groups.values()) {
+        group.sort((a, b) => a[4] - b[4]);
+        const parent = group[0][1];
+        const span = Math.max(0, boxW.get(parent) - 12);
+        group.forEach((edge, k) => ends.set(edge[0], xOf.get(parent) +
+          (group.length > 1 ? -span / 2 + (span * k) / (group.length - 1) : 0)));
+      }
+      return ends;
+    }
+
+    /** Stroke width by the edge's attribution, on one linear scale for the whole tree/graph (1 to 4.5 px). */
+    edgeWidth(attribution, top) {
+      return 1 + 3.5 * clamp(Math.abs(attribution || 0) / (top || 1), 0, 1);
+    }
+
+    /** Hovering an edge (or a token box) highlights it (its edges) and dims the others. */
+    addHighlight(svg) {
+      const clear = () => {
+        svg.classList.remove("dimmed");
+        svg.querySelectorAll(".highlight").forEach((node) => node.classList.remove("highlight"));
+      };
+      svg.querySelectorAll("path.edge").forEach((path) => {
+        path.addEventListener("mouseenter", () => {
+          clear();
+          svg.classList.add("dimmed");
+          path.classList.add("highlight");
+        });
+        path.addEventListener("mouseleave", clear);
+      });
+      svg.querySelectorAll("g.node").forEach((node) => {
+        node.addEventListener("mouseenter", () => {
+          clear();
+          const token = node.getAttribute("data-token");
+          svg.classList.add("dimmed");
+          svg.querySelectorAll("path.edge").forEach((path) => {
+            if (path.getAttribute("data-parent") === token || path.getAttribute("data-child") === token) {
+              path.classList.add("highlight");
+            }
+          });
+        });
+        node.addEventListener("mouseleave", clear);
+      });
+    }
+
     /** A token box at (x, y). */
-    tokenBox(cls, x, y, w, text, title) {
-      return svgEl("g", { class: cls, transform: "translate(" + x + "," + y + ")" },
+    tokenBox(cls, x, y, w, text, title, token) {
+      return svgEl("g", { class: cls, transform: "translate(" + x + "," + y + ")", "data-token": token },
         svgEl("rect", { x: -w / 2, y: -10, width: w, height: 20, rx: 4 }),
         svgEl("text", { "text-anchor": "middle", "dominant-baseline": "central" }, text),
         svgEl("title", null, title));
@@ -641,7 +742,12 @@
     drawGraphView(e) {
       const graph = e.graph;
       const L = graph.n_layers;
-      const { label, boxW, xOf, width } = this.tokenColumns(e.tree);
+      const inDegree = new Map();
+      for (const [parent] of graph.edges) inDegree.set(parent, (inDegree.get(parent) || 0) + 1);
+      const { label, boxW, xOf, width } = this.tokenColumns(e.tree, inDegree);
+      const top = Math.max(0, ...graph.edges.map((edge) => Math.abs(edge[3] || 0)));
+      const ends = this.spreadEnds(graph.edges.map((edge, k) => [k, edge[0], edge[1], edge[2] + 1, xOf.get(edge[1])]),
+        xOf, boxW);
       const rowH = 56; // taller rows than the tree's: every edge spans exactly one row gap
       const [svg, y] = this.layerRows(e, L, width, rowH, "graph-arrow");
       const rows = new Map(); // token -> set of rows it sits on
@@ -662,28 +768,31 @@
         }
       }
       let extra = 0;
-      for (const [parent, child, layer, attribution, score, inTree] of graph.edges) {
+      graph.edges.forEach(([parent, child, layer, attribution, score, inTree], k) => {
         if (!inTree) extra++;
-        const d = "M" + xOf.get(child) + "," + (y(layer) - 10) + "L" + xOf.get(parent) + "," + (y(layer + 1) + 10);
-        svg.appendChild(svgEl("path", { class: inTree ? "edge" : "edge extra", d: d,
-          "stroke-width": 1 + 2.5 * clamp(score || 0, 0, 1), "marker-end": "url(#graph-arrow)" },
+        const d = "M" + xOf.get(child) + "," + (y(layer) - 10) + "L" + ends.get(k) + "," + (y(layer + 1) + 10);
+        svg.appendChild(svgEl("path", { class: inTree ? "edge" : "edge extra", d: d, "data-parent": parent,
+          "data-child": child, "data-attribution": attribution,
+          "stroke-width": this.edgeWidth(attribution, top), "marker-end": "url(#graph-arrow)" },
         svgEl("title", null, this.edgeTitle(e, parent, child, layer, attribution, score,
           inTree ? "" : " (not in the tree)"))));
-      }
+      });
       for (const [token, found] of rows) {
         for (const row of found) {
           const isRoot = token === graph.root && row === L;
           svg.appendChild(this.tokenBox(isRoot ? "node root" : "node", xOf.get(token), y(row), boxW.get(token),
             label.get(token), e.tokens[token] + " [" + token + "]" + (isRoot ? " (root)" : row === L ? ", output"
-              : ", entering layer " + e.layers[row])));
+              : ", entering layer " + e.layers[row]), token));
         }
       }
+      this.addHighlight(svg);
       this.tree.textContent = "";
       this.tree.appendChild(svg);
       this.treeCaption.textContent = graph.edges.length
         ? graph.edges.length + " edges with normalised head-summed AttAttr > " + graph.tau + " whose query is in " +
           "the graph, " + extra + " of them dropped by the tree's one-parent rule (dashed). An edge of layer l " +
-          "points from the key on row l to the query on row l + 1; grey stems join one token's rows."
+          "points from the key on row l to the query on row l + 1; grey stems join one token's rows. Line width: " +
+          "the edge's attribution (widest: " + fmt(top) + "). Hover an edge or a token to highlight its edges."
         : "No edge above τ = " + graph.tau + ": the graph is the root alone.";
     }
 
@@ -691,15 +800,20 @@
     drawTreeView(e) {
       const tree = e.tree;
       const L = tree.n_layers;
-      const { nodes, label, boxW, xOf, width } = this.tokenColumns(tree);
+      const inDegree = new Map();
+      for (const edge of tree.edges) inDegree.set(edge.parent, (inDegree.get(edge.parent) || 0) + 1);
+      const { nodes, label, boxW, xOf, width } = this.tokenColumns(tree, inDegree);
+      const top = Math.max(0, ...tree.edges.map((edge) => Math.abs(edge.attribution || 0)));
       const level = new Map(nodes.map((node) => [node.index, node.layer]));
       const rowH = 40;
       const x = (index) => xOf.get(index);
       const [svg, y] = this.layerRows(e, L, width, rowH, "tree-arrow");
+      const ends = this.spreadEnds(tree.edges.map((edge, k) => [k, edge.parent, edge.child, level.get(edge.parent),
+        xOf.get(edge.child)]), xOf, boxW);
       // edges: child (key) -> parent (query), the direction information flows; a parent attached in the
       // same layer as its child sits on the same row, so that edge arcs above the row
-      for (const edge of tree.edges) {
-        const [xc, xp] = [x(edge.child), x(edge.parent)];
+      tree.edges.forEach((edge, k) => {
+        const [xc, xp] = [x(edge.child), ends.get(k)];
         const [lc, lp] = [level.get(edge.child), level.get(edge.parent)];
         let d;
         if (lc === lp) {
@@ -709,21 +823,24 @@
         } else {
           d = "M" + xc + "," + (y(lc) - 10) + "L" + xp + "," + (y(lp) + 10);
         }
-        svg.appendChild(svgEl("path", { class: "edge", d: d,
-          "stroke-width": 1 + 2.5 * clamp(edge.score || 0, 0, 1), "marker-end": "url(#tree-arrow)" },
+        svg.appendChild(svgEl("path", { class: "edge", d: d, "data-parent": edge.parent, "data-child": edge.child,
+          "data-attribution": edge.attribution, "stroke-width": this.edgeWidth(edge.attribution, top),
+          "marker-end": "url(#tree-arrow)" },
         svgEl("title", null, this.edgeTitle(e, edge.parent, edge.child, edge.layer, edge.attribution, edge.score))));
-      }
+      });
       for (const node of nodes) {
         const isRoot = node.index === tree.root;
         svg.appendChild(this.tokenBox(isRoot ? "node root" : "node", x(node.index), y(node.layer), boxW.get(node.index),
           label.get(node.index), node.token + " [" + node.index + "]" + (isRoot ? " (root)" : ", attached in layer " +
-            e.layers[node.layer])));
+            e.layers[node.layer]), node.index));
       }
+      this.addHighlight(svg);
       this.tree.textContent = "";
       this.tree.appendChild(svg);
       this.treeCaption.textContent = tree.edges.length
         ? tree.edges.length + " edges with normalised head-summed AttAttr > " + tree.tau + "; arrows point from " +
-          "the key (child) to the query (parent) that gathers its information."
+          "the key (child) to the query (parent) that gathers its information; line width: the edge's attribution " +
+          "(widest: " + fmt(top) + "). Hover an edge or a token to highlight its edges."
         : "No edge above τ = " + tree.tau + ": the tree is the root alone.";
     }
   }
@@ -749,7 +866,9 @@
         const values = matrix.flat();
         const { colour, range } = autoColour(values);
         const map = new Heatmap({ class: "heatmap importance", "data-method": method });
-        map.draw({ values: values, rows: rows, cols: cols, colour: colour, cell: 14,
+        // at least about 240 px wide, so that a few heads are still readable
+        const cell = clamp(Math.ceil(240 / Math.max(cols, 1)), 14, 48);
+        map.draw({ values: values, rows: rows, cols: cols, colour: colour, cell: cell,
           rowLabels: matrix.map((_, k) => "L" + k), colLabels: matrix[0].map((_, k) => "H" + k),
           rowName: "layer", colName: "head", valueName: method });
         grid.appendChild(el("figure", null, el("div", null, method), map.canvas,
@@ -854,6 +973,18 @@
     out.push(row);
     out.push(table(["method", "drop area", "flip area"],
       methods.map((m) => [m, data.curves[m].drop_area, data.curves[m].flip_area])));
+    if (data.groundtruth) {
+      // every number of groundtruth.json (the planted-pair hit rates) as a "path: value" row
+      const rows = [];
+      const walk = (value, path) => {
+        if (typeof value === "number") rows.push([path.join(" / "), value]);
+        else if (value && typeof value === "object") for (const [k, v] of Object.entries(value)) walk(v, path.concat(k));
+      };
+      walk(data.groundtruth, []);
+      out.push(el("h3", { id: "groundtruth-title" }, "Ground truth: planted-pair hit rates"));
+      if (data.groundtruth.hit) out.push(el("p", { class: "caption" }, "hit: " + data.groundtruth.hit));
+      out.push(table(["quantity", "value"], rows, [0]));
+    }
     if (data.trees) {
       out.push(el("h3", null, "Deleting the edges of each method's tree"));
       out.push(table(["method", "mean edges", "drop", "flip", "random drop", "random flip"],
@@ -882,6 +1013,10 @@
       el("h1", null, "AttAttr report: " + data.title),
       el("p", { class: "note" }, "Self-attention attribution (Hao et al., AAAI 2021, arXiv:2004.11207). Precision: " +
         data.precision + "."),
+      el("p", { class: "note", id: "included-folders" }, "Included folders: " + (data.included || []).join(", ") +
+        "."),
+      (data.skipped || []).length ? el("p", { class: "note", id: "skipped-folders" }, "Not shown: " +
+        data.skipped.map((s) => s.folder + " (" + s.reason + ")").join("; ") + ".") : null,
       nav));
     let view = null;
     if (data.examples.length) {

@@ -263,3 +263,57 @@ def test_repr_html_iframe_renders(driver, small_page, tmp_path):
     # the report's stylesheet does not reach the host page
     assert driver.execute_script("return getComputedStyle(document.getElementById('host')).fontSize") == "32px"
     assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_map_titles_above_and_special_token_toggle(driver, small_page):
+    """Both heatmaps have their title above them; the toggle hides [CLS]/[SEP] in the maps and edges."""
+    path, tokens = small_page
+    assert load(driver, path) == []
+    for figure, title in (("attr-figure", "attr-title"), ("attn-figure", "attn-title")):
+        heading = driver.find_element(By.ID, title)
+        canvas = driver.find_element(By.CSS_SELECTOR, f"#{figure} canvas")
+        assert heading.text and heading.rect["y"] + heading.rect["height"] <= canvas.rect["y"]
+    assert driver.find_element(By.ID, "attr-title").text == "AttAttr map (all heads summed, layer 0)"
+    n = len(tokens[0])
+    assert driver.execute_script("return +document.getElementById('attr-canvas').dataset.rows") == n
+    edges = lambda: driver.execute_script(  # noqa: E731
+        "return Array.from(document.querySelectorAll('#top-edges li'), li => [+li.dataset.query, +li.dataset.key])"
+    )
+    special = {0, n - 1}
+    assert any(i in special or j in special for i, j in edges())  # the summed toy maps favour [CLS]/[SEP]
+    driver.find_element(By.ID, "hide-special").click()
+    for canvas in ("attr-canvas", "attn-canvas"):
+        assert driver.execute_script(f"return +document.getElementById('{canvas}').dataset.rows") == n - 2
+    shown = edges()
+    assert len(shown) == 10 and not any(i in special or j in special for i, j in shown)
+    assert (
+        "2 special tokens hidden"
+        in driver.find_element(By.ID, "top-edges").find_element(By.XPATH, "preceding-sibling::h3[1]").text
+    )
+    row, col = tokens[0].index("</script>") - 1, tokens[0].index('"<b>') - 1  # one column less: [CLS] hidden
+    tip = hover_cell(driver, "attr-canvas", row, col)
+    assert (tip["row"], tip["col"]) == ("</script>", '"<b>')  # not taken for a special token
+    driver.find_element(By.ID, "hide-special").click()
+    assert driver.execute_script("return +document.getElementById('attr-canvas').dataset.rows") == n
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_tree_edges_by_attribution_apart_and_highlighted(driver, small_page):
+    """Edge width follows the attribution; edges into one box end apart; hovering highlights one edge."""
+    path, _ = small_page
+    assert load(driver, path) == []
+    paths = driver.find_elements(By.CSS_SELECTOR, "#tree-svg path.edge")
+    assert len(paths) > 1
+    values = [abs(float(p.get_attribute("data-attribution"))) for p in paths]
+    widths = [float(p.get_attribute("stroke-width")) for p in paths]
+    order = sorted(range(len(paths)), key=values.__getitem__)
+    assert [widths[k] for k in order] == sorted(widths) and widths[order[-1]] == 4.5
+    ends = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#tree-svg path.edge'), p => {"
+        " const l = p.getTotalLength(), q = p.getPointAtLength(l); return [p.dataset.parent, q.x, q.y]; })"
+    )
+    assert len({(parent, round(x), round(y)) for parent, x, y in ends}) == len(ends)  # no two share an arrowhead
+    ActionChains(driver).move_to_element(paths[order[-1]]).perform()
+    assert driver.execute_script("return document.getElementById('tree-svg').classList.contains('dimmed')")
+    assert "highlight" in paths[order[-1]].get_attribute("class")
+    assert sum("highlight" in p.get_attribute("class") for p in paths) == 1

@@ -280,3 +280,52 @@ def test_folder_name_is_escaped(tmp_path):
     assert "<b>" not in page
     assert "<title>AttAttr report: x&lt;b&gt;&amp;&quot;y</title>" in page
     assert data_block(page)["title"] == 'x<b>&"y'
+
+
+def test_nested_folders_included_and_skipped_listed(tmp_path):
+    """Results folders at any depth are reported; folders with other results are listed as not shown."""
+    folders = write_model_folders(tmp_path / "qs" / "deep")
+    write_attribute_folder(
+        tmp_path / "qs" / "attr", [{"name": "a", "tokens": tokens_of(6), "n_layers": 2, "n_heads": 2}]
+    )
+    tree_folder = tmp_path / "qs" / "tree"
+    tree_folder.mkdir()
+    (tree_folder / "trees.json").write_text("{}")
+    (tree_folder / "summary.json").write_text("{}")
+    data = load_report_data(tmp_path)
+    assert sorted(s["kind"] for s in data["sections"]) == sorted(folders)
+    assert {s["folder"] for s in data["sections"]} == {f"qs/deep/{p.name}" for p in folders.values()}
+    assert [e["key"] for e in data["examples"]] == ["qs/attr/a"]
+    assert data["included"] == ["qs/attr"] + sorted(f"qs/deep/{p.name}" for p in folders.values())
+    assert data["skipped"] == [
+        {"folder": "qs/tree", "reason": "no results the report shows (summary.json, trees.json)"}
+    ]
+    page = build_report(tmp_path).html
+    assert data_block(page)["skipped"] == data["skipped"]
+
+
+def test_faithfulness_ground_truth_is_shown(tmp_path):
+    folders = write_model_folders(tmp_path)
+    truth = {"n_examples": 500, "hit": "a top edge joins the planted pair", "methods": {"attattr": {"hit@1": 0.93}}}
+    (folders["faithfulness"] / "groundtruth.json").write_text(json.dumps(truth))
+    section = next(s for s in load_report_data(tmp_path)["sections"] if s["kind"] == "faithfulness")
+    assert section["data"]["groundtruth"] == truth
+    without = next(s for s in load_report_data(folders["heads"].parent)["sections"] if s["kind"] == "heads")
+    assert "groundtruth" not in without["data"]
+
+
+def test_report_command_prints_included_and_skipped(tmp_path, capsys):
+    from lightning_attattr.analysis_cli import write_report
+
+    write_attribute_folder(
+        tmp_path / "qs" / "attr", [{"name": "a", "tokens": tokens_of(5), "n_layers": 2, "n_heads": 2}]
+    )
+    (tmp_path / "qs" / "tree").mkdir()
+    (tmp_path / "qs" / "tree" / "trees.json").write_text("{}")
+    report = build_report(tmp_path)
+    assert report.included == ["qs/attr"]
+    assert report.skipped == [("qs/tree", "no results the report shows (trees.json)")]
+    write_report(str(tmp_path))
+    out = capsys.readouterr().out
+    assert "report of 1 results folders: qs/attr" in out
+    assert "not in the report: qs/tree: no results the report shows (trees.json)" in out
