@@ -333,7 +333,7 @@ class AnalysisTrainer(pl.Trainer):
         data="train and dev sets, tokenizer",
     )
     def attack(self, run: Run, settings: AttackSettings) -> dict[str, Any]:
-        """Adversarial triggers (paper section 6): attribution patterns mined from training examples, pasted into dev.
+        """Adversarial triggers (paper section 6) mined from training texts: needs raw texts (GLUE), not synthetic data.
 
         Each of the first ``n_source`` training examples gives a pattern: in the head holding its
         largest AttAttr entry (predicted class), the two strongest (query, key) connections. The
@@ -341,9 +341,15 @@ class AnalysisTrainer(pl.Trainer):
         are inserted into every dev example at the same relative positions of the same segment.
         Accuracy per gold class: clean, under each trigger, and under random tokens inserted at the
         same positions (``n_random`` seeds). Writes ``attack.json`` and ``attack.md``.
+
+        Needs a text data module: ``examples(split)`` giving raw texts and labels (``text_a``,
+        ``text_b``, ``labels``), as ``GlueDataModule`` does with GLUE files or a hub dataset. The
+        quickstart's synthetic task has none, so it is refused before the model is built.
         """
+        from lightning_attattr.lightning.attack import attack_data, check_text_data, run_attack
+
+        check_text_data(run.datamodule)  # before the checkpoint loads (the CLI checks it even earlier)
         net, datamodule = self._prepare(run)
-        from lightning_attattr.lightning.attack import attack_data, run_attack
 
         n_labels = net.config.num_labels
         assert n_labels is not None, "a sequence classifier's config sets num_labels"
@@ -517,6 +523,14 @@ class AnalyzeCLI(AttAttrCLI):
 
     #: The data each analysis reads (its files are checked before the model loads): the dev set; attack also train.
     DATA_STAGES = {**{name: "validate" for name in SETTINGS}, "attack": "fit"}
+
+    def check_data_files(self, datamodule: Any) -> Any:
+        """The data checks of :class:`AttAttrCLI`, and for ``attack`` its raw texts, before the model is built."""
+        if self.subcommand == "attack":
+            from lightning_attattr.lightning.attack import check_text_data
+
+            check_text_data(datamodule)
+        return super().check_data_files(datamodule)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -941,7 +955,8 @@ The paper's experiments on a trained model, offline. Subcommands:
   heads          head importance by every method + pruning curves (+ structural pruning)
   effectiveness  per-example AttAttr vs attention rankings, k heads pruned per layer (paper 4.1)
   faithfulness   deletion curves of AttAttr, attention, rollout, gradxattention vs random; trees; planted truth
-  attack         adversarial triggers mined from training examples, accuracy per class vs random insertions
+  attack         adversarial triggers mined from training texts, accuracy per class vs random insertions
+                 (needs a text data module such as GLUE; the synthetic quickstart task has no raw texts)
   universality   importance correlations across tasks + transferred pruning curves (--results DIR ...)
   report         the interactive HTML report of a results folder: {PROG} report RESULTS_DIR
 

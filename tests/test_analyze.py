@@ -8,6 +8,7 @@ answers (a trained model whose planted interaction sits in layer 0; a head whose
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import shutil
@@ -952,6 +953,37 @@ def test_bad_part2_options(trained, tmp_path, capsys, args, expected):
     line = user_error([args[0], *trained.base, "--output_dir", out, *args[1:]], capsys, out)
     for text in expected:
         assert text in line, line
+
+
+def test_attack_refuses_the_synthetic_task_before_the_model_is_built(trained, tmp_path, capsys, monkeypatch):
+    """The quickstart has no raw texts: one line naming what attack needs and what it got, and no model work."""
+    built = []
+    original = AttAttrClassifier.__init__
+
+    @functools.wraps(original)  # keeps the signature the parser reads
+    def spy(self, *args, **kwargs):
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AttAttrClassifier, "__init__", spy)
+    out = tmp_path / "out"
+    line = user_error(["attack", *trained.base, "--output_dir", out], capsys, out)
+    for text in ("`data`", "text_a, text_b, labels", "GlueDataModule", "SyntheticDataModule", "SyntheticExample"):
+        assert text in line, line
+    assert built == []  # refused before the model (and its checkpoint) was touched
+
+    # the same check guards the Python entry point, before the checkpoint loads
+    from lightning_attattr.core.checks import ArgumentError
+    from lightning_attattr.data.modules import TextExamples
+    from lightning_attattr.lightning.attack import check_text_data
+
+    class Texts:
+        def examples(self, split):
+            return TextExamples(split, ["a b"], None, [0])
+
+    check_text_data(Texts())  # raw texts: accepted
+    with pytest.raises(ArgumentError, match="no `examples"):
+        check_text_data(object())
 
 
 TINY_BERT = json.dumps(

@@ -107,6 +107,45 @@ def vocabulary(tokenizer: Any) -> list[str]:
     return sorted(t for t in tokenizer.get_vocab() if t not in special and not t.startswith("##") and t.isprintable())
 
 
+#: What ``attack`` reads from each split: raw texts it can insert wordpieces into, and gold labels.
+TEXT_FIELDS = ("text_a", "text_b", "labels")
+
+
+def check_text_data(datamodule: Any) -> None:
+    """Refuse a data module that gives no raw texts: ``attack`` inserts trigger wordpieces into them.
+
+    ``attack`` needs ``datamodule.examples(split)`` to return the split's raw texts and labels
+    (``text_a``, ``text_b``, ``labels``, as :class:`~lightning_attattr.data.modules.TextExamples`
+    of ``GlueDataModule`` do). The synthetic task of the quickstart has no such texts (its examples
+    are word lists with planted positions), so ``attack`` cannot run on it. Reads the training split
+    (which ``attack`` reads anyway; the data module keeps it).
+
+    Args:
+        datamodule: the data module of the run.
+
+    Raises:
+        ArgumentError: ``datamodule`` has no ``examples`` method, or its training examples lack
+            ``text_a``, ``text_b`` or ``labels``.
+    """
+    name = type(datamodule).__name__
+    examples = getattr(datamodule, "examples", None)
+    if not callable(examples):
+        found = f"{name}, which has no `examples(split)` method"
+    else:
+        train = examples("train")
+        missing = [f for f in TEXT_FIELDS if not hasattr(train, f)]
+        if not missing:
+            return
+        kind = type(train).__name__
+        if isinstance(train, (list, tuple)) and train:
+            kind += f" of {type(train[0]).__name__}"
+        found = f"{name}, whose training examples are a {kind} without {', '.join(missing)}"
+    raise ArgumentError(
+        "Expected `data` to be a text data module with raw training and dev texts for `attack` (`examples(split)` "
+        f"giving {', '.join(TEXT_FIELDS)}, e.g. GlueDataModule), but got {found}."
+    )
+
+
 class AttackData(NamedTuple):
     """What ``attack`` works on, prepared from the data module by :func:`attack_data`.
 
@@ -130,15 +169,11 @@ def attack_data(datamodule: Any, settings: AttackSettings, n_labels: int) -> Att
     ``min_tokens`` defaults to 0 for pair tasks and 15 otherwise (the official SST-2 setting).
 
     Raises:
-        ArgumentError: not a text data module, ``n_eval`` above the dev set's size, or no source
-            example with ``min_tokens`` wordpieces.
+        ArgumentError: not a text data module (:func:`check_text_data`), ``n_eval`` above the dev set's
+            size, or no source example with ``min_tokens`` wordpieces.
     """
-    examples = getattr(datamodule, "examples", None)
-    if examples is None or not hasattr(examples("train"), "text_a"):
-        raise ArgumentError(
-            "Expected a text data module with raw training and dev texts (e.g. GlueDataModule) for `attack`, "
-            f"but got {type(datamodule).__name__}."
-        )
+    check_text_data(datamodule)
+    examples = datamodule.examples
     check_dev_size(datamodule, n_eval=settings.n_eval)
     split = dev_split(datamodule)
     train, dev = examples("train"), examples(split)
