@@ -5,7 +5,8 @@ example of an ``attribute`` folder it shows the tokens, the AttAttr map of a cho
 (or all heads summed) as a heatmap with the raw attention map beside it, the top edges, the
 attribution tree or graph (a view selector) with the worst completeness error of its maps, the
 prediction and the completeness error per layer; per model it plots what the
-``heads``, ``effectiveness``, ``universality``, ``attack`` and ``faithfulness`` subcommands wrote.
+``heads``, ``effectiveness``, ``universality``, ``attack`` and ``faithfulness`` subcommands wrote, and
+per ``tree`` folder each example's attribution tree (or graph) with its tokens and summary numbers.
 The maps are stored as int8 with one scale per map (see :mod:`lightning_attattr.report.data` for
 the precision).
 
@@ -79,7 +80,7 @@ def build_report(results_dir: str | Path, *, max_examples: int | None = 50, incl
 
     Args:
         results_dir: a results folder of ``analyze.py`` (``attribute``, ``heads``, ``effectiveness``,
-            ``universality``, ``attack``, ``faithfulness``), or a folder with such folders below it
+            ``universality``, ``attack``, ``faithfulness``, ``tree``), or a folder with such folders below it
             at any depth (e.g. ``results``); the page lists the folders it shows and those it skips.
         max_examples: show at most this many examples of ``attribute`` folders (``None``: all); a
             128-token example of a 12-layer, 12-head model adds a few MB.

@@ -14,7 +14,12 @@ its immediate sub-folders (in name order):
   the maps they were built from (``max_completeness_error`` and its position in ``layers``);
 - ``importance.json`` / ``pruning.json`` (``heads``), ``effectiveness.json``, ``universality.json``,
   ``attack.json`` and ``faithfulness.json``: the numbers the page plots, copied with the bulky parts
-  (mined patterns, per-example tokens) left out.
+  (mined patterns, per-example tokens) left out;
+- ``trees.json`` (``analyze.py tree``): its summary numbers (``mode``, ``tau``, ``root``, ``words``,
+  the worst completeness error) and every example it lists, from its ``trees/<name>.json``: the
+  tokens (words with ``words=True``), prediction, edge count, completeness errors per layer and the
+  tree as it was built there (nodes and edges; in ``graph`` mode the edges as the rows above). The
+  trees are not rebuilt: the page draws the folder's own, at its own ``tau`` and root rule.
 
 **Precision of the maps.** Every ``[n, n]`` map (one per layer and head, and one per layer for the
 head sum) is quantised on its own to ``int8`` with one scale: ``scale = max|x| / 127`` and
@@ -65,6 +70,7 @@ SECTION_FILES: dict[str, tuple[str, ...]] = {
     "universality": ("universality.json",),
     "attack": ("attack.json",),
     "faithfulness": ("faithfulness.json",),
+    "trees": ("trees.json",),
 }
 
 _ATTRIBUTE_INDEX = "attributions.json"
@@ -316,12 +322,64 @@ def _faithfulness(folder: Path) -> dict[str, Any]:
     return _clean({k: fa.get(k) for k in keys} | {"curves": curves} | extra)
 
 
+def _trees(folder: Path) -> dict[str, Any]:
+    """The trees of an ``analyze.py tree`` folder: ``trees.json``'s summary and each listed ``trees/<name>.json``."""
+    index = _read_json(folder / "trees.json")
+    if not isinstance(index, Mapping):
+        raise DataFileError(f"Expected {str(folder / 'trees.json')!r} to hold a JSON object, but it does not.")
+    mode = index.get("mode", "tree")
+    examples = [
+        _tree_example(folder, item, mode) for item in index.get("examples", []) or [] if isinstance(item, Mapping)
+    ]
+    keys = ("mode", "tau", "root", "words", "max_completeness_error")
+    return _clean({k: index.get(k) for k in keys} | {"n_examples": len(examples), "examples": examples})
+
+
+def _tree_example(folder: Path, item: Mapping[str, Any], mode: str) -> dict[str, Any]:
+    """One example of a ``tree`` folder: its entry of ``trees.json`` and its ``trees/<name>.json``."""
+    name = str(item.get("name", "example"))
+    file = folder / str(item.get("file", f"trees/{name}.json"))
+    payload = _read_json(file)
+    if not isinstance(payload, Mapping) or not all(k in payload for k in ("nodes", "edges", "n_layers")):
+        raise DataFileError(
+            f"Expected {str(file)!r} to hold `nodes`, `edges` and `n_layers` (a tree file of `analyze.py tree`), "
+            "but it does not."
+        )
+    tokens = [str(t) for t in item.get("tokens") or []]
+    n_tokens = payload.get("n_tokens", len(tokens))
+    nodes, edges = list(payload["nodes"]), list(payload["edges"])
+    indices = [int(node["index"]) for node in nodes] + [int(e[k]) for e in edges for k in ("parent", "child")]
+    if len(tokens) != n_tokens or any(not 0 <= i < len(tokens) for i in indices):
+        raise DataFileError(
+            f"Expected the tokens of {name!r} in trees.json to cover every node of {str(file)!r} "
+            f"({n_tokens} tokens), but got {len(tokens)}."
+        )
+    is_graph = payload.get("mode", mode) == "graph"
+    shape = {k: payload.get(k) for k in ("mode", "root", "tau", "rule", "n_layers", "n_tokens")}
+    tree = shape | {"nodes": nodes, "edges": [] if is_graph else edges}
+    graph = _graph_rows(shape | {"edges": edges}) if is_graph else None
+    return {
+        "name": name,
+        "tokens": tokens,
+        "layers": list(range(int(payload["n_layers"]))),
+        "predicted": payload.get("predicted", item.get("predicted")),
+        "prob": payload.get("prob"),
+        "n_edges": item.get("n_edges", len(edges)),
+        "completeness_error": payload.get("completeness_error"),
+        "max_completeness_error": payload.get("max_completeness_error", item.get("max_completeness_error")),
+        "max_completeness_error_layer": payload.get("max_completeness_error_layer"),
+        "tree": tree,
+        "graph": graph,
+    }
+
+
 _SECTION_READERS = {
     "heads": _heads,
     "effectiveness": _effectiveness,
     "universality": _universality,
     "attack": _attack,
     "faithfulness": _faithfulness,
+    "trees": _trees,
 }
 
 

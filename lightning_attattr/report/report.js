@@ -394,6 +394,254 @@
         row.map((c, k) => el("td", { class: isText(k) ? "text" : null }, typeof c === "number" ? fmt(c) : c))))));
   }
 
+  // ------------------------------------------------------------------ trees
+
+  /**
+   * The SVG drawing of one attribution tree or graph, into `box` (id `<id>`, the SVG `<id>-svg`) with its
+   * `caption` (`<id>-caption`). `e` holds `tokens`, `layers`, `tree` (nodes, edges) and for graphs `graph`
+   * (edges as rows). Edges are sized and coloured by their attribution; hovering highlights them.
+   */
+  class TreeDrawing {
+    constructor(id) {
+      this.id = id;
+      this.box = el("div", { class: "scroll", id: id });
+      this.caption = el("p", { class: "caption", id: id + "-caption" });
+    }
+
+    /** Draw `e` as its tree (`mode` "tree") or its layered graph ("graph"). */
+    draw(e, mode) {
+      if (mode === "graph") this.drawGraphView(e);
+      else this.drawTreeView(e);
+    }
+
+    /**
+     * Token boxes side by side in token order (the tree's tokens), each as wide as its shortened token
+     * and at least 12 px per edge ending on it (`inDegree`: token -> count), so converging edges stay apart.
+     */
+    tokenColumns(tree, inDegree) {
+      const nodes = tree.nodes.slice().sort((a, b) => a.index - b.index);
+      const label = new Map(nodes.map((node) => [node.index, shortLabel(node.token, 12)]));
+      const boxW = new Map(nodes.map((node) => [node.index, Math.max(28, 7.5 * label.get(node.index).length + 12,
+        12 * ((inDegree && inDegree.get(node.index)) || 0))]));
+      const xOf = new Map();
+      let cursor = 80;
+      for (const node of nodes) {
+        xOf.set(node.index, cursor + boxW.get(node.index) / 2);
+        cursor += boxW.get(node.index) + 14;
+      }
+      return { nodes: nodes, label: label, boxW: boxW, xOf: xOf, width: cursor + 10 };
+    }
+
+    /** An empty tree/graph SVG with one labelled row per layer (root on top); returns [svg, y(row)]. */
+    layerRows(e, L, svgW, rowH, markerId) {
+      const svgH = 30 + (L + 1) * rowH;
+      const y = (lvl) => 20 + (L - lvl) * rowH + rowH / 2;
+      const svg = svgEl("svg", { class: "tree", id: this.id + "-svg", width: svgW, height: svgH,
+        viewBox: "0 0 " + svgW + " " + svgH });
+      svg.appendChild(svgEl("defs", null, svgEl("marker", { id: markerId, viewBox: "0 0 10 10", refX: 10, refY: 5,
+        markerWidth: 6, markerHeight: 6, orient: "auto-start-reverse" }, svgEl("path", { d: "M0,0L10,5L0,10z",
+        fill: "#cf222e" }))));
+      for (let lvl = L; lvl >= 0; lvl--) {
+        svg.appendChild(svgEl("line", { class: "grid", x1: 60, x2: svgW - 10, y1: y(lvl), y2: y(lvl) }));
+        svg.appendChild(svgEl("text", { x: 4, y: y(lvl), "dominant-baseline": "middle", "font-size": 11,
+          fill: "#656d76" }, lvl === L ? "root" : "layer " + e.layers[lvl]));
+      }
+      return [svg, y];
+    }
+
+    /**
+     * Where each edge ends on its parent's box: the edges into one box (one row) get their own points,
+     * spread over the box width in the order of their start, so that they do not share one arrowhead.
+     * `edges` are [key, parent, child, startX]; returns key -> end x.
+     */
+    spreadEnds(edges, xOf, boxW) {
+      const groups = new Map();
+      for (const edge of edges) {
+        const id = edge[1] + "|" + edge[3];
+        if (!groups.has(id)) groups.set(id, []);
+        groups.get(id).push(edge);
+      }
+      const ends = new Map();
+      for (const group of groups.values()) {
+        group.sort((a, b) => a[4] - b[4]);
+        const parent = group[0][1];
+        const span = Math.max(0, boxW.get(parent) - 12);
+        group.forEach((edge, k) => ends.set(edge[0], xOf.get(parent) +
+          (group.length > 1 ? -span / 2 + (span * k) / (group.length - 1) : 0)));
+      }
+      return ends;
+    }
+
+    /** Stroke width by the edge's attribution, on one linear scale for the whole tree/graph (1 to 4.5 px). */
+    edgeWidth(attribution, top) {
+      return 1 + 3.5 * clamp(Math.abs(attribution || 0) / (top || 1), 0, 1);
+    }
+
+    /**
+     * Stroke colour by the edge's attribution, on the same scale: pale to full red (blue if negative),
+     * as a CSS variable so that the hover highlight still wins.
+     */
+    edgeColour(attribution, top) {
+      const t = clamp((attribution || 0) / (top || 1), -1, 1);
+      const [r, g, b] = mix(t >= 0 ? RED : BLUE, 0.3 + 0.7 * Math.abs(t)).map(Math.round);
+      return "--edge-colour: rgb(" + r + "," + g + "," + b + ")";
+    }
+
+    /** Hovering an edge (or a token box) highlights it (its edges) and dims the others. */
+    addHighlight(svg) {
+      const clear = () => {
+        svg.classList.remove("dimmed");
+        svg.querySelectorAll(".highlight").forEach((node) => node.classList.remove("highlight"));
+      };
+      svg.querySelectorAll("path.edge").forEach((path) => {
+        path.addEventListener("mouseenter", () => {
+          clear();
+          svg.classList.add("dimmed");
+          path.classList.add("highlight");
+        });
+        path.addEventListener("mouseleave", clear);
+      });
+      svg.querySelectorAll("g.node").forEach((node) => {
+        node.addEventListener("mouseenter", () => {
+          clear();
+          const token = node.getAttribute("data-token");
+          svg.classList.add("dimmed");
+          svg.querySelectorAll("path.edge").forEach((path) => {
+            if (path.getAttribute("data-parent") === token || path.getAttribute("data-child") === token) {
+              path.classList.add("highlight");
+            }
+          });
+        });
+        node.addEventListener("mouseleave", clear);
+      });
+    }
+
+    /** A token box at (x, y). */
+    tokenBox(cls, x, y, w, text, title, token) {
+      return svgEl("g", { class: cls, transform: "translate(" + x + "," + y + ")", "data-token": token },
+        svgEl("rect", { x: -w / 2, y: -10, width: w, height: 20, rx: 4 }),
+        svgEl("text", { "text-anchor": "middle", "dominant-baseline": "central" }, text),
+        svgEl("title", null, title));
+    }
+
+    edgeTitle(e, parent, child, layer, attribution, score, extra) {
+      return e.tokens[child] + " [" + child + "] → " + e.tokens[parent] + " [" + parent + "], layer " +
+        e.layers[layer] + ", attribution " + fmt(attribution) + ", score " + fmt(score) + (extra || "");
+    }
+
+    /**
+     * The attribution graph in its layered view: a layer-l edge goes from the key on row l up to the
+     * query on row l + 1; a token's boxes on several rows are joined by a grey stem; the edges the
+     * tree's one-parent rule drops are dashed (class "extra").
+     */
+    drawGraphView(e) {
+      const graph = e.graph;
+      const L = graph.n_layers;
+      const inDegree = new Map();
+      for (const [parent] of graph.edges) inDegree.set(parent, (inDegree.get(parent) || 0) + 1);
+      const { label, boxW, xOf, width } = this.tokenColumns(e.tree, inDegree);
+      const top = Math.max(0, ...graph.edges.map((edge) => Math.abs(edge[3] || 0)));
+      const ends = this.spreadEnds(graph.edges.map((edge, k) => [k, edge[0], edge[1], edge[2] + 1, xOf.get(edge[1])]),
+        xOf, boxW);
+      const rowH = 56; // taller rows than the tree's: every edge spans exactly one row gap
+      const [svg, y] = this.layerRows(e, L, width, rowH, this.id + "-graph-arrow");
+      const rows = new Map(); // token -> set of rows it sits on
+      const place = (token, row) => {
+        if (!rows.has(token)) rows.set(token, new Set());
+        rows.get(token).add(row);
+      };
+      place(graph.root, L);
+      for (const [parent, child, layer] of graph.edges) {
+        place(parent, layer + 1);
+        place(child, layer);
+      }
+      for (const [token, found] of rows) {
+        const sorted = Array.from(found).sort((a, b) => b - a);
+        if (sorted.length > 1) {
+          svg.appendChild(svgEl("line", { class: "stem", x1: xOf.get(token), x2: xOf.get(token),
+            y1: y(sorted[0]), y2: y(sorted[sorted.length - 1]) }));
+        }
+      }
+      let extra = 0;
+      graph.edges.forEach(([parent, child, layer, attribution, score, inTree], k) => {
+        if (!inTree) extra++;
+        const d = "M" + xOf.get(child) + "," + (y(layer) - 10) + "L" + ends.get(k) + "," + (y(layer + 1) + 10);
+        svg.appendChild(svgEl("path", { class: inTree ? "edge" : "edge extra", d: d, "data-parent": parent,
+          "data-child": child, "data-attribution": attribution,
+          "stroke-width": this.edgeWidth(attribution, top), style: this.edgeColour(attribution, top),
+          "marker-end": "url(#" + this.id + "-graph-arrow)" },
+        svgEl("title", null, this.edgeTitle(e, parent, child, layer, attribution, score,
+          inTree ? "" : " (not in the tree)"))));
+      });
+      for (const [token, found] of rows) {
+        for (const row of found) {
+          const isRoot = token === graph.root && row === L;
+          svg.appendChild(this.tokenBox(isRoot ? "node root" : "node", xOf.get(token), y(row), boxW.get(token),
+            label.get(token), e.tokens[token] + " [" + token + "]" + (isRoot ? " (root)" : row === L ? ", output"
+              : ", entering layer " + e.layers[row]), token));
+        }
+      }
+      this.addHighlight(svg);
+      this.box.textContent = "";
+      this.box.appendChild(svg);
+      this.caption.textContent = graph.edges.length
+        ? graph.edges.length + " edges with normalised head-summed AttAttr > " + graph.tau + " whose query is in " +
+          "the graph, " + extra + " of them dropped by the tree's one-parent rule (dashed). An edge of layer l " +
+          "points from the key on row l to the query on row l + 1; grey stems join one token's rows. Line width: " +
+          "the edge's attribution (widest: " + fmt(top) + "). Hover an edge or a token to highlight its edges."
+        : "No edge above τ = " + graph.tau + ": the graph is the root alone.";
+    }
+
+    /** The attribution tree: tree tokens left to right (index order), layers bottom to top, root on top. */
+    drawTreeView(e) {
+      const tree = e.tree;
+      const L = tree.n_layers;
+      const inDegree = new Map();
+      for (const edge of tree.edges) inDegree.set(edge.parent, (inDegree.get(edge.parent) || 0) + 1);
+      const { nodes, label, boxW, xOf, width } = this.tokenColumns(tree, inDegree);
+      const top = Math.max(0, ...tree.edges.map((edge) => Math.abs(edge.attribution || 0)));
+      const level = new Map(nodes.map((node) => [node.index, node.layer]));
+      const rowH = 40;
+      const x = (index) => xOf.get(index);
+      const [svg, y] = this.layerRows(e, L, width, rowH, this.id + "-tree-arrow");
+      const ends = this.spreadEnds(tree.edges.map((edge, k) => [k, edge.parent, edge.child, level.get(edge.parent),
+        xOf.get(edge.child)]), xOf, boxW);
+      // edges: child (key) -> parent (query), the direction information flows; a parent attached in the
+      // same layer as its child sits on the same row, so that edge arcs above the row
+      tree.edges.forEach((edge, k) => {
+        const [xc, xp] = [x(edge.child), ends.get(k)];
+        const [lc, lp] = [level.get(edge.child), level.get(edge.parent)];
+        let d;
+        if (lc === lp) {
+          const lift = Math.min(rowH * 0.8, 14 + 0.08 * Math.abs(xp - xc));
+          d = "M" + xc + "," + (y(lc) - 10) + "Q" + (xc + xp) / 2 + "," + (y(lc) - 10 - 2 * lift) + " " + xp + "," +
+            (y(lp) - 10);
+        } else {
+          d = "M" + xc + "," + (y(lc) - 10) + "L" + xp + "," + (y(lp) + 10);
+        }
+        svg.appendChild(svgEl("path", { class: "edge", d: d, "data-parent": edge.parent, "data-child": edge.child,
+          "data-attribution": edge.attribution, "stroke-width": this.edgeWidth(edge.attribution, top),
+          style: this.edgeColour(edge.attribution, top),
+          "marker-end": "url(#" + this.id + "-tree-arrow)" },
+        svgEl("title", null, this.edgeTitle(e, edge.parent, edge.child, edge.layer, edge.attribution, edge.score))));
+      });
+      for (const node of nodes) {
+        const isRoot = node.index === tree.root;
+        svg.appendChild(this.tokenBox(isRoot ? "node root" : "node", x(node.index), y(node.layer), boxW.get(node.index),
+          label.get(node.index), node.token + " [" + node.index + "]" + (isRoot ? " (root)" : ", attached in layer " +
+            e.layers[node.layer]), node.index));
+      }
+      this.addHighlight(svg);
+      this.box.textContent = "";
+      this.box.appendChild(svg);
+      this.caption.textContent = tree.edges.length
+        ? tree.edges.length + " edges with normalised head-summed AttAttr > " + tree.tau + "; arrows point from " +
+          "the key (child) to the query (parent) that gathers its information; line width: the edge's attribution " +
+          "(widest: " + fmt(top) + "). Hover an edge or a token to highlight its edges."
+        : "No edge above τ = " + tree.tau + ": the tree is the root alone.";
+    }
+  }
+
   // ------------------------------------------------------------------ examples
 
   /** Everything about the examples of attribute folders: selectors, maps, edges, tree. */
@@ -447,8 +695,9 @@
       this.attnFigure.appendChild(this.attnCaption);
       this.edges = el("ol", { class: "edges", id: "top-edges" });
       this.edgesTitle = el("h3");
-      this.tree = el("div", { class: "scroll", id: "tree" });
-      this.treeCaption = el("p", { class: "caption", id: "tree-caption" });
+      this.drawing = new TreeDrawing("tree");
+      this.tree = this.drawing.box;
+      this.treeCaption = this.drawing.caption;
       this.treeCompleteness = el("p", { class: "caption", id: "tree-completeness" });
       this.treeTitle = el("h3", { id: "tree-title" }, "Attribution tree");
       // the paper's tree (one parent per token) or the graph (every edge above tau whose query is in)
@@ -625,223 +874,7 @@
       this.treeCompleteness.textContent = e.max_completeness_error === null || e.max_completeness_error === undefined
         ? "" : "Worst completeness error of the maps the " + (graph ? "graph" : "tree") + " was built from: " +
           fmt(e.max_completeness_error) + " (layer " + e.layers[e.max_completeness_error_layer] + ").";
-      if (graph) this.drawGraphView(e);
-      else this.drawTreeView(e);
-    }
-
-    /**
-     * Token boxes side by side in token order (the tree's tokens), each as wide as its shortened token
-     * and at least 12 px per edge ending on it (`inDegree`: token -> count), so converging edges stay apart.
-     */
-    tokenColumns(tree, inDegree) {
-      const nodes = tree.nodes.slice().sort((a, b) => a.index - b.index);
-      const label = new Map(nodes.map((node) => [node.index, shortLabel(node.token, 12)]));
-      const boxW = new Map(nodes.map((node) => [node.index, Math.max(28, 7.5 * label.get(node.index).length + 12,
-        12 * ((inDegree && inDegree.get(node.index)) || 0))]));
-      const xOf = new Map();
-      let cursor = 80;
-      for (const node of nodes) {
-        xOf.set(node.index, cursor + boxW.get(node.index) / 2);
-        cursor += boxW.get(node.index) + 14;
-      }
-      return { nodes: nodes, label: label, boxW: boxW, xOf: xOf, width: cursor + 10 };
-    }
-
-    /** An empty tree/graph SVG with one labelled row per layer (root on top); returns [svg, y(row)]. */
-    layerRows(e, L, svgW, rowH, markerId) {
-      const svgH = 30 + (L + 1) * rowH;
-      const y = (lvl) => 20 + (L - lvl) * rowH + rowH / 2;
-      const svg = svgEl("svg", { class: "tree", id: "tree-svg", width: svgW, height: svgH,
-        viewBox: "0 0 " + svgW + " " + svgH });
-      svg.appendChild(svgEl("defs", null, svgEl("marker", { id: markerId, viewBox: "0 0 10 10", refX: 10, refY: 5,
-        markerWidth: 6, markerHeight: 6, orient: "auto-start-reverse" }, svgEl("path", { d: "M0,0L10,5L0,10z",
-        fill: "#cf222e" }))));
-      for (let lvl = L; lvl >= 0; lvl--) {
-        svg.appendChild(svgEl("line", { class: "grid", x1: 60, x2: svgW - 10, y1: y(lvl), y2: y(lvl) }));
-        svg.appendChild(svgEl("text", { x: 4, y: y(lvl), "dominant-baseline": "middle", "font-size": 11,
-          fill: "#656d76" }, lvl === L ? "root" : "layer " + e.layers[lvl]));
-      }
-      return [svg, y];
-    }
-
-    /**
-     * Where each edge ends on its parent's box: the edges into one box (one row) get their own points,
-     * spread over the box width in the order of their start, so that they do not share one arrowhead.
-     * `edges` are [key, parent, child, startX]; returns key -> end x.
-     */
-    spreadEnds(edges, xOf, boxW) {
-      const groups = new Map();
-      for (const edge of edges) {
-        const id = edge[1] + "|" + edge[3];
-        if (!groups.has(id)) groups.set(id, []);
-        groups.get(id).push(edge);
-      }
-      const ends = new Map();
-      for (const group of groups.values()) {
-        group.sort((a, b) => a[4] - b[4]);
-        const parent = group[0][1];
-        const span = Math.max(0, boxW.get(parent) - 12);
-        group.forEach((edge, k) => ends.set(edge[0], xOf.get(parent) +
-          (group.length > 1 ? -span / 2 + (span * k) / (group.length - 1) : 0)));
-      }
-      return ends;
-    }
-
-    /** Stroke width by the edge's attribution, on one linear scale for the whole tree/graph (1 to 4.5 px). */
-    edgeWidth(attribution, top) {
-      return 1 + 3.5 * clamp(Math.abs(attribution || 0) / (top || 1), 0, 1);
-    }
-
-    /** Hovering an edge (or a token box) highlights it (its edges) and dims the others. */
-    addHighlight(svg) {
-      const clear = () => {
-        svg.classList.remove("dimmed");
-        svg.querySelectorAll(".highlight").forEach((node) => node.classList.remove("highlight"));
-      };
-      svg.querySelectorAll("path.edge").forEach((path) => {
-        path.addEventListener("mouseenter", () => {
-          clear();
-          svg.classList.add("dimmed");
-          path.classList.add("highlight");
-        });
-        path.addEventListener("mouseleave", clear);
-      });
-      svg.querySelectorAll("g.node").forEach((node) => {
-        node.addEventListener("mouseenter", () => {
-          clear();
-          const token = node.getAttribute("data-token");
-          svg.classList.add("dimmed");
-          svg.querySelectorAll("path.edge").forEach((path) => {
-            if (path.getAttribute("data-parent") === token || path.getAttribute("data-child") === token) {
-              path.classList.add("highlight");
-            }
-          });
-        });
-        node.addEventListener("mouseleave", clear);
-      });
-    }
-
-    /** A token box at (x, y). */
-    tokenBox(cls, x, y, w, text, title, token) {
-      return svgEl("g", { class: cls, transform: "translate(" + x + "," + y + ")", "data-token": token },
-        svgEl("rect", { x: -w / 2, y: -10, width: w, height: 20, rx: 4 }),
-        svgEl("text", { "text-anchor": "middle", "dominant-baseline": "central" }, text),
-        svgEl("title", null, title));
-    }
-
-    edgeTitle(e, parent, child, layer, attribution, score, extra) {
-      return e.tokens[child] + " [" + child + "] → " + e.tokens[parent] + " [" + parent + "], layer " +
-        e.layers[layer] + ", attribution " + fmt(attribution) + ", score " + fmt(score) + (extra || "");
-    }
-
-    /**
-     * The attribution graph in its layered view: a layer-l edge goes from the key on row l up to the
-     * query on row l + 1; a token's boxes on several rows are joined by a grey stem; the edges the
-     * tree's one-parent rule drops are dashed (class "extra").
-     */
-    drawGraphView(e) {
-      const graph = e.graph;
-      const L = graph.n_layers;
-      const inDegree = new Map();
-      for (const [parent] of graph.edges) inDegree.set(parent, (inDegree.get(parent) || 0) + 1);
-      const { label, boxW, xOf, width } = this.tokenColumns(e.tree, inDegree);
-      const top = Math.max(0, ...graph.edges.map((edge) => Math.abs(edge[3] || 0)));
-      const ends = this.spreadEnds(graph.edges.map((edge, k) => [k, edge[0], edge[1], edge[2] + 1, xOf.get(edge[1])]),
-        xOf, boxW);
-      const rowH = 56; // taller rows than the tree's: every edge spans exactly one row gap
-      const [svg, y] = this.layerRows(e, L, width, rowH, "graph-arrow");
-      const rows = new Map(); // token -> set of rows it sits on
-      const place = (token, row) => {
-        if (!rows.has(token)) rows.set(token, new Set());
-        rows.get(token).add(row);
-      };
-      place(graph.root, L);
-      for (const [parent, child, layer] of graph.edges) {
-        place(parent, layer + 1);
-        place(child, layer);
-      }
-      for (const [token, found] of rows) {
-        const sorted = Array.from(found).sort((a, b) => b - a);
-        if (sorted.length > 1) {
-          svg.appendChild(svgEl("line", { class: "stem", x1: xOf.get(token), x2: xOf.get(token),
-            y1: y(sorted[0]), y2: y(sorted[sorted.length - 1]) }));
-        }
-      }
-      let extra = 0;
-      graph.edges.forEach(([parent, child, layer, attribution, score, inTree], k) => {
-        if (!inTree) extra++;
-        const d = "M" + xOf.get(child) + "," + (y(layer) - 10) + "L" + ends.get(k) + "," + (y(layer + 1) + 10);
-        svg.appendChild(svgEl("path", { class: inTree ? "edge" : "edge extra", d: d, "data-parent": parent,
-          "data-child": child, "data-attribution": attribution,
-          "stroke-width": this.edgeWidth(attribution, top), "marker-end": "url(#graph-arrow)" },
-        svgEl("title", null, this.edgeTitle(e, parent, child, layer, attribution, score,
-          inTree ? "" : " (not in the tree)"))));
-      });
-      for (const [token, found] of rows) {
-        for (const row of found) {
-          const isRoot = token === graph.root && row === L;
-          svg.appendChild(this.tokenBox(isRoot ? "node root" : "node", xOf.get(token), y(row), boxW.get(token),
-            label.get(token), e.tokens[token] + " [" + token + "]" + (isRoot ? " (root)" : row === L ? ", output"
-              : ", entering layer " + e.layers[row]), token));
-        }
-      }
-      this.addHighlight(svg);
-      this.tree.textContent = "";
-      this.tree.appendChild(svg);
-      this.treeCaption.textContent = graph.edges.length
-        ? graph.edges.length + " edges with normalised head-summed AttAttr > " + graph.tau + " whose query is in " +
-          "the graph, " + extra + " of them dropped by the tree's one-parent rule (dashed). An edge of layer l " +
-          "points from the key on row l to the query on row l + 1; grey stems join one token's rows. Line width: " +
-          "the edge's attribution (widest: " + fmt(top) + "). Hover an edge or a token to highlight its edges."
-        : "No edge above τ = " + graph.tau + ": the graph is the root alone.";
-    }
-
-    /** The attribution tree: tree tokens left to right (index order), layers bottom to top, root on top. */
-    drawTreeView(e) {
-      const tree = e.tree;
-      const L = tree.n_layers;
-      const inDegree = new Map();
-      for (const edge of tree.edges) inDegree.set(edge.parent, (inDegree.get(edge.parent) || 0) + 1);
-      const { nodes, label, boxW, xOf, width } = this.tokenColumns(tree, inDegree);
-      const top = Math.max(0, ...tree.edges.map((edge) => Math.abs(edge.attribution || 0)));
-      const level = new Map(nodes.map((node) => [node.index, node.layer]));
-      const rowH = 40;
-      const x = (index) => xOf.get(index);
-      const [svg, y] = this.layerRows(e, L, width, rowH, "tree-arrow");
-      const ends = this.spreadEnds(tree.edges.map((edge, k) => [k, edge.parent, edge.child, level.get(edge.parent),
-        xOf.get(edge.child)]), xOf, boxW);
-      // edges: child (key) -> parent (query), the direction information flows; a parent attached in the
-      // same layer as its child sits on the same row, so that edge arcs above the row
-      tree.edges.forEach((edge, k) => {
-        const [xc, xp] = [x(edge.child), ends.get(k)];
-        const [lc, lp] = [level.get(edge.child), level.get(edge.parent)];
-        let d;
-        if (lc === lp) {
-          const lift = Math.min(rowH * 0.8, 14 + 0.08 * Math.abs(xp - xc));
-          d = "M" + xc + "," + (y(lc) - 10) + "Q" + (xc + xp) / 2 + "," + (y(lc) - 10 - 2 * lift) + " " + xp + "," +
-            (y(lp) - 10);
-        } else {
-          d = "M" + xc + "," + (y(lc) - 10) + "L" + xp + "," + (y(lp) + 10);
-        }
-        svg.appendChild(svgEl("path", { class: "edge", d: d, "data-parent": edge.parent, "data-child": edge.child,
-          "data-attribution": edge.attribution, "stroke-width": this.edgeWidth(edge.attribution, top),
-          "marker-end": "url(#tree-arrow)" },
-        svgEl("title", null, this.edgeTitle(e, edge.parent, edge.child, edge.layer, edge.attribution, edge.score))));
-      });
-      for (const node of nodes) {
-        const isRoot = node.index === tree.root;
-        svg.appendChild(this.tokenBox(isRoot ? "node root" : "node", x(node.index), y(node.layer), boxW.get(node.index),
-          label.get(node.index), node.token + " [" + node.index + "]" + (isRoot ? " (root)" : ", attached in layer " +
-            e.layers[node.layer]), node.index));
-      }
-      this.addHighlight(svg);
-      this.tree.textContent = "";
-      this.tree.appendChild(svg);
-      this.treeCaption.textContent = tree.edges.length
-        ? tree.edges.length + " edges with normalised head-summed AttAttr > " + tree.tau + "; arrows point from " +
-          "the key (child) to the query (parent) that gathers its information; line width: the edge's attribution " +
-          "(widest: " + fmt(top) + "). Hover an edge or a token to highlight its edges."
-        : "No edge above τ = " + tree.tau + ": the tree is the root alone.";
+      this.drawing.draw(e, graph ? "graph" : "tree");
     }
   }
 
@@ -993,12 +1026,53 @@
     return out;
   }
 
+  /**
+   * A `tree` results folder: its summary numbers (trees.json), a table of its examples and, for the
+   * chosen example, its tokens and its tree or graph as the folder built it (`k`: the section's index).
+   */
+  function treesSection(data, k) {
+    const out = [];
+    const examples = data.examples || [];
+    const graph = data.mode === "graph";
+    const worst = data.max_completeness_error;
+    const noun = (graph ? "graph" : "tree") + (examples.length === 1 ? "" : "s");
+    out.push(el("p", { class: "trees-summary", id: "trees-" + k + "-summary" }, examples.length + " " + noun + " (mode " +
+      data.mode + ", τ = " + data.tau + ", root rule " + data.root + ", on " + (data.words ? "words" : "tokens") +
+      ")" + (worst === null || worst === undefined ? "." : "; worst completeness error of their maps: " + fmt(worst) +
+      ".")));
+    out.push(table(["example", "tokens", "predicted", "probability", "edges", "worst completeness error", "layer"],
+      examples.map((e) => [e.name, e.tokens.length, String(e.predicted), e.prob, e.n_edges, e.max_completeness_error,
+        e.max_completeness_error_layer === null || e.max_completeness_error_layer === undefined ? "–"
+          : String(e.layers[e.max_completeness_error_layer])]), [0, 2, 6]));
+    if (!examples.length) return out;
+    const id = "trees-" + k;
+    const drawing = new TreeDrawing(id);
+    const title = el("h3", { class: "trees-title", id: id + "-title" });
+    const tokens = el("div", { class: "tokens", id: id + "-tokens" });
+    const show = (index) => {
+      const e = examples[index];
+      title.textContent = (graph ? "Attribution graph of " : "Attribution tree of ") + e.name + " (predicted " +
+        e.predicted + (typeof e.prob === "number" ? ", p = " + fmt(e.prob) : "") + ")";
+      tokens.textContent = "";
+      e.tokens.forEach((t, j) => tokens.appendChild(el("span", { class: "token", title: "token " + j }, t)));
+      drawing.draw(e, graph && e.graph ? "graph" : "tree");
+    };
+    if (examples.length > 1) {
+      out.push(el("div", { class: "controls" }, el("label", null, "example",
+        select(examples.map((e, j) => [String(j), e.name]), (v) => show(Number(v)), { id: id + "-select" }))));
+    }
+    out.push(title, tokens, drawing.caption, drawing.box);
+    show(0);
+    return out;
+  }
+
   const SECTIONS = {
     heads: ["Heads: importance and pruning", headsSection],
     effectiveness: ["Effectiveness: pruning heads per example", effectivenessSection],
     universality: ["Universality of important heads across tasks", universalitySection],
     attack: ["Adversarial triggers", attackSection],
     faithfulness: ["Faithfulness: edge deletion", faithfulnessSection],
+    trees: ["Attribution trees", treesSection],
   };
 
   // ------------------------------------------------------------------ page
@@ -1033,7 +1107,7 @@
       const id = "section-" + k;
       nav.appendChild(el("a", { href: "#" + id }, section.folder + ": " + section.kind));
       append(root, el("section", { id: id, class: "model-section", "data-kind": section.kind },
-        el("h2", null, title + " — " + section.folder), render(section.data)));
+        el("h2", null, title + " — " + section.folder), render(section.data, k)));
     });
     if (view) {
       return view.setExample(0);

@@ -201,3 +201,53 @@ def write_model_folders(root: Path, n_layers: int = 3, n_heads: int = 4) -> dict
     for kind, folder in folders.items():
         _json(folder / "summary.json", {"subcommand": kind, "status": "complete"})
     return folders
+
+
+def write_tree_folder(
+    folder: Path, examples: Sequence[dict[str, Any]], *, mode: str = "tree", tau: float = 0.4, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """A folder as ``analyze.py tree`` writes it (``trees.json``, ``trees/<name>.json``); returns the files by name.
+
+    Each entry of ``examples``: ``name``, ``tokens``, ``n_layers``. The trees are built with
+    :mod:`lightning_attattr.analysis.trees` from random head-summed maps with a planted edge.
+    """
+    from lightning_attattr.analysis.trees import build_graph, build_tree, tree_to_json
+
+    gen = torch.Generator().manual_seed(seed)
+    index, files = [], {}
+    for spec in examples:
+        name, tokens, n_layers = spec["name"], list(spec["tokens"]), spec["n_layers"]
+        n = len(tokens)
+        maps = 0.01 * torch.randn(n_layers, n, n, generator=gen)  # [layer, q, k]
+        maps[-1, 0, 1] += 0.2  # [CLS] gathers from the first word in the last layer
+        maps[-2, 1, 2] += 0.1  # which gathers from the second one layer below
+        build = build_graph if mode == "graph" else build_tree
+        errors = (torch.rand(n_layers, generator=gen) * 1e-3).tolist()
+        worst = max(range(n_layers), key=errors.__getitem__)
+        payload = {
+            "name": name,
+            "predicted": 1,
+            "prob": 0.75,
+            **tree_to_json(build(maps, tokens, tau=tau)),
+            "completeness_error": errors,
+            "convergence_delta": [0.0] * n_layers,
+            "max_completeness_error": errors[worst],
+            "max_completeness_error_layer": worst,
+        }
+        _json(folder / "trees" / f"{name}.json", payload)
+        files[name] = payload
+        index.append(
+            {
+                "name": name,
+                "tokens": tokens,
+                "predicted": 1,
+                "n_edges": len(payload["edges"]),
+                "max_completeness_error": errors[worst],
+                "file": f"trees/{name}.json",
+            }
+        )
+    worst_all = max((item["max_completeness_error"] for item in index), default=None)
+    summary = {"mode": mode, "tau": tau, "root": "cls", "words": False, "max_completeness_error": worst_all}
+    _json(folder / "trees.json", {**summary, "examples": index})
+    _json(folder / "summary.json", {"subcommand": "tree", "status": "complete"})
+    return files

@@ -16,7 +16,13 @@ from lightning_attattr.core.checks import ArgumentError, DataFileError
 from lightning_attattr.report import Report, build_report
 from lightning_attattr.report.data import decode_array, load_report_data, quantise
 from lightning_attattr.report.page import json_for_script
-from tests.report import INJECTION_TOKENS, tokens_of, write_attribute_folder, write_model_folders
+from tests.report import (
+    INJECTION_TOKENS,
+    tokens_of,
+    write_attribute_folder,
+    write_model_folders,
+    write_tree_folder,
+)
 
 DATA_BLOCK = re.compile(r'<script type="application/json" id="report-data">(.*?)</script>', re.S)
 
@@ -288,17 +294,18 @@ def test_nested_folders_included_and_skipped_listed(tmp_path):
     write_attribute_folder(
         tmp_path / "qs" / "attr", [{"name": "a", "tokens": tokens_of(6), "n_layers": 2, "n_heads": 2}]
     )
-    tree_folder = tmp_path / "qs" / "tree"
-    tree_folder.mkdir()
-    (tree_folder / "trees.json").write_text("{}")
-    (tree_folder / "summary.json").write_text("{}")
+    write_tree_folder(tmp_path / "qs" / "tree", [{"name": "t", "tokens": tokens_of(6), "n_layers": 2}])
+    other = tmp_path / "qs" / "other"
+    other.mkdir()
+    (other / "scores.json").write_text("{}")
+    (other / "summary.json").write_text("{}")
     data = load_report_data(tmp_path)
-    assert sorted(s["kind"] for s in data["sections"]) == sorted(folders)
-    assert {s["folder"] for s in data["sections"]} == {f"qs/deep/{p.name}" for p in folders.values()}
+    assert sorted(s["kind"] for s in data["sections"]) == sorted([*folders, "trees"])
+    assert {s["folder"] for s in data["sections"]} == {f"qs/deep/{p.name}" for p in folders.values()} | {"qs/tree"}
     assert [e["key"] for e in data["examples"]] == ["qs/attr/a"]
-    assert data["included"] == ["qs/attr"] + sorted(f"qs/deep/{p.name}" for p in folders.values())
+    assert data["included"] == ["qs/attr"] + sorted(f"qs/deep/{p.name}" for p in folders.values()) + ["qs/tree"]
     assert data["skipped"] == [
-        {"folder": "qs/tree", "reason": "no results the report shows (summary.json, trees.json)"}
+        {"folder": "qs/other", "reason": "no results the report shows (scores.json, summary.json)"}
     ]
     page = build_report(tmp_path).html
     assert data_block(page)["skipped"] == data["skipped"]
@@ -320,12 +327,73 @@ def test_report_command_prints_included_and_skipped(tmp_path, capsys):
     write_attribute_folder(
         tmp_path / "qs" / "attr", [{"name": "a", "tokens": tokens_of(5), "n_layers": 2, "n_heads": 2}]
     )
-    (tmp_path / "qs" / "tree").mkdir()
-    (tmp_path / "qs" / "tree" / "trees.json").write_text("{}")
+    (tmp_path / "qs" / "other").mkdir()
+    (tmp_path / "qs" / "other" / "scores.json").write_text("{}")
     report = build_report(tmp_path)
     assert report.included == ["qs/attr"]
-    assert report.skipped == [("qs/tree", "no results the report shows (trees.json)")]
+    assert report.skipped == [("qs/other", "no results the report shows (scores.json)")]
     write_report(str(tmp_path))
     out = capsys.readouterr().out
     assert "report of 1 results folders: qs/attr" in out
-    assert "not in the report: qs/tree: no results the report shows (trees.json)" in out
+    assert "not in the report: qs/other: no results the report shows (scores.json)" in out
+
+
+@pytest.mark.parametrize("mode", ["tree", "graph"])
+def test_tree_folder_is_shown(tmp_path, mode):
+    """A `tree` folder: trees.json's summary numbers, and per example its tokens and the tree of its file."""
+    tokens = [tokens_of(9, INJECTION_TOKENS[:2]), tokens_of(6)]
+    files = write_tree_folder(
+        tmp_path / "tree",
+        [{"name": "t0", "tokens": tokens[0], "n_layers": 3}, {"name": "t1", "tokens": tokens[1], "n_layers": 3}],
+        mode=mode,
+    )
+    index = json.loads((tmp_path / "tree" / "trees.json").read_text())
+    data = load_report_data(tmp_path)
+    assert data["included"] == ["tree"] and data["skipped"] == [] and data["examples"] == []
+    (section,) = data["sections"]
+    assert section["kind"] == "trees" and section["folder"] == "tree" and section["subcommand"] == "tree"
+    got = section["data"]
+    for key in ("mode", "tau", "root", "words", "max_completeness_error"):
+        assert got[key] == index[key], key
+    assert got["n_examples"] == 2 and [e["name"] for e in got["examples"]] == ["t0", "t1"]
+    for e, toks, item in zip(got["examples"], tokens, index["examples"]):
+        file = files[e["name"]]
+        assert e["tokens"] == toks and e["layers"] == [0, 1, 2]
+        assert (e["predicted"], e["prob"], e["n_edges"]) == (1, 0.75, item["n_edges"])
+        assert e["completeness_error"] == file["completeness_error"]
+        worst = file["completeness_error"].index(max(file["completeness_error"]))
+        assert e["max_completeness_error"] == max(file["completeness_error"])
+        assert e["max_completeness_error_layer"] == worst
+        assert e["tree"]["nodes"] == file["nodes"] and e["tree"]["n_layers"] == 3 and e["tree"]["root"] == 0
+        assert {(n["index"], n["token"]) for n in file["nodes"]} <= set(enumerate(toks))
+        if mode == "tree":
+            assert e["graph"] is None and e["tree"]["edges"] == file["edges"]
+            assert (0, 1) in {(x["parent"], x["child"]) for x in file["edges"]}  # the planted edge
+        else:
+            assert e["tree"]["edges"] == []
+            rows = e["graph"]["edges"]
+            assert [r[:3] + [r[5]] for r in rows] == [
+                [x["parent"], x["child"], x["layer"], int(x["in_tree"])] for x in file["edges"]
+            ]
+            for row, x in zip(rows, file["edges"]):
+                assert row[3] == pytest.approx(x["attribution"], rel=1e-3)
+    page = build_report(tmp_path).html
+    assert data_block(page)["sections"][0]["data"]["examples"][0]["tokens"] == tokens[0]  # exact, escaped
+    assert "</script>" not in page.split('id="report-data">')[1].split("</script>")[0]
+
+
+def test_broken_tree_folder(tmp_path):
+    """A tree file that is missing, lacks the tree, or does not match the tokens is a clear error."""
+    folder = tmp_path / "tree"
+    write_tree_folder(folder, [{"name": "t0", "tokens": tokens_of(6), "n_layers": 2}])
+    index = json.loads((folder / "trees.json").read_text())
+    index["examples"][0]["tokens"] = tokens_of(4)
+    (folder / "trees.json").write_text(json.dumps(index))
+    with pytest.raises(DataFileError, match="tokens of 't0'.*6 tokens.*got 4"):
+        load_report_data(tmp_path)
+    (folder / "trees" / "t0.json").write_text(json.dumps({"name": "t0"}))
+    with pytest.raises(DataFileError, match="`nodes`, `edges` and `n_layers`"):
+        load_report_data(tmp_path)
+    (folder / "trees" / "t0.json").unlink()
+    with pytest.raises(DataFileError, match="t0.json"):
+        load_report_data(tmp_path)
