@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from lightning_attattr.report import build_report
-from tests.report import INJECTION_TOKENS, tokens_of, write_attribute_folder, write_model_folders
+from tests.report import (
+    INJECTION_TOKENS,
+    tokens_of,
+    write_attribute_folder,
+    write_model_folders,
+    write_tree_folder,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -317,3 +323,57 @@ def test_tree_edges_by_attribution_apart_and_highlighted(driver, small_page):
     assert driver.execute_script("return document.getElementById('tree-svg').classList.contains('dimmed')")
     assert "highlight" in paths[order[-1]].get_attribute("class")
     assert sum("highlight" in p.get_attribute("class") for p in paths) == 1
+
+
+@pytest.fixture(scope="module")
+def trees_page(tmp_path_factory) -> Path:
+    """A tree folder (two examples, one with injection tokens) and a graph folder (one example)."""
+    root = tmp_path_factory.mktemp("trees")
+    specs = [{"name": "t0", "tokens": tokens_of(10, INJECTION_TOKENS), "n_layers": 3}]
+    write_tree_folder(root / "graph", [{"name": "g0", "tokens": tokens_of(8), "n_layers": 3}], mode="graph")
+    write_tree_folder(root / "tree", [*specs, {"name": "t1", "tokens": tokens_of(7), "n_layers": 2}])
+    return build_report(root).save()
+
+
+def test_tree_folders_are_drawn(driver, trees_page):
+    """Each tree folder's section: summary, table, tokens, and its tree or graph with edges by attribution."""
+    assert load(driver, trees_page) == []
+    assert not driver.execute_script("return window.__injected === 1")
+    data = json.loads(driver.execute_script("return document.getElementById('report-data').textContent"))
+    graph_section, tree_section = data["sections"]
+    assert [s["kind"] for s in data["sections"]] == ["trees", "trees"] and data["examples"] == []
+    # the graph folder: every edge row drawn, dashed where the tree drops it
+    rows = graph_section["data"]["examples"][0]["graph"]["edges"]
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#trees-0-svg path.edge")) == len(rows) > 0
+    extra = sum(1 for r in rows if not r[5])
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#trees-0-svg path.edge.extra")) == extra
+    assert "1 graph (mode graph, τ = 0.4" in driver.find_element(By.ID, "trees-0-summary").text
+    # the tree folder: its summary, one table row per example, the first example's tokens and tree
+    summary = driver.find_element(By.ID, "trees-1-summary").text
+    assert summary.startswith("2 trees (mode tree, τ = 0.4, root rule cls, on tokens)")
+    section = driver.find_element(By.CSS_SELECTOR, "section.model-section[data-kind=trees]:nth-of-type(2)")
+    assert len(section.find_elements(By.CSS_SELECTOR, "table.numbers tbody tr")) == 2
+    first = tree_section["data"]["examples"][0]
+    tokens = [t.get_attribute("textContent") for t in driver.find_elements(By.CSS_SELECTOR, "#trees-1-tokens .token")]
+    assert tokens == first["tokens"]
+    nodes = driver.find_elements(By.CSS_SELECTOR, "#trees-1-svg g.node")
+    paths = driver.find_elements(By.CSS_SELECTOR, "#trees-1-svg path.edge")
+    assert len(nodes) == len(first["tree"]["nodes"]) and len(paths) == len(first["tree"]["edges"]) > 1
+    values = [abs(float(p.get_attribute("data-attribution"))) for p in paths]
+    widths = [float(p.get_attribute("stroke-width")) for p in paths]
+    colours = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#trees-1-svg path.edge'), p => getComputedStyle(p).stroke)"
+    )
+    order = sorted(range(len(paths)), key=values.__getitem__)
+    assert [widths[k] for k in order] == sorted(widths) and widths[order[-1]] == 4.5
+    # colour: the strongest edge full red, paler (more green) as the attribution falls
+    greens = [int(colours[k].split(",")[1]) for k in order]
+    assert greens == sorted(greens, reverse=True) and colours[order[-1]] == "rgb(178, 24, 43)"
+    assert greens[0] > greens[-1]
+    # the example selector swaps tokens and tree
+    Select(driver.find_element(By.ID, "trees-1-select")).select_by_index(1)
+    second = tree_section["data"]["examples"][1]
+    assert driver.find_element(By.ID, "trees-1-title").text.startswith("Attribution tree of t1")
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#trees-1-tokens .token")) == len(second["tokens"])
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#trees-1-svg path.edge")) == len(second["tree"]["edges"])
+    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
