@@ -759,7 +759,8 @@ def write_report(
     Per example of an ``attribute`` folder: the AttAttr map of any layer and head (or all heads summed)
     with the raw attention beside it, hover values, top edges, the attribution tree, prediction and
     completeness; per model: whatever ``heads``, ``effectiveness``, ``universality``, ``attack`` and
-    ``faithfulness`` wrote. ``results_dir`` may also be a folder with such folders below it, at any depth
+    ``faithfulness`` wrote; per ``tree`` folder: each example's tree or graph, its tokens and the summary
+    numbers of ``trees.json``. ``results_dir`` may also be a folder with such folders below it, at any depth
     (e.g. ``results``); the folders shown and those skipped (with the reason) are printed.
 
     Args:
