@@ -28,7 +28,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/long_context.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.memory_plan import _cpu_peak, _reset_cpu_peak  # noqa: E402
+from benchmarks.memory_plan import reset_peak, timed_calls  # noqa: E402
 from lightning_attattr.core.attribution import AttentionIntegratedGradients  # noqa: E402
 from lightning_attattr.core.reductions import HeadScores, Rows  # noqa: E402
 
@@ -79,24 +78,11 @@ def child(spec: dict) -> dict:
     kwargs = dict(n_steps=spec["n_steps"], internal_batch_size=spec["internal_batch_size"])
     reduction = MODES[spec["mode"]]
     ig.attribute(make_batch(16, device), reduction=reduction, **kwargs)  # warm-up: kernels, registration
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        base = _reset_cpu_peak()
+    base = reset_peak(device)
     batch = make_batch(spec["n_tokens"], device)
-    seconds = []
-    for i in range(spec["repeat"]):  # the peak is the first call's (the CPU allocator fragments over calls)
-        start = time.perf_counter()
-        result = ig.attribute(batch, reduction=reduction, **kwargs)
-        if cuda:
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-        if i == 0:
-            peak = (torch.cuda.max_memory_allocated(device) if cuda else _cpu_peak()) - base
+    seconds, peak, result = timed_calls(
+        lambda: ig.attribute(batch, reduction=reduction, **kwargs), device, spec["repeat"], base
+    )
     kept = result.attributions if result.reduced is None else (result.reduced.rows or [result.reduced.head_scores])
     return {
         "seconds": round(min(seconds), 3),

@@ -38,7 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import BertConfig, BertForSequenceClassification
@@ -91,6 +93,34 @@ def _cpu_peak() -> int:
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def reset_peak(device: torch.device) -> int:
+    """Start a peak-memory measurement on ``device``; the baseline that :func:`timed_calls` subtracts."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    return _reset_cpu_peak()
+
+
+def timed_calls(call: Callable[[], Any], device: torch.device, repeat: int, base: int) -> tuple[list[float], int, Any]:
+    """``repeat`` timed calls: their seconds, the first call's peak memory above ``base``, the last result.
+
+    The peak is the first call's: the CPU allocator fragments over calls.
+    """
+    cuda = device.type == "cuda"
+    seconds, peak, result = [], 0, None
+    for i in range(repeat):
+        start = time.perf_counter()
+        result = call()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+        if i == 0:
+            peak = (torch.cuda.max_memory_allocated(device) if cuda else _cpu_peak()) - base
+    return seconds, peak, result
+
+
 def child(spec: dict) -> dict:
     """One attribute() call of the setting ``spec``; its measurements (and the maps, saved to ``spec['out']``)."""
     device = torch.device(spec["device"])
@@ -101,24 +131,9 @@ def child(spec: dict) -> dict:
     # warm-up at the same length: kernels, their per-thread buffers and the attention registration are not
     # part of the call's peak
     ig.attribute(make_batch(1, spec["n_tokens"], device), method=spec["method"], n_steps=2, internal_batch_size=2)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        base = _reset_cpu_peak()
+    base = reset_peak(device)
     free = memory.free_memory(device)
-    seconds = []
-    for i in range(spec["repeat"]):  # the peak is the first call's (the CPU allocator fragments over calls)
-        start = time.perf_counter()
-        result = ig.attribute(batch, **kwargs)
-        if cuda:
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-        if i == 0:
-            peak = (torch.cuda.max_memory_allocated(device) if cuda else _cpu_peak()) - base
+    seconds, peak, result = timed_calls(lambda: ig.attribute(batch, **kwargs), device, spec["repeat"], base)
     torch.save(result.padded(), spec["out"])
     cfg, layers = model.config, model.config.num_hidden_layers
     row = memory.row_bytes(cfg, spec["n_tokens"], layers, model.dtype)
