@@ -998,29 +998,36 @@ TINY_BERT = json.dumps(
 )
 
 
+def glue_attack_args(task, glue, tokenizer_dir, out) -> list:
+    """`attack` with the tiny BERT on the GLUE files of ``task``, writing to ``out``, every trigger length allowed."""
+    return [
+        "attack",
+        "--model.model_config",
+        TINY_BERT,
+        "--data",
+        "GlueDataModule",
+        "--data.task_name",
+        task,
+        "--data.data_dir",
+        glue,
+        "--data.model_name_or_path",
+        tokenizer_dir,
+        "--data.max_seq_length",
+        "48",
+        "--output_dir",
+        out,
+        "--min_tokens",
+        "0",
+    ]
+
+
 @pytest.mark.parametrize("task", ["sst2", "rte"])
 def test_attack_end_to_end_on_glue_files(glue, tokenizer_dir, tmp_path, task):
     """Mining on the training file, insertion into every dev example, per-class table with a random control."""
     out = tmp_path / "attack"
     analyze(
         [
-            "attack",
-            "--model.model_config",
-            TINY_BERT,
-            "--data",
-            "GlueDataModule",
-            "--data.task_name",
-            task,
-            "--data.data_dir",
-            glue,
-            "--data.model_name_or_path",
-            tokenizer_dir,
-            "--data.max_seq_length",
-            "48",
-            "--output_dir",
-            out,
-            "--min_tokens",
-            "0",
+            *glue_attack_args(task, glue, tokenizer_dir, out),
             "--threshold",
             "0",
             "--n_random",
@@ -1280,23 +1287,7 @@ def test_a_failed_attack_does_not_block_its_retry(glue, tokenizer_dir, tmp_path,
     """The advice of the error ("lower `threshold`") works on the same folder: the failed run left nothing."""
     out = tmp_path / "attack"
     args = [
-        "attack",
-        "--model.model_config",
-        TINY_BERT,
-        "--data",
-        "GlueDataModule",
-        "--data.task_name",
-        "sst2",
-        "--data.data_dir",
-        glue,
-        "--data.model_name_or_path",
-        tokenizer_dir,
-        "--data.max_seq_length",
-        "48",
-        "--output_dir",
-        out,
-        "--min_tokens",
-        "0",
+        *glue_attack_args("sst2", glue, tokenizer_dir, out),
         "--n_random",
         "1",
         "--n_steps",
