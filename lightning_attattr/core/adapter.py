@@ -13,10 +13,10 @@ per forward pass,
 - multiply the probabilities by a ``[layer, head]`` mask (soft or 0/1): the replacement for the
   removed ``head_mask``,
 - replace one layer's probabilities by a supplied tensor (batched over integration steps) so that
-  gradients flow to it, expanding the batch at that layer's input so that everything below is
-  computed once per example,
-- reuse cached outputs of the layers below a target layer instead of recomputing them (not for
-  encoder-decoders: ``controller.can_skip_below``).
+  gradients flow to it,
+- reuse cached outputs of the layers below a target layer instead of recomputing them, so that
+  everything below is computed once per example (not for encoder-decoders:
+  ``controller.can_skip_below``).
 
 The model's forward code is never copied or edited: the scope switches the attention
 implementation, wraps the ``forward`` of each attention layer's module instance to know which
@@ -314,7 +314,6 @@ class AttentionController:
         self._recorded: dict[int, Any] = {}
         self._replace_layer: int | None = None
         self._replacement: Tensor | None = None
-        self._expand = 1
         self._skip_below = 0
         self._skip_output: Any = None
         self._kept: dict[int, Tensor] = {}  # layer -> original indices of the heads left after pruning
@@ -464,16 +463,14 @@ class AttentionController:
         return index
 
     def _run_layer(self, layer: int, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        if not self.can_skip_below and (self._skip_below > 0 or self._expand > 1):
+        if not self.can_skip_below and self._skip_below > 0:
             raise RuntimeError(
-                "Expected no skipped or batch-expanded layers for this model (its attention layers are "
-                "modules inside encoder and decoder layers, so cached lower layers cannot be replayed), "
-                f"but got skip_below={self._skip_below}, expand={self._expand}."
+                "Expected no skipped layers for this model (its attention layers are modules inside encoder "
+                "and decoder layers, so cached lower layers cannot be replayed), "
+                f"but got skip_below={self._skip_below}."
             )
         if layer < self._skip_below:
             return self._skip_output
-        if self._expand > 1 and layer == self._replace_layer:
-            args, kwargs = _expand_hidden(args, kwargs, self._expand)
         token = _CURRENT.set((self, layer))
         try:
             output = forward(*args, **kwargs)
@@ -588,15 +585,6 @@ class AttentionController:
         if layer in self._context:
             self._contexts[layer] = out
         return out
-
-
-def _expand_hidden(args: tuple, kwargs: dict, factor: int) -> tuple[tuple, dict]:
-    """Repeat a layer's hidden-state input ``[batch, pos, hidden]`` to ``[batch * factor, ...]``."""
-    if args:
-        return (args[0].repeat_interleave(factor, dim=0), *args[1:]), kwargs
-    kwargs = dict(kwargs)
-    kwargs["hidden_states"] = kwargs["hidden_states"].repeat_interleave(factor, dim=0)
-    return args, kwargs
 
 
 def layer_modules(model: nn.Module) -> list[nn.Module]:

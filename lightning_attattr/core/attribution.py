@@ -907,7 +907,7 @@ class _Run:
     @property
     def can_skip_below(self) -> bool:
         """Whether the integration passes may reuse the recorded outputs of the layers below the target layer."""
-        return bool(getattr(self.ctrl, "can_skip_below", True))
+        return self.ctrl.can_skip_below
 
     def clean_pass(
         self, inputs: dict[str, Tensor], model_kwargs: dict[str, Any]

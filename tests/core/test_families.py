@@ -406,7 +406,10 @@ def test_pruned_query_heads_keep_their_key_value_group(family):
 
 @pytest.mark.parametrize("family", ["llama-gqa", "gemma2-lm", "gpt_oss-lm", "gpt2-lm"])
 def test_decoder_only_replays_cached_lower_layers(family):
-    """``can_skip_below``: layer 1 replaced by its own probabilities, its input expanded 3x, layer 0 replayed."""
+    """``can_skip_below``: layer 1 replaced by its own probabilities, the inputs and layer 0's replayed output
+    repeated 3x per example (as the integration passes do)."""
+    from lightning_attattr.core.attribution import _repeat_rows
+
     model = _build(family)
     batch = _batch(model)
     reference = _logits(model, batch)
@@ -414,11 +417,11 @@ def test_decoder_only_replays_cached_lower_layers(family):
         recorded: dict = {}
         with ctrl.capturing([1]) as probs, ctrl._state(_record=frozenset({0}), _recorded=recorded):
             _logits(model, batch)
-        steps = 3
+        steps, n = 3, len(batch["input_ids"])
         replacement = probs[1].repeat_interleave(steps, dim=0)  # [batch * step, head, query_pos, key_pos]
-        state = dict(_replace_layer=1, _replacement=replacement, _expand=steps, _skip_below=1, _skip_output=recorded[0])
-        with ctrl._state(**state):
-            expanded = _logits(model, batch)
+        below = _repeat_rows(recorded[0], n, steps)
+        with ctrl._state(_replace_layer=1, _replacement=replacement, _skip_below=1, _skip_output=below):
+            expanded = _logits(model, _repeat_rows(batch, n, steps))
         assert ctrl.layers_seen == [1]
     torch.testing.assert_close(expanded, reference.repeat_interleave(steps, dim=0), rtol=1e-5, atol=1e-5)
 
