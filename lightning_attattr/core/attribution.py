@@ -86,6 +86,7 @@ from lightning_attattr.core.targets import (
     Output,
     bind_target,
     is_language_model,
+    output_logits,
 )
 
 if TYPE_CHECKING:
@@ -607,8 +608,7 @@ def _take_rows(value: Any, rows: Tensor) -> Any:
 
 def model_logits(model: nn.Module, inputs: Mapping[str, Tensor]) -> Tensor:
     """``[batch, classes]`` logits of a Hugging Face classifier (``.logits``, else the first output)."""
-    output = model(**inputs)
-    return output.logits if hasattr(output, "logits") else output[0]
+    return output_logits(model(**inputs))
 
 
 def _repeat_rows(value: Any, examples: int, steps: int) -> Any:
