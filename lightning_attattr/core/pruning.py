@@ -34,6 +34,14 @@ into query heads. The config keeps its original ``num_attention_heads`` and
 ``num_key_value_heads`` (the record of removed query heads is all
 :func:`from_pretrained_pruned` needs to rebuild the structure).
 
+Encoder-decoders are pruned per attention site, the layers of
+:func:`~lightning_attattr.core.families.attention_layers` (``"encoder.<i>"``, ``"decoder.<i>.self"``,
+``"decoder.<i>.cross"``), addressed by their index in that list as the rows of a head mask are:
+BART's encoder self-attention, decoder self-attention and cross-attention lose heads independently.
+T5 is refused: its relative position bias is computed by the first layer of each stack for all
+heads and passed on to every later layer, so transformers' forward cannot run a layer with fewer
+heads (a head mask silences T5 heads instead).
+
 ALBERT shares one layer module across all layers, so its heads cannot be pruned per layer; it is
 refused.
 """
@@ -50,7 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_attattr.core.adapter import PRUNED_HEADS_KEY, active_controller, layer_modules
-from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError
+from lightning_attattr.core.checks import ArgumentError, ArgumentTypeError, UnsupportedModelError
 from lightning_attattr.core.families import kv_head_count
 
 if TYPE_CHECKING:
@@ -73,6 +81,9 @@ _LAYOUTS: tuple[tuple[str, tuple[str, str, str], str, tuple[str, ...]], ...] = (
     # Llama, Mistral, Qwen2/3, Gemma(2/3): the decoders read their head counts from the projections' shapes
     ("self_attn", ("q_proj", "k_proj", "v_proj"), "self_attn.o_proj", ("num_attention_heads", "num_heads")),
     ("attention", ("q_lin", "k_lin", "v_lin"), "attention.out_lin", ("n_heads",)),  # DistilBERT
+    # BART: the site is the attention module itself (encoder self-, decoder self- or cross-attention);
+    # its forward reshapes by `head_dim` alone, `num_heads` is kept in step for readers of the module
+    ("", ("q_proj", "k_proj", "v_proj"), "out_proj", ("num_heads",)),
 )
 # (attention module path, fused projection, output projection path): rows [query | key | value]
 _FUSED_LAYOUTS: tuple[tuple[str, str, str], ...] = (
@@ -81,7 +92,7 @@ _FUSED_LAYOUTS: tuple[tuple[str, str, str], ...] = (
 )
 _SUPPORTED = (
     "BERT, RoBERTa, ELECTRA, XLM-RoBERTa, CamemBERT, DistilBERT, ViT, Llama, Mistral, Qwen2, Qwen3, "
-    "Gemma (1-3), gpt-oss, Phi-3 and GPT-2"
+    "Gemma (1-3), gpt-oss, Phi-3, GPT-2 and BART"
 )
 
 
@@ -161,7 +172,7 @@ class _Attention:
 
 def _resolve(module: nn.Module, path: str) -> Any:
     found: Any = module
-    for name in path.split("."):
+    for name in path.split(".") if path else ():
         found = getattr(found, name, None)
         if found is None:
             return None
@@ -273,12 +284,16 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]] | Tensor) -
     """Remove attention heads from ``model`` in place.
 
     Args:
-        model: a Hugging Face ``PreTrainedModel``: BERT family, DistilBERT, ViT, or a decoder
-            (Llama, Mistral, Qwen2, Qwen3, Gemma 1-3, gpt-oss, Phi-3, GPT-2), with any task head.
+        model: a Hugging Face ``PreTrainedModel``: BERT family, DistilBERT, ViT, a decoder
+            (Llama, Mistral, Qwen2, Qwen3, Gemma 1-3, gpt-oss, Phi-3, GPT-2) or BART, with any
+            task head.
         heads: ``{layer: [head, ...]}`` in original (query) head indices, or a ``[layer, head]``
             mask whose zeros mark the heads to remove (the convention of the head mask). Heads
             that are already gone are ignored, so the call is idempotent. With grouped-query
-            attention the heads must make up whole key/value groups.
+            attention the heads must make up whole key/value groups. A layer is an index into
+            :func:`~lightning_attattr.core.families.attention_layers`, the row of a head mask:
+            for BART that list is the encoder layers, then per decoder layer its self-attention
+            and its cross-attention, each pruned on its own.
 
     Returns:
         A :class:`PruningReport` with the parameter counts before and after.
@@ -286,7 +301,8 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]] | Tensor) -
     Raises:
         ValueError: bad layer/head indices or mask shape, every head of a layer chosen (use a head
             mask to silence a whole layer), part of a key/value group chosen, ALBERT (shared
-            layers), or an unsupported layout.
+            layers), T5 (position bias shared across layers with all heads:
+            ``UnsupportedModelError``), or an unsupported layout.
         RuntimeError: called inside an :func:`~lightning_attattr.core.adapter.attention_scope` of
             ``model``.
 
@@ -297,6 +313,18 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]] | Tensor) -
         >>> report = prune_heads(model, {0: [1, 3], 1: [0]})
         >>> report.pruned, model.bert.encoder.layer[0].attention.self.query.out_features
         ({0: [1, 3], 1: [0]}, 8)
+
+        An encoder-decoder, pruned per attention site:
+
+        >>> from transformers import BartConfig, BartForConditionalGeneration
+        >>> from lightning_attattr.core.families import attention_layers
+        >>> bart = BartForConditionalGeneration(BartConfig(vocab_size=50, d_model=16, encoder_layers=1,
+        ...     decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+        ...     encoder_ffn_dim=32, decoder_ffn_dim=32))
+        >>> attention_layers(bart)
+        ['encoder.0', 'decoder.0.self', 'decoder.0.cross']
+        >>> prune_heads(bart, {2: [0, 1]}).pruned, bart.model.decoder.layers[0].encoder_attn.num_heads
+        ({2: [0, 1]}, 2)
     """
     if active_controller(model) is not None:
         raise RuntimeError("Cannot prune heads inside an `attention_scope` of the same model; prune outside it.")
@@ -306,6 +334,12 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]] | Tensor) -
         raise ArgumentError(
             f"Model type {config.model_type!r} shares one layer module across layers, so its heads cannot "
             "be pruned per layer; use a head mask instead."
+        )
+    if any(hasattr(m, "has_relative_attention_bias") for m in modules):  # T5's attention modules
+        raise UnsupportedModelError(
+            f"Cannot prune heads of model type {config.model_type!r} structurally: its relative position bias is "
+            "computed by the first layer of each stack for all heads and passed on to every later layer, so a layer "
+            "with fewer heads cannot add it; use a head mask instead."
         )
     n_layers, n_heads = len(modules), int(config.num_attention_heads)
     group_size = _group_size(model)

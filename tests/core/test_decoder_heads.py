@@ -269,17 +269,12 @@ def test_decoder_refusals(heads, match):
     assert pruned_heads(model) == {}
 
 
-def test_refuses_cross_attention_and_encoder_decoders():
+def test_refuses_gpt2_cross_attention():
+    """BART is pruned per attention site (test_pruning_encdec.py); GPT-2's add-on cross-attention is not."""
     config = decoder_config("gpt2")
     config.add_cross_attention = True
     with pytest.raises(ValueError, match="GPT2Block with a cross-attention module"):
         prune_heads(transformers.GPT2LMHeadModel(config), {0: [1]})
-    bart = transformers.BartConfig(
-        vocab_size=100, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=32,
-    )  # fmt: skip
-    with pytest.raises(ValueError, match="projections in layer module BartAttention; structural pruning supports"):
-        prune_heads(transformers.BartForConditionalGeneration(bart), {0: [1]})
 
 
 # ----------------------------------------------------------------------------- grouped-query attention
