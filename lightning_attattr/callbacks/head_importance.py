@@ -109,8 +109,10 @@ class HeadImportanceCallback(EpochEndAnalysis):
     ``I_h`` is the mean over examples of the pooled (by default signed max, as in the paper)
     attribution map of head ``h``, for the gold label by default (the official code's choice).
     The examples are the first ``n_examples`` of the validation loader, chosen once and kept in the
-    callback state. Under DDP each rank attributes its share of the examples and the sums are
-    reduced, so every rank gets the single-process importance.
+    callback state. Each layer's maps are pooled as soon as they are done
+    (``attribute(..., reduction=HeadScores(pooling))``), so the maps of all layers never exist at
+    once; the scores equal pooling the full maps. Under DDP each rank attributes its share of the
+    examples and the sums are reduced, so every rank gets the single-process importance.
 
     Logs ``importance/L{layer}H{head}`` scalars, an ``importance/attattr`` heatmap image, and with
     ``taylor=True`` the ``importance/taylor`` heatmap and ``importance/spearman_taylor`` (rank
