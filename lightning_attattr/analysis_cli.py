@@ -194,7 +194,9 @@ class AnalysisTrainer(pl.Trainer):
         """AttAttr maps of chosen dev examples or raw text, saved per example with plots."""
         net, datamodule = self._prepare(run)
         examples = _chosen_examples(datamodule, settings.indices, settings.text, settings.text_pair)
-        from lightning_attattr.lightning.experiments import run_attribute
+        from lightning_attattr.lightning.experiments import check_attribute_examples, run_attribute
+
+        check_attribute_examples(settings, examples)  # before the results folder is opened
 
         result = self._run_analysis(
             run, "attribute", settings.decisive(), (net, datamodule), lambda job: run_attribute(job, settings, examples)

@@ -1109,6 +1109,56 @@ def test_trigger_framing_reproduces_the_tokenizer(tokenizer_dir, pair):
             assert got["token_type_ids"] == expected["token_type_ids"], (a, b, max_length)
 
 
+def test_attribute_rows_and_top_k_keep_what_the_full_maps_give(trained, tmp_path, capsys):
+    """`--rows -1` / `--top_k 6` save the reduction of the maps the plain run saves; the report skips them."""
+    common = [*trained.base, "--indices", "0", "1", "--n_steps", "3", "--trainer.enable_progress_bar=false"]
+    analyze(["attribute", *common, "--output_dir", tmp_path / "full"])
+    analyze(["attribute", *common, "--output_dir", tmp_path / "rows", "--rows", "-1", "0"])
+    analyze(["attribute", *common, "--output_dir", tmp_path / "top", "--top_k=6"])
+    assert read_json(tmp_path / "full" / "attributions.json")["reduction"] is None
+    assert read_json(tmp_path / "rows" / "attributions.json")["reduction"] == {"rows": [-1, 0]}
+    assert read_json(tmp_path / "top" / "attributions.json")["reduction"] == {"top_k": 6}
+    for item in read_json(tmp_path / "full" / "attributions.json")["examples"]:
+        full = torch.load(tmp_path / "full" / item["file"], weights_only=True)
+        rows = torch.load(tmp_path / "rows" / item["file"], weights_only=True)
+        top = torch.load(tmp_path / "top" / item["file"], weights_only=True)
+        maps, n = full["attributions"], len(full["tokens"])  # [layer, head, n, n]
+        assert "attributions" not in rows and rows["reduction"] == {"rows": [-1, 0]}
+        assert rows["query_positions"].tolist() == [n - 1, 0]
+        torch.testing.assert_close(rows["rows"], maps[:, :, [n - 1, 0]], rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(rows["attention"], full["attention"][:, :, [n - 1, 0]])
+        flat = maps.flatten(1)  # [layer, head * n * n]
+        torch.testing.assert_close(
+            top["top_values"], flat.gather(1, flat.abs().topk(6, dim=1).indices), rtol=1e-6, atol=1e-9
+        )
+        assert top["top_indices"].shape == (3, 6, 3) and top["completeness_error"] == full["completeness_error"]
+    # the report draws full maps: a reduced folder is skipped, with the reason
+    line = user_error(["report", tmp_path / "rows"], capsys, prog="analyze.py report")
+    assert "reduced (rows=[-1, 0])" in line and "full maps only" in line
+    analyze(["report", tmp_path, "--output", tmp_path / "all.html"])  # the full folder is drawn, the others skipped
+    page = (tmp_path / "all.html").read_text(encoding="utf-8")
+    assert "full/validation-000001" in page and "rows/validation-000000" not in page
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--rows", "0", "0"], ["`rows`", "distinct int query positions", "[0, 0]"]),
+        (["--rows", "[]"], ["`rows`", "[]"]),
+        (["--top_k", "0"], ["`top_k`", "positive integer", "0"]),
+        (["--rows", "-1", "--top_k", "3"], ["at most one of `rows` and `top_k`"]),
+        (["--rows", "-1", "--plots", "true"], ["`plots` false with `rows` or `top_k`"]),
+        (["--top_k", "3", "--report", "true"], ["`report` false with `rows` or `top_k`"]),
+        (["--rows", "500"], ["`rows` within every example's tokens", "[500]"]),
+    ],
+)
+def test_bad_reduction_options(trained, tmp_path, capsys, args, expected):
+    out = tmp_path / "out"
+    line = user_error(["attribute", *trained.base, "--output_dir", out, *args], capsys, out)
+    for text in expected:
+        assert text in line, line
+
+
 def test_report_subcommand_and_attribute_report(trained, tmp_path, capsys):
     """`attribute --report true` writes report.html beside the maps; `analyze.py report DIR` rewrites it."""
     out = tmp_path / "attribute"

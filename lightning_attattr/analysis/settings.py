@@ -38,6 +38,7 @@ from lightning_attattr.core.checks import (
     check_sizes,
 )
 from lightning_attattr.core.importance import PRUNING_FRACTIONS
+from lightning_attattr.core.reductions import Rows, TopK
 
 
 def option(default: Any, doc: str, *, decides: bool = True) -> Any:
@@ -134,6 +135,73 @@ def check_text(text: list[str] | None, text_pair: list[str] | None) -> None:
         )
 
 
+ROWS_DOC = (
+    "keep only these query rows of every map: positions among each example's real tokens, negative from the "
+    "end (``[-1]``: the last token, e.g. of a prompt); default ``null``: the full maps."
+)
+TOP_K_DOC = (
+    "keep only the ``k`` largest edges (by ``|attribution|``) of every (example, layer), with their "
+    "``(head, query_pos, key_pos)``; default ``null``: the full maps."
+)
+
+
+def maps_reduction(rows: list[int] | None, top_k: int | None) -> Rows | TopK | None:
+    """The reduction of the maps that the ``rows`` and ``top_k`` options ask for, checked (``None``: full maps).
+
+    Both options reduce the maps while they are computed (``attribute(..., reduction=...)``), so the
+    maps of all layers never exist at once: ``rows`` keeps ``[layer, head, rows, key_pos]`` per
+    example, ``top_k`` the ``k`` largest-magnitude edges per layer. At most one of them may be given.
+
+    Args:
+        rows: ``None``, or one or more distinct query positions (ints; negative count from the end
+            of each example's real tokens).
+        top_k: ``None``, or the number of edges kept per (example, layer), at least 1.
+
+    Returns:
+        ``Rows(rows)``, ``TopK(top_k)`` or ``None``.
+
+    Raises:
+        ArgumentError: a value of the wrong type or range, or both options given.
+
+    Example:
+        >>> maps_reduction([-1], None)
+        Rows(positions=(-1,))
+        >>> maps_reduction(None, None) is None
+        True
+    """
+    if rows is not None and (
+        not isinstance(rows, (list, tuple))
+        or not rows
+        or any(isinstance(p, bool) or not isinstance(p, int) for p in rows)
+        or len(set(rows)) != len(rows)
+    ):
+        raise ArgumentError(
+            f"Expected `rows` to be None or a list of distinct int query positions (-1: the last token), but got "
+            f"{rows!r}."
+        )
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ArgumentError(f"Expected `top_k` to be None or a positive integer, but got {top_k!r}.")
+    if rows is not None and top_k is not None:
+        raise ArgumentError(f"Expected at most one of `rows` and `top_k`, but got rows={rows!r} and top_k={top_k!r}.")
+    if rows is not None:
+        return Rows(list(rows))
+    return None if top_k is None else TopK(top_k)
+
+
+def reduction_record(reduction: Rows | TopK | None) -> dict[str, Any] | None:
+    """How the saved maps were reduced, as plain values for results files: ``{"rows": [...]}``, ``{"top_k": k}``.
+
+    Example:
+        >>> reduction_record(TopK(8))
+        {'top_k': 8}
+    """
+    if reduction is None:
+        return None
+    if isinstance(reduction, Rows):
+        return {"rows": list(reduction.positions)}
+    return {"top_k": reduction.k}
+
+
 _TEXT = "raw input texts (first segments)."
 _TEXT_PAIR = "second segments for pair tasks, one per ``text``."
 
@@ -149,6 +217,8 @@ class AttributeSettings(AnalysisSettings):
     text_pair: list[str] | None = option(None, _TEXT_PAIR)
     target: str | int = option("predicted", '``"predicted"``, ``"labels"`` (gold, dev examples only) or a class index.')
     layers: list[int] | None = option(None, "layers to attribute (default all; negative counts from the end).")
+    rows: list[int] | None = option(None, ROWS_DOC)
+    top_k: int | None = option(None, TOP_K_DOC)
     batch_size: int = option(8, "examples per attribution batch.", decides=False)
     plots: bool = option(
         False,
@@ -160,9 +230,16 @@ class AttributeSettings(AnalysisSettings):
     )
 
     def check(self) -> None:
-        """Plots and report flags, the target, the texts."""
+        """Plots and report flags, the target, the texts, the reduction of the maps."""
         check_bool("plots", self.plots)
         check_bool("report", self.report)
+        reduction = self.reduction()
+        for name in ("plots", "report"):
+            if reduction is not None and getattr(self, name):
+                raise ArgumentError(
+                    f"Expected `{name}` false with `rows` or `top_k` (it draws full maps), but got true with "
+                    f"{reduction_record(reduction)}."
+                )
         target = self.target
         if target not in ("predicted", "labels") and not (isinstance(target, int) and not isinstance(target, bool)):
             raise ArgumentError(f"Expected `target` to be 'predicted', 'labels' or a class index, but got {target!r}.")
@@ -172,6 +249,10 @@ class AttributeSettings(AnalysisSettings):
                 "Expected `target` 'predicted' or a class index for `text` inputs (they have no gold label), "
                 "but got 'labels'."
             )
+
+    def reduction(self) -> Rows | TopK | None:
+        """The reduction of the maps that ``rows`` / ``top_k`` ask for (``None``: full maps)."""
+        return maps_reduction(self.rows, self.top_k)
 
 
 @dataclass(frozen=True)

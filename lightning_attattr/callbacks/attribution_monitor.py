@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_attattr.analysis.settings import maps_reduction, reduction_record
 from lightning_attattr.callbacks._base import EpochEndAnalysis, ValExamples
 from lightning_attattr.callbacks._figures import FigureLogger
 from lightning_attattr.callbacks._protocol import (
@@ -27,6 +28,7 @@ from lightning_attattr.core.attribution import (
     DEFAULT_METHOD,
     DEFAULT_N_STEPS,
     AttentionIntegratedGradients,
+    AttributionResult,
     completeness_scale,
 )
 from lightning_attattr.core.checks import (
@@ -38,6 +40,7 @@ from lightning_attattr.core.checks import (
     check_number,
     check_positive_int,
 )
+from lightning_attattr.core.reductions import TopK
 from lightning_attattr.lightning.compat import is_fast_dev_run, pl, rank_zero_warn
 
 _TARGETS = ("predicted", "labels")
@@ -67,11 +70,29 @@ class AttributionMonitor(EpochEndAnalysis):
     ``global_step``, ``layers``, ``tokens`` (per example), ``attributions`` (per example,
     ``[layer, head, query_pos, key_pos]`` float32 cropped to the real tokens), ``target``, ``prob``,
     ``convergence_delta`` (``[example, layer]``), ``method``, ``n_steps``, ``n_steps_used`` (``[example,
-    layer]``) and ``unconverged`` (``[example, layer]`` bool or ``None``). Load it with
-    ``torch.load(path)``.
+    layer]``), ``unconverged`` (``[example, layer]`` bool or ``None``) and ``reduction`` (``None``).
+    Load it with ``torch.load(path)``.
+
+    **Reduced maps.** For long probes, ``rows`` or ``top_k`` reduce the maps while they are computed
+    (``attribute(..., reduction=...)``), so the maps of all layers never exist at once. The file then
+    holds, instead of ``attributions``: ``reduction`` (``{"rows": [...]}`` or ``{"top_k": k}``) and
+    ``rows`` (per example ``[layer, head, rows, key_pos]``) with ``query_positions`` (``[example, rows]``,
+    positions among each example's tokens), or ``top_values`` (per example ``[layer, k]``, signed,
+    largest ``|attribution|`` first) with ``top_indices`` (per example ``[layer, k, 3]``: ``(head,
+    query_pos, key_pos)``). The histograms hold the kept values; heatmaps, head grids and trees need
+    full maps and are skipped (one warning says so).
 
     Under DDP the integration work is split across ranks (``attribute(..., shard=(rank, world))``)
-    and the partial maps are summed, so every rank ends with the single-process result.
+    and the partial maps (or kept rows) are summed, so every rank ends with the single-process
+    result. The largest edges of ``top_k`` do not add up over ranks: with ``top_k`` every rank
+    attributes the whole probe set (the same result everywhere, no speed-up from more processes).
+
+    Example:
+        Keep the last token's row of every map (e.g. what a prompt's final position attends to):
+
+        >>> monitor = AttributionMonitor(n_examples=4, rows=[-1])
+        >>> monitor.reduction
+        Rows(positions=(-1,))
 
     Args:
         n_examples: probe-set size.
@@ -89,6 +110,13 @@ class AttributionMonitor(EpochEndAnalysis):
         tree_tau: threshold of the attribution tree, in ``(0, 1]``. Default ``0.4``.
         save_dir: where maps are written; default ``<trainer.log_dir>/attributions``. Nothing is
             written under ``fast_dev_run`` (as Lightning does for checkpoints).
+        rows: keep only these query rows of every map: positions among each example's real tokens,
+            negative from the end (``[-1]``: the last token). Default ``None``: full maps.
+        top_k: keep only the ``k`` largest edges (by ``|attribution|``) of every (example, layer).
+            Default ``None``: full maps. At most one of ``rows`` and ``top_k``.
+
+    Raises:
+        ValueError, TypeError: an option of the wrong type or range (one line naming it).
     """
 
     def __init__(
@@ -107,6 +135,8 @@ class AttributionMonitor(EpochEndAnalysis):
         save_dir: str | None = None,
         log_trees: bool = False,
         tree_tau: float = 0.4,
+        rows: list[int] | None = None,
+        top_k: int | None = None,
     ) -> None:
         super().__init__(every_n_epochs)
         check_positive_int("n_examples", n_examples)
@@ -120,6 +150,7 @@ class AttributionMonitor(EpochEndAnalysis):
         for name, flag in (("log_images", log_images), ("log_histograms", log_histograms), ("log_trees", log_trees)):
             check_bool(name, flag)
         tree_tau = check_number("tree_tau", tree_tau, 0.0, 1.0, low_open=True)
+        self.reduction = maps_reduction(rows, top_k)
         if save_dir is not None and (not isinstance(save_dir, str) or not save_dir):
             raise ArgumentTypeError(f"Expected `save_dir` to be a directory path or None, but got {save_dir!r}.")
         self.n_examples = n_examples
@@ -137,6 +168,7 @@ class AttributionMonitor(EpochEndAnalysis):
         self.tree_tau = tree_tau
         self._n_model_layers: int | None = None
         self._tree_warned = False
+        self._figures_warned = False
         self.analyses_done = 0
         self.last_result: dict[str, Any] | None = None
 
@@ -148,7 +180,8 @@ class AttributionMonitor(EpochEndAnalysis):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(n_examples=self.n_examples, layers=self.layers, method=self.method)
+        reduced = {} if self.reduction is None else {"reduction": reduction_record(self.reduction)}
+        return self._generate_state_key(n_examples=self.n_examples, layers=self.layers, method=self.method, **reduced)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -180,6 +213,8 @@ class AttributionMonitor(EpochEndAnalysis):
         assert self.probe is not None
         model = resolve_model(pl_module)
         rank, size = world(trainer)
+        # the top edges do not add up over shards: with `top_k` every rank attributes everything
+        split = size > 1 and not isinstance(self.reduction, TopK)
         batch = pad_examples(self.probe)
         result = AttentionIntegratedGradients(model).attribute(
             batch,
@@ -189,22 +224,22 @@ class AttributionMonitor(EpochEndAnalysis):
             method=self.method,
             internal_batch_size=self.internal_batch_size,
             return_convergence_delta=True,
-            shard=(rank, size) if size > 1 else None,
-            reduce=(lambda t: reduce_sum(trainer, t, pl_module.device)) if size > 1 else None,
+            shard=(rank, size) if split else None,
+            reduce=(lambda t: reduce_sum(trainer, t, pl_module.device)) if split else None,
+            reduction=self.reduction,
         )
-        assert result.convergence_delta is not None  # asked for above
-        padded = reduce_sum(trainer, result.padded(), pl_module.device)  # [example, layer, head, q, k]
-        delta = reduce_sum(trainer, result.convergence_delta, pl_module.device)  # [example, layer]
-        lengths = [a.shape[-1] for a in result.attributions]
+        assert result.convergence_delta is not None and result.baseline_prob is not None  # asked for above
+        delta = result.convergence_delta  # [example, layer]
+        if split:
+            delta = reduce_sum(trainer, delta, pl_module.device)
         tokenizer = resolve_tokenizer(trainer, pl_module)
         tokens = [tokens_of(tokenizer, row["input_ids"]) if "input_ids" in row else [] for row in self.probe]
-        assert result.baseline_prob is not None
         return {
             "epoch": trainer.current_epoch,
             "global_step": trainer.global_step,
             "layers": list(result.layers),
             "tokens": tokens,
-            "attributions": [padded[i, :, :, :n, :n].float().clone() for i, n in enumerate(lengths)],
+            **self._maps(trainer, pl_module, result, split),
             "target": result.target,
             "prob": result.prob,
             "baseline_prob": result.baseline_prob,
@@ -213,7 +248,32 @@ class AttributionMonitor(EpochEndAnalysis):
             "n_steps": result.n_steps,
             "n_steps_used": result.n_steps_used,
             "unconverged": result.unconverged,
+            "reduction": reduction_record(self.reduction),
         }
+
+    @staticmethod
+    def _maps(
+        trainer: pl.Trainer, pl_module: pl.LightningModule, result: AttributionResult, split: bool
+    ) -> dict[str, Any]:
+        """The saved maps (or what the reduction kept) of the probe set, summed over ranks when ``split``."""
+
+        def summed(maps: list[Tensor]) -> list[Tensor]:  # per example [..., key_pos], partial sums over shards
+            if not split:
+                return [m.float().clone() for m in maps]
+            n = max(m.shape[-1] for m in maps)
+            padded = torch.stack([nn.functional.pad(m, (0, n - m.shape[-1])) for m in maps])
+            total = reduce_sum(trainer, padded, pl_module.device)
+            return [total[i, ..., : m.shape[-1]].float().clone() for i, m in enumerate(maps)]
+
+        reduced = result.reduced
+        if reduced is None:
+            lengths = [a.shape[-1] for a in result.attributions]
+            padded = reduce_sum(trainer, result.padded(), pl_module.device)  # [example, layer, head, q, k]
+            return {"attributions": [padded[i, :, :, :n, :n].float().clone() for i, n in enumerate(lengths)]}
+        if reduced.rows is not None:
+            return {"rows": summed(reduced.rows), "query_positions": reduced.query_positions}
+        assert reduced.top_values is not None and reduced.top_indices is not None  # the only other reduction
+        return {"top_values": [v.float() for v in reduced.top_values], "top_indices": list(reduced.top_indices)}
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, result: dict[str, Any]) -> None:
         # the relative error n_steps="auto" holds below its tolerance (recomputed: under DDP the delta is reduced here)
@@ -228,13 +288,21 @@ class AttributionMonitor(EpochEndAnalysis):
         from lightning_attattr.plotting import head_grid, token_heatmap
 
         figures = FigureLogger(trainer)
-
+        kept = result.get("attributions")
+        if kept is None:  # reduced: what was kept, per example [layer, ...]
+            kept = result["rows"] if "rows" in result else result["top_values"]
+            if (self.log_images or self.log_trees) and not self._figures_warned:
+                rank_zero_warn(
+                    "AttributionMonitor: heatmaps, head grids and trees draw full maps, but the maps are reduced "
+                    f"({reduction_record(self.reduction)}); only the histograms of the kept values are logged."
+                )
+                self._figures_warned = True
         step = trainer.global_step
         for li, layer in enumerate(result["layers"]):
             if self.log_histograms:
-                values = torch.cat([a[li].flatten() for a in result["attributions"]])
+                values = torch.cat([a[li].flatten() for a in kept])
                 figures.histogram(f"attr/values_layer{layer}", values, step)
-            if not self.log_images:
+            if not self.log_images or "attributions" not in result:
                 continue
             for i, attr in enumerate(result["attributions"][: self.max_image_examples]):
                 tokens = result["tokens"][i] or None
@@ -246,7 +314,7 @@ class AttributionMonitor(EpochEndAnalysis):
                 figures.image(f"attr/layer{layer}/example{i}", heat, step)
                 grid = head_grid(attr[li], tokens=tokens, title=f"layer {layer}, example {i}")
                 figures.image(f"attr_heads/layer{layer}/example{i}", grid, step)
-        if self.log_trees:
+        if self.log_trees and "attributions" in result:
             self._log_trees(figures, result, step)
 
     def _log_trees(self, figures: FigureLogger, result: dict[str, Any], step: int) -> None:

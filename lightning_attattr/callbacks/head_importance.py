@@ -19,10 +19,10 @@ from lightning_attattr.core.importance import (
     POOLINGS,
     Pooling,
     TaylorVariant,
-    attribution_head_scores,
     normalize_per_layer,
     taylor_importance,
 )
+from lightning_attattr.core.reductions import HeadScores
 from lightning_attattr.lightning.compat import pl
 from lightning_attattr.metrics import HeadImportance
 
@@ -42,7 +42,14 @@ def attattr_importance(
     batch_size: int,
     internal_batch_size: int | None,
 ) -> Tensor:
-    """``[layer, head]`` AttAttr importance over the examples, summed over ranks (same on every rank)."""
+    """``[layer, head]`` AttAttr importance over the examples, summed over ranks (same on every rank).
+
+    Each batch is attributed with ``reduction=HeadScores(pooling)``: every layer's maps are pooled as
+    soon as they are done, so the peak memory holds one layer's maps, not all of them. The scores
+    equal :func:`~lightning_attattr.core.importance.attribution_head_scores` of the full maps. The
+    ranks share the examples (not the integration steps), so every pooling, ``"max"`` included, is
+    exact.
+    """
     model = resolve_model(pl_module)
     ig = AttentionIntegratedGradients(model)
     metric = HeadImportance(ig.n_layers, int(model.config.num_attention_heads)).to(pl_module.device)
@@ -50,9 +57,15 @@ def attattr_importance(
         if target == "labels" and "labels" not in batch:
             raise ArgumentError("`target='labels'` needs labels in the validation batches, but they have none.")
         result = ig.attribute(
-            batch, target=target, n_steps=n_steps, method=method, internal_batch_size=internal_batch_size
+            batch,
+            target=target,
+            n_steps=n_steps,
+            method=method,
+            internal_batch_size=internal_batch_size,
+            reduction=HeadScores(pooling),
         )
-        metric.update(attribution_head_scores(result, pooling=pooling).to(pl_module.device))
+        assert result.reduced is not None and result.reduced.head_scores is not None  # asked for above
+        metric.update(result.reduced.head_scores.to(pl_module.device))  # [batch, layer, head]
     return _synced(metric, trainer)
 
 
@@ -96,8 +109,10 @@ class HeadImportanceCallback(EpochEndAnalysis):
     ``I_h`` is the mean over examples of the pooled (by default signed max, as in the paper)
     attribution map of head ``h``, for the gold label by default (the official code's choice).
     The examples are the first ``n_examples`` of the validation loader, chosen once and kept in the
-    callback state. Under DDP each rank attributes its share of the examples and the sums are
-    reduced, so every rank gets the single-process importance.
+    callback state. Each layer's maps are pooled as soon as they are done
+    (``attribute(..., reduction=HeadScores(pooling))``), so the maps of all layers never exist at
+    once; the scores equal pooling the full maps. Under DDP each rank attributes its share of the
+    examples and the sums are reduced, so every rank gets the single-process importance.
 
     Logs ``importance/L{layer}H{head}`` scalars, an ``importance/attattr`` heatmap image, and with
     ``taylor=True`` the ``importance/taylor`` heatmap and ``importance/spearman_taylor`` (rank

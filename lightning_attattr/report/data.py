@@ -405,7 +405,10 @@ def scan_folders(results_dir: Path) -> tuple[list[Path], list[tuple[Path, str]]]
     stack = [results_dir]
     while stack:
         folder = stack.pop()
-        if any((folder / m).is_file() for m in markers):
+        reduced = _reduced_maps(folder)
+        if reduced is not None:
+            skipped.append((folder, f"attribution maps reduced ({reduced}); the report draws full maps only"))
+        elif any((folder / m).is_file() for m in markers):
             included.append(folder)
         else:
             files = sorted(p.name for p in folder.glob("*.json") if p.is_file())
@@ -415,6 +418,18 @@ def scan_folders(results_dir: Path) -> tuple[list[Path], list[tuple[Path, str]]]
         children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         stack += reversed([c for c in children if not (is_results and c.name in _INNER_FOLDERS)])
     return sorted(included), sorted(skipped)
+
+
+def _reduced_maps(folder: Path) -> str | None:
+    """How an ``attribute`` folder's maps were reduced (``analyze.py attribute --rows/--top_k``), else ``None``."""
+    index = folder / _ATTRIBUTE_INDEX
+    if not index.is_file():
+        return None
+    try:
+        reduction = json.loads(index.read_text(encoding="utf-8")).get("reduction")
+    except (OSError, ValueError, AttributeError):
+        return None  # reported as unreadable where the examples are read
+    return None if not reduction else ", ".join(f"{k}={v}" for k, v in dict(reduction).items())
 
 
 def find_folders(results_dir: Path) -> list[Path]:
@@ -452,9 +467,10 @@ def load_report_data(
     folders, skipped = scan_folders(root)
     if not folders:
         wanted = ", ".join(sorted({_ATTRIBUTE_INDEX, *(f for files in SECTION_FILES.values() for f in files)}))
+        why = f" (skipped {skipped[0][0].relative_to(root).as_posix() or '.'}: {skipped[0][1]})" if skipped else ""
         raise ArgumentError(
             f"Expected `results_dir` {str(root)!r} (or a folder below it, at any depth) to hold results of "
-            f"analyze.py ({wanted}), but found none."
+            f"analyze.py ({wanted}), but found none{why}."
         )
     examples: list[dict[str, Any]] = []
     total = 0

@@ -8,6 +8,7 @@ import pytest
 from lightning_attattr.analysis.settings import (
     AnalysisSettings,
     AttackSettings,
+    AttributeSettings,
     FaithfulnessSettings,
     HeadsSettings,
     Integration,
@@ -15,6 +16,7 @@ from lightning_attattr.analysis.settings import (
 )
 from lightning_attattr.analysis_cli import _NOT_DECIDING, SETTINGS, AnalysisTrainer
 from lightning_attattr.core.checks import ArgumentError
+from lightning_attattr.core.reductions import Rows, TopK
 
 RUN_OPTIONS = ["model", "datamodule", "ckpt_path", "weights_only", "output_dir", "overwrite"]
 
@@ -95,3 +97,31 @@ def test_subcommand_from_python_binds_like_a_function():
         trainer.heads(object(), None, None, True, "out", False, ["attattr"])  # own options are keyword-only
     with pytest.raises(ArgumentError, match="`methods`"):
         trainer.heads(object(), methods=["nope"])
+
+
+@pytest.mark.parametrize(
+    ("rows", "top_k", "match"),
+    [
+        (
+            [1, 1],
+            None,
+            r"^Expected `rows` to be None or a list of distinct int query positions .*, but got \[1, 1\]\.$",
+        ),
+        (["-1"], None, r"^Expected `rows` .*, but got \['-1'\]\.$"),
+        (None, 1.5, r"^Expected `top_k` to be None or a positive integer, but got 1\.5\.$"),
+        ([0], 3, r"^Expected at most one of `rows` and `top_k`, but got rows=\[0\] and top_k=3\.$"),
+    ],
+)
+def test_rows_and_top_k_are_checked_in_one_place_for_the_subcommand_and_the_callback(rows, top_k, match):
+    from lightning_attattr.callbacks import AttributionMonitor
+
+    for build in (AttributeSettings, AttributionMonitor):
+        with pytest.raises(ArgumentError, match=match):
+            build(rows=rows, top_k=top_k)
+
+
+def test_rows_and_top_k_become_the_reduction_and_decide_the_results():
+    assert AttributeSettings().reduction() is None
+    assert AttributeSettings(rows=[-1, 0]).reduction() == Rows([-1, 0])
+    assert AttributeSettings(top_k=7).reduction() == TopK(7)
+    assert AttributeSettings(top_k=7).decisive()["top_k"] == 7  # another top_k is another results folder

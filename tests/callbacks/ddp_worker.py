@@ -1,4 +1,4 @@
-"""Run the three callbacks under `trainer.validate` with N processes; rank 0 saves what they computed.
+"""Run the callbacks under `trainer.validate` with N processes; rank 0 saves what they computed.
 
 Used by tests/callbacks/test_ddp.py as `python ddp_worker.py DEVICES OUT [ACCELERATOR [PRECISION]]`
 (Lightning's `ddp` strategy re-executes this script for rank 1, so it must be a standalone script, not a
@@ -46,6 +46,9 @@ def main(devices: int, out: str, accelerator: str = "cpu", precision: str = "32-
     data = SyntheticDataModule(n_train=32, n_val=32, eval_batch_size=8)
     # adaptive (the default): ranks must take the same refinement decisions from all-reduced terms
     monitor = AttributionMonitor(n_examples=3, log_images=False)
+    # reduced maps: rows add up over the ranks' shares of the steps; the top edges are computed on every rank
+    rows = AttributionMonitor(n_examples=3, log_images=False, rows=[-1, 0])
+    top = AttributionMonitor(n_examples=3, log_images=False, top_k=4)
     importance = HeadImportanceCallback(n_examples=7, n_steps=5, batch_size=2, taylor=True)
     pruning = HeadPruningCallback(fractions=[0.0, 0.25, 0.5, 1.0], n_examples=5, n_steps=4, batch_size=2)
     trainer = pl.Trainer(
@@ -55,7 +58,7 @@ def main(devices: int, out: str, accelerator: str = "cpu", precision: str = "32-
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[monitor, importance, pruning],
+        callbacks=[monitor, rows, top, importance, pruning],
     )
     trainer.validate(module, data, verbose=False)
     if trainer.is_global_zero:
@@ -67,6 +70,9 @@ def main(devices: int, out: str, accelerator: str = "cpu", precision: str = "32-
                 "maps": monitor.last_result["attributions"],
                 "delta": monitor.last_result["convergence_delta"],
                 "steps_used": monitor.last_result["n_steps_used"],
+                "rows": rows.last_result["rows"],
+                "top_values": top.last_result["top_values"],
+                "top_indices": top.last_result["top_indices"],
                 "importance": importance.importance,
                 "taylor": importance.taylor_importance,
                 "prune_importance": pruning.importance,

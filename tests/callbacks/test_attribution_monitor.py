@@ -199,3 +199,56 @@ def test_figure_titles_count_epochs_from_one_like_the_console(tmp_path, monkeypa
     assert epochs == {1, 2}, titles
     kinds = {t.split(",")[0] for t in titles if t}
     assert {"attribution tree", "attattr head importance", "pruning curve"} <= kinds, kinds
+
+
+def test_rows_and_top_k_save_the_reduction_of_the_full_maps(tmp_path):
+    # three monitors on the same probe set and model: full maps, two rows, the 5 largest edges
+    full = AttributionMonitor(n_examples=3, n_steps=3, log_images=False)
+    rows = AttributionMonitor(n_examples=3, n_steps=3, rows=[-1, 1], save_dir=str(tmp_path / "rows"))
+    top = AttributionMonitor(n_examples=3, n_steps=3, log_trees=True, top_k=5, save_dir=str(tmp_path / "top"))
+    module, data, trainer = setup_run(tmp_path, [full, rows, top], max_epochs=1)
+    with pytest.warns(UserWarning, match=r"draw full maps, but the maps are reduced \(\{'rows': \[-1, 1\]\}\)"):
+        trainer.fit(module, data)
+    saved = torch.load(tmp_path / "rows" / "epoch=000.pt", weights_only=False)
+    assert "attributions" not in saved and saved["reduction"] == {"rows": [-1, 1]}
+    best = torch.load(tmp_path / "top" / "epoch=000.pt", weights_only=False)
+    assert best["reduction"] == {"top_k": 5} and full.last_result["reduction"] is None
+    for i, maps in enumerate(full.last_result["attributions"]):  # [layer, head, n, n]
+        n = maps.shape[-1]
+        assert saved["query_positions"][i].tolist() == [n - 1, 1]
+        torch.testing.assert_close(saved["rows"][i], maps[:, :, [n - 1, 1]], rtol=1e-6, atol=1e-9)
+        flat = maps.flatten(1)  # [layer, head * n * n]
+        torch.testing.assert_close(best["top_values"][i], flat.gather(1, flat.abs().topk(5, dim=1).indices))
+        where = best["top_indices"][i]  # [layer, 5, 3]: (head, query, key) of each kept value
+        layer = torch.arange(2)[:, None].expand(-1, 5)
+        torch.testing.assert_close(maps[layer, where[..., 0], where[..., 1], where[..., 2]], best["top_values"][i])
+    torch.testing.assert_close(saved["convergence_delta"], full.last_result["convergence_delta"])
+    # the histograms hold the kept values; no heatmaps or trees are drawn from reduced maps
+    tags = events(trainer).Tags()
+    images = [t for t in tags["images"] if t.startswith(("attr/", "attr_heads/", "attr_tree/"))]
+    assert images == [] and "attr/values_layer1" in tags["histograms"]
+    hists = events(trainer).Histograms("attr/values_layer1")
+    assert sorted(h.histogram_value.num for h in hists) == sorted(
+        [
+            sum(m[1].numel() for m in full.last_result["attributions"]),
+            2 * 4 * sum(r.shape[-1] for r in saved["rows"]),
+            15,
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"rows": [0, 0]},
+            r"^Expected `rows` to be None or a list of distinct int query positions .*, but got \[0, 0\]\.$",
+        ),
+        ({"rows": -1}, r"^Expected `rows` to be None or a list of distinct int"),
+        ({"top_k": 0}, r"^Expected `top_k` to be None or a positive integer, but got 0\.$"),
+        ({"top_k": 2, "rows": [1]}, r"^Expected at most one of `rows` and `top_k`"),
+    ],
+)
+def test_bad_reduction_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AttributionMonitor(**kwargs)

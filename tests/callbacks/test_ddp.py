@@ -51,11 +51,25 @@ def test_two_processes_equal_one(one_process, tmp_path, package):
     for key in ("importance", "taylor", "prune_importance"):  # examples split over ranks, metric states summed
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-7)
     assert two["accuracy"] == one["accuracy"]  # same heads pruned on every rank, counts summed
+    assert_equal_reductions(one, two)
+
+
+def assert_equal_reductions(one, two, rtol=1e-5, atol=1e-7):
+    """The monitors' reduced maps: the rows and top edges of the single-process maps, whatever the ranks."""
+    for maps, rows, values, where in zip(two["maps"], two["rows"], two["top_values"], two["top_indices"]):
+        torch.testing.assert_close(rows, maps[:, :, [maps.shape[-1] - 1, 0]], rtol=rtol, atol=atol)
+        layer = torch.arange(maps.shape[0])[:, None].expand(-1, values.shape[1])
+        torch.testing.assert_close(
+            maps[layer, where[..., 0], where[..., 1], where[..., 2]], values, rtol=rtol, atol=atol
+        )
+    for a, b in zip(one["top_values"], two["top_values"]):
+        torch.testing.assert_close(b, a, rtol=rtol, atol=atol)
 
 
 def assert_equal_runs(one, two, rtol=1e-5, atol=1e-7, same_accuracy=True):
     for a, b in zip(one["maps"], two["maps"]):
         torch.testing.assert_close(b, a, rtol=rtol, atol=atol)
+    assert_equal_reductions(one, two, rtol, atol)
     torch.testing.assert_close(two["delta"], one["delta"], rtol=1e2 * rtol, atol=atol)
     for key in ("importance", "taylor", "prune_importance"):
         torch.testing.assert_close(two[key], one[key], rtol=rtol, atol=atol)

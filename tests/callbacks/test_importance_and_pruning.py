@@ -198,3 +198,27 @@ def test_structural_pruning_of_a_grouped_query_llama_removes_whole_groups(tmp_pa
         kept_groups = 2 - len(removed.get(layer, [])) // 2
         assert attention.k_proj.weight.shape[0] == kept_groups * 8  # head_dim 8
         assert attention.q_proj.weight.shape[0] == (4 - len(removed.get(layer, []))) * 8
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean", "sum"])
+def test_importance_pools_each_layer_as_it_is_done_and_equals_pooling_the_full_maps(tmp_path, monkeypatch, pooling):
+    from lightning_attattr.callbacks._protocol import pad_examples
+    from lightning_attattr.core.reductions import HeadScores
+
+    reductions = []
+    attribute = AttentionIntegratedGradients.attribute
+
+    def spy(self, *args, **kwargs):
+        reductions.append(kwargs.get("reduction"))
+        return attribute(self, *args, **kwargs)
+
+    monkeypatch.setattr(AttentionIntegratedGradients, "attribute", spy)
+    cb = HeadImportanceCallback(n_examples=5, n_steps=3, batch_size=2, pooling=pooling)
+    module, data, trainer = setup_run(tmp_path, [cb], logger=False)
+    trainer.validate(module, data)
+    assert reductions == [HeadScores(pooling)] * 3  # batches of 2, 2 and 1: no full maps kept
+    module.eval()
+    batch = pad_examples(cb.examples.rows)
+    full = attribute(AttentionIntegratedGradients(module.model), batch, target="labels", n_steps=3)
+    expected = attribution_head_scores(full, pooling=pooling).mean(0)  # [layer, head]
+    torch.testing.assert_close(cb.importance, expected, rtol=1e-6, atol=1e-9)

@@ -5,8 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_attattr.analysis.settings import HeadsSettings
-from lightning_attattr.lightning.experiments import _pruning_curves, structural_pruning
+from lightning_attattr.analysis.settings import AttributeSettings, HeadsSettings, Integration
+from lightning_attattr.core.attribution import AttentionIntegratedGradients
+from lightning_attattr.core.checks import ArgumentError
+from lightning_attattr.core.importance import attribution_head_scores
+from lightning_attattr.lightning.experiments import (
+    _attribute_step,
+    _head_scores,
+    _pruning_curves,
+    check_attribute_examples,
+    structural_pruning,
+)
+from lightning_attattr.lightning.job import Examples
 from tests.conftest import make_model, text_batch
 
 
@@ -47,3 +57,65 @@ def test_structural_pruning_reads_its_options_from_the_settings():
     assert rows[0]["parameters_ratio"] == 1 and rows[1]["parameters_ratio"] < 1
     assert "skipped" in rows[2]  # every head of every layer: no structural removal
     assert sum(p.numel() for p in model.parameters()) == rows[0]["parameters"]  # the model itself is unchanged
+
+
+# ----------------------------------------------------------------------------- reductions of the maps
+FIXED = Integration(n_steps=3, method="gausslegendre")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny model, a padded batch with gold labels, and its full-map result (the reference)."""
+    model = make_model("bert")  # 3 layers, 4 heads, 3 labels
+    batch = {**text_batch(lengths=(7, 4, 6)), "labels": torch.tensor([0, 2, 1])}
+    full = AttentionIntegratedGradients(model).attribute(
+        batch, target="labels", return_convergence_delta=True, **FIXED.kwargs()
+    )
+    return model, batch, full
+
+
+@pytest.mark.parametrize("poolings", [["max"], ["mean"], ["sum"], ["max", "mean", "sum"]])
+def test_head_scores_equal_pooling_the_full_maps(tiny, poolings):
+    model, batch, full = tiny
+    result, scores = _head_scores(AttentionIntegratedGradients(model), batch, FIXED, poolings)
+    assert list(scores) == poolings
+    for pooling in poolings:
+        torch.testing.assert_close(scores[pooling], attribution_head_scores(full, pooling), rtol=1e-6, atol=1e-9)
+    # one pooling: reduced while computed (no maps kept); several: one attribution with full maps
+    assert (result.reduced is not None) == (len(poolings) == 1)
+    assert (result.attributions == []) == (len(poolings) == 1)
+    torch.testing.assert_close(result.completeness_error, full.completeness_error, rtol=0, atol=1e-9)
+
+
+def test_attribute_step_rows_and_top_k_equal_reducing_the_full_maps(tiny):
+    model, batch, _ = tiny
+    ig = AttentionIntegratedGradients(model)
+    base = {"integration": FIXED, "target": "labels", "layers": [0, 2]}
+    full = _attribute_step(ig, AttributeSettings(**base))(model, batch)
+    rows = _attribute_step(ig, AttributeSettings(**base, rows=[-1, 0]))(model, batch)
+    top = _attribute_step(ig, AttributeSettings(**base, top_k=5))(model, batch)
+    assert "attributions" not in rows and "attributions" not in top
+    for i, (maps, attention) in enumerate(zip(full["attributions"], full["attention"], strict=True)):
+        n = maps.shape[-1]
+        assert rows["query_positions"][i].tolist() == [n - 1, 0]
+        torch.testing.assert_close(rows["rows"][i], maps[:, :, [n - 1, 0]], rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(rows["attention"][i], attention[:, :, [n - 1, 0]])
+        flat = maps.flatten(1)  # [layer, head * n * n]
+        order = flat.abs().topk(5, dim=1).indices
+        torch.testing.assert_close(top["top_values"][i], flat.gather(1, order), rtol=1e-6, atol=1e-9)
+        where = top["top_indices"][i]  # [layer, 5, 3]
+        layer = torch.arange(2)[:, None].expand(-1, 5)
+        torch.testing.assert_close(top["attention"][i], attention[layer, where[..., 0], where[..., 1], where[..., 2]])
+    for key in ("completeness_error", "convergence_delta", "probs"):  # the rest is the full run's
+        torch.testing.assert_close(rows[key], full[key], rtol=0, atol=1e-9)
+        torch.testing.assert_close(top[key], full[key], rtol=0, atol=1e-9)
+
+
+def test_rows_outside_an_example_are_refused_before_any_work():
+    examples = Examples(items=[{}, {}], names=["a", "b"], labels=[None, None], tokens=[["x"] * 5, ["y"] * 3])
+    check_attribute_examples(AttributeSettings(rows=[-3, 2]), examples)  # fits both
+    with pytest.raises(
+        ArgumentError, match=r"^Expected `rows` within every example's tokens \(\[-3, 2\] for 'b'.*\[3\]"
+    ):
+        check_attribute_examples(AttributeSettings(rows=[0, 3]), examples)
+    check_attribute_examples(AttributeSettings(top_k=1000), examples)  # top_k fits any example
