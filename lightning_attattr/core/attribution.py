@@ -101,6 +101,8 @@ DEFAULT_METHOD: Method = "gausslegendre"
 DEFAULT_N_STEPS: int | Literal["auto"] = AUTO
 #: Default relative completeness tolerance of ``n_steps="auto"``.
 DEFAULT_COMPLETENESS_TOL = 1e-3
+#: The values ``max_steps`` takes with ``n_steps="auto"``: the nested levels, then larger budgets for subintervals.
+MAX_STEPS: tuple[int, ...] = (*NESTED_LEVELS, 127, 255)
 #: Pairs with ``|F(A) - F(A := 0)|`` below this are held to the absolute error ``tol * floor``
 #: instead of a relative one (a relative error of a near-zero difference is fp32 noise).
 COMPLETENESS_FLOOR = 1e-3
@@ -153,8 +155,9 @@ class AttributionResult:
         method: integration rule used.
         n_steps: number of integration steps, or ``"auto"`` for adaptive integration.
         n_steps_used: ``[batch, layer]`` integration nodes evaluated per pair (``n_steps`` for a
-            fixed rule; 3, 7, 15, 31 or 63 with ``"auto"``): the nodes of the kept estimate; the
-            reduced-precision nodes of a pair that ``precision="auto"`` redid in fp32 are not counted.
+            fixed rule; with ``"auto"`` 3, 7, 15, 31 or 63 nested nodes, or 15 plus the nodes on
+            subintervals for a pair continued there, up to ``max_steps``); the reduced-precision
+            nodes of a pair that ``precision="auto"`` redid in fp32 are not counted.
         completeness_error: ``[batch, layer]`` achieved relative completeness error
             ``|sum attr - (F(A) - F(A := 0))| / max(|F(A) - F(A := 0)|, COMPLETENESS_FLOOR)``
             (complete also on a shard), or ``None`` (fixed rule without the convergence delta).
@@ -547,6 +550,7 @@ class _Adaptive:
     n_levels: int
     reduce: Callable[[Tensor], Tensor] | None
     self_convergence: bool  # under autocast: successive levels must agree (rounding dominates the gap)
+    max_steps: int = MAX_STEPS[-1]  # the most nodes one example may use
     item: int = 0  # work-item counter: (group, layer, level, node) items are dealt round-robin to shards
 
     def __post_init__(self) -> None:
@@ -784,11 +788,12 @@ def _check_rule(
             f"Gauss-Kronrod-Patterson nodes), but got method={method!r}; give an int `n_steps` for {method!r}."
         )
     tol = check_number("completeness_tol", completeness_tol, 0.0, 1.0, low_open=True)
-    if max_steps not in NESTED_LEVELS or isinstance(max_steps, bool):
-        raise ArgumentError(f"Expected `max_steps` to be one of {list(NESTED_LEVELS)}, but got {max_steps!r}.")
+    if max_steps not in MAX_STEPS or isinstance(max_steps, bool):
+        raise ArgumentError(f"Expected `max_steps` to be one of {list(MAX_STEPS)}, but got {max_steps!r}.")
     if reduce is not None and not callable(reduce):
         raise ArgumentTypeError(f"Expected `reduce` to be a function or None, but got {reduce!r}.")
-    return method, [], [], _Adaptive(tol, NESTED_LEVELS.index(max_steps) + 1, reduce, autocast_dtype is not None)
+    levels = NESTED_LEVELS.index(min(max_steps, NESTED_LEVELS[-1])) + 1
+    return method, [], [], _Adaptive(tol, levels, reduce, autocast_dtype is not None, max_steps)
 
 
 def _check_settings(
@@ -1187,6 +1192,19 @@ class _LayerIntegration:
             (grad,) = torch.autograd.grad(p.sum(), x)
         return grad.view(batch, steps, *grad.shape[1:]), p.detach().view(batch, steps)
 
+    def values(self, alphas: Tensor) -> Tensor:
+        """``F`` at ``B + alpha (A - B)`` for every ``alphas`` (``[step]``): ``[batch, step]``, without gradients."""
+        batch, steps = self.probs.shape[0], len(alphas)
+        alphas = alphas.to(self.probs)
+        if self.base is None:
+            x = alphas.view(1, steps, 1, 1, 1) * self.probs.unsqueeze(1)
+        else:
+            x = self.base.unsqueeze(1) + alphas.view(1, steps, 1, 1, 1) * self.diff.unsqueeze(1)
+        rows = torch.arange(batch, device=self.probs.device).repeat_interleave(steps)
+        with torch.no_grad(), integrand_precision(self.precision, self.probs.device):
+            outputs = self.replaced_outputs(x.flatten(0, 1), steps)
+            return self.target.scalar(outputs, rows).view(batch, steps)
+
     def zero_prob(self) -> Tensor:
         """``F(B)`` per example: ``[batch]`` (``F(A^l := 0)`` for the zero baseline)."""
         with torch.no_grad():
@@ -1261,6 +1279,7 @@ class _Refinement:
     previous: Tensor  # [batch] float64: the estimate at the previous level (nan before the first)
     previous_error: Tensor  # [batch] float64: the error at the previous level (inf before the first)
     previous_change: Tensor  # [batch] float64: the change between the two previous levels (nan: none yet)
+    extra: Tensor  # [batch] long: nodes evaluated on subintervals (:meth:`subdivide`)
 
     @classmethod
     def start(cls, pair: _LayerIntegration, rule: _Adaptive) -> _Refinement:
@@ -1283,18 +1302,25 @@ class _Refinement:
             previous=nan,
             previous_error=torch.full((batch,), math.inf, dtype=torch.float64, device="cpu"),
             previous_change=nan.clone(),
+            extra=torch.zeros(batch, dtype=torch.long, device="cpu"),
         )
 
     @property
     def used(self) -> Tensor:
         """Nodes evaluated per example: ``[batch]``."""
-        return torch.tensor(self.rule.sizes, device="cpu")[self.final]
+        return torch.tensor(self.rule.sizes, device="cpu")[self.final] + self.extra
 
     def refine(self) -> Tensor:
-        """Refine level by level until every example is done; ``attr`` ``[batch, head, query_pos, key_pos]``."""
+        """Refine level by level until every example is done; ``attr`` ``[batch, head, query_pos, key_pos]``.
+
+        fp32 examples still above the tolerance after :data:`SPLIT_AFTER` nodes continue on
+        subintervals (:meth:`subdivide`) instead of the higher nested levels, when ``max_steps``
+        leaves nodes for the first pieces (``max_steps`` 63 and above).
+        """
         rule, shard = self.rule, self.pair.run.settings.shard
         active = torch.arange(len(self.final), device="cpu")
-        start = 0
+        start, split = 0, active[:0]
+        can_split = not rule.self_convergence and rule.max_steps - SPLIT_AFTER >= _FIRST_PIECES_NODES
         for level, stop in enumerate(rule.sizes):
             self.add_nodes(active, rule.owned(range(start, stop), shard), level)
             estimate = self.estimate(active, level)
@@ -1302,10 +1328,48 @@ class _Refinement:
             done |= self.stop_reduced(active, level, estimate, done)
             active = active[~done]
             start = stop
+            if can_split and stop == SPLIT_AFTER:
+                fp32 = self.modes[active] == PRECISION_CODES["fp32"]
+                split, active = active[fp32], active[~fp32]
+                self.final[split] = level
             if not len(active):
                 break
         chosen = self.acc[self.final.to(self.acc.device), torch.arange(len(self.final), device=self.acc.device)]
+        if len(split):
+            self.subdivide(split, chosen)
         return self.pair.diff * chosen  # [batch, head, q, k]: this shard's part
+
+    def subdivide(self, rows: Tensor, chosen: Tensor) -> None:
+        """Integrate the examples ``rows`` on adaptively split subintervals; their sums go into ``chosen``.
+
+        The nested rule integrates the whole path ``[0, 1]`` with one polynomial, which fails when
+        ``F`` changes sharply on a small part of it (seen in trained language models, where the
+        output changes by tens of percent between ``alpha = 0`` and ``alpha = 0.003``).
+        Completeness holds on every piece of the path: ``h`` integrates over ``[a, b]`` to
+        ``F(a) - F(b)`` exactly, with ``F`` evaluated by one forward at each breakpoint. So the
+        error of every subinterval is known, not estimated, and the pieces with the largest
+        errors are split until the whole path meets the tolerance or ``max_steps`` nodes are
+        used. Every subinterval has :data:`SPLIT_NODES` Gauss-Legendre nodes. Pieces touching
+        ``alpha = 0`` are split geometrically (``[0, b / 8]``, where those transitions sit), long
+        pieces ``b / a > 4`` at ``sqrt(a b)``, the others in halves.
+
+        Each example is integrated whole on every shard (no work is dealt), so every shard
+        keeps ``1 / count`` of it and the shards' sum is the whole.
+        """
+        shard = self.pair.run.settings.shard
+        share = 1.0 if shard is None else 1.0 / shard[1]
+        part = self.pair.rows(rows, "fp32")
+        for j, row in enumerate(rows.tolist()):
+            one = part.rows(torch.tensor([j], device="cpu"))
+            f_b = float(self.pair.f_full[row]) - float(self.target_diff[row])  # F(B)
+            result = _Pieces(one, row, self.pair, f_b, float(self.pair.f_full[row]), float(self.gap[row]))
+            result.run(self.rule.tol, self.rule.max_steps - SPLIT_AFTER)
+            error = result.error()
+            if error < float(self.error[row]):  # keep the nested rule's result when the pieces are worse
+                chosen[row] = (result.total() * share).to(chosen)
+                self.error[row] = error
+            self.extra[row] = result.nodes
+            self.flagged[row] = float(self.error[row]) > self.rule.tol
 
     def stop_reduced(self, active: Tensor, level: int, estimate: Tensor, done: Tensor) -> Tensor:
         """Deal with the reduced-precision examples among ``active`` that stalled; which of them are now done.
@@ -1409,6 +1473,91 @@ class _Refinement:
         if level == rule.n_levels - 1:
             self.flagged[active] = ~done
         return done
+
+
+#: ``n_steps="auto"``: examples still above the tolerance after this many nested nodes continue on subintervals.
+SPLIT_AFTER = 15
+#: Gauss-Legendre nodes per subinterval of :meth:`_Refinement.subdivide`.
+SPLIT_NODES = 5
+_FIRST_BREAKS = (0.0, 1.0 / 64.0, 1.0 / 8.0, 1.0 / 2.0, 1.0)  # the first subintervals: graded towards alpha = 0
+_FIRST_PIECES_NODES = (len(_FIRST_BREAKS) - 1) * SPLIT_NODES  # so pieces need max_steps >= 15 + 20
+
+
+def _split_point(a: float, b: float) -> float:
+    """Where :meth:`_Refinement.subdivide` splits ``[a, b]``: geometric towards 0 and across decades, else halves."""
+    if a == 0.0:
+        return b / 8.0
+    if b / a > 4.0:
+        return math.sqrt(a * b)
+    return (a + b) / 2.0
+
+
+class _Pieces:
+    """The subintervals of one example's path in :meth:`_Refinement.subdivide`, with their sums."""
+
+    def __init__(
+        self, one: _LayerIntegration, row: int, pair: _LayerIntegration, f_start: float, f_end: float, gap: float
+    ):
+        self.one, self.row, self.pair = one, row, pair
+        self.f_start, self.f_end, self.gap = f_start, f_end, gap
+        nodes, weights = approximation_parameters("gausslegendre", SPLIT_NODES)
+        self.x = torch.tensor(nodes, dtype=torch.float64)
+        self.w = torch.tensor(weights, dtype=torch.float64)
+        self.pieces: list[tuple[float, float, float, float, float, Tensor]] = []  # a, b, F(a), F(b), sum h, sum grad
+        self.nodes = 0
+
+    def error(self) -> float:
+        """Relative completeness error of the whole path."""
+        return abs(sum(p[4] for p in self.pieces) - (self.f_end - self.f_start)) / self.gap
+
+    def total(self) -> Tensor:
+        """``sum_k w_k dF/dA`` over every piece: ``[head, query_pos, key_pos]``."""
+        return torch.stack([p[5] for p in self.pieces]).sum(0)
+
+    def values(self, alphas: list[float]) -> list[float]:
+        if not alphas:
+            return []
+        return self.one.values(torch.tensor(alphas, dtype=torch.float64))[0].double().cpu().tolist()
+
+    def integrate(self, spans: list[tuple[float, float, float, float]]) -> None:
+        """Evaluate the nodes of the pieces ``spans`` (``a, b, F(a), F(b)``) and add them."""
+        alphas = torch.cat([a + (b - a) * self.x for a, b, _, _ in spans])
+        grads: list[Tensor] = []
+
+        def consume(sub: Tensor | None, begin: int, end: int, grad: Tensor, prob: Tensor) -> None:
+            grads.append(grad[0])
+            self.pair.note(torch.tensor([self.row], device="cpu"), alphas[begin:end], prob, "fp32")
+
+        self.pair.run.passes(self.one, alphas, len(self.pair.probs), consume)
+        grad = torch.cat(grads)  # [span * node, head, q, k]
+        h = (grad.double() * self.one.diff[0].double()).flatten(1).sum(1).cpu()  # [span * node]
+        for i, (a, b, f_a, f_b) in enumerate(spans):
+            k = slice(i * SPLIT_NODES, (i + 1) * SPLIT_NODES)
+            w = (b - a) * self.w
+            self.pieces.append((a, b, f_a, f_b, float(h[k] @ w), torch.einsum("s,s...->...", w.to(grad), grad[k])))
+        self.nodes += len(alphas)
+
+    def run(self, tol: float, budget: int) -> None:
+        """Split until the path meets ``tol`` or the next splits would pass ``budget`` nodes."""
+        breaks = list(_FIRST_BREAKS)
+        f = [self.f_start, *self.values(breaks[1:-1]), self.f_end]
+        self.integrate([(breaks[i], breaks[i + 1], f[i], f[i + 1]) for i in range(len(breaks) - 1)])
+        while self.error() > tol:
+            errors = [abs(p[4] - (p[3] - p[2])) for p in self.pieces]
+            worst = max(errors)
+            order = sorted(range(len(errors)), key=lambda i: -errors[i])
+            chosen = [i for i in order if errors[i] >= 0.5 * worst]
+            chosen = chosen[: (budget - self.nodes) // (2 * SPLIT_NODES)]
+            if not chosen:
+                return
+            mids = [_split_point(self.pieces[i][0], self.pieces[i][1]) for i in chosen]
+            f_mid = self.values(mids)
+            spans = []
+            for i, c, f_c in zip(chosen, mids, f_mid):
+                a, b, f_a, f_b = self.pieces[i][:4]
+                spans += [(a, c, f_a, f_c), (c, b, f_c, f_b)]
+            self.pieces = [p for i, p in enumerate(self.pieces) if i not in set(chosen)]
+            self.integrate(spans)
 
 
 @dataclass
@@ -1554,6 +1703,7 @@ def _warn_unconverged(
         f"{float(result.completeness_error[bad].max()):.2e}); they are flagged in `result.unconverged`. "
         "The output changes along the path alpha * A faster than the nodes resolve (typically close to "
         "alpha = 0, or at a kink or jump: ReLU, expert routing)"
+        + (f"; max_steps={MAX_STEPS[-1]} splits the path further" if max_steps < MAX_STEPS[-1] else "")
         + ("; baseline='uniform' starts the path elsewhere." if result.baseline == "zero" else ".")
         + (
             f" Under precision={precision!r} pairs whose error stopped improving stop early; "
@@ -1653,7 +1803,7 @@ class AttentionIntegratedGradients:
         show_progress: bool = False,
         shard: tuple[int, int] | None = None,
         completeness_tol: float = DEFAULT_COMPLETENESS_TOL,
-        max_steps: int = NESTED_LEVELS[-1],
+        max_steps: int = MAX_STEPS[-1],
         reduce: Callable[[Tensor], Tensor] | None = None,
         memory_budget: int | float | None = None,
         precision: Precision = "fp32",
@@ -1712,9 +1862,11 @@ class AttentionIntegratedGradients:
                 ``|sum attr - (F(A) - F(A := 0))| <= completeness_tol * max(|F(A) - F(A := 0)|,
                 COMPLETENESS_FLOOR)``, i.e. relative error below the tolerance, and an absolute error
                 below ``completeness_tol * 1e-3`` for pairs whose output barely changes.
-            max_steps: ``n_steps="auto"`` only: the most nodes one pair may use, one of 3, 7, 15,
-                31, 63 (default). Pairs still above the tolerance there are flagged in
-                ``result.unconverged`` and one warning says how many.
+            max_steps: ``n_steps="auto"`` only: the most nodes (gradient evaluations) one pair
+                may use, one of 3, 7, 15, 31, 63, 127, 255 (default). From 63, pairs that the
+                nested rule has not resolved with 15 nodes continue on subintervals (see below).
+                Pairs still above the tolerance there are flagged in ``result.unconverged`` and
+                one warning says how many.
             reduce: ``n_steps="auto"`` with ``shard``: a function that sums a tensor over all
                 shards and returns the sum (e.g. ``lambda t: trainer.strategy.reduce(t, "sum")``);
                 called once per (length group, layer, level) on every shard, so all shards refine
@@ -1789,11 +1941,21 @@ class AttentionIntegratedGradients:
         nodes (every gradient already computed is reused with the new level's weights), and
         pairs below it stop. Nested rules were chosen over bisection because the integrand is
         smooth (analytic in alpha for smooth activations), where one global rule of high degree
-        converges much faster than composite low-order pieces; the top levels still resolve
-        sharp transitions. A pair costs 3 nodes plus one forward for ``F(A := 0)`` when it is
-        easy, and at most ``max_steps`` nodes. Under ``autocast_dtype`` the gap is dominated by
-        rounding, not by the quadrature, so a pair is done when two successive levels agree to
-        the tolerance instead.
+        converges much faster than composite low-order pieces. A pair costs 3 nodes plus one
+        forward for ``F(A := 0)`` when it is easy, and at most ``max_steps`` nodes.
+
+        Sharp transitions (a path that is not resolved by 15 nested nodes, as layer 0 of a
+        trained language model whose output changes by tens of percent between ``alpha = 0``
+        and ``alpha = 0.003``) are better served by pieces: such a pair, in fp32, continues on
+        subintervals of ``[0, 1]`` with 5 Gauss-Legendre nodes each. Completeness holds on every
+        piece of the path (``h`` integrates over ``[a, b]`` to ``F(b A) - F(a A)``, one forward
+        per breakpoint), so each piece's error is known exactly, and the pieces with the largest
+        errors are split (geometrically towards ``alpha = 0``, across decades at the geometric
+        mean, else in halves) until the pair meets the tolerance or ``max_steps`` nodes are
+        spent. Its result is the pieces' when their error is smaller than the 15-node one.
+
+        Under ``autocast_dtype`` the gap is dominated by rounding, not by the quadrature, so a
+        pair is done when two successive levels agree to the tolerance instead (no pieces).
 
         Reduced precision (``precision`` other than ``"fp32"``). Rounding in the integrand puts a
         floor under the completeness error that more nodes cannot lower (measured on an H200,

@@ -169,7 +169,7 @@ def test_bf16_autocast_stops_where_the_quadrature_converged():
     ("kwargs", "match"),
     [
         (dict(method="riemann_left"), "`method='gausslegendre'` with `n_steps='auto'`"),
-        (dict(max_steps=10), r"`max_steps` to be one of \[3, 7, 15, 31, 63\], but got 10"),
+        (dict(max_steps=10), r"`max_steps` to be one of \[3, 7, 15, 31, 63, 127, 255\], but got 10"),
         (dict(completeness_tol=0.0), r"`completeness_tol` to be a number in \(0, 1\], but got 0.0"),
         (dict(shard=(0, 2)), "Expected `reduce`"),
         (dict(n_steps="adaptive"), r"`n_steps` to be a positive integer or \"auto\", but got 'adaptive'"),
@@ -178,3 +178,72 @@ def test_bf16_autocast_stops_where_the_quadrature_converged():
 def test_bad_adaptive_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         attribute(make_model("bert"), text_batch(), **kwargs)
+
+
+def spiky_llama() -> torch.nn.Module:
+    """A float64 tiny Llama whose token embeddings are 100x smaller than its attention outputs, as in a
+    trained language model's first layer: RMSNorm(e + alpha * attn) turns within alpha ~ |e| / |attn|,
+    so F(alpha A) of layer 0 changes sharply close to alpha = 0 and 15 nested nodes are far off."""
+    from tests.core.test_family_attribution import _model
+
+    model = _model("llama-mha").double()
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(1e-2)
+    return model
+
+
+def _composite_rule(method: str, n_steps: int) -> tuple[list[float], list[float]]:
+    """A fine composite rule for the slow reference: 8 Gauss-Legendre nodes on each of 48 pieces, graded to 0."""
+    breaks = np.concatenate([[0.0], np.geomspace(1e-5, 1.0, 48)])
+    x, w = np.polynomial.legendre.leggauss(8)
+    alphas = np.concatenate([a + (b - a) * (x + 1) / 2 for a, b in zip(breaks[:-1], breaks[1:])])
+    weights = np.concatenate([(b - a) * w / 2 for a, b in zip(breaks[:-1], breaks[1:])])
+    return alphas.tolist(), weights.tolist()
+
+
+def test_a_sharp_transition_near_zero_is_split_into_pieces_until_complete(monkeypatch):
+    from lightning_attattr.core import reference
+    from tests.core.test_family_attribution import _batch, _scalar
+
+    model = spiky_llama()
+    batch = _batch(model)
+    with pytest.warns(UserWarning, match="max_steps=255 splits the path further"):
+        nested = attribute(model, batch, max_steps=15, return_convergence_delta=True)
+    assert bool(nested.unconverged[:, 0].all()) and float(nested.completeness_error[:, 0].min()) > 1e-2
+    result = attribute(model, batch, return_convergence_delta=True)  # default max_steps=255: pieces
+    assert not bool(result.unconverged.any()) and float(result.completeness_error.max()) <= 1e-3
+    assert bool((result.n_steps_used[:, 0] > 15).all()) and bool((result.n_steps_used[:, 1] <= 15).all())
+    monkeypatch.setattr(reference, "approximation_parameters", _composite_rule)
+    ref = reference.reference_attattr(model, batch, _scalar(model, result.target), n_steps=384)
+    gap = ref.prob[:, None] - ref.baseline_prob  # [example, layer]: the reference's own F(A) - F(0)
+    sums = torch.stack([a.flatten(1).sum(1) for a in result.attributions])
+    assert float(((sums - gap).abs() / gap.abs()).max()) <= 1e-3
+    for ours, slow, coarse in zip(result.attributions, ref.attributions, nested.attributions):
+        for layer in range(2):
+            scale = slow[layer].abs().max()
+            assert float((ours[layer] - slow[layer]).abs().max() / scale) < 1e-3
+        assert float((coarse[0] - slow[0]).abs().max() / slow[0].abs().max()) > 1e-2  # what the pieces fixed
+
+
+def test_pieces_under_shards_make_the_same_decisions_and_sum_to_the_unsplit_result():
+    from tests.core.test_family_attribution import _batch
+
+    model = spiky_llama()
+    batch = _batch(model)
+    single = attribute(model, batch)
+    assert int(single.n_steps_used.max()) > 15
+    shards = _thread_shards(model, batch, 2)
+    for shard in shards:
+        assert torch.equal(shard.n_steps_used, single.n_steps_used)
+        torch.testing.assert_close(shard.completeness_error, single.completeness_error, rtol=1e-6, atol=1e-12)
+    assert max_rel_diff(merge_shards(shards), single) < 1e-9
+
+
+def test_max_steps_below_the_first_pieces_keeps_the_nested_levels():
+    from tests.core.test_family_attribution import _batch
+
+    model = spiky_llama()
+    batch = _batch(model)
+    with pytest.warns(UserWarning, match="did not reach"):
+        result = attribute(model, batch, max_steps=31)
+    assert bool((result.n_steps_used[:, 0] == 31).all())  # the 31-node level, not pieces
