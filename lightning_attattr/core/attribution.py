@@ -1085,6 +1085,8 @@ class _LayerIntegration:
             refinement = _Refinement.start(self, settings.adaptive)
             self.attr = refinement.refine()
             self.check_degenerate()
+            if self.degenerate is not None:  # a transition close to 0 that the pieces resolved is not degenerate
+                self.degenerate &= refinement.flagged
             return refinement
         self.fixed_rule(steps)
         if settings.want_delta and self.f_zero is None:

@@ -247,3 +247,14 @@ def test_max_steps_below_the_first_pieces_keeps_the_nested_levels():
     with pytest.warns(UserWarning, match="did not reach"):
         result = attribute(model, batch, max_steps=31)
     assert bool((result.n_steps_used[:, 0] == 31).all())  # the 31-node level, not pieces
+
+
+def test_a_transition_the_pieces_resolve_is_not_called_degenerate():
+    # attention outputs far above the residual: F(alpha A) is flat for alpha >= 0.1 and turns close to 0
+    model, batch = sharp_model(3e4), text_batch()
+    with pytest.warns(UserWarning, match="zero baseline is degenerate"):
+        attribute(model, batch, method="gausslegendre", n_steps=10, return_convergence_delta=True)  # cannot tell
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither degenerate nor unconverged
+        result = attribute(model, batch, return_convergence_delta=True)
+    assert float(result.completeness_error.max()) <= 1e-3 and int(result.n_steps_used.max()) > 15
