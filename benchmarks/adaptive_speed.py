@@ -18,6 +18,11 @@ the relative completeness error |sum attr - (F(A) - F(A := 0))| / |F(A) - F(A :=
 ``prob``/``baseline_prob`` of the (b) run). Also the largest difference between (b) and (d), relative to
 the largest |attribution| (same rule, so it should be at floating-point level).
 
+The same Captum code also runs with 8, 9, 20 and 40 nodes (``captum_more_steps``), and
+``at_equal_worst_error`` compares ``ours_auto`` with the cheapest Captum run whose worst completeness
+error is at most ours: the time a Captum user needs for the same accuracy (a lower bound on the
+speed-up when no Captum run gets there).
+
 Models: (1) MiniLM-L6-H384 with a linear-probe SST-2 head on SST-2 dev sentences (see
 ``attribution_speed.build_model``); (2) the quickstart tiny BERT (``configs/quickstart.yaml``) on the
 synthetic validation split; (3) the random BERT-base shape on SST-2 dev sentences (Captum on the first
@@ -60,6 +65,7 @@ def single_inputs(ids: list[list[int]]) -> list[dict[str, torch.Tensor]]:
 
 
 REPEAT = [1]  # best of this many timings per variant (set by main)
+CAPTUM_MORE: list[int] = []  # Captum also with these node counts (set by main), for the equal-error comparison
 
 
 def timed(fn):
@@ -144,7 +150,39 @@ def run_variants(model, ids: list[list[int]], skip_auto: bool, use_sdpa: bool, c
         out["captum_gl10"] = variant_stats(t, len(ids), sums - diff, diff)
         out["captum_gl10"]["same_targets_as_ours"] = bool(torch.equal(torch.tensor(targets_d), res_b.target))
         out["captum_vs_ours_gl10_maps"] = map_difference(res_b.attributions, maps_d)
+        for steps in CAPTUM_MORE:
+            t, (maps, _) = timed(
+                lambda steps=steps: captum_attribution(
+                    model, singles, n_steps=steps, method="gausslegendre", internal_batch_size=steps, use_sdpa=use_sdpa
+                )
+            )
+            sums = torch.stack([m.flatten(1).sum(1).double() for m in maps])
+            out[f"captum_gl{steps}"] = variant_stats(t, len(ids), sums - diff, diff)
     return out
+
+
+def at_equal_worst_error(stats: dict) -> dict | None:
+    """``ours_auto`` against the cheapest Captum run whose worst completeness error is at most ours.
+
+    When no Captum run reaches it, the ratio to the one with the most nodes is a lower bound
+    (``captum_reached: false``).
+    """
+    if "ours_auto" not in stats:
+        return None
+    runs = {int(k[len("captum_gl") :]): v for k, v in stats.items() if k.startswith("captum_gl")}
+    if not runs:
+        return None
+    worst = stats["ours_auto"]["rel_max"]
+    reached = sorted(n for n, v in runs.items() if v["rel_max"] <= worst)
+    steps = reached[0] if reached else max(runs)
+    return {
+        "ours_auto_worst": worst,
+        "captum_steps": steps,
+        "captum_worst": runs[steps]["rel_max"],
+        "captum_reached": bool(reached),
+        "speedup": runs[steps]["seconds"] / stats["ours_auto"]["seconds"],
+        "captum_worst_by_steps": {str(n): runs[n]["rel_max"] for n in sorted(runs)},
+    }
 
 
 def ratios(stats: dict) -> dict:
@@ -225,6 +263,7 @@ def bench_model(model, desc, ids, data_desc, skip_auto, use_sdpa, captum_n: int 
         report["n_examples"] = len(ids)
         report["variants"] = stats
         report["examples_per_second_ratio"] = ratios(stats)
+        report["at_equal_worst_error"] = at_equal_worst_error(stats)
         return report
     small = ids[:captum_n]
     stats_small = run_variants(model, small, skip_auto, use_sdpa)
@@ -233,6 +272,7 @@ def bench_model(model, desc, ids, data_desc, skip_auto, use_sdpa, captum_n: int 
     report["lengths_captum_examples"] = lengths(small)
     report["variants_on_captum_examples"] = stats_small
     report["examples_per_second_ratio"] = ratios(stats_small)
+    report["at_equal_worst_error"] = at_equal_worst_error(stats_small)
     report["variants_ours_on_all_examples"] = stats_all
     report["examples_per_second_ratio_ours_on_all_examples"] = ratios(stats_all)
     return report
@@ -249,6 +289,7 @@ def main(
     captum_use_sdpa: bool = True,
     threads: int = 2,
     repeat: int = 1,
+    captum_more_steps: list[int] | None = None,
     write: bool = False,
 ) -> None:
     """Run the comparison and print JSON.
@@ -264,12 +305,15 @@ def main(
             ours do (the controller's public ``use_sdpa``); ``false``: eager attention there.
         threads: ``torch.set_num_threads``.
         repeat: time every variant this many times and keep the fastest (results are identical across repeats).
+        captum_more_steps: Captum also with these Gauss-Legendre node counts (default 8, 9, 20 and 40), for
+            ``at_equal_worst_error``: the cheapest Captum run at most as far from completeness as ours.
         write: also write the JSON to ``benchmarks/results/adaptive_speed.json``.
     """
     import captum
 
     torch.set_num_threads(threads)
     REPEAT[0] = repeat
+    CAPTUM_MORE[:] = [8, 9, 20, 40] if captum_more_steps is None else captum_more_steps
     torch.manual_seed(0)
     chosen = models or ["minilm", "quickstart", "bert_base"]
     unknown = sorted(set(chosen) - {"minilm", "quickstart", "bert_base"})
