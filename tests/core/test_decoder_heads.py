@@ -101,23 +101,32 @@ def output_projection(model: torch.nn.Module, layer: int) -> torch.nn.Module:
     return model.model.layers[layer].self_attn.o_proj
 
 
-def hooked_logits(model: torch.nn.Module, batch: dict, row_heads: list[dict[int, list[int]]]) -> torch.Tensor:
+def hooked_logits(
+    model: torch.nn.Module,
+    batch: dict,
+    row_heads: list[dict[int, list[int]]],
+    projections: dict[int, torch.nn.Module] | None = None,
+    head_dim: int = HEAD_DIM,
+) -> torch.Tensor:
     """Independent reference: the native model with each row's heads zeroed at the output projection's input.
 
     ``row_heads[r]`` are the heads removed for batch row ``r`` (the attention output of a head is its
-    ``head_dim`` slice of the input to ``o_proj`` / ``c_proj``).
+    ``head_dim`` slice of the input to the output projection); ``projections``: the output projection
+    of each layer or site (default: every decoder layer's ``o_proj`` / ``c_proj``). No attention scope.
     """
+    if projections is None:
+        projections = {layer: output_projection(model, layer) for layer in range(LAYERS)}
     handles = []
-    for layer in range(LAYERS):
+    for layer, module in projections.items():
 
         def zero(_module, args, layer=layer):
             x = args[0].clone()  # [batch, pos, head * head_dim]
             for row, heads in enumerate(row_heads):
                 for h in heads.get(layer, []):
-                    x[row, :, h * HEAD_DIM : (h + 1) * HEAD_DIM] = 0
+                    x[row, :, h * head_dim : (h + 1) * head_dim] = 0
             return (x, *args[1:])
 
-        handles.append(output_projection(model, layer).register_forward_pre_hook(zero))
+        handles.append(module.register_forward_pre_hook(zero))
     try:
         with torch.no_grad():
             return model(**batch).logits

@@ -10,6 +10,7 @@ from lightning_attattr.core.adapter import PRUNED_HEADS_KEY, attention_layers, a
 from lightning_attattr.core.attribution import attribute
 from lightning_attattr.core.checks import UnsupportedModelError
 from lightning_attattr.core.pruning import count_parameters, from_pretrained_pruned, prune_heads, pruned_heads
+from tests.core.test_decoder_heads import hooked_logits
 
 V, HEADS, HEAD_DIM = 100, 4, 8
 # sites: encoder.0, encoder.1, decoder.0.self, decoder.0.cross, decoder.1.self, decoder.1.cross; the two
@@ -53,19 +54,9 @@ def zeroed_logits(
     model: T.PreTrainedModel, batch: dict[str, torch.Tensor], heads: dict[int, list[int]]
 ) -> torch.Tensor:
     """Logits with the heads' outputs zeroed at the output projection's input: no attention scope involved."""
-    handles = []
-    for site, hs in heads.items():
-        keep = torch.ones(HEADS * HEAD_DIM, dtype=torch.float64)
-        for h in hs:
-            keep[h * HEAD_DIM : (h + 1) * HEAD_DIM] = 0
-        out_proj = layer_modules(model)[site].out_proj
-        handles.append(out_proj.register_forward_pre_hook(lambda _m, args, keep=keep: (args[0] * keep,)))
-    try:
-        with torch.no_grad():
-            return model(**batch).logits
-    finally:
-        for handle in handles:
-            handle.remove()
+    sites = layer_modules(model)
+    rows = int(batch["input_ids"].shape[0])
+    return hooked_logits(model, batch, [heads] * rows, {site: sites[site].out_proj for site in heads}, HEAD_DIM)
 
 
 def scoped_logits(model: T.PreTrainedModel, batch: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
