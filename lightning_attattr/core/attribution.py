@@ -1356,7 +1356,10 @@ class _Refinement:
         pieces ``b / a > 4`` at ``sqrt(a b)``, the others in halves.
 
         Each example is integrated whole on every shard (no work is dealt), so every shard
-        keeps ``1 / count`` of it and the shards' sum is the whole.
+        keeps ``1 / count`` of it and the shards' sum is the whole. Each piece keeps its map
+        (``[head, query_pos, key_pos]``) unless one example's piece maps would pass
+        :data:`PIECE_MAPS_BYTES` (long inputs): then the pieces keep only their sums and the final
+        pieces' nodes are evaluated once more for the map (not counted in ``n_steps_used``).
         """
         shard = self.pair.run.settings.shard
         share = 1.0 if shard is None else 1.0 / shard[1]
@@ -1364,8 +1367,9 @@ class _Refinement:
         for j, row in enumerate(rows.tolist()):
             one = part.rows(torch.tensor([j], device="cpu"))
             f_b = float(self.pair.f_full[row]) - float(self.target_diff[row])  # F(B)
-            result = _Pieces(one, row, self.pair, f_b, float(self.pair.f_full[row]), float(self.gap[row]))
-            result.run(self.rule.tol, self.rule.max_steps - SPLIT_AFTER)
+            budget = self.rule.max_steps - SPLIT_AFTER
+            result = _Pieces(one, row, self.pair, f_b, float(self.pair.f_full[row]), float(self.gap[row]), budget)
+            result.run(self.rule.tol)
             error = result.error()
             if error < float(self.error[row]):  # keep the nested rule's result when the pieces are worse
                 chosen[row] = (result.total() * share).to(chosen)
@@ -1483,6 +1487,9 @@ SPLIT_AFTER = 15
 SPLIT_NODES = 5
 _FIRST_BREAKS = (0.0, 1.0 / 64.0, 1.0 / 8.0, 1.0 / 2.0, 1.0)  # the first subintervals: graded towards alpha = 0
 _FIRST_PIECES_NODES = (len(_FIRST_BREAKS) - 1) * SPLIT_NODES  # so pieces need max_steps >= 15 + 20
+#: Above this many bytes for one example's piece maps (one per piece, at most ``max_steps``' worth), the
+#: pieces keep only their sums of ``h`` and the final pieces' nodes are evaluated once more for the map.
+PIECE_MAPS_BYTES = 256 * 2**20
 
 
 def _split_point(a: float, b: float) -> float:
@@ -1498,23 +1505,48 @@ class _Pieces:
     """The subintervals of one example's path in :meth:`_Refinement.subdivide`, with their sums."""
 
     def __init__(
-        self, one: _LayerIntegration, row: int, pair: _LayerIntegration, f_start: float, f_end: float, gap: float
+        self,
+        one: _LayerIntegration,
+        row: int,
+        pair: _LayerIntegration,
+        f_start: float,
+        f_end: float,
+        gap: float,
+        budget: int,
     ):
         self.one, self.row, self.pair = one, row, pair
         self.f_start, self.f_end, self.gap = f_start, f_end, gap
         nodes, weights = approximation_parameters("gausslegendre", SPLIT_NODES)
         self.x = torch.tensor(nodes, dtype=torch.float64)
         self.w = torch.tensor(weights, dtype=torch.float64)
-        self.pieces: list[tuple[float, float, float, float, float, Tensor]] = []  # a, b, F(a), F(b), sum h, sum grad
+        self.pieces: list[tuple[float, float, float, float, float, Tensor | None]] = []  # a, b, F(a), F(b), h, grad
         self.nodes = 0
+        self.budget = budget
+        most = len(_FIRST_BREAKS) - 1 + max(budget - _FIRST_PIECES_NODES, 0) // (2 * SPLIT_NODES)  # pieces at most
+        self.keep_maps = one.diff[0].numel() * one.diff.element_size() * most <= PIECE_MAPS_BYTES
 
     def error(self) -> float:
         """Relative completeness error of the whole path."""
         return abs(sum(p[4] for p in self.pieces) - (self.f_end - self.f_start)) / self.gap
 
     def total(self) -> Tensor:
-        """``sum_k w_k dF/dA`` over every piece: ``[head, query_pos, key_pos]``."""
-        return torch.stack([p[5] for p in self.pieces]).sum(0)
+        """``sum_k w_k dF/dA`` over every piece: ``[head, query_pos, key_pos]``.
+
+        Without kept piece maps (large maps, :data:`PIECE_MAPS_BYTES`), the final pieces' nodes are
+        evaluated once more and summed into one map.
+        """
+        maps = [p[5] for p in self.pieces]
+        if all(m is not None for m in maps):
+            return torch.stack(cast(list[Tensor], maps)).sum(0)
+        alphas = torch.cat([a + (b - a) * self.x for a, b, *_ in self.pieces])
+        weights = torch.cat([(b - a) * self.w for a, b, *_ in self.pieces])
+        total = torch.zeros_like(self.one.probs[0])
+
+        def consume(sub: Tensor | None, begin: int, end: int, grad: Tensor, prob: Tensor) -> None:
+            total.add_(torch.einsum("s,s...->...", weights[begin:end].to(grad), grad[0]))
+
+        self.pair.run.passes(self.one, alphas, len(self.pair.probs), consume)
+        return total
 
     def values(self, alphas: list[float]) -> list[float]:
         if not alphas:
@@ -1536,11 +1568,13 @@ class _Pieces:
         for i, (a, b, f_a, f_b) in enumerate(spans):
             k = slice(i * SPLIT_NODES, (i + 1) * SPLIT_NODES)
             w = (b - a) * self.w
-            self.pieces.append((a, b, f_a, f_b, float(h[k] @ w), torch.einsum("s,s...->...", w.to(grad), grad[k])))
+            grad_sum = torch.einsum("s,s...->...", w.to(grad), grad[k]) if self.keep_maps else None
+            self.pieces.append((a, b, f_a, f_b, float(h[k] @ w), grad_sum))
         self.nodes += len(alphas)
 
-    def run(self, tol: float, budget: int) -> None:
-        """Split until the path meets ``tol`` or the next splits would pass ``budget`` nodes."""
+    def run(self, tol: float) -> None:
+        """Split until the path meets ``tol`` or the next splits would pass the budget of nodes."""
+        budget = self.budget
         breaks = list(_FIRST_BREAKS)
         f = [self.f_start, *self.values(breaks[1:-1]), self.f_end]
         self.integrate([(breaks[i], breaks[i + 1], f[i], f[i + 1]) for i in range(len(breaks) - 1)])

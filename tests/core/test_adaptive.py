@@ -258,3 +258,25 @@ def test_a_transition_the_pieces_resolve_is_not_called_degenerate():
         warnings.simplefilter("error")  # neither degenerate nor unconverged
         result = attribute(model, batch, return_convergence_delta=True)
     assert float(result.completeness_error.max()) <= 1e-3 and int(result.n_steps_used.max()) > 15
+
+
+def test_large_piece_maps_are_not_kept_and_the_result_is_the_same(monkeypatch):
+    from lightning_attattr.core import attribution
+    from tests.core.test_family_attribution import _batch
+
+    model = spiky_llama()
+    batch = _batch(model)
+    kept = attribute(model, batch)
+    calls = []
+    total = attribution._Pieces.total
+
+    def spy(self):
+        calls.append(self.keep_maps)
+        return total(self)
+
+    monkeypatch.setattr(attribution, "PIECE_MAPS_BYTES", 0)  # every map is "large": sums only, nodes once more
+    monkeypatch.setattr(attribution._Pieces, "total", spy)
+    recomputed = attribute(model, batch)
+    assert calls and not any(calls)
+    assert torch.equal(recomputed.n_steps_used, kept.n_steps_used)
+    assert max_rel_diff(recomputed, kept) < 1e-12
