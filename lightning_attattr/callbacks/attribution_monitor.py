@@ -281,7 +281,7 @@ class AttributionMonitor(EpochEndAnalysis):
         gap = result["convergence_delta"].abs() / scale  # [example, layer]
         for li, layer in enumerate(result["layers"]):
             pl_module.log(f"attr/completeness_layer{layer}", float(gap[:, li].mean()), rank_zero_only=True)
-            steps = result["n_steps_used"][:, li].double()  # integration nodes per probe example (adaptive: 3 to max_steps)
+            steps = result["n_steps_used"][:, li].double()  # nodes per probe example (adaptive: 3 to max_steps)
             pl_module.log(f"attr/steps_layer{layer}", float(steps.mean()), rank_zero_only=True)
         if not trainer.is_global_zero:
             return
