@@ -46,7 +46,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -1501,6 +1501,22 @@ def _split_point(a: float, b: float) -> float:
     return (a + b) / 2.0
 
 
+class _Piece(NamedTuple):
+    """One subinterval ``[a, b]`` of a path in :meth:`_Refinement.subdivide`."""
+
+    a: float
+    b: float
+    f_a: float  # F at alpha = a
+    f_b: float
+    h: float  # the rule's integral of h over [a, b]
+    grad: Tensor | None  # sum_k w_k dF/dA over its nodes, [head, q, k]; None when the maps are not kept
+
+    @property
+    def error(self) -> float:
+        """Absolute completeness error of the piece: ``|integral of h - (F(b) - F(a))|``."""
+        return abs(self.h - (self.f_b - self.f_a))
+
+
 class _Pieces:
     """The subintervals of one example's path in :meth:`_Refinement.subdivide`, with their sums."""
 
@@ -1514,20 +1530,19 @@ class _Pieces:
         gap: float,
         budget: int,
     ):
-        self.one, self.row, self.pair = one, row, pair
-        self.f_start, self.f_end, self.gap = f_start, f_end, gap
+        self.one, self.row, self.pair = one, row, pair  # ``one``: the example alone; ``row``: its index in ``pair``
+        self.f_start, self.f_end, self.gap, self.budget = f_start, f_end, gap, budget
         nodes, weights = approximation_parameters("gausslegendre", SPLIT_NODES)
         self.x = torch.tensor(nodes, dtype=torch.float64)
         self.w = torch.tensor(weights, dtype=torch.float64)
-        self.pieces: list[tuple[float, float, float, float, float, Tensor | None]] = []  # a, b, F(a), F(b), h, grad
+        self.pieces: list[_Piece] = []
         self.nodes = 0
-        self.budget = budget
         most = len(_FIRST_BREAKS) - 1 + max(budget - _FIRST_PIECES_NODES, 0) // (2 * SPLIT_NODES)  # pieces at most
         self.keep_maps = one.diff[0].numel() * one.diff.element_size() * most <= PIECE_MAPS_BYTES
 
     def error(self) -> float:
         """Relative completeness error of the whole path."""
-        return abs(sum(p[4] for p in self.pieces) - (self.f_end - self.f_start)) / self.gap
+        return abs(sum(p.h for p in self.pieces) - (self.f_end - self.f_start)) / self.gap
 
     def total(self) -> Tensor:
         """``sum_k w_k dF/dA`` over every piece: ``[head, query_pos, key_pos]``.
@@ -1535,11 +1550,10 @@ class _Pieces:
         Without kept piece maps (large maps, :data:`PIECE_MAPS_BYTES`), the final pieces' nodes are
         evaluated once more and summed into one map.
         """
-        maps = [p[5] for p in self.pieces]
-        if all(m is not None for m in maps):
-            return torch.stack(cast(list[Tensor], maps)).sum(0)
-        alphas = torch.cat([a + (b - a) * self.x for a, b, *_ in self.pieces])
-        weights = torch.cat([(b - a) * self.w for a, b, *_ in self.pieces])
+        if all(p.grad is not None for p in self.pieces):
+            return torch.stack([cast(Tensor, p.grad) for p in self.pieces]).sum(0)
+        alphas = torch.cat([p.a + (p.b - p.a) * self.x for p in self.pieces])
+        weights = torch.cat([(p.b - p.a) * self.w for p in self.pieces])
         total = torch.zeros_like(self.one.probs[0])
 
         def consume(sub: Tensor | None, begin: int, end: int, grad: Tensor, prob: Tensor) -> None:
@@ -1549,50 +1563,52 @@ class _Pieces:
         return total
 
     def values(self, alphas: list[float]) -> list[float]:
+        """``F`` of the example at each of ``alphas`` (one forward, no gradients)."""
         if not alphas:
             return []
         return self.one.values(torch.tensor(alphas, dtype=torch.float64))[0].double().cpu().tolist()
 
     def integrate(self, spans: list[tuple[float, float, float, float]]) -> None:
-        """Evaluate the nodes of the pieces ``spans`` (``a, b, F(a), F(b)``) and add them."""
+        """Evaluate the nodes of the pieces ``spans`` (``a, b, F(a), F(b)``) and add the pieces.
+
+        Each pass's gradients are reduced as they come (to ``h`` per node, and to the pieces' maps
+        when they are kept), so one pass's gradients are the most held at a time.
+        """
         alphas = torch.cat([a + (b - a) * self.x for a, b, _, _ in spans])
-        grads: list[Tensor] = []
+        weights = torch.cat([(b - a) * self.w for a, b, _, _ in spans])  # [span * node]
+        h = torch.zeros(len(alphas), dtype=torch.float64)
+        diff = self.one.diff[0]
+        maps = [torch.zeros_like(diff) for _ in spans] if self.keep_maps else []
 
         def consume(sub: Tensor | None, begin: int, end: int, grad: Tensor, prob: Tensor) -> None:
-            grads.append(grad[0])
+            grad = grad[0]  # [node, head, q, k]
+            h[begin:end] = (grad.double() * diff.double()).flatten(1).sum(1).cpu()
+            for node in range(begin, end) if self.keep_maps else ():
+                maps[node // SPLIT_NODES].add_(grad[node - begin], alpha=float(weights[node]))
             self.pair.note(torch.tensor([self.row], device="cpu"), alphas[begin:end], prob, "fp32")
 
         self.pair.run.passes(self.one, alphas, len(self.pair.probs), consume)
-        grad = torch.cat(grads)  # [span * node, head, q, k]
-        h = (grad.double() * self.one.diff[0].double()).flatten(1).sum(1).cpu()  # [span * node]
         for i, (a, b, f_a, f_b) in enumerate(spans):
             k = slice(i * SPLIT_NODES, (i + 1) * SPLIT_NODES)
-            w = (b - a) * self.w
-            grad_sum = torch.einsum("s,s...->...", w.to(grad), grad[k]) if self.keep_maps else None
-            self.pieces.append((a, b, f_a, f_b, float(h[k] @ w), grad_sum))
+            self.pieces.append(_Piece(a, b, f_a, f_b, float(h[k] @ weights[k]), maps[i] if self.keep_maps else None))
         self.nodes += len(alphas)
 
     def run(self, tol: float) -> None:
         """Split until the path meets ``tol`` or the next splits would pass the budget of nodes."""
-        budget = self.budget
         breaks = list(_FIRST_BREAKS)
         f = [self.f_start, *self.values(breaks[1:-1]), self.f_end]
         self.integrate([(breaks[i], breaks[i + 1], f[i], f[i + 1]) for i in range(len(breaks) - 1)])
         while self.error() > tol:
-            errors = [abs(p[4] - (p[3] - p[2])) for p in self.pieces]
-            worst = max(errors)
-            order = sorted(range(len(errors)), key=lambda i: -errors[i])
-            chosen = [i for i in order if errors[i] >= 0.5 * worst]
-            chosen = chosen[: (budget - self.nodes) // (2 * SPLIT_NODES)]
+            worst = max(p.error for p in self.pieces)
+            chosen = sorted((p for p in self.pieces if p.error >= 0.5 * worst), key=lambda p: -p.error)
+            chosen = chosen[: (self.budget - self.nodes) // (2 * SPLIT_NODES)]
             if not chosen:
                 return
-            mids = [_split_point(self.pieces[i][0], self.pieces[i][1]) for i in chosen]
-            f_mid = self.values(mids)
+            mids = [_split_point(p.a, p.b) for p in chosen]
             spans = []
-            for i, c, f_c in zip(chosen, mids, f_mid):
-                a, b, f_a, f_b = self.pieces[i][:4]
-                spans += [(a, c, f_a, f_c), (c, b, f_c, f_b)]
-            self.pieces = [p for i, p in enumerate(self.pieces) if i not in set(chosen)]
+            for p, c, f_c in zip(chosen, mids, self.values(mids)):
+                spans += [(p.a, c, p.f_a, f_c), (c, p.b, f_c, p.f_b)]
+            self.pieces = [p for p in self.pieces if all(p is not q for q in chosen)]
             self.integrate(spans)
 
 
