@@ -962,6 +962,9 @@ class _Run:
     def passes(self, pair: _LayerIntegration, alphas: Tensor, group: int, consume: _Consume) -> None:
         """``pair.gradients`` at every ``alphas`` (``[step]`` float64), in passes within the row limit.
 
+        ``alphas`` may also be ``[example, step]``: each example's own steps (the pieces of
+        :meth:`_Refinement.subdivide`).
+
         ``consume(rows, begin, end, grad, prob)`` receives each pass: the gradients
         ``[rows, end - begin, head, query_pos, key_pos]`` and probabilities ``[rows, end - begin]`` at
         ``alphas[begin:end]`` for the examples ``rows`` of ``pair`` (``[rows]`` indices on the CPU),
@@ -970,19 +973,20 @@ class _Run:
         example does a pass take one step for a slice of the examples. ``group``: examples whose
         state stays allocated (the length group, which may be more than ``pair`` holds).
         """
-        examples, n_tokens = len(pair.probs), pair.probs.shape[-1]
+        examples, n_tokens, n_steps = len(pair.probs), pair.probs.shape[-1], alphas.shape[-1]
         step, first = 0, 0  # next step; next example of a step split over several passes
-        while step < len(alphas):
+        while step < n_steps:
             limit = self.plan.limit(group, n_tokens, pair.layer)
             rows: Tensor | None = None
             if first == 0 and limit >= examples:
-                end, stop = min(len(alphas), step + _steps_per_pass(examples, len(alphas), limit)), examples
+                end, stop = min(n_steps, step + _steps_per_pass(examples, n_steps, limit)), examples
             else:
                 end, stop = step + 1, min(examples, first + limit)
                 rows = torch.arange(first, stop, device="cpu")
             size = (stop - first) * (end - step)
             part = pair if rows is None else pair.rows(rows)
-            result = self._attempt(part, alphas[step:end].to(pair.probs), size)
+            chunk = alphas[..., step:end] if rows is None or alphas.dim() == 1 else alphas[rows, step:end]
+            result = self._attempt(part, chunk.to(pair.probs), size)
             if result is None:  # out of memory: the limit was halved, plan this pass again
                 continue
             self.plan.ran(limit, size)
@@ -1178,15 +1182,11 @@ class _LayerIntegration:
 
         ``F`` is ``[batch, step]``.
 
-        One batched forward/backward for all examples and all ``alphas`` (``[step]``).
+        One batched forward/backward for all examples and all ``alphas`` (``[step]``, or
+        ``[batch, step]``: each example's own).
         """
-        batch, steps = self.probs.shape[0], len(alphas)
-        # [batch * step, head, query_pos, key_pos], example-major rows
-        if self.base is None:
-            x = alphas.view(1, steps, 1, 1, 1) * self.probs.unsqueeze(1)
-        else:
-            x = self.base.unsqueeze(1) + alphas.view(1, steps, 1, 1, 1) * self.diff.unsqueeze(1)
-        x = x.flatten(0, 1).requires_grad_(True)
+        batch, steps = self.probs.shape[0], alphas.shape[-1]
+        x = self.path_points(alphas).flatten(0, 1).requires_grad_(True)  # [batch * step, head, q, k], example-major
         rows = torch.arange(batch, device=self.probs.device).repeat_interleave(steps)  # [batch * step]
         with integrand_precision(self.precision, self.probs.device):
             outputs = self.replaced_outputs(x, steps)
@@ -1194,14 +1194,19 @@ class _LayerIntegration:
             (grad,) = torch.autograd.grad(p.sum(), x)
         return grad.view(batch, steps, *grad.shape[1:]), p.detach().view(batch, steps)
 
+    def path_points(self, alphas: Tensor) -> Tensor:
+        """``B + alpha (A - B)`` at ``alphas`` (``[step]``, or ``[batch, step]``): ``[batch, step, head, q, k]``."""
+        a = alphas.to(self.probs)
+        a = a.view(1, -1, 1, 1, 1) if a.dim() == 1 else a.view(*a.shape, 1, 1, 1)
+        return a * self.probs.unsqueeze(1) if self.base is None else self.base.unsqueeze(1) + a * self.diff.unsqueeze(1)
+
     def values(self, alphas: Tensor) -> Tensor:
-        """``F`` at ``B + alpha (A - B)`` for every ``alphas`` (``[step]``): ``[batch, step]``, without gradients."""
-        batch, steps = self.probs.shape[0], len(alphas)
-        alphas = alphas.to(self.probs)
-        if self.base is None:
-            x = alphas.view(1, steps, 1, 1, 1) * self.probs.unsqueeze(1)
-        else:
-            x = self.base.unsqueeze(1) + alphas.view(1, steps, 1, 1, 1) * self.diff.unsqueeze(1)
+        """``F`` at ``B + alpha (A - B)`` for every ``alphas`` (``[step]`` or ``[batch, step]``): ``[batch, step]``.
+
+        Without gradients.
+        """
+        batch, steps = self.probs.shape[0], alphas.shape[-1]
+        x = self.path_points(alphas)
         rows = torch.arange(batch, device=self.probs.device).repeat_interleave(steps)
         with torch.no_grad(), integrand_precision(self.precision, self.probs.device):
             outputs = self.replaced_outputs(x.flatten(0, 1), steps)
@@ -1364,18 +1369,102 @@ class _Refinement:
         shard = self.pair.run.settings.shard
         share = 1.0 if shard is None else 1.0 / shard[1]
         part = self.pair.rows(rows, "fp32")
+        budget = self.rule.max_steps - SPLIT_AFTER
+        most = len(_FIRST_BREAKS) - 1 + max(budget - _FIRST_PIECES_NODES, 0) // (2 * SPLIT_NODES)  # pieces at most
+        keep = part.diff.numel() * part.diff.element_size() * most <= PIECE_MAPS_BYTES
+        f_end = self.pair.f_full[rows].double()
+        f_start = f_end - self.target_diff[rows]  # F(B)
+        states = [
+            _Pieces(float(f_start[j]), float(f_end[j]), float(self.gap[row]), budget, keep)
+            for j, row in enumerate(rows.tolist())
+        ]
+        inner = self._values(part, [list(_FIRST_BREAKS[1:-1])] * len(states), rows)
+        spans = [state.first_spans(f) for state, f in zip(states, inner)]
+        self._integrate_pieces(part, rows, states, list(range(len(states))), spans)
+        while True:  # every example still above the tolerance splits its worst pieces; all in the same passes
+            todo = [(j, state.to_split()) for j, state in enumerate(states) if state.error() > self.rule.tol]
+            todo = [(j, pieces) for j, pieces in todo if pieces]
+            if not todo:
+                break
+            index = [j for j, _ in todo]
+            mids = [[_split_point(piece.a, piece.b) for piece in pieces] for _, pieces in todo]
+            f_mid = self._values(part, mids, rows[index])
+            spans = [states[j].split(pieces, m, f) for (j, pieces), m, f in zip(todo, mids, f_mid)]
+            self._integrate_pieces(part, rows, states, index, spans)
         for j, row in enumerate(rows.tolist()):
-            one = part.rows(torch.tensor([j], device="cpu"))
-            f_b = float(self.pair.f_full[row]) - float(self.target_diff[row])  # F(B)
-            budget = self.rule.max_steps - SPLIT_AFTER
-            result = _Pieces(one, row, self.pair, f_b, float(self.pair.f_full[row]), float(self.gap[row]), budget)
-            result.run(self.rule.tol)
-            error = result.error()
+            state, error = states[j], states[j].error()
             if error < float(self.error[row]):  # keep the nested rule's result when the pieces are worse
-                chosen[row] = (result.total() * share).to(chosen)
+                total = state.total()
+                if total is None:  # large maps: evaluate the final pieces' nodes once more
+                    total = self._piece_map(part.rows(torch.tensor([j], device="cpu")), state)
+                chosen[row] = (total * share).to(chosen)
                 self.error[row] = error
-            self.extra[row] = result.nodes
+            self.extra[row] = state.nodes
             self.flagged[row] = float(self.error[row]) > self.rule.tol
+
+    def _values(self, part: _LayerIntegration, alphas: list[list[float]], rows: Tensor) -> list[list[float]]:
+        """``F`` at each example's own ``alphas`` (``rows``: the examples' indices in ``self.pair``)."""
+        items = torch.tensor([k for k, a in enumerate(alphas) for _ in a], device="cpu")
+        flat = torch.tensor([[x] for a in alphas for x in a], dtype=torch.float64)  # [item, 1]
+        values = self.pair.rows(rows[items], "fp32").values(flat)[:, 0].double().cpu().tolist()
+        out, start = [], 0
+        for a in alphas:
+            out.append(values[start : start + len(a)])
+            start += len(a)
+        return out
+
+    def _integrate_pieces(
+        self,
+        part: _LayerIntegration,
+        rows: Tensor,
+        states: list[_Pieces],
+        index: list[int],
+        spans: list[list[tuple[float, float, float, float]]],
+    ) -> None:
+        """Evaluate the nodes of ``spans[k]`` for the example ``index[k]`` (of ``states``) and add the pieces.
+
+        Every (example, node) is one row of the passes, so the examples share passes without
+        padding; each pass's gradients are reduced as they come (to ``h`` per node, and to the
+        pieces' maps when they are kept), so one pass's gradients are the most held at a time.
+        """
+        rule_x, rule_w = _split_rule()
+        nodes = [torch.cat([a + (b - a) * rule_x for a, b, _, _ in span]) for span in spans]
+        weights = [torch.cat([(b - a) * rule_w for a, b, _, _ in span]) for span in spans]
+        owner = [(k, n) for k in range(len(index)) for n in range(len(nodes[k]))]  # item -> (example, node)
+        items = part.rows(torch.tensor([index[k] for k, _ in owner], device="cpu"))
+        alphas = torch.cat(nodes)[:, None]  # [item, 1]: each item its own node
+        h = [torch.zeros(len(n), dtype=torch.float64) for n in nodes]
+        keep = states[index[0]].keep_maps
+        maps = [[torch.zeros_like(part.diff[j]) for _ in span] if keep else [] for j, span in zip(index, spans)]
+
+        def consume(sel: Tensor | None, begin: int, end: int, grad: Tensor, prob: Tensor) -> None:
+            positions = range(len(owner)) if sel is None else sel.tolist()
+            grad = grad[:, 0]  # [items of this pass, head, q, k]
+            diff = items.diff if sel is None else items.diff.index_select(0, sel.to(items.diff.device))
+            hs = (grad.double() * diff.double()).flatten(1).sum(1).cpu()
+            for pos, item in enumerate(positions):
+                k, node = owner[item]
+                h[k][node] = hs[pos]
+                if keep:
+                    maps[k][node // SPLIT_NODES].add_(grad[pos], alpha=float(weights[k][node]))
+                self.pair.note(rows[index[k] : index[k] + 1], alphas[item], prob[pos : pos + 1], "fp32")
+
+        self.pair.run.passes(items, alphas, len(self.pair.probs), consume)
+        for k, j in enumerate(index):
+            states[j].add(spans[k], h[k], weights[k], maps[k] if keep else None)
+
+    def _piece_map(self, one: _LayerIntegration, state: _Pieces) -> Tensor:
+        """``sum_k w_k dF/dA`` over the nodes of every piece of ``state`` (one example ``one``), evaluated again."""
+        rule_x, rule_w = _split_rule()
+        alphas = torch.cat([p.a + (p.b - p.a) * rule_x for p in state.pieces])
+        weights = torch.cat([(p.b - p.a) * rule_w for p in state.pieces])
+        total = torch.zeros_like(one.probs[0])
+
+        def consume(sel: Tensor | None, begin: int, end: int, grad: Tensor, prob: Tensor) -> None:
+            total.add_(torch.einsum("s,s...->...", weights[begin:end].to(grad), grad[0]))
+
+        self.pair.run.passes(one, alphas, len(self.pair.probs), consume)
+        return total
 
     def stop_reduced(self, active: Tensor, level: int, estimate: Tensor, done: Tensor) -> Tensor:
         """Deal with the reduced-precision examples among ``active`` that stalled; which of them are now done.
@@ -1487,7 +1576,7 @@ SPLIT_AFTER = 15
 SPLIT_NODES = 5
 _FIRST_BREAKS = (0.0, 1.0 / 64.0, 1.0 / 8.0, 1.0 / 2.0, 1.0)  # the first subintervals: graded towards alpha = 0
 _FIRST_PIECES_NODES = (len(_FIRST_BREAKS) - 1) * SPLIT_NODES  # so pieces need max_steps >= 15 + 20
-#: Above this many bytes for one example's piece maps (one per piece, at most ``max_steps``' worth), the
+#: Above this many bytes for the piece maps of the examples that continue on pieces (one map per piece), the
 #: pieces keep only their sums of ``h`` and the final pieces' nodes are evaluated once more for the map.
 PIECE_MAPS_BYTES = 256 * 2**20
 
@@ -1517,99 +1606,61 @@ class _Piece(NamedTuple):
         return abs(self.h - (self.f_b - self.f_a))
 
 
+@functools.lru_cache(maxsize=1)
+def _split_rule() -> tuple[Tensor, Tensor]:
+    """Nodes and weights on ``[0, 1]`` of the Gauss-Legendre rule of every piece (float64, CPU)."""
+    nodes, weights = approximation_parameters("gausslegendre", SPLIT_NODES)
+    return torch.tensor(nodes, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64)
+
+
 class _Pieces:
     """The subintervals of one example's path in :meth:`_Refinement.subdivide`, with their sums."""
 
-    def __init__(
-        self,
-        one: _LayerIntegration,
-        row: int,
-        pair: _LayerIntegration,
-        f_start: float,
-        f_end: float,
-        gap: float,
-        budget: int,
-    ):
-        self.one, self.row, self.pair = one, row, pair  # ``one``: the example alone; ``row``: its index in ``pair``
+    def __init__(self, f_start: float, f_end: float, gap: float, budget: int, keep_maps: bool):
         self.f_start, self.f_end, self.gap, self.budget = f_start, f_end, gap, budget
-        nodes, weights = approximation_parameters("gausslegendre", SPLIT_NODES)
-        self.x = torch.tensor(nodes, dtype=torch.float64)
-        self.w = torch.tensor(weights, dtype=torch.float64)
+        self.keep_maps = keep_maps  # each piece keeps its map (else only its sum of h)
         self.pieces: list[_Piece] = []
         self.nodes = 0
-        most = len(_FIRST_BREAKS) - 1 + max(budget - _FIRST_PIECES_NODES, 0) // (2 * SPLIT_NODES)  # pieces at most
-        self.keep_maps = one.diff[0].numel() * one.diff.element_size() * most <= PIECE_MAPS_BYTES
 
     def error(self) -> float:
         """Relative completeness error of the whole path."""
         return abs(sum(p.h for p in self.pieces) - (self.f_end - self.f_start)) / self.gap
 
-    def total(self) -> Tensor:
-        """``sum_k w_k dF/dA`` over every piece: ``[head, query_pos, key_pos]``.
+    def total(self) -> Tensor | None:
+        """``sum_k w_k dF/dA`` over every piece, ``[head, query_pos, key_pos]``; ``None`` when maps are not kept."""
+        if not self.keep_maps:
+            return None
+        return torch.stack([cast(Tensor, p.grad) for p in self.pieces]).sum(0)
 
-        Without kept piece maps (large maps, :data:`PIECE_MAPS_BYTES`), the final pieces' nodes are
-        evaluated once more and summed into one map.
-        """
-        if all(p.grad is not None for p in self.pieces):
-            return torch.stack([cast(Tensor, p.grad) for p in self.pieces]).sum(0)
-        alphas = torch.cat([p.a + (p.b - p.a) * self.x for p in self.pieces])
-        weights = torch.cat([(p.b - p.a) * self.w for p in self.pieces])
-        total = torch.zeros_like(self.one.probs[0])
+    def first_spans(self, f_inner: list[float]) -> list[tuple[float, float, float, float]]:
+        """The first pieces (``a, b, F(a), F(b)``), given ``F`` at the inner breakpoints of :data:`_FIRST_BREAKS`."""
+        f = [self.f_start, *f_inner, self.f_end]
+        return [(_FIRST_BREAKS[i], _FIRST_BREAKS[i + 1], f[i], f[i + 1]) for i in range(len(_FIRST_BREAKS) - 1)]
 
-        def consume(sub: Tensor | None, begin: int, end: int, grad: Tensor, prob: Tensor) -> None:
-            total.add_(torch.einsum("s,s...->...", weights[begin:end].to(grad), grad[0]))
+    def to_split(self) -> list[_Piece]:
+        """The pieces to split next: within half of the largest error, as many as the budget allows."""
+        worst = max(p.error for p in self.pieces)
+        chosen = sorted((p for p in self.pieces if p.error >= 0.5 * worst), key=lambda p: -p.error)
+        return chosen[: (self.budget - self.nodes) // (2 * SPLIT_NODES)]
 
-        self.pair.run.passes(self.one, alphas, len(self.pair.probs), consume)
-        return total
+    def split(
+        self, chosen: list[_Piece], mids: list[float], f_mid: list[float]
+    ) -> list[tuple[float, float, float, float]]:
+        """Drop the ``chosen`` pieces; the halves (``a, b, F(a), F(b)``) to evaluate in their place."""
+        spans = []
+        for p, c, f_c in zip(chosen, mids, f_mid):
+            spans += [(p.a, c, p.f_a, f_c), (c, p.b, f_c, p.f_b)]
+        self.pieces = [p for p in self.pieces if all(p is not q for q in chosen)]
+        return spans
 
-    def values(self, alphas: list[float]) -> list[float]:
-        """``F`` of the example at each of ``alphas`` (one forward, no gradients)."""
-        if not alphas:
-            return []
-        return self.one.values(torch.tensor(alphas, dtype=torch.float64))[0].double().cpu().tolist()
-
-    def integrate(self, spans: list[tuple[float, float, float, float]]) -> None:
-        """Evaluate the nodes of the pieces ``spans`` (``a, b, F(a), F(b)``) and add the pieces.
-
-        Each pass's gradients are reduced as they come (to ``h`` per node, and to the pieces' maps
-        when they are kept), so one pass's gradients are the most held at a time.
-        """
-        alphas = torch.cat([a + (b - a) * self.x for a, b, _, _ in spans])
-        weights = torch.cat([(b - a) * self.w for a, b, _, _ in spans])  # [span * node]
-        h = torch.zeros(len(alphas), dtype=torch.float64)
-        diff = self.one.diff[0]
-        maps = [torch.zeros_like(diff) for _ in spans] if self.keep_maps else []
-
-        def consume(sub: Tensor | None, begin: int, end: int, grad: Tensor, prob: Tensor) -> None:
-            grad = grad[0]  # [node, head, q, k]
-            h[begin:end] = (grad.double() * diff.double()).flatten(1).sum(1).cpu()
-            for node in range(begin, end) if self.keep_maps else ():
-                maps[node // SPLIT_NODES].add_(grad[node - begin], alpha=float(weights[node]))
-            self.pair.note(torch.tensor([self.row], device="cpu"), alphas[begin:end], prob, "fp32")
-
-        self.pair.run.passes(self.one, alphas, len(self.pair.probs), consume)
+    def add(
+        self, spans: list[tuple[float, float, float, float]], h: Tensor, weights: Tensor, maps: list[Tensor] | None
+    ) -> None:
+        """Add the evaluated ``spans``: ``h`` and ``weights`` per node (:data:`SPLIT_NODES` per span), their maps."""
         for i, (a, b, f_a, f_b) in enumerate(spans):
             k = slice(i * SPLIT_NODES, (i + 1) * SPLIT_NODES)
-            self.pieces.append(_Piece(a, b, f_a, f_b, float(h[k] @ weights[k]), maps[i] if self.keep_maps else None))
-        self.nodes += len(alphas)
-
-    def run(self, tol: float) -> None:
-        """Split until the path meets ``tol`` or the next splits would pass the budget of nodes."""
-        breaks = list(_FIRST_BREAKS)
-        f = [self.f_start, *self.values(breaks[1:-1]), self.f_end]
-        self.integrate([(breaks[i], breaks[i + 1], f[i], f[i + 1]) for i in range(len(breaks) - 1)])
-        while self.error() > tol:
-            worst = max(p.error for p in self.pieces)
-            chosen = sorted((p for p in self.pieces if p.error >= 0.5 * worst), key=lambda p: -p.error)
-            chosen = chosen[: (self.budget - self.nodes) // (2 * SPLIT_NODES)]
-            if not chosen:
-                return
-            mids = [_split_point(p.a, p.b) for p in chosen]
-            spans = []
-            for p, c, f_c in zip(chosen, mids, self.values(mids)):
-                spans += [(p.a, c, p.f_a, f_c), (c, p.b, f_c, p.f_b)]
-            self.pieces = [p for p in self.pieces if all(p is not q for q in chosen)]
-            self.integrate(spans)
+            self.pieces.append(_Piece(a, b, f_a, f_b, float(h[k] @ weights[k]), None if maps is None else maps[i]))
+        self.nodes += len(h)
 
 
 @dataclass
