@@ -1361,8 +1361,9 @@ class _Refinement:
         pieces ``b / a > 4`` at ``sqrt(a b)``, the others in halves.
 
         Each example is integrated whole on every shard (no work is dealt), so every shard
-        keeps ``1 / count`` of it and the shards' sum is the whole. Each piece keeps its map
-        (``[head, query_pos, key_pos]``) unless one example's piece maps would pass
+        keeps ``1 / count`` of it and the shards' sum is the whole. All the examples on pieces
+        share passes (one row per example and node). Each piece keeps its map (``[head,
+        query_pos, key_pos]``) unless the piece maps of these examples could pass
         :data:`PIECE_MAPS_BYTES` (long inputs): then the pieces keep only their sums and the final
         pieces' nodes are evaluated once more for the map (not counted in ``n_steps_used``).
         """
@@ -1402,11 +1403,20 @@ class _Refinement:
             self.extra[row] = state.nodes
             self.flagged[row] = float(self.error[row]) > self.rule.tol
 
+    def _item_chunks(self, n_items: int) -> list[range]:
+        """The (example, node) rows of the pieces in chunks of at most one planned pass (bounded memory)."""
+        pair = self.pair
+        size = max(1, pair.run.plan.limit(len(pair.probs), pair.probs.shape[-1], pair.layer))
+        return [range(start, min(start + size, n_items)) for start in range(0, n_items, size)]
+
     def _values(self, part: _LayerIntegration, alphas: list[list[float]], rows: Tensor) -> list[list[float]]:
         """``F`` at each example's own ``alphas`` (``rows``: the examples' indices in ``self.pair``)."""
         items = torch.tensor([k for k, a in enumerate(alphas) for _ in a], device="cpu")
         flat = torch.tensor([[x] for a in alphas for x in a], dtype=torch.float64)  # [item, 1]
-        values = self.pair.rows(rows[items], "fp32").values(flat)[:, 0].double().cpu().tolist()
+        values: list[float] = []
+        for chunk in self._item_chunks(len(items)):
+            sub = self.pair.rows(rows[items[chunk.start : chunk.stop]], "fp32")
+            values += sub.values(flat[chunk.start : chunk.stop])[:, 0].double().cpu().tolist()
         out, start = [], 0
         for a in alphas:
             out.append(values[start : start + len(a)])
@@ -1431,14 +1441,13 @@ class _Refinement:
         nodes = [torch.cat([a + (b - a) * rule_x for a, b, _, _ in span]) for span in spans]
         weights = [torch.cat([(b - a) * rule_w for a, b, _, _ in span]) for span in spans]
         owner = [(k, n) for k in range(len(index)) for n in range(len(nodes[k]))]  # item -> (example, node)
-        items = part.rows(torch.tensor([index[k] for k, _ in owner], device="cpu"))
         alphas = torch.cat(nodes)[:, None]  # [item, 1]: each item its own node
         h = [torch.zeros(len(n), dtype=torch.float64) for n in nodes]
         keep = states[index[0]].keep_maps
         maps = [[torch.zeros_like(part.diff[j]) for _ in span] if keep else [] for j, span in zip(index, spans)]
 
         def consume(sel: Tensor | None, begin: int, end: int, grad: Tensor, prob: Tensor) -> None:
-            positions = range(len(owner)) if sel is None else sel.tolist()
+            positions = [chunk.start + i for i in (range(len(chunk)) if sel is None else sel.tolist())]
             grad = grad[:, 0]  # [items of this pass, head, q, k]
             diff = items.diff if sel is None else items.diff.index_select(0, sel.to(items.diff.device))
             hs = (grad.double() * diff.double()).flatten(1).sum(1).cpu()
@@ -1449,7 +1458,9 @@ class _Refinement:
                     maps[k][node // SPLIT_NODES].add_(grad[pos], alpha=float(weights[k][node]))
                 self.pair.note(rows[index[k] : index[k] + 1], alphas[item], prob[pos : pos + 1], "fp32")
 
-        self.pair.run.passes(items, alphas, len(self.pair.probs), consume)
+        for chunk in self._item_chunks(len(owner)):
+            items = part.rows(torch.tensor([index[owner[i][0]] for i in chunk], device="cpu"))
+            self.pair.run.passes(items, alphas[chunk.start : chunk.stop], len(self.pair.probs), consume)
         for k, j in enumerate(index):
             states[j].add(spans[k], h[k], weights[k], maps[k] if keep else None)
 

@@ -280,3 +280,16 @@ def test_large_piece_maps_are_not_kept_and_the_result_is_the_same(monkeypatch):
     assert calls and not any(calls)
     assert torch.equal(recomputed.n_steps_used, kept.n_steps_used)
     assert max_rel_diff(recomputed, kept) < 1e-12
+
+
+@pytest.mark.parametrize("internal_batch_size", [1, 7])
+def test_pieces_in_small_passes_give_the_same_result(internal_batch_size):
+    from tests.core.test_family_attribution import _batch
+
+    model = spiky_llama()
+    batch = _batch(model)
+    full = attribute(model, batch)
+    small = attribute(model, batch, internal_batch_size=internal_batch_size)
+    assert int(full.n_steps_used.max()) > 15
+    assert torch.equal(small.n_steps_used, full.n_steps_used)
+    assert max_rel_diff(small, full) < 1e-10
