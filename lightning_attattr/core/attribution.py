@@ -1353,7 +1353,7 @@ class _Refinement:
         ``F`` changes sharply on a small part of it (seen in trained language models, where the
         output changes by tens of percent between ``alpha = 0`` and ``alpha = 0.003``).
         Completeness holds on every piece of the path: ``h`` integrates over ``[a, b]`` to
-        ``F(a) - F(b)`` exactly, with ``F`` evaluated by one forward at each breakpoint. So the
+        ``F(b) - F(a)`` exactly, with ``F`` evaluated by one forward at each breakpoint. So the
         error of every subinterval is known, not estimated, and the pieces with the largest
         errors are split until the whole path meets the tolerance or ``max_steps`` nodes are
         used. Every subinterval has :data:`SPLIT_NODES` Gauss-Legendre nodes. Pieces touching
@@ -1376,12 +1376,13 @@ class _Refinement:
         f_end = self.pair.f_full[rows].double()
         f_start = f_end - self.target_diff[rows]  # F(B)
         states = [
-            _Pieces(float(f_start[j]), float(f_end[j]), float(self.gap[row]), budget, keep)
+            _Pieces(float(f_start[j]), float(f_end[j]), float(self.gap[row]), budget)
             for j, row in enumerate(rows.tolist())
         ]
-        inner = self._values(part, [list(_FIRST_BREAKS[1:-1])] * len(states), rows)
+        everyone = list(range(len(states)))
+        inner = self._values(part, everyone, [list(_FIRST_BREAKS[1:-1])] * len(states))
         spans = [state.first_spans(f) for state, f in zip(states, inner)]
-        self._integrate_pieces(part, rows, states, list(range(len(states))), spans)
+        self._integrate_pieces(part, rows, states, everyone, spans, keep)
         while True:  # every example still above the tolerance splits its worst pieces; all in the same passes
             todo = [(j, state.to_split()) for j, state in enumerate(states) if state.error() > self.rule.tol]
             todo = [(j, pieces) for j, pieces in todo if pieces]
@@ -1389,9 +1390,9 @@ class _Refinement:
                 break
             index = [j for j, _ in todo]
             mids = [[_split_point(piece.a, piece.b) for piece in pieces] for _, pieces in todo]
-            f_mid = self._values(part, mids, rows[index])
+            f_mid = self._values(part, index, mids)
             spans = [states[j].split(pieces, m, f) for (j, pieces), m, f in zip(todo, mids, f_mid)]
-            self._integrate_pieces(part, rows, states, index, spans)
+            self._integrate_pieces(part, rows, states, index, spans, keep)
         for j, row in enumerate(rows.tolist()):
             state, error = states[j], states[j].error()
             if error < float(self.error[row]):  # keep the nested rule's result when the pieces are worse
@@ -1409,13 +1410,13 @@ class _Refinement:
         size = max(1, pair.run.plan.limit(len(pair.probs), pair.probs.shape[-1], pair.layer))
         return [range(start, min(start + size, n_items)) for start in range(0, n_items, size)]
 
-    def _values(self, part: _LayerIntegration, alphas: list[list[float]], rows: Tensor) -> list[list[float]]:
-        """``F`` at each example's own ``alphas`` (``rows``: the examples' indices in ``self.pair``)."""
-        items = torch.tensor([k for k, a in enumerate(alphas) for _ in a], device="cpu")
+    def _values(self, part: _LayerIntegration, index: list[int], alphas: list[list[float]]) -> list[list[float]]:
+        """``F`` of the example ``index[k]`` of ``part`` at its own ``alphas[k]``, for every ``k``."""
+        items = [index[k] for k, a in enumerate(alphas) for _ in a]  # item -> example of ``part``
         flat = torch.tensor([[x] for a in alphas for x in a], dtype=torch.float64)  # [item, 1]
         values: list[float] = []
         for chunk in self._item_chunks(len(items)):
-            sub = self.pair.rows(rows[items[chunk.start : chunk.stop]], "fp32")
+            sub = part.rows(torch.tensor(items[chunk.start : chunk.stop], device="cpu"))
             values += sub.values(flat[chunk.start : chunk.stop])[:, 0].double().cpu().tolist()
         out, start = [], 0
         for a in alphas:
@@ -1430,20 +1431,20 @@ class _Refinement:
         states: list[_Pieces],
         index: list[int],
         spans: list[list[tuple[float, float, float, float]]],
+        keep: bool,
     ) -> None:
         """Evaluate the nodes of ``spans[k]`` for the example ``index[k]`` (of ``states``) and add the pieces.
+
+        ``keep``: the pieces keep their maps (else only their sums of ``h``).
 
         Every (example, node) is one row of the passes, so the examples share passes without
         padding; each pass's gradients are reduced as they come (to ``h`` per node, and to the
         pieces' maps when they are kept), so one pass's gradients are the most held at a time.
         """
-        rule_x, rule_w = _split_rule()
-        nodes = [torch.cat([a + (b - a) * rule_x for a, b, _, _ in span]) for span in spans]
-        weights = [torch.cat([(b - a) * rule_w for a, b, _, _ in span]) for span in spans]
+        nodes, weights = zip(*(_piece_nodes([(a, b) for a, b, _, _ in span]) for span in spans))
         owner = [(k, n) for k in range(len(index)) for n in range(len(nodes[k]))]  # item -> (example, node)
         alphas = torch.cat(nodes)[:, None]  # [item, 1]: each item its own node
         h = [torch.zeros(len(n), dtype=torch.float64) for n in nodes]
-        keep = states[index[0]].keep_maps
         maps = [[torch.zeros_like(part.diff[j]) for _ in span] if keep else [] for j, span in zip(index, spans)]
 
         def consume(sel: Tensor | None, begin: int, end: int, grad: Tensor, prob: Tensor) -> None:
@@ -1466,9 +1467,7 @@ class _Refinement:
 
     def _piece_map(self, one: _LayerIntegration, state: _Pieces) -> Tensor:
         """``sum_k w_k dF/dA`` over the nodes of every piece of ``state`` (one example ``one``), evaluated again."""
-        rule_x, rule_w = _split_rule()
-        alphas = torch.cat([p.a + (p.b - p.a) * rule_x for p in state.pieces])
-        weights = torch.cat([(p.b - p.a) * rule_w for p in state.pieces])
+        alphas, weights = _piece_nodes([(p.a, p.b) for p in state.pieces])
         total = torch.zeros_like(one.probs[0])
 
         def consume(sel: Tensor | None, begin: int, end: int, grad: Tensor, prob: Tensor) -> None:
@@ -1624,12 +1623,17 @@ def _split_rule() -> tuple[Tensor, Tensor]:
     return torch.tensor(nodes, dtype=torch.float64), torch.tensor(weights, dtype=torch.float64)
 
 
+def _piece_nodes(bounds: list[tuple[float, float]]) -> tuple[Tensor, Tensor]:
+    """Nodes and weights of the pieces ``[a, b]`` in ``bounds``: :data:`SPLIT_NODES` per piece, in order."""
+    x, w = _split_rule()
+    return torch.cat([a + (b - a) * x for a, b in bounds]), torch.cat([(b - a) * w for a, b in bounds])
+
+
 class _Pieces:
     """The subintervals of one example's path in :meth:`_Refinement.subdivide`, with their sums."""
 
-    def __init__(self, f_start: float, f_end: float, gap: float, budget: int, keep_maps: bool):
+    def __init__(self, f_start: float, f_end: float, gap: float, budget: int):
         self.f_start, self.f_end, self.gap, self.budget = f_start, f_end, gap, budget
-        self.keep_maps = keep_maps  # each piece keeps its map (else only its sum of h)
         self.pieces: list[_Piece] = []
         self.nodes = 0
 
@@ -1639,9 +1643,10 @@ class _Pieces:
 
     def total(self) -> Tensor | None:
         """``sum_k w_k dF/dA`` over every piece, ``[head, query_pos, key_pos]``; ``None`` when maps are not kept."""
-        if not self.keep_maps:
+        grads = [p.grad for p in self.pieces]
+        if any(g is None for g in grads):
             return None
-        return torch.stack([cast(Tensor, p.grad) for p in self.pieces]).sum(0)
+        return torch.stack(cast(list[Tensor], grads)).sum(0)
 
     def first_spans(self, f_inner: list[float]) -> list[tuple[float, float, float, float]]:
         """The first pieces (``a, b, F(a), F(b)``), given ``F`` at the inner breakpoints of :data:`_FIRST_BREAKS`."""
