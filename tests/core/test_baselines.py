@@ -10,6 +10,7 @@ from lightning_attattr.core import reference
 from lightning_attattr.core.attribution import attribute, uniform_attention
 from lightning_attattr.core.checks import UserError
 from tests.conftest import text_batch
+from tests.core.test_families import DEC
 from tests.core.test_targets import assert_maps_close, make_lm, padded
 
 
@@ -18,19 +19,14 @@ def post_norm_lm() -> torch.nn.Module:
     norm epsilon so that, as in a trained model, scaling the attention output leaves the norm's output unchanged."""
     torch.manual_seed(0)
     cfg = transformers.Gemma2Config(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **DEC,  # initializer_range 0.2: outputs that move noticeably when attention changes
         num_key_value_heads=4,
-        intermediate_size=64,
         head_dim=8,
         query_pre_attn_scalar=8,
         attn_logit_softcapping=None,
         final_logit_softcapping=None,
         rms_norm_eps=1e-12,
         pad_token_id=0,
-        initializer_range=0.2,  # outputs that move noticeably when attention changes
     )
     return transformers.Gemma2ForCausalLM(cfg).double().eval()
 

@@ -307,20 +307,10 @@ def test_models_without_layer_index(model_type):
 
 
 def test_llama_causal_maps(tmp_path):
-    """A multi-head Llama classifier (causal attention), one example with one row per pass."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        intermediate_size=37,
-        num_labels=3,
-        pad_token_id=0,
-    )
-    model = transformers.LlamaForSequenceClassification(cfg).eval()
+    """A Llama classifier (causal, grouped-query attention), one example with one row per pass."""
+    from tests.core.test_families import _build
+
+    model = _build("llama-cls")
     ids = torch.randint(5, 99, (1, 9), generator=torch.Generator().manual_seed(1))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     kw = dict(n_steps=3, internal_batch_size=1, return_convergence_delta=True)
@@ -339,18 +329,10 @@ def test_llama_causal_maps(tmp_path):
 def test_encoder_decoder_reductions_follow_each_sites_axes():
     import transformers
 
+    from tests.core.test_families import _bart
+
     torch.manual_seed(0)
-    config = transformers.BartConfig(
-        vocab_size=100,
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-    )
-    model = transformers.BartForConditionalGeneration(config).eval()
+    model = transformers.BartForConditionalGeneration(_bart(encoder_layers=1, decoder_layers=1)).eval()
     ids = torch.randint(3, 100, (2, 6))
     mask = torch.ones_like(ids)
     mask[1, 4:] = 0
